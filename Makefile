@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# TORCH_SPEC picks the torch build; the default is the CPU wheel this project's machines carry.
+# Elsewhere:  make test TORCH_SPEC="torch>=2.4"   (or any pip requirement spec)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cnclip-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# Re-runs only when the packaging metadata changes (idempotent).
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,faiss]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cnclip-lora demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf demo_output prediction_result .cnclip_cache

@@ -1,0 +1,210 @@
+"""Command-line / config-file arguments for training, as documented dataclasses.
+
+Four groups, parsed together by :class:`transformers.HfArgumentParser`:
+
+* :class:`ModelArguments`: which checkpoint to start from;
+* :class:`DataArguments`: where the competition-layout data lives and how titles/images are prepared;
+* :class:`LoraArguments`: the adapter (converted to :func:`cnclip_lora.apply_lora` keyword arguments);
+* :class:`CnClipTrainingArguments`: every standard ``TrainingArguments`` flag, plus the few options
+  this task adds. Defaults that differ from ``TrainingArguments`` are listed in its docstring; they
+  are ordinary defaults, so a value the user sets always wins.
+
+A YAML or JSON file can stand in for the flags (``cnclip-lora train recipe.yaml``); flags given
+after it override the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from cnclip_lora.errors import ConfigError
+
+__all__ = [
+    "FLIP_MODES",
+    "ModelArguments",
+    "DataArguments",
+    "LoraArguments",
+    "CnClipTrainingArguments",
+    "parse_train_args",
+]
+
+FLIP_MODES = ("always", "random", "none")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "Base Chinese-CLIP checkpoint: a Hub id (e.g. OFA-Sys/chinese-clip-vit-huge-patch14) or a local folder."}
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base checkpoint."})
+    attn_implementation: str | None = field(
+        default="sdpa", metadata={"help": "Attention kernel passed to from_pretrained: sdpa (default), eager, flash_attention_2."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped with the checkpoint. Off unless you trust its author."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(
+        default="xfdata",
+        metadata={"help": "Folder in the competition layout: train.csv (tab), test_query.csv, image/, sample_submit.csv."},
+    )
+    val_size: float = field(
+        default=0.1,
+        metadata={"help": "Held-out share of training images (0<x<1) or a count of images (whole number >= 1); 0 disables validation."},
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the deterministic train/validation split."})
+    skip_bad_rows: bool = field(
+        default=False, metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."}
+    )
+    check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
+    max_length: int = field(default=52, metadata={"help": "Title length in tokens (the seed's 52); longer titles are truncated."})
+    flip: str = field(
+        default="always",
+        metadata={
+            "help": "Horizontal flip of training images: 'always' (the seed's recipe: retrieval then flips too, "
+            "so train and test see the same pixels), 'random' (p=0.5 augmentation, no flip at retrieval), 'none'.",
+            "choices": list(FLIP_MODES),
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.flip not in FLIP_MODES:
+            raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
+        if self.max_length < 2:
+            raise ConfigError(f"--max_length must be at least 2 (CLS + SEP); got {self.max_length}.")
+        if self.val_size < 0 or (self.val_size >= 1 and not float(self.val_size).is_integer()):
+            raise ConfigError(
+                f"--val_size must be a fraction in [0, 1) or a whole number of images; got {self.val_size}."
+            )
+
+    @property
+    def val_size_value(self) -> float | int:
+        """``val_size`` as the data layer wants it: a fraction, or an int count."""
+        return int(self.val_size) if self.val_size >= 1 else float(self.val_size)
+
+
+@dataclass
+class LoraArguments:
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (the seed used 64)."})
+    lora_alpha: int = field(default=96, metadata={"help": "LoRA alpha (the seed used 96; scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated module names or suffixes to adapt. Default: Q/K/V of every layer of both "
+            "towers, derived from the loaded config. An entry that matches nothing is an error."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ConfigError(f"--lora_r must be >= 1; got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora_dropout must be in [0, 1); got {self.lora_dropout}.")
+
+    def apply_lora_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`cnclip_lora.apply_lora`."""
+        targets = None
+        if self.lora_target_modules:
+            targets = [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "targets": targets}
+
+
+@dataclass
+class CnClipTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the defaults this task needs.
+
+    Changed defaults (override any of them on the command line):
+
+    * ``remove_unused_columns=False``: the collator needs the raw ``title``/``path`` columns,
+      which the model's forward signature does not name.
+    * ``ddp_find_unused_parameters=False``: every LoRA parameter is used in every step; the search
+      for unused ones only costs time (and errors with frozen base weights under PEFT).
+    * ``dataloader_drop_last=True``: contrastive batches are compared across processes, so every
+      process must hold the same number of rows; a short last batch would also weaken negatives.
+    * ``gradient_checkpointing_kwargs={"use_reentrant": False}``: the re-entrant variant does not
+      propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
+    * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
+      ``wandb``... to log).
+    """
+
+    output_dir: str | None = field(default="outputs/cnclip-lora", metadata={"help": "Where adapters and checkpoints go."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw title/path columns for the collator."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every LoRA weight is used each step."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal contrastive batches on every process."})
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"use_reentrant": False},
+        metadata={"help": "Non-reentrant checkpointing so LoRA weights receive gradients."},
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    learning_rate: float = field(default=4e-5, metadata={"help": "AdamW learning rate (the seed used 4e-5)."})
+    gather_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Under several processes, gather embeddings so the contrastive loss sees the global batch "
+            "(N processes x B behave like one batch of N*B). No effect in one process."
+        },
+    )
+    eval_max_queries: int | None = field(
+        default=None, metadata={"help": "Evaluate on at most N held-out titles (all by default)."}
+    )
+
+
+def _config_file_to_argv(path: Path) -> list[str]:
+    """Turn a YAML/JSON mapping into ``--key value`` flags so later flags can override it."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values, found {type(data).__name__}.")
+    argv: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, bool):
+            argv += [f"--{key}", "true" if value else "false"]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_train_args(
+    argv: Sequence[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments]:
+    """Parse training flags; a first argument ending in .yaml/.yml/.json is read as a config file.
+
+    Raises:
+        ConfigError: an option value that cannot work, or an unknown option.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and Path(argv[0]).suffix.lower() in {".yaml", ".yml", ".json"}:
+        config_path = Path(argv[0])
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config_path} does not exist.")
+        argv = _config_file_to_argv(config_path) + argv[1:]
+    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments))
+    model_args, data_args, lora_args, training_args, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if remaining:
+        raise ConfigError(f"unknown option(s): {' '.join(remaining)} (see `cnclip-lora train --help`).")
+    return model_args, data_args, lora_args, training_args

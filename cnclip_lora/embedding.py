@@ -1,0 +1,165 @@
+"""Embed titles and images with ``datasets.map``: batched, sharded across processes, cacheable.
+
+Used by the Trainer's evaluation (no cache: the adapter changes every step) and by retrieval
+(cached under a fingerprint of model, adapter, inputs and preprocessing). Embeddings come back
+as L2-normalised float32 numpy arrays in input order, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import datasets
+import numpy as np
+import torch
+
+from cnclip_lora.collate import Preprocessing, preprocess_images, tokenize_titles
+from cnclip_lora.modeling import get_image_embeds, get_text_embeds
+
+__all__ = ["embed_texts", "embed_images", "process_info"]
+
+
+def process_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _gather_in_order(local: np.ndarray, world_size: int) -> np.ndarray:
+    """Concatenate every process's contiguous shard in rank order (shards may differ in length)."""
+    if world_size == 1:
+        return local
+    parts: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(parts, local)
+    return np.concatenate(parts, axis=0)
+
+
+def _map_embed(
+    dataset: datasets.Dataset,
+    embed_batch: Callable[[dict[str, list]], np.ndarray],
+    *,
+    batch_size: int,
+    cache_dir: str | os.PathLike | None,
+    fingerprint: str | None,
+    desc: str,
+) -> np.ndarray:
+    """Run ``embed_batch`` over this process's shard with ``datasets.map`` and gather all shards."""
+    rank, world_size = process_info()
+    shard = dataset.shard(num_shards=world_size, index=rank, contiguous=True) if world_size > 1 else dataset
+    map_kwargs: dict[str, Any] = {}
+    if cache_dir is not None and fingerprint is not None:
+        # An in-memory Dataset is never cached by datasets itself; naming the file after the
+        # fingerprint makes a rerun with the same model/adapter/inputs a cache hit, and any change a miss.
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        suffix = f"-{rank}of{world_size}" if world_size > 1 else ""
+        map_kwargs.update(
+            cache_file_name=str(Path(cache_dir) / f"embed-{fingerprint}{suffix}.arrow"),
+            new_fingerprint=f"{fingerprint}{suffix}",
+            load_from_cache_file=True,
+        )
+    else:
+        map_kwargs.update(new_fingerprint=None, load_from_cache_file=False, keep_in_memory=True)
+
+    def _fn(batch: dict[str, list]) -> dict[str, np.ndarray]:
+        return {"embedding": embed_batch(batch)}
+
+    out = shard.map(
+        _fn,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=shard.column_names,
+        desc=desc if rank == 0 else None,
+        **map_kwargs,
+    )
+    local = out.with_format("numpy")["embedding"] if len(out) else np.zeros((0, 0), dtype=np.float32)
+    local = np.asarray(local, dtype=np.float32)
+    return _gather_in_order(local, world_size)
+
+
+def _normalise(embeds: torch.Tensor) -> np.ndarray:
+    embeds = embeds.float()
+    return torch.nn.functional.normalize(embeds, dim=-1).cpu().numpy()
+
+
+def embed_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    titles: Sequence[str],
+    *,
+    max_length: int = 52,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    fingerprint: str | None = None,
+) -> np.ndarray:
+    """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).
+
+    Args:
+        model: a ChineseCLIPModel (plain, PEFT-wrapped or merged); put in eval mode here.
+        fingerprint: with ``cache_dir``, names the cache file; must change whenever the model or
+            the inputs change (see :func:`cnclip_lora.retrieve.embedding_fingerprint`).
+    """
+    model.eval()
+    device = _model_device(model)
+
+    @torch.inference_mode()
+    def embed_batch(batch: dict[str, list]) -> np.ndarray:
+        enc = tokenize_titles(batch["title"], tokenizer, max_length)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        return _normalise(get_text_embeds(model, **enc))
+
+    dataset = datasets.Dataset.from_dict({"title": list(titles)})
+    return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
+                      fingerprint=fingerprint, desc="Embedding titles")
+
+
+def embed_images(
+    model: torch.nn.Module,
+    image_processor: Any,
+    paths: Sequence[str | os.PathLike],
+    *,
+    preprocessing: Preprocessing,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    fingerprint: str | None = None,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """L2-normalised image embeddings ``[len(paths), D]`` with the recorded preprocessing.
+
+    Images of a batch are decoded by a small thread pool (PIL releases the GIL while decoding),
+    so decoding overlaps instead of running one file at a time before each forward pass.
+    """
+    model.eval()
+    device = _model_device(model)
+    dtype = next(model.parameters()).dtype
+    n_threads = num_threads or min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=n_threads) if n_threads > 1 else None
+
+    def _prep(chunk: list[str]) -> torch.Tensor:
+        return preprocess_images(chunk, image_processor, flips=preprocessing.inference_flip, draft=preprocessing.draft)
+
+    @torch.inference_mode()
+    def embed_batch(batch: dict[str, list]) -> np.ndarray:
+        chunk_paths = batch["path"]
+        if pool is not None and len(chunk_paths) > 1:
+            step = -(-len(chunk_paths) // n_threads)
+            parts = list(pool.map(_prep, [chunk_paths[i : i + step] for i in range(0, len(chunk_paths), step)]))
+            pixel_values = torch.cat(parts)
+        else:
+            pixel_values = _prep(chunk_paths)
+        return _normalise(get_image_embeds(model, pixel_values.to(device=device, dtype=dtype)))
+
+    dataset = datasets.Dataset.from_dict({"path": [str(p) for p in paths]})
+    try:
+        return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
+                          fingerprint=fingerprint, desc="Embedding images")
+    finally:
+        if pool is not None:
+            pool.shutdown()

@@ -1,0 +1,283 @@
+"""Share trained adapters on the Hugging Face Hub, and fetch them back.
+
+A training folder holds more than an adapter: a pickled ``training_args.bin``,
+intermediate checkpoints, TensorBoard runs, maybe base weights. Only an explicit
+allow-list of safe, small files is ever uploaded or downloaded, and a folder whose
+adapter exists only as a pickle is refused rather than loaded.
+
+Tokens are never handled here: ``token=None`` lets huggingface_hub resolve the
+``HF_TOKEN`` variable or the ``hf auth login`` cache, and no message or log line of
+this module carries a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .errors import CnClipLoraError, UnsafeArtifactError
+from .model_card import write_model_card
+
+__all__ = [
+    "ADAPTER_FILES",
+    "PICKLE_SUFFIXES",
+    "add_push_arguments",
+    "adapter_files",
+    "check_adapter_dir",
+    "push_adapter",
+    "resolve_adapter",
+    "run_push",
+]
+
+logger = logging.getLogger(__name__)
+
+# Exact top-level names (also valid as snapshot_download allow_patterns): nothing
+# else in a training folder is part of a shareable adapter.
+ADAPTER_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "cnclip_lora.json",
+    "all_results.json",
+    "eval_results.json",
+    "train_results.json",
+    "training_args.json",
+    "README.md",
+)
+
+# Formats that run code when loaded (torch.load / pickle).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+_CONVERT_HINT = (
+    "Only safetensors adapters are accepted. If you trust the file, convert it once: load the state dict with "
+    "torch.load(path, weights_only=True) and save it with safetensors.torch.save_file(state_dict, "
+    "'adapter_model.safetensors'), or reload the adapter with peft and call save_pretrained (safetensors by default)."
+)
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection errors of whichever HTTP client this huggingface_hub version uses.
+
+    HTTP status errors are ``HfHubHTTPError`` (an ``OSError``) in every version; only
+    transport failures surface as the client library's own exception types.
+    """
+    found: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _redact(text: str, token: str | None) -> str:
+    """Mask ``token`` in ``text``: a server may echo credentials in an error body."""
+    return text.replace(token, "***") if token else text
+
+
+def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> Path:
+    """Check that ``path`` holds a safetensors LoRA adapter (and no pickle-only one).
+
+    Args:
+        path: Folder to check.
+        source: How the user named it (a Hub id, say), for the error messages.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        UnsafeArtifactError: The adapter exists only in a pickled format.
+        CnClipLoraError: The folder or its ``adapter_config.json`` / weights are missing.
+    """
+    folder = Path(path)
+    name = source or str(folder)
+    if not folder.is_dir():
+        raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise UnsafeArtifactError(
+                f"Adapter {name!r} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
+                f"which can execute code when loaded. {_CONVERT_HINT}"
+            )
+        raise CnClipLoraError(
+            f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a training run saved its adapter in."
+        )
+    if not (folder / "adapter_config.json").is_file():
+        raise CnClipLoraError(f"Adapter {name!r} has no adapter_config.json, so peft cannot rebuild it.")
+    return folder
+
+
+def adapter_files(output_dir: str | os.PathLike) -> list[str]:
+    """The allow-listed files present in ``output_dir`` (sorted top-level names).
+
+    Args:
+        output_dir: A training output directory.
+    """
+    folder = Path(output_dir)
+    return sorted(name for name in ADAPTER_FILES if (folder / name).is_file())
+
+
+def push_adapter(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    license: str | None = None,
+) -> str:
+    """Upload the adapter of a training folder, with a fresh model card, to the Hub.
+
+    The folder is validated first; README.md is regenerated from its records and
+    metrics; then one commit adds exactly :func:`adapter_files` (never
+    ``training_args.bin``, checkpoints, logs or base weights).
+
+    Args:
+        output_dir: The training output directory.
+        repo_id: Target model repo, ``"user/name"``; created (public unless ``private``) if missing.
+        private: Create the repo private. An existing repo keeps its visibility.
+        token: Hub token; ``None`` uses ``HF_TOKEN`` or the ``hf auth login`` cache.
+        revision: Branch to commit to (created from ``main`` if missing); default ``main``.
+        commit_message: Commit summary; a default names the package.
+        license: License id written in the card metadata.
+
+    Returns:
+        The URL of the new commit.
+    """
+    folder = check_adapter_dir(output_dir)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise CnClipLoraError(f"--repo_id {repo_id!r} is not a valid Hub repo id ('user/name'): {err}") from None
+    write_model_card(folder, repo_id=repo_id, license=license)
+    names = adapter_files(folder)
+    api = HfApi(token=token)
+    target = f"{repo_id}@{revision or 'main'}"
+    logger.info("Pushing %d file(s) from %s to %s: %s", len(names), folder, target, ", ".join(names))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        commit = api.create_commit(
+            repo_id,
+            operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names],
+            commit_message=commit_message or "Upload cnclip-lora adapter",
+            revision=revision,
+            repo_type="model",
+        )
+    except _transport_errors() as err:
+        raise CnClipLoraError(
+            _redact(
+                f"Pushing {folder} to {target} on {api.endpoint} failed: {err}. Check the repo id and that your token "
+                "has write access (pass --token, set HF_TOKEN or run `hf auth login`).",
+                token,
+            )
+        ) from None  # the chained HTTP error may carry request details; the message already names the cause
+    logger.info("Pushed %s: %s", target, commit.commit_url)
+    return commit.commit_url
+
+
+def _remote_pickles(repo_id: str, revision: str | None, token: str | None) -> list[str]:
+    """Pickled files in a Hub repo, to explain a missing safetensors adapter (best effort)."""
+    try:
+        files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
+    except _transport_errors():
+        return []  # offline or unreachable: the generic message still holds
+    return sorted(f for f in files if "/" not in f and Path(f).suffix.lower() in PICKLE_SUFFIXES)
+
+
+def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | None = None) -> Path:
+    """Return a local folder holding the adapter ``adapter`` names.
+
+    A local directory is checked and returned as is. Anything else that is a valid
+    Hub id is downloaded (only :data:`ADAPTER_FILES`) into the huggingface_hub cache,
+    which also serves it offline (``HF_HUB_OFFLINE=1``) once cached.
+
+    Args:
+        adapter: A local directory or a Hub model id (``"user/name"``).
+        revision: Hub branch, tag or commit (Hub ids only).
+        token: Hub token for private repos; ``None`` uses huggingface_hub's resolution.
+
+    Returns:
+        The adapter folder.
+
+    Raises:
+        UnsafeArtifactError: The adapter exists only as pickled weights.
+        CnClipLoraError: No such local directory or Hub repo/revision, or the Hub is unreachable
+            and the adapter is not cached.
+    """
+    local = Path(adapter).expanduser()
+    if local.is_dir():
+        return check_adapter_dir(local, source=adapter)
+    try:
+        validate_repo_id(adapter)
+    except HFValidationError:
+        raise CnClipLoraError(f"Adapter directory {adapter!r} does not exist (and it is not a Hub repo id).") from None
+    where = f"{adapter!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        path = snapshot_download(adapter, revision=revision, token=token, allow_patterns=list(ADAPTER_FILES))
+    except RevisionNotFoundError:
+        raise CnClipLoraError(f"Hub repo {adapter!r} has no revision {revision!r}.") from None
+    except RepositoryNotFoundError:
+        raise CnClipLoraError(
+            f"Adapter {adapter!r} is neither a local directory nor a model repo on the Hub you can access "
+            "(for a private repo pass a token or run `hf auth login`)."
+        ) from None
+    except _transport_errors() as err:
+        raise CnClipLoraError(
+            _redact(f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({err}).", token)
+        ) from None
+    folder = Path(path)
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickles = _remote_pickles(adapter, revision, token)
+        if pickles:
+            raise UnsafeArtifactError(
+                f"Hub adapter {where} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
+                f"which can execute code when loaded; they were not downloaded. {_CONVERT_HINT}"
+            )
+    return check_adapter_dir(folder, source=adapter)
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``cnclip-lora push`` options to ``parser``."""
+    parser.add_argument("output_dir", help="Training output directory holding adapter_model.safetensors.")
+    parser.add_argument("--repo_id", required=True, help="Target Hub model repo, 'user/name'.")
+    parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo keeps its visibility).")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a token on the command line "
+        "is visible in the process list and shell history.",
+    )
+    parser.add_argument("--revision", default=None, help="Branch to commit to, created if missing (default: main).")
+    parser.add_argument("--license", default=None, help="License id for the model card metadata, e.g. apache-2.0.")
+    parser.add_argument("--commit_message", default=None, help="Commit summary.")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Run ``cnclip-lora push`` from parsed arguments; prints the commit URL."""
+    url = push_adapter(
+        args.output_dir,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        license=args.license,
+    )
+    print(url)
+    return 0

@@ -1,0 +1,325 @@
+"""Exact (or faiss) top-k cosine ranking in bounded memory, and query -> image assignment.
+
+The full score matrix of a realistic retrieval (2,000 queries x 300,000 images) is 2.4 GB;
+``rank`` never builds it. Queries and gallery are cut into blocks of at most
+``_BLOCK_ELEMENTS`` scores (64 MB of float32), each block is reduced to its own top-k and
+merged into a running top-k, so extra memory is one block plus ``O(Q * k)``.
+
+Ties are broken deterministically: equal scores rank the lower gallery index first, both
+within a block (``torch.topk`` alone does not promise which tied element it keeps) and
+across blocks. Results therefore do not depend on chunk sizes or thread counts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .errors import CnClipLoraError, ConfigError
+
+__all__ = ["rank", "assign"]
+
+# 16 M float32 scores = 64 MB per block; big enough that the matmul dominates the
+# per-block top-k and merge, small enough to stay well under the 256 MB budget.
+_BLOCK_ELEMENTS = 16 * 1024 * 1024
+_DEFAULT_QUERY_CHUNK = 1024
+# Dense Hungarian cost matrices above this many entries (float64) use the sparse solver.
+_DENSE_ASSIGN_LIMIT = 20_000_000
+
+FAISS_HINT = "install the faiss extra: pip install 'cnclip-lora[faiss]'"
+
+
+def _as_float_tensor(x, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x.detach()
+    if t.ndim != 2:
+        raise CnClipLoraError(f"{name} must be a 2-D [n, dim] array, got shape {tuple(t.shape)}")
+    if not (t.is_floating_point()):
+        raise CnClipLoraError(f"{name} must hold floats, got dtype {t.dtype}")
+    return t.cpu()
+
+
+def _inv_norms(x: torch.Tensor) -> torch.Tensor:
+    # Zero vectors get norm 1 (scores 0) rather than NaN, like F.normalize's eps.
+    return 1.0 / x.float().norm(dim=1).clamp(min=1e-12)
+
+
+def _check_inputs(query, gallery, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ConfigError(f"top_k must be a positive integer, got {k!r}")
+    q = _as_float_tensor(query, "query embeddings")
+    g = _as_float_tensor(gallery, "gallery embeddings")
+    if g.shape[0] == 0:
+        raise CnClipLoraError("the gallery is empty: there are no images to rank the queries against")
+    if q.shape[1] != g.shape[1]:
+        raise CnClipLoraError(
+            f"query embeddings {tuple(q.shape)} and gallery embeddings {tuple(g.shape)} have "
+            "different dimensions; were they produced by the same model?"
+        )
+    for name, t in (("query", q), ("gallery", g)):
+        if not bool(torch.isfinite(t).all()):
+            raise CnClipLoraError(f"{name} embeddings contain NaN or infinite values")
+    return q, g
+
+
+def _lexsorted_topk(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of small candidate rows ordered by (-score, index): ``[n, c]`` -> ``[n, k]``."""
+    by_index = torch.sort(index, dim=1, stable=True)
+    s = scores.gather(1, by_index.indices)
+    by_score = torch.sort(s, dim=1, descending=True, stable=True)
+    top = by_score.indices[:, :k]
+    return by_score.values[:, :k], by_index.values.gather(1, top)
+
+
+def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact lexicographic top-k of a ``[q, g]`` score block, block-local indices."""
+    if k >= block.shape[1]:
+        vals, idx = block.topk(block.shape[1], dim=1, sorted=True)
+        return _lexsorted_topk(vals, idx, k)
+    # torch.topk may keep any of several elements tied with the k-th value. One extra
+    # element tells which rows have a tie straddling the boundary (the (k+1)-th value
+    # equals the k-th) without another pass over the block; those rows are redone:
+    # everything strictly above the k-th value, then the lowest-index elements equal to it.
+    # Exact ties are rare except for duplicate gallery vectors, so usually no row is redone.
+    vals, idx = block.topk(k + 1, dim=1, sorted=True)
+    bad = torch.nonzero(vals[:, k] == vals[:, k - 1]).flatten()
+    vals, idx = _lexsorted_topk(vals[:, :k], idx[:, :k], k)
+    if bad.numel():
+        sub, t = block[bad], vals[bad, k - 1 :]
+        gt = sub > t
+        eq = sub == t
+        need = k - gt.sum(dim=1, keepdim=True)
+        keep = gt | (eq & (eq.cumsum(dim=1) <= need))
+        cols = torch.nonzero(keep)[:, 1].view(len(bad), k)  # row-major: ascending index per row
+        vals[bad], idx[bad] = _lexsorted_topk(sub.gather(1, cols), cols, k)
+    return vals, idx
+
+
+def _rank_exact(
+    q: torch.Tensor, g: torch.Tensor, k: int, chunk_size: int | None, query_chunk_size: int | None, normalize: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    n_q, n_g = q.shape[0], g.shape[0]
+    qc = query_chunk_size or max(1, min(n_q, _DEFAULT_QUERY_CHUNK))
+    gc = chunk_size or max(k, _BLOCK_ELEMENTS // qc)
+    best_s = torch.full((n_q, k), float("-inf"))
+    best_i = torch.full((n_q, k), -1, dtype=torch.long)
+    q_inv = _inv_norms(q) if normalize else None
+    # Gallery outer, queries inner: each gallery chunk is normalised/converted once; query
+    # chunks are small ([qc, dim]) and cheap to redo.
+    for g0 in range(0, n_g, gc):
+        g_blk = g[g0 : g0 + gc].float()
+        if normalize:
+            g_blk = g_blk * _inv_norms(g_blk)[:, None]
+        kk = min(k, g_blk.shape[0])
+        for q0 in range(0, n_q, qc):
+            q_blk = q[q0 : q0 + qc].float()
+            if normalize:
+                q_blk = q_blk * q_inv[q0 : q0 + qc, None]
+            block = q_blk @ g_blk.T  # [q_chunk, g_chunk]
+            vals, idx = _block_topk(block, kk)
+            del block
+            cand_s = torch.cat([best_s[q0 : q0 + qc], vals], dim=1)
+            cand_i = torch.cat([best_i[q0 : q0 + qc], idx + g0], dim=1)
+            # Unfilled slots (-inf, -1) sort last: -inf loses to any finite score.
+            best_s[q0 : q0 + qc], best_i[q0 : q0 + qc] = _lexsorted_topk(cand_s, cand_i, k)
+    kk = min(k, n_g)
+    return best_s[:, :kk].numpy(), best_i[:, :kk].numpy()
+
+
+def _rank_faiss(
+    q: torch.Tensor,
+    g: torch.Tensor,
+    k: int,
+    normalize: bool,
+    index_type: str,
+    chunk_size: int | None,
+    nprobe: int | None,
+    ef_search: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import faiss
+    except ImportError as err:  # optional dependency
+        raise CnClipLoraError(f"use_faiss=True needs faiss; {FAISS_HINT}") from err
+
+    def prep(x: torch.Tensor) -> np.ndarray:
+        x = x.float()
+        if normalize:
+            x = x * _inv_norms(x)[:, None]
+        return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+
+    n_g, dim = g.shape
+    kk = min(k, n_g)
+    step = chunk_size or 65536
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = max(ef_search or 128, kk)
+    elif index_type == "ivf":
+        nlist = max(1, min(int(4 * np.sqrt(n_g)), n_g // 39 or 1))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(prep(g[: max(39 * nlist, 10_000)]))
+        index.nprobe = min(nlist, nprobe or max(1, nlist // 4))
+    else:
+        raise ConfigError(f"index_type must be 'flat', 'hnsw' or 'ivf', got {index_type!r}")
+    for g0 in range(0, n_g, step):
+        index.add(prep(g[g0 : g0 + step]))
+    scores, indices = index.search(prep(q), kk)
+    # Approximate indexes may return fewer than k hits (index -1); give them -inf so they
+    # sort last and `assign` ignores them.
+    scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
+    return scores, indices.astype(np.int64)
+
+
+def rank(
+    query_embeds,
+    gallery_embeds,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+    query_chunk_size: int | None = None,
+    use_faiss: bool = False,
+    index_type: Literal["flat", "hnsw", "ivf"] = "flat",
+    normalize: bool = True,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the top-k gallery items per query by cosine similarity.
+
+    The default path is exact and deterministic: scores descend, ties go to the lower
+    gallery index. ``k`` larger than the gallery returns the whole gallery, ranked.
+
+    Args:
+        query_embeds: ``[Q, D]`` numpy array or torch tensor, any float dtype (computed in float32).
+        gallery_embeds: ``[G, D]`` array or tensor.
+        k: how many results per query (> 0).
+        chunk_size: gallery rows per block; default keeps a block at 64 MB of scores.
+        query_chunk_size: query rows per block; default 1,024.
+        use_faiss: search a faiss index instead of the exact torch path (needs the
+            ``faiss`` extra). ``index_type="flat"`` is exact (scores match to ~1e-5; tied
+            items may come back in another order); ``"hnsw"`` (graph, ``ef_search``, default
+            128) and ``"ivf"`` (``4 * sqrt(G)`` clusters, ``nprobe``, default a quarter of them)
+            are approximate: faster on galleries of millions, at some recall cost (about
+            0.9-1.0 recall@10 against exact on random data, better on real embeddings).
+        index_type: ``"flat"``, ``"hnsw"`` or ``"ivf"``; only used with ``use_faiss``.
+        normalize: L2-normalise both sides first; pass ``False`` if they already are.
+        nprobe: IVF clusters visited per query.
+        ef_search: HNSW search breadth.
+
+    Returns:
+        ``(scores, indices)``: float32 and int64 arrays of shape ``[Q, min(k, G)]``.
+
+    Raises:
+        ConfigError: ``k`` or a chunk size is not a positive integer.
+        CnClipLoraError: empty gallery, dimension mismatch, non-finite values, faiss missing.
+    """
+    q, g = _check_inputs(query_embeds, gallery_embeds, k)
+    for name, value in (("chunk_size", chunk_size), ("query_chunk_size", query_chunk_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
+            raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    k = int(k)
+    if q.shape[0] == 0:
+        kk = min(k, g.shape[0])
+        return np.zeros((0, kk), dtype=np.float32), np.zeros((0, kk), dtype=np.int64)
+    if use_faiss:
+        return _rank_faiss(q, g, k, normalize, index_type, chunk_size, nprobe, ef_search)
+    with torch.no_grad():
+        return _rank_exact(q, g, k, chunk_size, query_chunk_size, normalize)
+
+
+def _best_per_row(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    s = np.where(indices >= 0, scores, -np.inf)
+    # Highest score first, then the lowest gallery index, like `rank`.
+    order = np.lexsort((indices, -s), axis=-1)[:, 0]
+    best = indices[np.arange(len(indices)), order]
+    bad = np.nonzero(~np.isfinite(s[np.arange(len(s)), order]))[0]
+    if bad.size:
+        raise CnClipLoraError(f"query {int(bad[0])} has no valid candidate to assign")
+    return best
+
+
+def assign(
+    scores,
+    indices,
+    method: Literal["argmax", "hungarian"] = "argmax",
+    n_gallery: int | None = None,
+) -> np.ndarray:
+    """Pick one gallery item per query from its ranked candidates.
+
+    ``"argmax"`` takes each query's best candidate; several queries may get the same
+    image. ``"hungarian"`` gives every query a *different* image, maximising the total
+    similarity over the candidates (``scipy.optimize.linear_sum_assignment``; the sparse
+    LAPJVsp solver when the dense cost matrix would be large). It helps when each query is
+    known to have its own target, and needs enough candidates: raise ``top_k`` if no
+    one-to-one choice exists within them.
+
+    Args:
+        scores: ``[Q, K]`` candidate scores from :func:`rank`.
+        indices: ``[Q, K]`` candidate gallery indices (negative entries are ignored).
+        method: ``"argmax"`` or ``"hungarian"``.
+        n_gallery: gallery size, to reject an impossible one-to-one request up front.
+
+    Returns:
+        ``[Q]`` int64 gallery indices.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    indices = np.asarray(indices, dtype=np.int64)
+    if scores.shape != indices.shape or scores.ndim != 2:
+        raise CnClipLoraError(
+            f"scores {scores.shape} and indices {indices.shape} must be 2-D arrays of the same shape"
+        )
+    n_q = scores.shape[0]
+    if n_q == 0:
+        return np.zeros(0, dtype=np.int64)
+    if method == "argmax":
+        return _best_per_row(scores, indices)
+    if method != "hungarian":
+        raise ConfigError(f"assignment method must be 'argmax' or 'hungarian', got {method!r}")
+    if n_gallery is not None and n_q > n_gallery:
+        raise CnClipLoraError(
+            f"one-to-one assignment is impossible: {n_q} queries but only {n_gallery} gallery images; "
+            "use argmax assignment"
+        )
+    valid = (indices >= 0) & np.isfinite(scores)
+    rows, pos = np.nonzero(valid)
+    cols_global, cols = np.unique(indices[rows, pos], return_inverse=True)
+    n_cols = cols_global.size
+    hint = "raise --top_k or use argmax assignment"
+    if n_q > n_cols:
+        raise CnClipLoraError(
+            f"one-to-one assignment needs at least as many distinct candidate images as queries: "
+            f"{n_q} queries share {n_cols} candidates; {hint}"
+        )
+    weights = scores[rows, pos]
+    try:
+        if n_q * n_cols <= _DENSE_ASSIGN_LIMIT:
+            from scipy.optimize import linear_sum_assignment
+
+            cost = np.full((n_q, n_cols), np.inf)
+            # A query listing the same image twice keeps its better score.
+            np.minimum.at(cost, (rows, cols), -weights)
+            r, c = linear_sum_assignment(cost)
+        else:
+            from scipy.sparse import csr_array
+            from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+            # LAPJVsp needs non-zero weights; shifting every edge by the same constant keeps
+            # the optimum of a full matching (each query contributes exactly one edge).
+            # Duplicate (row, col) entries are summed by csr, so keep the best per pair first.
+            order = np.lexsort((-weights, cols, rows))
+            keep = np.ones(order.size, dtype=bool)
+            keep[1:] = (np.diff(rows[order]) != 0) | (np.diff(cols[order]) != 0)
+            sel = order[keep]
+            shifted = weights[sel].max() - weights[sel] + 1.0
+            graph = csr_array((shifted, (rows[sel], cols[sel])), shape=(n_q, n_cols))
+            r, c = min_weight_full_bipartite_matching(graph)
+    except ValueError as err:
+        raise CnClipLoraError(
+            f"no one-to-one assignment exists within the candidates (some queries compete for the "
+            f"same few images); {hint}"
+        ) from err
+    out = np.empty(n_q, dtype=np.int64)
+    out[r] = cols_global[c]
+    return out

@@ -1,0 +1,340 @@
+"""Retrieval: merged adapters, cached ``datasets.map`` embeddings, bounded-memory ranking, outputs.
+
+    model, processor, prep = load_retrieval_model("OFA-Sys/chinese-clip-vit-huge-patch14", adapter="out/")
+    result = retrieve(RetrievalArguments(model_name_or_path=..., adapter="out/", data_dir="xfdata",
+                                         output="prediction_result/submit.csv"))
+
+The adapter is merged into the base weights (``merge_and_unload``), so retrieval runs at plain
+model speed; the preprocessing recorded with the adapter is replayed (flip rule, title length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cnclip_lora.collate import Preprocessing
+from cnclip_lora.data import CompetitionData, load_competition_data, read_table
+from cnclip_lora.embedding import embed_images, embed_texts, process_info
+from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.io_utils import atomic_path
+from cnclip_lora.metrics import recall_at_k
+from cnclip_lora.modeling import load_model_and_processor
+from cnclip_lora.ranking import assign, rank
+
+__all__ = [
+    "RetrievalArguments",
+    "RetrievalResult",
+    "load_retrieval_model",
+    "embedding_fingerprint",
+    "retrieve",
+    "evaluate",
+    "write_submission",
+    "write_topk",
+]
+
+logger = logging.getLogger(__name__)
+
+ASSIGN_METHODS = ("argmax", "hungarian")
+
+
+@dataclass
+class RetrievalArguments:
+    model_name_or_path: str = field(metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder)."})
+    data_dir: str = field(default="xfdata", metadata={"help": "Folder in the competition layout."})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter folder or Hub id; none = the base model (zero-shot baseline)."}
+    )
+    adapter_revision: str | None = field(default=None, metadata={"help": "Hub revision of the adapter."})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
+    output: str | None = field(default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."})
+    top_k: int = field(default=10, metadata={"help": "Candidates kept per query (top-k file, Hungarian candidates)."})
+    topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
+    assign: str = field(
+        default="argmax",
+        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query.", "choices": list(ASSIGN_METHODS)},
+    )
+    batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
+    cache_dir: str | None = field(
+        default=".cnclip_cache", metadata={"help": "Embedding cache folder (keyed by model, adapter, images, preprocessing); '' disables."}
+    )
+    use_faiss: bool = field(default=False, metadata={"help": "Rank with a FAISS inner-product index (faiss extra)."})
+    faiss_index: str = field(default="flat", metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster)."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
+    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
+    split: str = field(
+        default="val", metadata={"help": "evaluate: 'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
+    )
+    answers: str | None = field(default=None, metadata={"help": "evaluate --split test: answers CSV (query,path); default DATA_DIR/test_answers.csv."})
+    val_size: float = field(default=0.1, metadata={"help": "evaluate --split val: the split used in training."})
+    split_seed: int = field(default=42, metadata={"help": "evaluate --split val: the seed used in training."})
+
+    def __post_init__(self) -> None:
+        if self.assign not in ASSIGN_METHODS:
+            raise ConfigError(f"--assign must be one of {', '.join(ASSIGN_METHODS)}; got {self.assign!r}.")
+        if self.top_k < 1:
+            raise ConfigError(f"--top_k must be >= 1; got {self.top_k}.")
+        if self.topk_output and not self.top_k:
+            raise ConfigError("--topk_output needs --top_k.")
+
+
+@dataclass
+class RetrievalResult:
+    assignment: np.ndarray              # [Q] gallery index per query
+    scores: np.ndarray                  # [Q, k]
+    indices: np.ndarray                 # [Q, k]
+    gallery_paths: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _resolve_dtype(dtype: str | None):
+    import torch
+
+    if dtype is None:
+        return None
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ConfigError(f"--dtype must be float32, bfloat16 or float16; got {dtype!r}.") from None
+
+
+def load_retrieval_model(
+    model_name_or_path: str,
+    adapter: str | None = None,
+    *,
+    model_revision: str | None = None,
+    adapter_revision: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> tuple[Any, Any, Preprocessing, str | None]:
+    """Base model with the adapter merged in, its processor, the recorded preprocessing, and the
+    adapter's local folder (``None`` without adapter).
+
+    Without an adapter, preprocessing is the checkpoint's own with no flip (zero-shot baseline).
+    """
+    import torch
+
+    model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
+    preprocessing = Preprocessing(train_flip="none")
+    adapter_dir: str | None = None
+    if adapter:
+        from peft import PeftModel
+        from transformers import ChineseCLIPProcessor
+
+        from cnclip_lora.hub import resolve_adapter
+
+        adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        preprocessing = Preprocessing.load(adapter_dir) or preprocessing
+        if (Path(adapter_dir) / "preprocessor_config.json").is_file():
+            # The processor saved with the adapter is the one training used.
+            processor = ChineseCLIPProcessor.from_pretrained(adapter_dir)
+    torch_dtype = _resolve_dtype(dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
+    model.eval()
+    return model, processor, preprocessing, adapter_dir
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_identity(model_name_or_path: str, revision: str | None) -> dict[str, Any]:
+    """Local folders by weight-file size+mtime (hashing GBs each run is too slow); Hub ids by revision."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        return {"dir": str(path.resolve()), "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+    return {"hub": model_name_or_path, "revision": revision}
+
+
+def embedding_fingerprint(
+    kind: str,
+    *,
+    model_name_or_path: str,
+    model_revision: str | None,
+    adapter_dir: str | None,
+    items: Sequence[str],
+    preprocessing: Preprocessing,
+    dtype: str | None = None,
+) -> str:
+    """Cache key: any change of base model, adapter weights, inputs, or preprocessing changes it.
+
+    Image inputs are keyed by path, size and mtime, so a replaced image file is re-embedded.
+    """
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "model": _model_identity(model_name_or_path, model_revision),
+        "adapter": _file_digest(Path(adapter_dir) / "adapter_model.safetensors") if adapter_dir else None,
+        "preprocessing": preprocessing.to_dict(),
+        "dtype": dtype,
+    }
+    h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    for item in items:
+        h.update(item.encode("utf-8"))
+        if kind == "image":
+            st = os.stat(item)
+            h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _embed_split(
+    args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
+    titles: Sequence[str], gallery_paths: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    cache_dir = args.cache_dir or None
+    common = dict(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision,
+                  adapter_dir=adapter_dir, preprocessing=preprocessing, dtype=args.dtype)
+    gallery = embed_images(
+        model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
+        cache_dir=cache_dir, fingerprint=embedding_fingerprint("image", items=gallery_paths, **common) if cache_dir else None,
+    )
+    queries = embed_texts(
+        model, processor.tokenizer, titles, max_length=preprocessing.max_length, batch_size=args.batch_size,
+        cache_dir=cache_dir, fingerprint=embedding_fingerprint("text", items=titles, **common) if cache_dir else None,
+    )
+    return queries, gallery
+
+
+def write_submission(path: str | os.PathLike, sample_submit: pd.DataFrame | None, titles: Sequence[str],
+                     chosen_paths: Sequence[str]) -> Path:
+    """Fill ``sample_submit.csv``'s ``path`` column (its other columns and row order kept), atomically."""
+    if sample_submit is not None:
+        if len(sample_submit) != len(chosen_paths):
+            raise CnClipLoraError(
+                f"sample_submit.csv has {len(sample_submit)} rows but there are {len(chosen_paths)} queries."
+            )
+        frame = sample_submit.copy()
+        frame["path"] = list(chosen_paths)
+    else:
+        frame = pd.DataFrame({"title": list(titles), "path": list(chosen_paths)})
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8")
+    return Path(path)
+
+
+def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray, gallery_paths: Sequence[str]) -> Path:
+    """``query,rank,path,score`` rows (query = row in test_query.csv, rank = 1..k), atomically."""
+    q, k = indices.shape
+    frame = pd.DataFrame({
+        "query": np.repeat(np.arange(q), k),
+        "rank": np.tile(np.arange(1, k + 1), q),
+        "path": [gallery_paths[i] for i in indices.reshape(-1)],
+        "score": np.round(scores.reshape(-1).astype(np.float64), 6),
+    })
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8")
+    return Path(path)
+
+
+def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
+    return load_competition_data(args.data_dir, val_size=_val_size(args.val_size), seed=args.split_seed, **kwargs)
+
+
+def _val_size(value: float) -> float | int:
+    return int(value) if value >= 1 else float(value)
+
+
+def retrieve(args: RetrievalArguments) -> RetrievalResult:
+    """Rank the gallery (images not in train.csv) for every test query; write the requested files."""
+    if args.output is None and args.topk_output is None:
+        raise ConfigError("nothing to write: pass --output (submission) and/or --topk_output.")
+    data = _load_data(args, skip_bad_rows=True)  # training rows don't matter here; queries must be clean
+    if len(data.gallery) == 0:
+        raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
+    model, processor, preprocessing, adapter_dir = load_retrieval_model(
+        args.model_name_or_path, args.adapter, model_revision=args.model_revision,
+        adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+    )
+    names = list(data.gallery["path"])
+    gallery_paths = [str(Path(data.image_dir) / p) for p in names]
+    titles = list(data.queries["title"])
+    queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
+    scores, indices = rank(queries, gallery, k=args.top_k, use_faiss=args.use_faiss,
+                           **({"index_type": args.faiss_index} if args.use_faiss else {}))
+    chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
+    rank0 = process_info()[0] == 0
+    if rank0 and args.output:
+        write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])
+    if rank0 and args.topk_output:
+        write_topk(args.topk_output, scores, indices, names)
+    metrics: dict[str, float] = {"gallery_size": len(names), "queries": len(titles)}
+    if data.answers is not None:
+        labels = [int(x) for x in data.answers.sort_values("query")["label"]]
+        metrics.update({f"test_t2i_{k}": v for k, v in recall_at_k(indices, labels).items()})
+        metrics["test_assigned_acc"] = float(np.mean(chosen == np.asarray(labels)) * 100)
+    return RetrievalResult(chosen, scores, indices, names, metrics)
+
+
+def evaluate(args: RetrievalArguments) -> dict[str, float]:
+    """Text-to-image and image-to-text R@1/5/10 + MR on a labelled set, with its gallery size.
+
+    ``--split val``: the held-out training pairs against held-out + non-train images (the
+    competition protocol). ``--split test``: test queries against the gallery, with an answers file.
+    """
+    data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test")
+    if args.split == "val":
+        if len(data.val) == 0:
+            raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
+        titles = list(data.val["title"])
+        labels = [int(x) for x in data.val["label"]]
+        names = list(data.val_gallery["path"])
+    else:
+        answers = data.answers
+        if args.answers:
+            answers = _read_answers(args.answers, data)
+        if answers is None:
+            raise ConfigError(
+                f"--split test needs answers: {Path(args.data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
+            )
+        titles = list(data.queries["title"])
+        answers = answers.sort_values("query")
+        labels = [int(x) for x in answers["label"]]
+        names = list(data.gallery["path"])
+        if len(labels) != len(titles):
+            raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
+    model, processor, preprocessing, adapter_dir = load_retrieval_model(
+        args.model_name_or_path, args.adapter, model_revision=args.model_revision,
+        adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+    )
+    gallery_paths = [str(Path(data.image_dir) / p) for p in names]
+    queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
+    metrics: dict[str, float] = {}
+    _, t2i = rank(queries, gallery, k=10)
+    metrics.update({f"{args.split}_t2i_{k}": round(v, 4) for k, v in recall_at_k(t2i, labels).items()})
+    # Image-to-text over the images that have captions: an image's positives are all its titles.
+    captions: dict[int, set[int]] = {}
+    for qi, gi in enumerate(labels):
+        captions.setdefault(gi, set()).add(qi)
+    image_ids = sorted(captions)
+    _, i2t = rank(gallery[image_ids], queries, k=10)
+    metrics.update({f"{args.split}_i2t_{k}": round(v, 4) for k, v in recall_at_k(i2t, [captions[g] for g in image_ids]).items()})
+    metrics[f"{args.split}_gallery_size"] = len(names)
+    metrics[f"{args.split}_queries"] = len(titles)
+    return metrics
+
+
+def _read_answers(path: str, data: CompetitionData) -> pd.DataFrame:
+    frame = read_table(path, sep=",", required_columns=["query", "path"])
+    index = {p: i for i, p in enumerate(data.gallery["path"])}
+    missing = [(i, p) for i, p in enumerate(frame["path"]) if p not in index]
+    if missing:
+        line, p = missing[0]
+        raise CnClipLoraError(f"{path}, line {line + 2}: {p!r} is not a gallery image ({len(missing)} such rows).")
+    frame = frame.copy()
+    frame["label"] = [index[p] for p in frame["path"]]
+    return frame

@@ -1,0 +1,175 @@
+"""``train()``: data -> model -> LoRA -> CnClipLoraTrainer -> adapter folder.
+
+The same function serves ``cnclip-lora train``, ``accelerate launch -m cnclip_lora train``,
+``torchrun -m cnclip_lora train`` and notebooks::
+
+    from cnclip_lora import train
+    result = train(["--model_name_or_path", "tiny", "--data_dir", "xfdata", "--output_dir", "out",
+                    "--max_steps", "50"])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+
+from cnclip_lora.collate import ImageTextCollator, Preprocessing
+from cnclip_lora.config import (
+    CnClipTrainingArguments,
+    DataArguments,
+    LoraArguments,
+    ModelArguments,
+    parse_train_args,
+)
+from cnclip_lora.data import CompetitionData, load_competition_data
+from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
+from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
+
+__all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced: the adapter folder and its metrics."""
+
+    output_dir: Path
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    pushed_to: str | None = None
+
+
+def val_eval_set(data: CompetitionData) -> RetrievalEvalSet:
+    """The held-out titles against the validation gallery (held-out images + non-train images)."""
+    image_dir = Path(data.image_dir)
+    return RetrievalEvalSet(
+        titles=list(data.val["title"]),
+        labels=[int(x) for x in data.val["label"]],
+        gallery_paths=[str(image_dir / p) for p in data.val_gallery["path"]],
+    )
+
+
+def _limit_queries(eval_set: RetrievalEvalSet, limit: int | None) -> RetrievalEvalSet:
+    if limit is None or limit >= len(eval_set):
+        return eval_set
+    return RetrievalEvalSet(eval_set.titles[:limit], eval_set.labels[:limit], eval_set.gallery_paths)
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: CnClipTrainingArguments,
+) -> TrainResult:
+    """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
+    # 1. Data first: every input problem is reported before a model is loaded.
+    data = load_competition_data(
+        data_args.data_dir,
+        val_size=data_args.val_size_value,
+        seed=data_args.split_seed,
+        skip_bad_rows=data_args.skip_bad_rows,
+        check_images=data_args.check_images,
+        require_queries=False,
+    )
+    logger.info("data: %s", data.report.summary().replace("\n", "; "))
+    if len(data.train) == 0:
+        from cnclip_lora.errors import DataError
+
+        raise DataError(f"{data.root}/train.csv: no usable training pairs.")
+
+    # 2. Model + verified adapters.
+    model, processor = load_model_and_processor(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    lora_kwargs = lora_args.apply_lora_kwargs()
+    model = apply_lora(model, **lora_kwargs)
+    lora_counts = count_lora_modules(model)
+
+    preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip)
+    record = {
+        "base_model": model_args.model_name_or_path,
+        "data": {
+            "data_dir": str(data_args.data_dir),
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "val_gallery_size": len(data.val_gallery),
+            "skipped_rows": data.report.skipped_rows,
+        },
+        "lora": {
+            "r": lora_args.lora_r,
+            "alpha": lora_args.lora_alpha,
+            "dropout": lora_args.lora_dropout,
+            "targets": lora_kwargs["targets"] or "default: Q/K/V of both towers",
+            "adapted_modules": lora_counts,
+        },
+    }
+
+    # 3. Hub pushes are ours, not the Trainer's: it would upload the whole folder (checkpoints,
+    # pickled arguments) at every save; we upload the adapter set once at the end.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
+    eval_set = _limit_queries(val_eval_set(data), training_args.eval_max_queries) if len(data.val) else None
+    if eval_set is None and training_args.eval_strategy != "no":
+        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
+
+    trainer = CnClipLoraTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        data_collator=ImageTextCollator(
+            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip
+        ),
+        processing_class=processor,
+        retrieval_eval=eval_set,
+        preprocessing=preprocessing,
+        record=record,
+    )
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    train_metrics = dict(train_output.metrics)
+    train_metrics["train_samples"] = len(data.train)
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
+
+    eval_metrics: dict[str, float] = {}
+    if eval_set is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+
+    pushed_to = None
+    if push and trainer.is_world_process_zero():
+        from cnclip_lora.hub import push_adapter
+
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        pushed_to = push_adapter(
+            training_args.output_dir,
+            repo_id,
+            private=bool(training_args.hub_private_repo),
+            token=training_args.hub_token,
+            revision=training_args.hub_revision if hasattr(training_args, "hub_revision") else None,
+        )
+    return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
+
+
+def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
+    """Parse training flags (or a YAML/JSON file) and run training.
+
+    Args:
+        argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``.
+        overrides: flags as keyword arguments (``max_steps=10``), appended after ``argv``.
+    """
+    argv = list(argv or [])
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    return run_training(*parse_train_args(argv))
