@@ -130,7 +130,7 @@ class CnClipTrainingArguments(TrainingArguments):
       for unused ones only costs time (and errors with frozen base weights under PEFT).
     * ``dataloader_drop_last=True``: contrastive batches are compared across processes, so every
       process must hold the same number of rows; a short last batch would also weaken negatives.
-    * ``gradient_checkpointing_kwargs={"use_reentrant": False}``: the re-entrant variant does not
+    * ``activation_checkpointing_kwargs={"use_reentrant": False}`` (alias ``gradient_checkpointing_kwargs``): the re-entrant variant does not
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
@@ -140,7 +140,7 @@ class CnClipTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw title/path columns for the collator."})
     ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every LoRA weight is used each step."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal contrastive batches on every process."})
-    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
         metadata={"help": "Non-reentrant checkpointing so LoRA weights receive gradients."},
     )

@@ -723,13 +723,10 @@ class _Scanner:
                 self.problems.append(problem)
         if self.skip_bad_rows:
             self.report.skipped_rows = len(self.bad)
-            if self.bad and not self.train and self.report.ok:
-                self.add(
-                    self.disp(_TRAIN),
-                    None,
-                    "every row was skipped: no training pairs are left",
-                    "skipped row",
-                )
+            if self.bad and not self.train:
+                # Not fatal here: retrieval needs no training pair; training refuses an empty set.
+                msg = "every row was skipped: no training pairs are left"
+                self.add(self.disp(_TRAIN), None, msg, "skipped row", fatal=False)
         for path in gallery:
             if not errors.get(path):
                 self.gallery.append(path)
@@ -847,7 +844,7 @@ class _Scanner:
         # split depends on the set of images and the seed, not on row order.
         images = sorted({p for _, p, _ in self.train})
         # Broken data: report that, not a split error about data that cannot be used anyway.
-        n_held = _n_held_out(val_size, len(images)) if val_size and self.report.ok else 0
+        n_held = _n_held_out(val_size, len(images)) if val_size and images and self.report.ok else 0
         order = np.random.default_rng(seed).permutation(len(images))
         held = {images[i] for i in order[:n_held]}
         self.held_out = sorted(held)

@@ -701,30 +701,33 @@ def _all_combos(spec: DomainSpec) -> list[Combo]:
 def _title(spec: DomainSpec, combo: Combo, rng: random.Random) -> str:
     """A Taobao-style title: noise words around every visible attribute word, 20-40 chars."""
     noise = spec.noise
+
+    def pick(words: Sequence[str]) -> str:  # any noise list may be empty in a custom domain
+        return rng.choice(words) if words else ""
+
     index, attrs = combo
     body = [value for _, value in attrs]
     rng.shuffle(body)
     if rng.random() < 0.6:
-        body.insert(rng.randrange(len(body) + 1), rng.choice(noise.fillers))
+        body.insert(rng.randrange(len(body) + 1), pick(noise.fillers))
     body.append(spec.items[index].word)
     # Noise before and after the visible words; trimmed from the ends when a title runs long.
     head: list[str] = []
     if rng.random() < 0.85:
-        head.append(rng.choice(noise.shops) + (rng.choice(noise.latin) if rng.random() < 0.25 else ""))
+        head.append(pick(noise.shops) + (pick(noise.latin) if rng.random() < 0.25 else ""))
     year = str(rng.randint(2019, 2024)) if rng.random() < 0.6 else ""
-    when = year + (rng.choice(noise.times) if rng.random() < 0.6 else "")
-    if when:
-        head.append(when)
-    head.extend(rng.sample(noise.promos, rng.randint(1, 3)))
+    head.append(year + (pick(noise.times) if rng.random() < 0.6 else ""))
+    head.extend(rng.sample(noise.promos, rng.randint(min(1, len(noise.promos)), min(3, len(noise.promos)))))
     if rng.random() < 0.2:
-        head.insert(rng.randrange(len(head) + 1), rng.choice(noise.latin))
+        head.insert(rng.randrange(len(head) + 1), pick(noise.latin))
     tail: list[str] = []
     if rng.random() < 0.6:
-        tail.append(rng.choice(noise.suffixes))
+        tail.append(pick(noise.suffixes))
     if rng.random() < 0.3:
-        tail.append(rng.choice(noise.sizes))
+        tail.append(pick(noise.sizes))
     if rng.random() < 0.6:
         tail.append((rng.choice("ABKX") if rng.random() < 0.2 else "") + str(rng.randint(100, 99999)))
+    head, tail = [w for w in head if w], [w for w in tail if w]
 
     def join() -> str:
         return "".join(head + body + tail)
@@ -732,7 +735,8 @@ def _title(spec: DomainSpec, combo: Combo, rng: random.Random) -> str:
     while len(join()) > 40 and (head or tail):
         (head if head and (not tail or rng.random() < 0.5) else tail).pop()
     while len(join()) < 20:
-        head.append(rng.choice([w for w in noise.promos if w not in head] or noise.promos))
+        unused = [w for w in noise.promos if w not in head]
+        head.append(pick(unused) or str(rng.randint(100, 99999)))
     return join()
 
 

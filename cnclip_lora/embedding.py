@@ -8,6 +8,7 @@ as L2-normalised float32 numpy arrays in input order, whatever the number of pro
 from __future__ import annotations
 
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,7 +67,8 @@ def _map_embed(
             load_from_cache_file=True,
         )
     else:
-        map_kwargs.update(new_fingerprint=None, load_from_cache_file=False, keep_in_memory=True)
+        # A throwaway fingerprint: without one, datasets would hash the closure (and the model in it).
+        map_kwargs.update(new_fingerprint=uuid.uuid4().hex, load_from_cache_file=False, keep_in_memory=True)
 
     def _fn(batch: dict[str, list]) -> dict[str, np.ndarray]:
         return {"embedding": embed_batch(batch)}

@@ -122,7 +122,8 @@ def summarize_lora_weights(adapter_file: str | os.PathLike) -> dict[str, dict[st
     }
     modules: dict[str, str] = {}
     try:
-        with safe_open(str(adapter_file), framework="pt") as handle:
+        # framework="numpy" reads shapes of any dtype (bf16 included) without importing torch.
+        with safe_open(str(adapter_file), framework="numpy") as handle:
             for key in handle.keys():
                 module, is_lora, _ = key.partition(".lora_")
                 module = module.removeprefix("base_model.model.")

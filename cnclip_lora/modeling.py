@@ -215,12 +215,16 @@ def resolve_lora_targets(model: nn.Module, targets: list[str] | str | None = Non
     if unmatched:
         # Suggest from both full names and leaf names, so suffix typos get a useful hint too.
         candidates = sorted(set(linear) | {name.rsplit(".", 1)[-1] for name in linear})
-        lines = []
+        described = []
         for entry in unmatched:
             close = difflib.get_close_matches(entry, candidates, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            lines.append(f"{entry!r} matches no nn.Linear module{hint}")
-        raise ConfigError("lora targets: " + "; ".join(lines))
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            described.append(f"{entry!r}{hint}")
+        raise ConfigError(
+            f"lora targets: {len(unmatched)} of {len(entries)} entries match no nn.Linear module: "
+            + "; ".join(described)
+            + ". An entry is a full module name or a dotted suffix such as 'q_proj' or 'query'."
+        )
     return [name for name in linear if name in selected]
 
 

@@ -25,6 +25,8 @@ __all__ = ["rank", "assign"]
 # per-block top-k and merge, small enough to stay well under the 256 MB budget.
 _BLOCK_ELEMENTS = 16 * 1024 * 1024
 _DEFAULT_QUERY_CHUNK = 1024
+# Width of the column runs in the two-stage block top-k (see _block_topk).
+_GROUP = 64
 # Dense Hungarian cost matrices above this many entries (float64) use the sparse solver.
 _DENSE_ASSIGN_LIMIT = 20_000_000
 
@@ -73,26 +75,42 @@ def _lexsorted_topk(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[
 
 
 def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact lexicographic top-k of a ``[q, g]`` score block, block-local indices."""
-    if k >= block.shape[1]:
-        vals, idx = block.topk(block.shape[1], dim=1, sorted=True)
+    """Exact top-k of a ``[q, g]`` score block (block-local indices, ties to the lower index)."""
+    n, w = block.shape
+    if k >= w:
+        vals, idx = block.topk(w, dim=1, sorted=True)
         return _lexsorted_topk(vals, idx, k)
-    # torch.topk may keep any of several elements tied with the k-th value. One extra
-    # element tells which rows have a tie straddling the boundary (the (k+1)-th value
-    # equals the k-th) without another pass over the block; those rows are redone:
-    # everything strictly above the k-th value, then the lowest-index elements equal to it.
-    # Exact ties are rare except for duplicate gallery vectors, so usually no row is redone.
-    vals, idx = block.topk(k + 1, dim=1, sorted=True)
-    bad = torch.nonzero(vals[:, k] == vals[:, k - 1]).flatten()
-    vals, idx = _lexsorted_topk(vals[:, :k], idx[:, :k], k)
+    m = _GROUP
+    if w % m == 0 and w // m > k and 2 * k * m <= w:
+        # Two-stage select, about twice as fast as torch.topk over the whole block: the
+        # maximum of each run of m columns (one vectorised pass), the top-k runs, then top-k
+        # among their k * m scores. Every top-k element lies in a top-k run: a run outside
+        # them sits below k runs that each hold a larger score.
+        run_max = block.view(n, w // m, m).amax(dim=2)
+        run_vals, runs = run_max.topk(k + 1, dim=1, sorted=True)
+        cols = (runs[:, :k, None] * m + torch.arange(m)).view(n, k * m)
+        vals, pos = block.gather(1, cols).topk(k + 1, dim=1, sorted=True)
+        idx = cols.gather(1, pos)
+        tied = (vals[:, k] == vals[:, k - 1]) | (run_vals[:, k] == run_vals[:, k - 1])
+    else:
+        vals, idx = block.topk(k + 1, dim=1, sorted=True)
+        tied = vals[:, k] == vals[:, k - 1]
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
+    # torch.topk may keep any of several elements tied with the k-th value. The extra
+    # (k+1)-th element flags rows with a tie straddling the boundary (a tie between run
+    # maxima could also hide one); those rows are redone over the whole row: everything
+    # strictly above the k-th value, then the lowest-index elements equal to it. Exact ties
+    # are rare except for duplicate gallery vectors, so usually no row is redone.
+    bad = torch.nonzero(tied).flatten()
     if bad.numel():
-        sub, t = block[bad], vals[bad, k - 1 :]
+        sub = block[bad]
+        t = sub.topk(k, dim=1).values[:, -1:]
         gt = sub > t
         eq = sub == t
         need = k - gt.sum(dim=1, keepdim=True)
         keep = gt | (eq & (eq.cumsum(dim=1) <= need))
         cols = torch.nonzero(keep)[:, 1].view(len(bad), k)  # row-major: ascending index per row
-        vals[bad], idx[bad] = _lexsorted_topk(sub.gather(1, cols), cols, k)
+        vals[bad], idx[bad] = sub.gather(1, cols), cols
     return vals, idx
 
 

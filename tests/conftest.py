@@ -63,3 +63,25 @@ def make_dataset_dir():
         return build_dataset_dir(Path(tmp_path) / name, **options)
 
     return make
+
+
+# ------------------------------------------------------------------ model + demo fixtures
+# Built once per session: the tiny model and a small synthetic dataset, both offline.
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Chinese-CLIP checkpoint folder laid out like the Hub's."""
+    from cnclip_lora.tiny_model import make_tiny_model
+
+    return Path(make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0))
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the competition layout (with test_answers.csv)."""
+    from cnclip_lora.demo_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("demo-data") / "xfdata"
+    make_demo_data(root, seed=1, n_train=64, n_queries=12, n_distractors=20)
+    return root

@@ -388,6 +388,18 @@ def test_skip_bad_rows_skips_and_reports(tmp_path, make_dataset_dir):
     assert "skipped rows:" in report.summary() and "5" in report.summary()
 
 
+def test_skip_bad_rows_may_leave_no_training_pairs(tmp_path, make_dataset_dir):
+    root = make_dataset_dir(tmp_path, n_gallery=2)
+    _write_train(root, [("", "train_000.jpg"), ("标题", "gone.jpg")])
+    data = load_competition_data(root, skip_bad_rows=True)  # retrieval needs no training pair
+    assert len(data.train) == len(data.val) == 0 and data.report.skipped_rows == 2
+    assert any(p.kind == "skipped row" and not p.fatal for p in data.report.problems)
+    # train_000.jpg is named by train.csv (row skipped), so it stays out of the gallery
+    assert list(data.gallery["path"]) == ["gal_000.jpg", "gal_001.jpg"] + [
+        f"train_{i:03d}.jpg" for i in range(1, 6)
+    ]
+
+
 def test_skip_bad_rows_keeps_query_problems_fatal(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path, sample_submit=False, answers=False)
     (root / "test_query.csv").write_text("title\n查询\n  \n\u200b\n", encoding="utf-8")

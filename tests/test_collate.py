@@ -1,0 +1,98 @@
+"""The shared preprocessing path: collator contract, flips, title length, the recorded record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+from cnclip_lora.collate import (
+    RECORD_FILE,
+    ImageTextCollator,
+    Preprocessing,
+    preprocess_images,
+    tokenize_titles,
+    write_record,
+)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def asym_image(tmp_path):
+    """An image whose left half differs from its right half, so a flip is visible."""
+    arr = np.zeros((40, 40, 3), dtype=np.uint8)
+    arr[:, :20] = (250, 10, 10)
+    arr[:, 20:] = (10, 10, 250)
+    path = tmp_path / "asym.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_collator_returns_the_documented_batch(processor, demo_dir):
+    import pandas as pd
+
+    rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(3).to_dict("records")
+    batch = ImageTextCollator(processor, demo_dir / "image", max_length=52, flip="none")(rows)
+    size = processor.image_processor.size["height"]
+    assert set(batch) >= {"input_ids", "attention_mask", "pixel_values"}
+    assert batch["input_ids"].shape == (3, 52)
+    assert batch["pixel_values"].shape == (3, 3, size, size)
+    assert batch["pixel_values"].dtype == torch.float32
+
+
+def test_long_titles_are_truncated_to_max_length(processor):
+    long_title = "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723" * 5
+    enc = tokenize_titles([long_title, "短"], processor.tokenizer, max_length=52)
+    assert enc["input_ids"].shape == (2, 52)
+    assert enc["attention_mask"][0].sum() == 52  # the long one fills every position
+    assert enc["attention_mask"][1].sum() < 52   # the short one is padded
+
+
+def test_flip_always_mirrors_pixels_and_none_does_not(processor, asym_image):
+    plain = preprocess_images([asym_image], processor.image_processor, flips=False)
+    flipped = preprocess_images([asym_image], processor.image_processor, flips=True)
+    assert torch.allclose(flipped, torch.flip(plain, dims=[-1]), atol=1e-5)
+    assert not torch.allclose(flipped, plain, atol=1e-2)
+
+
+def test_random_flip_follows_torch_seed(processor, asym_image, tmp_path):
+    rows = [{"title": "红色", "path": asym_image.name}] * 16
+    collate = ImageTextCollator(processor, tmp_path, flip="random")
+    torch.manual_seed(0)
+    a = collate(rows)["pixel_values"]
+    torch.manual_seed(0)
+    b = collate(rows)["pixel_values"]
+    assert torch.equal(a, b)
+    left_red = a[:, 0, :, 0].mean(dim=-1) > 0  # red channel high at the left edge = not flipped
+    assert 0 < int(left_red.sum()) < 16         # some flipped, some not
+
+
+def test_inference_flip_only_when_every_training_image_was_flipped():
+    assert Preprocessing(train_flip="always").inference_flip is True
+    assert Preprocessing(train_flip="random").inference_flip is False
+    assert Preprocessing(train_flip="none").inference_flip is False
+
+
+def test_record_round_trips(tmp_path):
+    prep = Preprocessing(max_length=40, train_flip="always", draft=False)
+    write_record(tmp_path, prep, data={"n_train": 3})
+    saved = json.loads((tmp_path / RECORD_FILE).read_text())
+    assert saved["preprocessing"]["inference_flip"] is True
+    assert saved["data"] == {"n_train": 3}
+    assert Preprocessing.load(tmp_path) == prep
+    assert Preprocessing.load(tmp_path / "missing") is None
+
+
+def test_collator_names_a_missing_image(processor, tmp_path):
+    from cnclip_lora.errors import DataError
+
+    with pytest.raises(DataError, match="nope.jpg"):
+        ImageTextCollator(processor, tmp_path, flip="none")([{"title": "t", "path": "nope.jpg"}])

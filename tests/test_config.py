@@ -1,0 +1,77 @@
+"""Training arguments: documented defaults, user values win, recipe files, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnclip_lora.config import parse_train_args
+from cnclip_lora.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_seed_recipe_and_task_defaults(tmp_path):
+    model, data, lora, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)])
+    assert (lora.lora_r, lora.lora_alpha, data.max_length, data.flip) == (64, 96, 52, "always")
+    assert args.remove_unused_columns is False
+    assert args.ddp_find_unused_parameters is False
+    assert args.dataloader_drop_last is True
+    assert args.learning_rate == pytest.approx(4e-5)
+    assert lora.apply_lora_kwargs()["targets"] is None
+
+
+def test_user_values_override_task_defaults(tmp_path):
+    _, _, _, args = parse_train_args([
+        "--model_name_or_path", "m", "--output_dir", str(tmp_path),
+        "--remove_unused_columns", "true", "--dataloader_drop_last", "false", "--learning_rate", "1e-3",
+    ])
+    assert args.remove_unused_columns is True
+    assert args.dataloader_drop_last is False
+    assert args.learning_rate == pytest.approx(1e-3)
+
+
+def test_target_modules_are_split_on_commas(tmp_path):
+    _, _, lora, _ = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path),
+                                      "--lora_target_modules", "query, key ,q_proj"])
+    assert lora.apply_lora_kwargs()["targets"] == ["query", "key", "q_proj"]
+
+
+def test_yaml_recipe_is_read_and_later_flags_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n" % tmp_path)
+    _, _, lora, args = parse_train_args([str(recipe), "--num_train_epochs", "5"])
+    assert lora.lora_r == 8
+    assert args.num_train_epochs == 5
+
+
+def test_shipped_vit_h14_recipe_parses():
+    model, data, lora, args = parse_train_args([str(ROOT / "examples" / "vit-h14-seed-recipe.yaml"), "--bf16", "false"])
+    assert model.model_name_or_path == "OFA-Sys/chinese-clip-vit-huge-patch14"
+    assert (lora.lora_r, lora.lora_alpha, data.max_length) == (64, 96, 52)
+    assert args.activation_checkpointing is True
+    assert args.metric_for_best_model == "eval_t2i_MR"
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--flip", "sometimes"], "flip"),
+        (["--val_size", "-1"], "val_size"),
+        (["--val_size", "2.5"], "val_size"),
+        (["--lora_r", "0"], "lora_r"),
+        (["--max_length", "1"], "max_length"),
+        (["--not_an_option", "1"], "unknown option"),
+    ],
+)
+def test_bad_values_fail_naming_the_option(tmp_path, flags, match):
+    with pytest.raises((ConfigError, SystemExit)) as info:
+        parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
+    if info.type is ConfigError:
+        assert match in str(info.value)
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_train_args([str(tmp_path / "nope.yaml")])
