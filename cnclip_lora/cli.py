@@ -118,9 +118,11 @@ def _cmd_make_demo_data(argv: Sequence[str]) -> int:
     parser.add_argument("--n_distractors", type=int, default=300, help="extra gallery images")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0])
+    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
     args = parser.parse_args(argv)
     counts = make_demo_data(args.out_dir, seed=args.seed, n_train=args.n_train, n_queries=args.n_queries,
-                            n_distractors=args.n_distractors, image_size=args.image_size, domain=args.domain)
+                            n_distractors=args.n_distractors, image_size=args.image_size, domain=args.domain,
+                            overwrite=args.overwrite)
     print(f"wrote {args.out_dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 

@@ -142,13 +142,14 @@ def push_adapter(
 ) -> str:
     """Upload the adapter of a training folder, with a fresh model card, to the Hub.
 
-    The folder is validated first; README.md is regenerated from its records and
-    metrics; then one commit adds exactly :func:`adapter_files` (never
-    ``training_args.bin``, checkpoints, logs or base weights).
+    The folder is validated first; once the repo exists, README.md is regenerated
+    from the folder's records and metrics; then one commit adds exactly
+    :func:`adapter_files` (never ``training_args.bin``, checkpoints, logs or base weights).
 
     Args:
         output_dir: The training output directory.
-        repo_id: Target model repo, ``"user/name"``; created (public unless ``private``) if missing.
+        repo_id: Target model repo, ``"user/name"`` (a bare ``"name"`` goes to the token's
+            namespace); created (public unless ``private``) if missing.
         private: Create the repo private. An existing repo keeps its visibility.
         token: Hub token; ``None`` uses ``HF_TOKEN`` or the ``hf auth login`` cache.
         revision: Branch to commit to (created from ``main`` if missing); default ``main``.
@@ -163,15 +164,17 @@ def push_adapter(
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise CnClipLoraError(f"--repo_id {repo_id!r} is not a valid Hub repo id ('user/name'): {err}") from None
-    write_model_card(folder, repo_id=repo_id, license=license)
-    names = adapter_files(folder)
     api = HfApi(token=token)
     target = f"{repo_id}@{revision or 'main'}"
-    logger.info("Pushing %d file(s) from %s to %s: %s", len(names), folder, target, ", ".join(names))
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # A bare name lands in the token owner's namespace: the returned URL has the full id.
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id
+        target = f"{repo_id}@{revision or 'main'}"
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        write_model_card(folder, repo_id=repo_id, license=license)
+        names = adapter_files(folder)
+        logger.info("Pushing %d file(s) from %s to %s: %s", len(names), folder, target, ", ".join(names))
         commit = api.create_commit(
             repo_id,
             operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names],

@@ -208,6 +208,7 @@ def _preprocessing_section(record: dict[str, Any]) -> list[str]:
         f"- training images: flip rule `{pre.get('train_flip')}`",
         f"- retrieval images (gallery): {flip.get(pre.get('inference_flip'), pre.get('inference_flip'))}",
         f"- EXIF orientation applied before resizing: {pre.get('exif_transpose')}",
+        *([f"- JPEG draft (reduced-scale) decoding: {pre['draft']}"] if "draft" in pre else []),
         "",
         "Embed galleries with the same rule as in training: `load_retrieval_model` returns it as `preprocessing`.",
     ]
@@ -274,7 +275,7 @@ def _usage_section(base: str, repo: str, has_processor: bool, flip: bool) -> lis
         "```python",
         "from cnclip_lora import load_retrieval_model",
         "",
-        f'model, processor, preprocessing = load_retrieval_model("{base}", adapter="{repo}")',
+        f'model, processor, preprocessing, adapter_dir = load_retrieval_model("{base}", adapter="{repo}")',
         "```",
         "",
         "With plain transformers + peft:",

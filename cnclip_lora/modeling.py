@@ -109,8 +109,9 @@ def load_model_and_processor(
     try:
         model = model_cls.from_pretrained(model_name_or_path, **model_kwargs)
     except OSError as err:
-        # A Hub repo (no local folder to inspect) without safetensors weights ends up here.
-        if "safetensors" in str(err):
+        # A Hub repo (no local folder to inspect) without safetensors weights ends up here;
+        # a local folder was already checked, so its errors (e.g. no weights at all) pass through.
+        if not Path(os.fspath(model_name_or_path)).is_dir() and "safetensors" in str(err):
             raise UnsafeArtifactError(
                 f"{model_name_or_path!r} has no safetensors weights{f' at revision {revision!r}' if revision else ''}; "
                 f"pickled weights are never loaded. {_CONVERT_HINT}"

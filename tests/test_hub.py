@@ -298,7 +298,7 @@ def test_push_failure_does_not_leak_the_token(tmp_path, fake_hub, caplog):
     assert "Bearer ***" in str(info.value)  # the echoed header reached the message, redacted
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert secret not in caplog.text
-    assert secret not in (run / "README.md").read_text(encoding="utf-8")
+    assert not (run / "README.md").exists()  # a push refused by the Hub leaves the folder as it was
 
 
 def test_push_token_comes_from_hf_token_env(tmp_path, fake_hub, monkeypatch):
@@ -307,6 +307,14 @@ def test_push_token_comes_from_hf_token_env(tmp_path, fake_hub, monkeypatch):
     run = make_light_run(tmp_path / "run")
     push_adapter(run, "user/env-token")
     assert fake_hub.commits and set(fake_hub.auth_headers) == {"Bearer hf_from_environment"}
+
+
+def test_push_bare_name_goes_to_the_token_namespace(tmp_path, fake_hub):
+    run = make_light_run(tmp_path / "run")
+    url = push_adapter(run, "bare-adapter")  # as train.py does with the output folder's name
+    assert fake_hub.commits[0]["repo_id"] == "user/bare-adapter"
+    assert "/user/bare-adapter/commit/" in url
+    assert 'adapter="user/bare-adapter"' in (run / "README.md").read_text(encoding="utf-8")
 
 
 def test_push_cli_arguments(tmp_path, fake_hub, capsys):
@@ -406,57 +414,25 @@ def _embed(model, run) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A random tiny ChineseCLIPModel base, a LoRA adapter with non-zero B, and its output folder."""
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """The shared tiny Chinese-CLIP as base, a LoRA adapter with non-zero B, and its output folder."""
     torch = pytest.importorskip("torch")
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        BertTokenizer,
-        ChineseCLIPConfig,
-        ChineseCLIPImageProcessor,
-        ChineseCLIPModel,
-        ChineseCLIPProcessor,
-    )
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
     root = tmp_path_factory.mktemp("tiny_run")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"女装新款长袖连衣裙秋冬男鞋"]) + "\n")
-    config = ChineseCLIPConfig(
-        text_config={
-            "vocab_size": 100,
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 37,
-            "max_position_embeddings": 64,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 37,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    base_dir = root / "base"
-    ChineseCLIPModel(config).save_pretrained(base_dir)
-    base = ChineseCLIPModel.from_pretrained(base_dir).eval()
+    base = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
     model = get_peft_model(
-        ChineseCLIPModel.from_pretrained(base_dir),
+        ChineseCLIPModel.from_pretrained(tiny_model_dir),
         LoraConfig(r=4, lora_alpha=8, target_modules=list(TEXT_TARGETS + VISION_TARGETS)),
     )
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
     model.eval()
-    processor = ChineseCLIPProcessor(
-        image_processor=ChineseCLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False),
-        tokenizer=BertTokenizer(vocab=str(vocab)),
-    )
+    processor = ChineseCLIPProcessor.from_pretrained(tiny_model_dir)
     out = root / "out"
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -464,7 +440,7 @@ def tiny_run(tmp_path_factory):
         out / "cnclip_lora.json",
         {
             "format_version": 1,
-            "base_model": str(base_dir),
+            "base_model": str(tiny_model_dir),
             "preprocessing": {"max_length": 16, "train_flip": "always", "inference_flip": True, "exif_transpose": True},
             "data": {"data_dir": str(root / "xfdata"), "n_train": 8, "n_val": 4, "val_gallery_size": 4},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": list(TEXT_TARGETS + VISION_TARGETS)},
@@ -473,17 +449,28 @@ def tiny_run(tmp_path_factory):
     _write_json(out / "all_results.json", _random_metrics(seed=7, gallery_size=4))
     (out / "training_args.bin").write_bytes(b"\x80\x04pickle")
 
+    size = processor.image_processor.size["height"]
     run = SimpleNamespace(
-        base_dir=base_dir,
+        base_dir=tiny_model_dir,
         out=out,
+        tokenizer=processor.tokenizer,
         text_inputs=dict(
             processor.tokenizer(["新款连衣裙", "男鞋秋冬"], padding="max_length", max_length=16, return_tensors="pt")
         ),
-        pixel_values=torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
+        pixel_values=torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)),
     )
     run.reference = _embed(model, run)
     run.base_embeddings = _embed(base, run)
     return run
+
+
+def _run_card_snippet(readme: Path, marker: str, base_dir: Path) -> dict:
+    """Execute the card's python block containing ``marker``, the local base filled in."""
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    (snippet,) = [block for block in blocks if marker in block]
+    namespace: dict = {}
+    exec(snippet.replace("<base Chinese-CLIP model>", str(base_dir)), namespace)  # noqa: S102
+    return namespace
 
 
 def test_push_round_trip_reproduces_embeddings(tiny_run, tmp_path, fake_hub):
@@ -512,14 +499,10 @@ def test_push_round_trip_reproduces_embeddings(tiny_run, tmp_path, fake_hub):
         assert (want - base).abs().max() > 1e-3  # the adapter really changes both towers
 
     # The card's plain-peft snippet, with the local base filled in, loads the same model from the Hub.
-    readme = (path / "README.md").read_text(encoding="utf-8")
-    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "PeftModel" in block)
-    namespace: dict = {}
-    exec(snippet.replace("<base Chinese-CLIP model>", str(tiny_run.base_dir)), namespace)  # noqa: S102
+    namespace = _run_card_snippet(path / "README.md", "PeftModel", tiny_run.base_dir)
     for got, want in zip(_embed(namespace["model"], tiny_run), tiny_run.reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # merged weights: float rounding only
-    # [CLS] 新 款 [SEP] by their line numbers in the fixture's vocab.txt
-    assert namespace["processor"].tokenizer("新款")["input_ids"] == [2, 7, 8, 3]
+    assert namespace["processor"].tokenizer("新款")["input_ids"] == tiny_run.tokenizer("新款")["input_ids"]
     assert fake_hub.unknown == []
 
 
@@ -527,3 +510,20 @@ def test_hub_check_adapter_dir_accepts_peft_output(tiny_run):
     assert check_adapter_dir(tiny_run.out) == tiny_run.out
     towers = summarize_lora_weights(tiny_run.out / "adapter_model.safetensors")
     assert (towers["text"]["modules"], towers["vision"]["modules"]) == (6, 6)
+
+
+def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fake_hub):
+    import torch
+
+    import cnclip_lora
+
+    if not hasattr(cnclip_lora, "load_retrieval_model"):
+        pytest.skip("cnclip_lora does not export load_retrieval_model (yet)")
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run.out, out)
+    push_adapter(out, "user/tiny-snippet")
+    namespace = _run_card_snippet(out / "README.md", "load_retrieval_model", tiny_run.base_dir)
+    for got, want in zip(_embed(namespace["model"], tiny_run), tiny_run.reference):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    preprocessing = namespace["preprocessing"]  # the recorded rule comes back with the model
+    assert (preprocessing.max_length, preprocessing.inference_flip) == (16, True)

@@ -1,0 +1,148 @@
+"""CnClipLoraTrainer end to end on the tiny model: loss, what is saved, reload, resume, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoProcessor, ChineseCLIPModel
+
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.loss import ContrastiveLoss
+from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
+from cnclip_lora.train import train
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}
+
+
+def _flags(model_dir: Path, data_dir: Path, out: Path, **extra) -> list[str]:
+    flags = {
+        "model_name_or_path": model_dir, "data_dir": data_dir, "output_dir": out,
+        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "learning_rate": 1e-3,
+        "lora_r": 8, "lora_alpha": 16, "val_size": 8, "use_cpu": True, "seed": 0,
+        "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+    flags.update(extra)
+    argv: list[str] = []
+    for key, value in flags.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "adapter"
+    result = train(_flags(tiny_model_dir, demo_dir, out, max_steps=4))
+    return result
+
+
+def test_loss_equals_chinese_clip_return_loss(tiny_model_dir, demo_dir):
+    import pandas as pd
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
+    rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(6).to_dict("records")
+    batch = ImageTextCollator(processor, demo_dir / "image", flip="none")(rows)
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+        ours = ContrastiveLoss()(out.text_embeds, out.image_embeds, model.logit_scale)
+    assert torch.allclose(ours.loss, out.loss, atol=1e-6)
+
+
+def test_one_step_changes_lora_and_not_base_weights(tiny_model_dir, demo_dir):
+    import pandas as pd
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(8).to_dict("records")
+    batch = ImageTextCollator(processor, demo_dir / "image", flip="always")(rows)
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = model(**batch)
+    ContrastiveLoss()(out.text_embeds, out.image_embeds, model.logit_scale).loss.backward()
+    optim.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "nothing changed"
+    assert all("lora_" in n for n in changed), sorted(changed)[:5]
+    assert any("vision_model" in n for n in changed) and any("text_model" in n for n in changed)
+
+
+def test_output_holds_only_adapter_processor_and_record(trained):
+    out = trained.output_dir
+    names = {p.name for p in out.iterdir() if p.is_file()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "cnclip_lora.json", "preprocessor_config.json",
+            "training_args.json"} <= names
+    assert not any(Path(n).suffix in PICKLE_SUFFIXES for n in names), names
+    assert "model.safetensors" not in names
+    record = json.loads((out / "cnclip_lora.json").read_text())
+    assert record["preprocessing"]["train_flip"] == "always"
+    assert record["preprocessing"]["inference_flip"] is True
+    assert record["data"]["n_train"] > 0 and record["data"]["val_gallery_size"] > record["data"]["n_val"]
+    # only LoRA tensors in the adapter file, and from both towers
+    from safetensors import safe_open
+
+    with safe_open(out / "adapter_model.safetensors", "pt") as fh:
+        keys = list(fh.keys())
+    assert keys and all("lora_" in k for k in keys)
+    assert any("vision_model" in k for k in keys) and any("text_model" in k for k in keys)
+
+
+def test_final_metrics_are_saved_and_include_gallery_size(trained):
+    results = json.loads((trained.output_dir / "all_results.json").read_text())
+    for key in ("train_loss", "eval_t2i_R@1", "eval_t2i_R@5", "eval_t2i_R@10", "eval_t2i_MR", "eval_gallery_size"):
+        assert key in results, key
+    assert results["eval_gallery_size"] > 8
+    assert 0 <= results["eval_t2i_MR"] <= 100
+
+
+def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(trained, tiny_model_dir, demo_dir):
+    from cnclip_lora.collate import tokenize_titles, preprocess_images
+
+    processor = AutoProcessor.from_pretrained(trained.output_dir)
+    base = ChineseCLIPModel.from_pretrained(tiny_model_dir)
+    reloaded = PeftModel.from_pretrained(base, trained.output_dir).eval()
+    plain = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
+    enc = tokenize_titles(["红色条纹连衣裙", "蓝色T恤"], processor.tokenizer, 52)
+    images = sorted((demo_dir / "image").iterdir())[:2]
+    pixels = preprocess_images(images, processor.image_processor, flips=True)
+    with torch.no_grad():
+        t = get_text_embeds(reloaded, **enc)
+        i = get_image_embeds(reloaded, pixels)
+        t0 = get_text_embeds(plain, **enc)
+    assert not torch.allclose(t, t0, atol=1e-4), "adapter had no effect: training did not change it"
+    # merged copy equals the unmerged adapter
+    merged = PeftModel.from_pretrained(ChineseCLIPModel.from_pretrained(tiny_model_dir), trained.output_dir).merge_and_unload().eval()
+    with torch.no_grad():
+        assert torch.allclose(get_text_embeds(merged, **enc), t, atol=1e-5)
+        assert torch.allclose(get_image_embeds(merged, pixels), i, atol=1e-5)
+
+
+def test_resume_from_checkpoint_continues_the_step_count(tiny_model_dir, demo_dir, tmp_path):
+    out = tmp_path / "run"
+    train(_flags(tiny_model_dir, demo_dir, out, max_steps=2, save_strategy="steps", save_steps=2, val_size=0))
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").is_file()
+    assert not (ckpt / "model.safetensors").exists()
+    result = train(_flags(tiny_model_dir, demo_dir, out, max_steps=4, save_strategy="steps", save_steps=2, val_size=0,
+                          resume_from_checkpoint=ckpt))
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps == [1, 2, 3, 4]
+    assert result.train_metrics["train_loss"] > 0
+
+
+def test_best_model_selection_uses_retrieval_metric(tiny_model_dir, demo_dir, tmp_path):
+    out = tmp_path / "best"
+    train(_flags(tiny_model_dir, demo_dir, out, max_steps=4, eval_strategy="steps", eval_steps=2,
+                 save_strategy="steps", save_steps=2, load_best_model_at_end="true",
+                 metric_for_best_model="eval_t2i_MR", greater_is_better="true"))
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_t2i_MR" in e]
+    assert len(evals) >= 2
+    assert state["best_metric"] == pytest.approx(max(e["eval_t2i_MR"] for e in evals[:2]))
+    assert state["best_model_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
