@@ -1,0 +1,173 @@
+"""Retrieval: merged adapters, datasets.map == direct forward, cache hits and invalidation, outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cnclip_lora.collate import Preprocessing, preprocess_images, tokenize_titles
+from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
+from cnclip_lora.retrieve import (
+    RetrievalArguments,
+    embedding_fingerprint,
+    evaluate,
+    load_retrieval_model,
+    retrieve,
+    write_submission,
+)
+from cnclip_lora.train import train
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter") / "out"
+    argv = []
+    for k, v in {"model_name_or_path": tiny_model_dir, "data_dir": demo_dir, "output_dir": out, "max_steps": 3,
+                 "per_device_train_batch_size": 8, "learning_rate": 5e-3, "lora_r": 4, "lora_alpha": 8,
+                 "val_size": 0, "use_cpu": True, "save_strategy": "no", "report_to": "none"}.items():
+        argv += [f"--{k}", str(v)]
+    train(argv)
+    return out
+
+
+def _gallery(demo_dir: Path) -> list[str]:
+    train_names = set(pd.read_csv(demo_dir / "train.csv", sep="\t")["path"])
+    return sorted(p.name for p in (demo_dir / "image").iterdir() if p.name not in train_names)
+
+
+def test_map_embedding_equals_a_direct_batched_forward(tiny_model_dir, demo_dir):
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    model.eval()
+    paths = [demo_dir / "image" / n for n in _gallery(demo_dir)[:10]]
+    titles = list(pd.read_csv(demo_dir / "test_query.csv")["title"][:10])
+    prep = Preprocessing(train_flip="always")
+    via_map = embed_images(model, processor.image_processor, paths, preprocessing=prep, batch_size=4)
+    txt_map = embed_texts(model, processor.tokenizer, titles, batch_size=3)
+    with torch.no_grad():
+        direct = get_image_embeds(model, preprocess_images(paths, processor.image_processor, flips=True))
+        direct_t = get_text_embeds(model, **tokenize_titles(titles, processor.tokenizer, 52))
+    np.testing.assert_allclose(via_map, torch.nn.functional.normalize(direct, dim=-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(txt_map, torch.nn.functional.normalize(direct_t, dim=-1).numpy(), atol=1e-5)
+    assert np.allclose(np.linalg.norm(via_map, axis=1), 1.0, atol=1e-5)
+
+
+def test_merged_retrieval_model_equals_unmerged_peft(adapter_dir, tiny_model_dir):
+    from peft import PeftModel
+
+    merged, processor, prep, _ = load_retrieval_model(str(tiny_model_dir), str(adapter_dir), device="cpu")
+    base, _ = load_model_and_processor(str(tiny_model_dir))
+    unmerged = PeftModel.from_pretrained(base, adapter_dir).eval()
+    enc = tokenize_titles(["红色条纹连衣裙", "黑色波点衬衫"], processor.tokenizer, prep.max_length)
+    pixels = torch.randn(2, 3, *([processor.image_processor.size["height"]] * 2))
+    with torch.no_grad():
+        assert torch.allclose(get_text_embeds(merged, **enc), get_text_embeds(unmerged, **enc), atol=1e-5)
+        assert torch.allclose(get_image_embeds(merged, pixels), get_image_embeds(unmerged, pixels), atol=1e-5)
+    assert prep.train_flip == "always" and prep.inference_flip
+
+
+def test_cache_hit_reuses_and_fingerprint_changes_invalidate(tiny_model_dir, demo_dir, tmp_path):
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    paths = [str(demo_dir / "image" / n) for n in _gallery(demo_dir)[:6]]
+    prep = Preprocessing()
+    fp = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
+                               adapter_dir=None, items=paths, preprocessing=prep)
+    first = embed_images(model, processor.image_processor, paths, preprocessing=prep, cache_dir=tmp_path, fingerprint=fp)
+    assert list(tmp_path.glob(f"embed-{fp}*.arrow"))
+    # Perturb the model: a cache hit must return the stored embeddings without running it.
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(-1.0)
+    again = embed_images(model, processor.image_processor, paths, preprocessing=prep, cache_dir=tmp_path, fingerprint=fp)
+    np.testing.assert_array_equal(first, again)
+    # Every input of the key changes it.
+    other_prep = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
+                                       adapter_dir=None, items=paths, preprocessing=Preprocessing(train_flip="always"))
+    fewer = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
+                                  adapter_dir=None, items=paths[:-1], preprocessing=prep)
+    assert len({fp, other_prep, fewer}) == 3
+    fresh = embed_images(model, processor.image_processor, paths, preprocessing=prep, cache_dir=tmp_path, fingerprint=fewer)
+    np.testing.assert_allclose(fresh, -first[:-1], atol=1e-5)  # recomputed with the flipped projection
+
+
+def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, copy)
+    image_copy = tmp_path / "img.jpg"
+    shutil.copy(demo_dir / "image" / _gallery(demo_dir)[0], image_copy)
+    key = lambda a: embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
+                                         adapter_dir=str(a), items=[str(image_copy)], preprocessing=Preprocessing())
+    before = key(copy)
+    assert key(copy) == before
+    weights = load_file(copy / "adapter_model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1.0
+    save_file(weights, copy / "adapter_model.safetensors")
+    changed_adapter = key(copy)
+    assert changed_adapter != before
+    st = os.stat(image_copy)
+    os.utime(image_copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    assert key(copy) != changed_adapter
+
+
+def test_retrieve_writes_a_valid_submission_and_topk(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
+    args = RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
+                              output=str(tmp_path / "sub" / "submit.csv"), top_k=5, topk_output=str(tmp_path / "topk.csv"),
+                              cache_dir=str(tmp_path / "cache"), device="cpu")
+    result = retrieve(args)
+    sample = pd.read_csv(demo_dir / "sample_submit.csv")
+    sub = pd.read_csv(tmp_path / "sub" / "submit.csv")
+    assert list(sub.columns) == list(sample.columns)
+    assert list(sub["title"]) == list(sample["title"])  # row order kept
+    gallery = set(_gallery(demo_dir))
+    train_names = set(pd.read_csv(demo_dir / "train.csv", sep="\t")["path"])
+    assert sub["path"].notna().all() and set(sub["path"]) <= gallery and not set(sub["path"]) & train_names
+    topk = pd.read_csv(tmp_path / "topk.csv")
+    assert list(topk.columns) == ["query", "rank", "path", "score"]
+    assert len(topk) == len(sample) * 5
+    assert (topk.groupby("query")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    assert list(topk[topk["rank"] == 1]["path"]) == list(sub["path"])  # argmax = rank 1
+    assert result.metrics["gallery_size"] == len(gallery)
+    assert not list((tmp_path / "sub").glob(".*tmp"))  # no temporary left behind
+
+
+def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
+    args = RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
+                              output=str(tmp_path / "submit.csv"), top_k=20, assign="hungarian",
+                              cache_dir=str(tmp_path / "cache"), device="cpu")
+    retrieve(args)
+    sub = pd.read_csv(tmp_path / "submit.csv")
+    assert sub["path"].is_unique
+
+
+def test_evaluate_reports_both_directions_with_gallery_size(tiny_model_dir, demo_dir, tmp_path):
+    for split in ("val", "test"):
+        metrics = evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split=split,
+                                              cache_dir="", device="cpu"))
+        for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_MR", "i2t_R@1", "i2t_MR", "gallery_size"):
+            assert f"{split}_{key}" in metrics
+        assert metrics[f"{split}_t2i_R@1"] <= metrics[f"{split}_t2i_R@5"] <= metrics[f"{split}_t2i_R@10"]
+    assert metrics["test_gallery_size"] == len(_gallery(demo_dir))
+
+
+def test_submission_rejects_a_row_count_mismatch(tmp_path):
+    from cnclip_lora.errors import CnClipLoraError
+
+    with pytest.raises(CnClipLoraError, match="2 rows but there are 1 queries"):
+        write_submission(tmp_path / "s.csv", pd.DataFrame({"title": ["a", "b"], "path": ["", ""]}), ["a"], ["x.jpg"])
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_retrieval_arguments_validate():
+    with pytest.raises(ConfigError, match="assign"):
+        RetrievalArguments(model_name_or_path="m", assign="greedy")
+    with pytest.raises(ConfigError, match="top_k"):
+        RetrievalArguments(model_name_or_path="m", top_k=0)
