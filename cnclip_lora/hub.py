@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -83,7 +83,11 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _redact(text: str, token: str | None) -> str:
-    """Mask ``token`` in ``text``: a server may echo credentials in an error body."""
+    """Mask the token in use (given, or resolved from HF_TOKEN / the login cache) in ``text``.
+
+    A proxy or server may echo credentials in an error body, which becomes our message.
+    """
+    token = token or get_token()
     return text.replace(token, "***") if token else text
 
 

@@ -86,11 +86,12 @@ def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         # maximum of each run of m columns (one vectorised pass), the top-k runs, then top-k
         # among their k * m scores. Every top-k element lies in a top-k run: a run outside
         # them sits below k runs that each hold a larger score.
-        run_max = block.view(n, w // m, m).amax(dim=2)
-        run_vals, runs = run_max.topk(k + 1, dim=1, sorted=True)
-        cols = (runs[:, :k, None] * m + torch.arange(m)).view(n, k * m)
-        vals, pos = block.gather(1, cols).topk(k + 1, dim=1, sorted=True)
-        idx = cols.gather(1, pos)
+        blocks = block.view(n, w // m, m)
+        run_vals, runs = blocks.amax(dim=2).topk(k + 1, dim=1, sorted=True)
+        runs = runs[:, :k]
+        cand = blocks.gather(1, runs[:, :, None].expand(n, k, m)).view(n, k * m)
+        vals, pos = cand.topk(k + 1, dim=1, sorted=True)
+        idx = runs.gather(1, pos // m) * m + pos % m
         tied = (vals[:, k] == vals[:, k - 1]) | (run_vals[:, k] == run_vals[:, k - 1])
     else:
         vals, idx = block.topk(k + 1, dim=1, sorted=True)

@@ -134,7 +134,7 @@ def load_retrieval_model(
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         preprocessing = Preprocessing.load(adapter_dir) or preprocessing
-        if (Path(adapter_dir) / "preprocessor_config.json").is_file():
+        if any((Path(adapter_dir) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
             # The processor saved with the adapter is the one training used.
             processor = ChineseCLIPProcessor.from_pretrained(adapter_dir)
     torch_dtype = _resolve_dtype(dtype)

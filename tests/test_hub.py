@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from fake_hub import FakeHub, fake_hub  # noqa: F401 - fake_hub is a fixture
+from fake_hub import fake_hub  # noqa: F401 - a fixture, used by name
 from huggingface_hub import ModelCard
 
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
@@ -307,6 +307,12 @@ def test_push_token_comes_from_hf_token_env(tmp_path, fake_hub, monkeypatch):
     run = make_light_run(tmp_path / "run")
     push_adapter(run, "user/env-token")
     assert fake_hub.commits and set(fake_hub.auth_headers) == {"Bearer hf_from_environment"}
+
+    # A token from the environment is redacted from error messages as well.
+    fake_hub.required_token, fake_hub.echo_auth_in_errors = "hf_another_one", True
+    with pytest.raises(CnClipLoraError, match=r"Bearer \*\*\*") as info:
+        push_adapter(run, "user/env-token-2")
+    assert "hf_from_environment" not in str(info.value)
 
 
 def test_push_bare_name_goes_to_the_token_namespace(tmp_path, fake_hub):

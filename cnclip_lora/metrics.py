@@ -1,0 +1,177 @@
+"""Retrieval metrics: Recall@K and their mean (MR), in percent, as the field reports them.
+
+``recall_at_k`` works on rankings (gallery indices per query), so the ranking method
+(exact, faiss, chunk sizes) never changes how a hit is counted. ``RetrievalRecall`` wraps
+it as an ``evaluate.Metric`` defined here, because ``evaluate.load("recall")`` needs the Hub
+(and is classification recall anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import datasets
+import evaluate
+import numpy as np
+
+from .errors import CnClipLoraError, ConfigError
+from .ranking import rank
+
+__all__ = ["RetrievalRecall", "recall_at_k", "retrieval_metrics"]
+
+Positive = int | set[int] | frozenset[int] | Sequence[int]
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0 for k in ks):
+        raise ConfigError(f"recall cut-offs ks must be positive integers, got {ks!r}")
+    return tuple(int(k) for k in ks)
+
+
+def _check_positive_indices(pos: np.ndarray) -> None:
+    # -1 is the padding of short rankings; a negative positive would silently match it.
+    if pos.size and pos.min() < 0:
+        raise CnClipLoraError(f"positive gallery indices must be >= 0, got {int(pos.min())}")
+
+
+def _first_hit(ranked: np.ndarray, positives: Sequence[Positive]) -> np.ndarray:
+    """0-based rank of each query's first positive in its ranking; ``inf`` if none."""
+    n_q = ranked.shape[0]
+    first = np.full(n_q, np.inf)
+    if n_q == 0 or ranked.shape[1] == 0:
+        return first
+    if all(isinstance(p, (int, np.integer)) for p in positives):
+        pos = np.asarray(positives, dtype=np.int64)
+        _check_positive_indices(pos)
+        hits = ranked == pos[:, None]
+    else:
+        hits = np.zeros(ranked.shape, dtype=bool)
+        for q, pos in enumerate(positives):
+            pos = np.asarray([pos] if isinstance(pos, (int, np.integer)) else sorted(pos), dtype=np.int64)
+            _check_positive_indices(pos)
+            hits[q] = np.isin(ranked[q], pos)
+    any_hit = hits.any(axis=1)
+    first[any_hit] = hits[any_hit].argmax(axis=1)
+    return first
+
+
+def recall_at_k(
+    ranked,
+    positives: Sequence[Positive],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """Recall@K for each cut-off and their mean, in percent (0-100).
+
+    A query is a hit at K when one of its positives is among its first K ranked gallery
+    items. A ranking shorter than K (a gallery smaller than K) counts a hit anywhere in it.
+    Several positives per query (a set) are allowed, e.g. image->text with several
+    captions per image; an empty set is always a miss.
+
+    Args:
+        ranked: ``[Q, K']`` gallery indices per query, best first (as from :func:`rank`).
+        positives: per query, the correct gallery index or a set of them.
+        ks: recall cut-offs.
+
+    Returns:
+        ``{"R@1": ..., "R@5": ..., "R@10": ..., "MR": mean of the R@K}``.
+
+    Example:
+        >>> recall_at_k([[2, 0, 1], [1, 2, 0]], [0, 1], ks=(1, 2))
+        {'R@1': 50.0, 'R@2': 100.0, 'MR': 75.0}
+    """
+    ks = _check_ks(ks)
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2:
+        raise CnClipLoraError(f"ranked must be a 2-D [queries, k] array of gallery indices, got shape {ranked.shape}")
+    if len(positives) != ranked.shape[0]:
+        raise CnClipLoraError(f"got {len(positives)} positives for {ranked.shape[0]} ranked queries; they must match")
+    if ranked.shape[0] == 0:
+        raise CnClipLoraError("recall needs at least one query, got none")
+    first = _first_hit(ranked.astype(np.int64, copy=False), positives)
+    out = {f"R@{k}": float(100.0 * np.mean(first < k)) for k in ks}
+    out["MR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
+    return out
+
+
+_DESCRIPTION = """Text-image retrieval recall: the share (percent) of queries whose correct gallery item
+is among the first K ranked items, for each K, and MR, the mean of those recalls."""
+
+_INPUTS = """
+Args:
+    predictions: per query, ranked gallery indices (best first).
+    references: per query, the correct gallery indices (one or several).
+    ks: recall cut-offs, default (1, 5, 10).
+Returns:
+    dict with R@K for each K and MR, in percent.
+Example:
+    >>> RetrievalRecall().compute(predictions=[[3, 1], [0, 2]], references=[[1], [0]], ks=(1, 2))
+    {'R@1': 50.0, 'R@2': 100.0, 'MR': 75.0}
+"""
+
+
+class RetrievalRecall(evaluate.Metric):
+    """Recall@K / MR as an ``evaluate`` metric that works offline (no Hub download).
+
+    Supports ``add_batch`` across evaluation steps and evaluate's distributed gathering;
+    the maths is :func:`recall_at_k`.
+    """
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_INPUTS,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("int64")),
+                    "references": datasets.Sequence(datasets.Value("int64")),
+                }
+            ),
+        )
+
+    def _compute(self, predictions, references, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+        # Rankings may differ in length (e.g. faiss returning fewer hits); pad with -1,
+        # which never matches a gallery index.
+        width = max((len(p) for p in predictions), default=0)
+        ranked = np.full((len(predictions), width), -1, dtype=np.int64)
+        for q, p in enumerate(predictions):
+            ranked[q, : len(p)] = p
+        return recall_at_k(ranked, [set(int(i) for i in r) for r in references], ks=ks)
+
+
+def retrieval_metrics(
+    query_embeds,
+    gallery_embeds,
+    positives: Sequence[Positive],
+    *,
+    prefix: str = "t2i_",
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+    use_faiss: bool = False,
+    normalize: bool = True,
+) -> dict[str, float]:
+    """Rank a gallery for each query and report prefixed recalls, with the gallery size.
+
+    Recall depends on the gallery size, so it travels with the numbers.
+
+    Args:
+        query_embeds: ``[Q, D]`` query embeddings (texts for text->image).
+        gallery_embeds: ``[G, D]`` gallery embeddings.
+        positives: per query, the correct gallery index or a set of them.
+        prefix: key prefix, e.g. ``"t2i_"`` or ``"i2t_"``.
+        ks: recall cut-offs.
+        chunk_size: passed to :func:`rank`.
+        use_faiss: passed to :func:`rank`.
+        normalize: passed to :func:`rank`.
+
+    Returns:
+        ``{f"{prefix}R@1": ..., f"{prefix}MR": ..., f"{prefix}gallery_size": G}``.
+    """
+    ks = _check_ks(ks)
+    _, indices = rank(
+        query_embeds, gallery_embeds, max(ks), chunk_size=chunk_size, use_faiss=use_faiss, normalize=normalize
+    )
+    out = {f"{prefix}{name}": value for name, value in recall_at_k(indices, positives, ks=ks).items()}
+    out[f"{prefix}gallery_size"] = int(np.shape(gallery_embeds)[0])
+    return out
