@@ -42,9 +42,25 @@ def _as_float_tensor(x, name: str) -> torch.Tensor:
     return t.cpu()
 
 
-def _inv_norms(x: torch.Tensor) -> torch.Tensor:
-    # Zero vectors get norm 1 (scores 0) rather than NaN, like F.normalize's eps.
-    return 1.0 / x.float().norm(dim=1).clamp(min=1e-12)
+def _inv_norms(x: torch.Tensor, name: str) -> torch.Tensor:
+    """1 / row norms; also the finiteness check (a NaN/inf anywhere makes its row norm non-finite),
+    which is far cheaper than ``torch.isfinite`` over the whole array."""
+    norms = x.float().norm(dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        raise CnClipLoraError(f"{name} embeddings contain NaN or infinite values")
+    # Zero vectors get scores 0 rather than NaN, like F.normalize's eps.
+    return 1.0 / norms.clamp(min=1e-12)
+
+
+def _normalized(x: torch.Tensor, name: str, normalize: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    x = x.float()
+    inv = _inv_norms(x, name)
+    if not normalize:
+        return x
+    if out is None:
+        return x * inv[:, None]
+    out = out[: x.numel()].view(x.shape)
+    return torch.mul(x, inv[:, None], out=out)
 
 
 def _check_inputs(query, gallery, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,9 +75,6 @@ def _check_inputs(query, gallery, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             f"query embeddings {tuple(q.shape)} and gallery embeddings {tuple(g.shape)} have "
             "different dimensions; were they produced by the same model?"
         )
-    for name, t in (("query", q), ("gallery", g)):
-        if not bool(torch.isfinite(t).all()):
-            raise CnClipLoraError(f"{name} embeddings contain NaN or infinite values")
     return q, g
 
 
@@ -89,7 +102,7 @@ def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         blocks = block.view(n, w // m, m)
         run_vals, runs = blocks.amax(dim=2).topk(k + 1, dim=1, sorted=True)
         runs = runs[:, :k]
-        cand = blocks.gather(1, runs[:, :, None].expand(n, k, m)).view(n, k * m)
+        cand = blocks[torch.arange(n)[:, None], runs].view(n, k * m)
         vals, pos = cand.topk(k + 1, dim=1, sorted=True)
         idx = runs.gather(1, pos // m) * m + pos % m
         tied = (vals[:, k] == vals[:, k - 1]) | (run_vals[:, k] == run_vals[:, k - 1])
@@ -123,21 +136,22 @@ def _rank_exact(
     gc = chunk_size or max(k, _BLOCK_ELEMENTS // qc)
     best_s = torch.full((n_q, k), float("-inf"))
     best_i = torch.full((n_q, k), -1, dtype=torch.long)
-    q_inv = _inv_norms(q) if normalize else None
-    # Gallery outer, queries inner: each gallery chunk is normalised/converted once; query
-    # chunks are small ([qc, dim]) and cheap to redo.
+    # Reused score and gallery buffers: a fresh 64 MB tensor per block costs page faults
+    # worth ~25% of the matmul itself.
+    buf = torch.empty(min(qc, n_q) * min(gc, n_g))
+    g_buf = torch.empty(min(gc, n_g) * g.shape[1]) if normalize else None
+    # Queries are normalised once when small (the usual case); otherwise per block.
+    q_small = n_q * q.shape[1] <= _BLOCK_ELEMENTS
+    q_all = _normalized(q, "query", normalize) if q_small else None
+    # Gallery outer, queries inner: each gallery chunk is normalised/converted once.
     for g0 in range(0, n_g, gc):
-        g_blk = g[g0 : g0 + gc].float()
-        if normalize:
-            g_blk = g_blk * _inv_norms(g_blk)[:, None]
+        g_blk = _normalized(g[g0 : g0 + gc], "gallery", normalize, out=g_buf)
         kk = min(k, g_blk.shape[0])
         for q0 in range(0, n_q, qc):
-            q_blk = q[q0 : q0 + qc].float()
-            if normalize:
-                q_blk = q_blk * q_inv[q0 : q0 + qc, None]
-            block = q_blk @ g_blk.T  # [q_chunk, g_chunk]
+            q_blk = q_all[q0 : q0 + qc] if q_small else _normalized(q[q0 : q0 + qc], "query", normalize)
+            block = buf[: q_blk.shape[0] * g_blk.shape[0]].view(q_blk.shape[0], g_blk.shape[0])
+            torch.matmul(q_blk, g_blk.T, out=block)  # [q_chunk, g_chunk]
             vals, idx = _block_topk(block, kk)
-            del block
             cand_s = torch.cat([best_s[q0 : q0 + qc], vals], dim=1)
             cand_i = torch.cat([best_i[q0 : q0 + qc], idx + g0], dim=1)
             # Unfilled slots (-inf, -1) sort last: -inf loses to any finite score.
@@ -161,11 +175,8 @@ def _rank_faiss(
     except ImportError as err:  # optional dependency
         raise CnClipLoraError(f"use_faiss=True needs faiss; {FAISS_HINT}") from err
 
-    def prep(x: torch.Tensor) -> np.ndarray:
-        x = x.float()
-        if normalize:
-            x = x * _inv_norms(x)[:, None]
-        return np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    def prep(x: torch.Tensor, name: str) -> np.ndarray:
+        return np.ascontiguousarray(_normalized(x, name, normalize).numpy(), dtype=np.float32)
 
     n_g, dim = g.shape
     kk = min(k, n_g)
@@ -179,13 +190,13 @@ def _rank_faiss(
     elif index_type == "ivf":
         nlist = max(1, min(int(4 * np.sqrt(n_g)), n_g // 39 or 1))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(prep(g[: max(39 * nlist, 10_000)]))
+        index.train(prep(g[: max(39 * nlist, 10_000)], "gallery"))
         index.nprobe = min(nlist, nprobe or max(1, nlist // 4))
     else:
         raise ConfigError(f"index_type must be 'flat', 'hnsw' or 'ivf', got {index_type!r}")
     for g0 in range(0, n_g, step):
-        index.add(prep(g[g0 : g0 + step]))
-    scores, indices = index.search(prep(q), kk)
+        index.add(prep(g[g0 : g0 + step], "gallery"))
+    scores, indices = index.search(prep(q, "query"), kk)
     # Approximate indexes may return fewer than k hits (index -1); give them -inf so they
     # sort last and `assign` ignores them.
     scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)

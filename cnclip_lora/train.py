@@ -125,6 +125,9 @@ def run_training(
         model=model,
         args=training_args,
         train_dataset=data.train,
+        # Scored by retrieval over the validation gallery (see CnClipLoraTrainer.evaluate); passed so
+        # the Trainer's eval_strategy checks see the held-out split.
+        eval_dataset=data.val if eval_set is not None else None,
         data_collator=ImageTextCollator(
             processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip
         ),

@@ -74,8 +74,8 @@ def test_one_step_changes_lora_and_not_base_weights(tiny_model_dir, demo_dir):
 def test_output_holds_only_adapter_processor_and_record(trained):
     out = trained.output_dir
     names = {p.name for p in out.iterdir() if p.is_file()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "cnclip_lora.json", "preprocessor_config.json",
-            "training_args.json"} <= names
+    assert {"adapter_model.safetensors", "adapter_config.json", "cnclip_lora.json", "training_args.json"} <= names
+    assert names & {"processor_config.json", "preprocessor_config.json"}, names
     assert not any(Path(n).suffix in PICKLE_SUFFIXES for n in names), names
     assert "model.safetensors" not in names
     record = json.loads((out / "cnclip_lora.json").read_text())
