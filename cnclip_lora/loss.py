@@ -117,8 +117,10 @@ def gathered_contrastive_loss(
         logits_t2i = logits_t2i.masked_fill(padded, neg)
         logits_i2t = logits_i2t.masked_fill(padded, neg)
         targets = torch.arange(local_b, device=device) + rank * local_b
-        ce_t2i = F.cross_entropy(logits_t2i, targets, reduction="none")[valid_mask]
-        ce_i2t = F.cross_entropy(logits_i2t, targets, reduction="none")[valid_mask]
+        # Padded query rows are zeroed, not indexed out: boolean indexing would force a
+        # device->host sync every step. Their (finite) values and gradients become 0.
+        ce_t2i = F.cross_entropy(logits_t2i, targets, reduction="none").masked_fill(~valid_mask, 0.0)
+        ce_i2t = F.cross_entropy(logits_i2t, targets, reduction="none").masked_fill(~valid_mask, 0.0)
 
     # Scale factor. The global loss is L = sum_r (ce_t2i_r + ce_i2t_r) / (2 M) over the M valid
     # rows of all W processes. Process w returns L_w = W * (its rows' share of that sum); then
@@ -128,8 +130,8 @@ def gathered_contrastive_loss(
     loss = (ce_t2i.sum() + ce_i2t.sum()) * world_size / (2 * n_valid_global)
 
     with torch.no_grad():
-        t2i_correct = (logits_t2i.argmax(dim=1) == targets)[valid_mask].sum()
-        i2t_correct = (logits_i2t.argmax(dim=1) == targets)[valid_mask].sum()
+        t2i_correct = ((logits_t2i.argmax(dim=1) == targets) & valid_mask).sum()
+        i2t_correct = ((logits_i2t.argmax(dim=1) == targets) & valid_mask).sum()
         total = valid_mask.sum()
         denom = total.clamp(min=1).float()
     return LossOutput(

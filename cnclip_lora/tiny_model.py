@@ -77,6 +77,10 @@ def tiny_config(
         max_position_embeddings=TINY_MAX_POSITIONS,
         type_vocab_size=2,
         pad_token_id=0,
+        # No dropout: the tiny model starts from random weights, and dropout 0.1 on a 2-layer
+        # random BERT drowns the little signal LoRA can find (training then stalls at ln(batch)).
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     vision = dict(
         hidden_size=hidden_size,
