@@ -157,6 +157,14 @@ class CnClipTrainingArguments(TrainingArguments):
     eval_max_queries: int | None = field(
         default=None, metadata={"help": "Evaluate on at most N held-out titles (all by default)."}
     )
+    unique_images_per_batch: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Never put two captions of one image in the same (global) batch, where each would be the "
+            "other's false negative. Default (unset): on when some image has several captions in train.csv; "
+            "true/false force it. See cnclip_lora.sampler.UniqueImageSampler."
+        },
+    )
 
 
 def _config_file_to_argv(path: Path) -> list[str]:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import codecs
 import concurrent.futures
 import csv
+import functools
 import io
 import math
 import numbers
 import os
+import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,8 +43,11 @@ __all__ = [
     "CompetitionData",
     "DataReport",
     "Problem",
+    "MAX_PIXELS_ENV",
     "check_data",
+    "count_truncated",
     "load_competition_data",
+    "max_image_pixels",
     "normalize_title",
     "open_image",
     "read_table",
@@ -61,6 +66,14 @@ _TRAIN, _QUERY, _SUBMIT, _ANSWERS, _IMAGES = (
 _SEP_NAMES = {"\t": "TAB", ",": "comma"}
 _SKIP_FLAG = "--skip_bad_rows"
 _EXTS = " ".join(IMAGE_EXTENSIONS)
+#: Environment variable that sets the largest image (in pixels) accepted; ``none`` disables the check.
+MAX_PIXELS_ENV = "CNCLIP_MAX_IMAGE_PIXELS"
+
+
+class _ImageTooLarge(ValueError):
+    """An image over the pixel limit (Pillow's decompression-bomb guard)."""
+
+
 # Pillow raises these for unreadable images; DecompressionBombError is not an OSError.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -214,6 +227,28 @@ def normalize_title(title: str) -> str:
         elif category != "Cf":
             cleaned.append(ch)
     return " ".join("".join(cleaned).split())
+
+
+def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batch_size: int = 1024) -> int:
+    """How many titles are longer than ``max_length`` tokens (special tokens included).
+
+    Long titles are never an error: the collator truncates them to ``max_length`` (the seed
+    recipe's 52), which drops their tail. The count goes into ``DataReport.truncated_titles`` so
+    a user sees how much text is cut and can raise ``--max_length``.
+
+    Args:
+        titles: Normalised titles (as in ``CompetitionData.train["title"]``).
+        tokenizer: The checkpoint's tokenizer.
+        max_length: The training/retrieval title length in tokens.
+        batch_size: Titles tokenised per call (bounds memory on huge sets).
+    """
+    titles = list(titles)
+    count = 0
+    for start in range(0, len(titles), batch_size):
+        chunk = titles[start : start + batch_size]
+        ids = tokenizer(chunk, add_special_tokens=True, truncation=False)["input_ids"]
+        count += sum(1 for seq in ids if len(seq) > max_length)
+    return count
 
 
 def _decode_bytes(raw: bytes) -> tuple[str, str]:
@@ -445,16 +480,64 @@ def open_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Ima
             sides are still at least ``draft_size`` (Pillow's draft mode): much cheaper when
             the processor shrinks the image anyway. Other formats ignore it.
     """
+    limit = max_image_pixels()  # outside the try: a bad setting is a ConfigError, not an image error
     try:
-        return _decode_image(Path(path), draft=(draft_size, draft_size) if draft_size else None)
+        return _decode_image(Path(path), draft=(draft_size, draft_size) if draft_size else None, limit=limit)
     except _IMAGE_ERRORS as exc:
         raise DataError(
             f"cannot read image {path}: {_image_error_text(exc)}; replace or remove the file"
         ) from exc
 
 
-def _decode_image(path: Path, *, draft: tuple[int, int] | None) -> Image.Image:
+def max_image_pixels() -> int | None:
+    """The largest image, in pixels, that is decoded; ``None`` means no limit.
+
+    Pillow refuses images over ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 million pixels)
+    only with a warning, and raises only over twice that, because a tiny compressed file can
+    expand to gigabytes (a "decompression bomb"). The package rejects everything over the
+    limit with a :class:`DataError` naming the file. Product photos are far below it; a genuine
+    larger image is accepted once the limit is raised with the environment variable
+    ``CNCLIP_MAX_IMAGE_PIXELS`` (a whole number, or ``none`` to disable the check), which also
+    sets Pillow's own limit to match.
+
+    Raises:
+        ConfigError: The environment variable is neither a whole number nor ``none``.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return Image.MAX_IMAGE_PIXELS
+    if raw.lower() in ("none", "off", "0"):
+        limit = None
+    else:
+        try:
+            limit = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(
+                f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels; "
+                "give e.g. 200000000, or `none` to disable the decompression-bomb check"
+            ) from None
+        if limit < 0:
+            raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive number of pixels (or `none`)")
+    # Pillow's own guard must not fire below the limit the user asked for.
+    Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _too_large_text(pixels: int | None, limit: int | None) -> str:
+    size = f"{pixels:,} pixels" if pixels else "too many pixels"
+    limit_text = f"the {limit:,}-pixel limit" if limit else "Pillow's limit"
+    return (
+        f"{size}, over {limit_text} that guards against decompression bombs; if the image is genuine, "
+        f"downscale it or raise the limit with the environment variable {MAX_PIXELS_ENV} "
+        f"(e.g. {MAX_PIXELS_ENV}={max(pixels or 0, (limit or 0) * 2) or 'none'}, or `none`)"
+    )
+
+
+def _decode_image(path: Path, *, draft: tuple[int, int] | None, limit: int | None) -> Image.Image:
     with Image.open(path) as im:
+        # Checked on the header, before a single pixel is decoded.
+        if limit is not None and im.width * im.height > limit:
+            raise _ImageTooLarge(_too_large_text(im.width * im.height, limit))
         if draft and im.format == "JPEG":
             im.draft(None, draft)
         im.load()
@@ -481,6 +564,12 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def _image_error_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, _ImageTooLarge):
+        return text
+    if isinstance(exc, Image.DecompressionBombError):
+        # Pillow's own guard (twice its limit) fired first, e.g. after PIL.Image.MAX_IMAGE_PIXELS was lowered.
+        found = [int(n) for n in re.findall(r"\d+", text)]
+        return _too_large_text(found[0] if found else None, Image.MAX_IMAGE_PIXELS)
     if isinstance(exc, FileNotFoundError):
         return "file not found"
     if "cannot identify image file" in text:
@@ -488,10 +577,10 @@ def _image_error_text(exc: BaseException) -> str:
     return text
 
 
-def _check_one(path: Path) -> str | None:
+def _check_one(path: Path, limit: int | None = None) -> str | None:
     try:
         # (1, 1) = 1/8 scale: every byte is still decoded, so truncation still fails, for less.
-        _decode_image(path, draft=(1, 1))
+        _decode_image(path, draft=(1, 1), limit=limit)
     except _IMAGE_ERRORS as exc:
         return _image_error_text(exc)
     return None
@@ -503,10 +592,11 @@ def _check_images(image_dir: Path, names: Sequence[str], workers: int | None) ->
         return {}
     workers = workers or min(16, (os.cpu_count() or 1) * 2)
     paths = [image_dir / n for n in names]
+    check = functools.partial(_check_one, limit=max_image_pixels())
     if workers <= 1:
-        return dict(zip(names, map(_check_one, paths)))
+        return dict(zip(names, map(check, paths)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return dict(zip(names, pool.map(_check_one, paths, chunksize=64)))
+        return dict(zip(names, pool.map(check, paths, chunksize=64)))
 
 
 def _list_files(image_dir: Path) -> list[str]:
