@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -124,7 +125,70 @@ def preprocess_images(
         flips = [flips] * len(paths)
     draft_size = target_image_size(image_processor) if draft else None
     images = [load_image(p, flip=f, draft_size=draft_size) for p, f in zip(paths, flips)]
+    plan = _squash_plan(image_processor)
+    if plan is not None and images:
+        return _squash_batch(images, plan)
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+@dataclass(frozen=True)
+class _SquashPlan:
+    width: int
+    height: int
+    resample: int
+    rescale: float | None
+    mean: torch.Tensor | None  # [3, 1, 1]
+    std: torch.Tensor | None
+
+
+def _size_hw(size: Any) -> tuple[int | None, int | None, Any]:
+    get = size.get if isinstance(size, dict) else lambda k, d=None: getattr(size, k, d)
+    return get("height"), get("width"), get("shortest_edge") or get("longest_edge") or get("max_height")
+
+
+def _squash_plan(image_processor: Any) -> _SquashPlan | None:
+    """The processor's steps when they are exactly what the released checkpoints use (PIL
+    backend, squash resize to height x width, no crop or pad, rescale, normalise), else ``None``.
+
+    Why: the PIL backend converts every image to numpy, back to PIL to resize, then rescales in
+    float64 and normalises one image at a time; doing the same arithmetic once per batch halves
+    the collator's CPU time, which on small machines competes with the model for cores. Anything
+    else (crop, shortest-edge resize, padding, other backends) goes through the processor itself.
+    """
+    p = image_processor
+    if getattr(p, "backend", None) != "pil" or not getattr(p, "do_resize", False):
+        return None
+    if getattr(p, "do_center_crop", False) or getattr(p, "do_pad", False):
+        return None
+    height, width, other = _size_hw(getattr(p, "size", None) or {})
+    if not height or not width or other:
+        return None
+
+    def channels(v: Any) -> torch.Tensor | None:
+        if v is None:
+            return None
+        t = torch.as_tensor(v if isinstance(v, (list, tuple)) else [v] * 3, dtype=torch.float32)
+        return t.view(-1, 1, 1) if t.numel() == 3 else None
+
+    mean = channels(p.image_mean) if getattr(p, "do_normalize", False) else None
+    std = channels(p.image_std) if getattr(p, "do_normalize", False) else None
+    if getattr(p, "do_normalize", False) and (mean is None or std is None):
+        return None
+    resample = p.resample if p.resample is not None else Image.Resampling.BILINEAR
+    rescale = float(p.rescale_factor) if getattr(p, "do_rescale", False) else None
+    return _SquashPlan(int(width), int(height), int(resample), rescale, mean, std)
+
+
+def _squash_batch(images: Sequence[Image.Image], plan: _SquashPlan) -> torch.Tensor:
+    """The PIL backend's resize -> rescale -> normalise, batched; same arithmetic and dtypes
+    (uint8 resize in PIL, rescale in float64 then float32, normalise in float32)."""
+    size = (plan.width, plan.height)
+    arr = np.stack([np.asarray(im.resize(size, resample=plan.resample)) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+    x = (x.double() * plan.rescale).float() if plan.rescale is not None else x.float()
+    if plan.mean is not None:
+        x = (x - plan.mean) / plan.std
+    return x.contiguous()
 
 
 def tokenize_titles(titles: Sequence[str], tokenizer: Any, max_length: int = 52) -> dict[str, torch.Tensor]:

@@ -497,8 +497,8 @@ def max_image_pixels() -> int | None:
     expand to gigabytes (a "decompression bomb"). The package rejects everything over the
     limit with a :class:`DataError` naming the file. Product photos are far below it; a genuine
     larger image is accepted once the limit is raised with the environment variable
-    ``CNCLIP_MAX_IMAGE_PIXELS`` (a whole number, or ``none`` to disable the check), which also
-    sets Pillow's own limit to match.
+    ``CNCLIP_MAX_IMAGE_PIXELS`` (a whole number, or ``none`` to disable the check); a limit above
+    Pillow's raises Pillow's own to match (``PIL.Image.MAX_IMAGE_PIXELS`` is process-wide).
 
     Raises:
         ConfigError: The environment variable is neither a whole number nor ``none``.
@@ -518,8 +518,9 @@ def max_image_pixels() -> int | None:
             ) from None
         if limit < 0:
             raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive number of pixels (or `none`)")
-    # Pillow's own guard must not fire below the limit the user asked for.
-    Image.MAX_IMAGE_PIXELS = limit
+    # Pillow's own guard must not fire below a limit the user raised (a lower one is ours to enforce).
+    if limit is None or (Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS):
+        Image.MAX_IMAGE_PIXELS = limit
     return limit
 
 

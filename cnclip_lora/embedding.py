@@ -24,9 +24,21 @@ __all__ = ["embed_texts", "embed_images", "process_info"]
 
 
 def process_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process (``(0, 1)`` without torch.distributed)."""
+    """``(rank, world_size)`` of this process; ``(0, 1)`` for a plain single process.
+
+    Under a launcher (``torchrun``, ``accelerate launch``: ``WORLD_SIZE`` > 1) whose process
+    group nobody has initialised yet (retrieval runs outside the Trainer), this joins it through
+    ``accelerate.PartialState``, which also pins each process to its own GPU; without that every
+    process would embed everything alone. Gloo is used on machines without CUDA.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        # PartialState() alone finds no backend on a CPU-only machine and stays single-process.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return state.process_index, state.num_processes
     return 0, 1
 
 
@@ -34,13 +46,19 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _gather_in_order(local: np.ndarray, world_size: int) -> np.ndarray:
-    """Concatenate every process's contiguous shard in rank order (shards may differ in length)."""
+def _gather_in_order(local: np.ndarray | None, world_size: int) -> np.ndarray:
+    """Concatenate every process's contiguous shard in rank order.
+
+    Shards may differ in length, and a process with no items passes ``None`` (it cannot know the
+    embedding width). ``all_gather_object`` rather than a tensor gather: it takes unequal shapes
+    without padding, and works on any backend once the group exists (gloo, NCCL).
+    """
     if world_size == 1:
-        return local
+        return local if local is not None else np.zeros((0, 0), dtype=np.float32)
     parts: list[Any] = [None] * world_size
     torch.distributed.all_gather_object(parts, local)
-    return np.concatenate(parts, axis=0)
+    parts = [p for p in parts if p is not None and len(p)]
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def _map_embed(
@@ -52,9 +70,22 @@ def _map_embed(
     fingerprint: str | None,
     desc: str,
 ) -> np.ndarray:
-    """Run ``embed_batch`` over this process's shard with ``datasets.map`` and gather all shards."""
+    """Run ``embed_batch`` over this process's shard with ``datasets.map`` and gather all shards.
+
+    Shards are contiguous (the first ``len % world_size`` processes take one extra item), so
+    concatenating them in rank order restores the input order; every process, even one with no
+    items, reaches the gather, so they all run the same collectives in the same order.
+    """
     rank, world_size = process_info()
-    shard = dataset.shard(num_shards=world_size, index=rank, contiguous=True) if world_size > 1 else dataset
+    shard = dataset
+    if world_size > 1:
+        per, extra = divmod(len(dataset), world_size)
+        start = rank * per + min(rank, extra)
+        stop = start + per + (1 if rank < extra else 0)
+        # Dataset.shard / select raise for an empty range past the end (fewer items than processes).
+        if start == stop:
+            return _gather_in_order(None, world_size)
+        shard = dataset.select(range(start, stop))
     map_kwargs: dict[str, Any] = {}
     if cache_dir is not None and fingerprint is not None:
         # An in-memory Dataset is never cached by datasets itself; naming the file after the
@@ -73,14 +104,16 @@ def _map_embed(
     def _fn(batch: dict[str, list]) -> dict[str, np.ndarray]:
         return {"embedding": embed_batch(batch)}
 
-    out = shard.map(
-        _fn,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=shard.column_names,
-        desc=desc if rank == 0 else None,
-        **map_kwargs,
-    )
+    # One progress bar (rank 0's), not one per process.
+    quiet = rank != 0 and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        out = shard.map(_fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc,
+                        **map_kwargs)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
     local = out.with_format("numpy")["embedding"] if len(out) else np.zeros((0, 0), dtype=np.float32)
     local = np.asarray(local, dtype=np.float32)
     return _gather_in_order(local, world_size)

@@ -9,13 +9,33 @@ on POSIX and Windows. A reader therefore sees the old file, or the new one, neve
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "staged_dir", "default_file_mode"]
+from cnclip_lora.errors import ConfigError
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_text",
+    "staged_dir",
+    "default_file_mode",
+    "checkpoint_problem",
+    "latest_complete_checkpoint",
+    "resolve_resume_checkpoint",
+]
+
+#: Checkpoint folder names the Trainer writes: ``checkpoint-<global step>``.
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_STATE_FILE = "trainer_state.json"
+_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+_RESUME_LATEST = {"true", "yes", "1", "last", "latest"}
+_RESUME_NONE = {"", "false", "no", "0", "none"}
 
 
 def default_file_mode() -> int:
@@ -108,3 +128,100 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(src, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ checkpoints
+# The Trainer writes checkpoint-N in place: weights, optimizer, scheduler, RNG states, and
+# trainer_state.json last. A process killed mid-save leaves a folder without a readable
+# trainer_state.json; such a folder is never resumed from.
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete Trainer checkpoint, or ``None`` when it is one.
+
+    Complete means: a folder whose ``trainer_state.json`` (written last) parses, whose
+    ``global_step`` matches a ``checkpoint-N`` name, and which holds safetensors weights.
+
+    Args:
+        path: A checkpoint folder.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return "not a folder"
+    try:
+        state = json.loads((folder / _STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {_STATE_FILE} (the save was interrupted)"
+    except (OSError, ValueError):
+        return f"unreadable {_STATE_FILE} (the save was interrupted)"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{_STATE_FILE} has no global_step"
+    match = _CHECKPOINT_RE.match(folder.name)
+    if match and int(match.group(1)) != state["global_step"]:
+        return f"{_STATE_FILE} says step {state['global_step']}, the folder name says {match.group(1)}"
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        return "no safetensors weights"
+    return None
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
+    """``(latest complete checkpoint or None, incomplete checkpoints newer than it)``.
+
+    Unlike ``transformers.trainer_utils.get_last_checkpoint``, a folder left half-written by
+    a killed process is skipped, so a resume never starts from a truncated checkpoint.
+
+    Args:
+        output_dir: The training output folder holding ``checkpoint-N`` folders.
+    """
+    skipped: list[Path] = []
+    for folder in reversed(_checkpoints(Path(output_dir))):
+        if checkpoint_problem(folder) is None:
+            return folder, skipped
+        skipped.append(folder)
+    return None, skipped
+
+
+def resolve_resume_checkpoint(value: str | bool | os.PathLike | None, output_dir: str | os.PathLike) -> str | None:
+    """Turn ``--resume_from_checkpoint`` into a complete checkpoint folder (or ``None``).
+
+    ``true``/``last`` pick the newest *complete* ``checkpoint-N`` in ``output_dir``; a folder is
+    checked and refused when incomplete; ``false``/empty/``None`` means a fresh start.
+
+    Args:
+        value: The option as given (bool, string or path).
+        output_dir: The run's output folder.
+
+    Raises:
+        ConfigError: No complete checkpoint to resume from, or the named one is incomplete.
+    """
+    if value is None or value is False:
+        return None
+    text = "true" if value is True else str(value).strip()
+    if text.lower() in _RESUME_NONE:
+        return None
+    if text.lower() in _RESUME_LATEST and not Path(text).is_dir():
+        latest, skipped = latest_complete_checkpoint(output_dir)
+        for folder in skipped:
+            logging.getLogger(__name__).warning(
+                "skipping %s: %s", folder, checkpoint_problem(folder)
+            )
+        if latest is None:
+            extra = f" ({len(skipped)} incomplete: {', '.join(p.name for p in skipped)})" if skipped else ""
+            raise ConfigError(
+                f"--resume_from_checkpoint {text}: no complete checkpoint-N folder in {output_dir}{extra}; "
+                "start without --resume_from_checkpoint, or pass a checkpoint folder"
+            )
+        return str(latest)
+    problem = checkpoint_problem(text)
+    if problem is not None:
+        latest, _ = latest_complete_checkpoint(Path(text).parent)
+        hint = f"; the latest complete one is {latest}" if latest else ""
+        raise ConfigError(f"--resume_from_checkpoint {text}: not a complete checkpoint ({problem}){hint}")
+    return text

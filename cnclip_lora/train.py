@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
+from transformers import set_seed
 
 from cnclip_lora.collate import ImageTextCollator, Preprocessing
 from cnclip_lora.config import (
@@ -27,6 +28,7 @@ from cnclip_lora.config import (
     parse_train_args,
 )
 from cnclip_lora.data import CompetitionData, load_competition_data
+from cnclip_lora.errors import DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
@@ -79,11 +81,11 @@ def run_training(
     )
     logger.info("data: %s", data.report.summary().replace("\n", "; "))
     if len(data.train) == 0:
-        from cnclip_lora.errors import DataError
-
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
 
-    # 2. Model + verified adapters.
+    # 2. Model + verified adapters. Seeded first: LoRA draws its A matrices from the global RNG, and
+    # the Trainer seeds only after they exist, so the initial adapter would depend on whatever ran before.
+    set_seed(training_args.seed)
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -160,7 +162,7 @@ def run_training(
             repo_id,
             private=bool(training_args.hub_private_repo),
             token=training_args.hub_token,
-            revision=training_args.hub_revision if hasattr(training_args, "hub_revision") else None,
+            revision=training_args.hub_revision,
         )
     return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
 

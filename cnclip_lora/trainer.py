@@ -9,14 +9,19 @@ Only what differs from ``transformers.Trainer`` is overridden:
   gallery protocol. Like sentence-transformers' trainer, it returns ``eval_*`` metrics through the
   normal callback path, so ``metric_for_best_model="eval_t2i_MR"``, ``load_best_model_at_end`` and
   ``EarlyStoppingCallback`` work unchanged.
-* ``_save``: PEFT adapter-only saving is the Trainer's own; this only swaps the pickled
-  ``training_args.bin`` for ``training_args.json`` and writes the preprocessing record.
+* ``_save``: PEFT adapter-only saving is the Trainer's own; this stages it so files appear
+  atomically, swaps the pickled ``training_args.bin`` for ``training_args.json`` and writes the
+  preprocessing record.
+* ``_get_train_sampler``: :class:`cnclip_lora.sampler.UniqueImageSampler` when an image has
+  several captions (``--unique_images_per_batch``), so no batch holds an image twice.
+* ``train``: ``--resume_from_checkpoint true`` resumes from the newest *complete* checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,12 @@ from transformers import Trainer
 
 from cnclip_lora.collate import Preprocessing, write_record
 from cnclip_lora.embedding import embed_images, embed_texts
-from cnclip_lora.io_utils import atomic_write_text
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.io_utils import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.loss import ContrastiveLoss
 from cnclip_lora.metrics import RetrievalRecall
 from cnclip_lora.ranking import rank
+from cnclip_lora.sampler import unique_image_sampler_for
 
 __all__ = ["RetrievalEvalSet", "CnClipLoraTrainer"]
 
@@ -80,6 +87,30 @@ class CnClipLoraTrainer(Trainer):
         self._acc_counts = torch.zeros(2, dtype=torch.float64)  # [correct, total] since last log
 
     # ------------------------------------------------------------------ training
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        # `--resume_from_checkpoint true` arrives as a string, and the Trainer's own lookup would
+        # pick a checkpoint a killed process left half-written: resolve to a complete one here.
+        resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
+                             **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Two captions of one image in a batch are each other's false negatives (cnclip_lora.sampler).
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        mode = getattr(self.args, "unique_images_per_batch", None)
+        if self.args.train_sampling_strategy != "random":
+            if mode:
+                raise ConfigError(
+                    f"--unique_images_per_batch true needs --train_sampling_strategy random, "
+                    f"got {self.args.train_sampling_strategy!r}; drop one of the two options."
+                )
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = unique_image_sampler_for(
+            dataset, batch_size=self._train_batch_size, world_size=self.args.world_size, seed=seed, mode=mode
+        )
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Through the (possibly DDP-wrapped) model's forward, so gradient hooks fire.
         outputs = model(
@@ -97,11 +128,14 @@ class CnClipLoraTrainer(Trainer):
         return out.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._acc_counts[1] > 0:
+        if "loss" in logs:
             counts = self._acc_counts.to(self.args.device)
             if self.args.world_size > 1:
+                # Summed counts, not averaged ratios: exact over the global batch. Entered on every
+                # "loss" log whatever the local count, so all processes run the collective together.
                 counts = self.accelerator.reduce(counts, reduction="sum")
-            logs["t2i_acc"] = round(float(counts[0] / counts[1]), 4)
+            if counts[1] > 0:
+                logs["t2i_acc"] = round(float(counts[0] / counts[1]), 4)
             self._acc_counts.zero_()
         super().log(logs, start_time)
 
@@ -137,13 +171,18 @@ class CnClipLoraTrainer(Trainer):
 
     # -------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
         if not self.args.should_save:
+            super()._save(output_dir, state_dict)
             return
         out = Path(output_dir or self.args.output_dir)
-        # Only safetensors and JSON leave this package: replace the pickled arguments.
-        pickle_path = out / TRAINING_ARGS_PICKLE
-        if pickle_path.exists():
-            pickle_path.unlink()
+        # save_pretrained writes in place; staged, each finished file is renamed over its final
+        # name, so a crash mid-save never leaves a truncated adapter behind.
+        with staged_dir(out) as staging:
+            if (out / "README.md").is_file():  # peft updates an existing card rather than replacing it
+                shutil.copy2(out / "README.md", staging / "README.md")
+            super()._save(str(staging), state_dict)
+            # Only safetensors and JSON leave this package: drop the pickled arguments.
+            (staging / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+        (out / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
         atomic_write_text(out / "training_args.json", self.args.to_json_string())
         write_record(out, self.preprocessing, **self.record)

@@ -1,0 +1,172 @@
+"""Gallery embedding throughput: ``retrieve``'s ``embed_images`` vs model-only forward vs seed-style map.
+
+Variants (each in a fresh process, interleaved over ``--repeats``):
+
+* ``model_only[:NAME]``: the limit. ``get_image_embeds`` + L2 normalisation under
+  ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
+* ``package[:NAME]``: :func:`cnclip_lora.embedding.embed_images`, exactly as ``retrieve`` calls
+  it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--threads N``
+  (torch threads), ``--decode_threads N`` (its decoding pool).
+* ``seed``: a seed-style ``datasets.map``: per batch, PIL open + ``convert("RGB")`` at full
+  size, ``processor(images=...)``, ``model.get_image_features``, one process, no threads.
+
+    python benchmarks/embed_throughput.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import child_main, machine_info, median_by_variant, print_table, run_child, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flags(flags: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None}
+    it = iter(flags)
+    for f in it:
+        if f == "--no_draft":
+            out["draft"] = False
+        elif f in ("--threads", "--decode_threads"):
+            out[f[2:]] = int(next(it))
+        else:
+            raise SystemExit(f"unknown flag {f}")
+    return out
+
+
+def _setup(a: argparse.Namespace, opts: dict[str, Any]):
+    import torch
+    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
+
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    model = ChineseCLIPModel.from_pretrained(a.model).eval()
+    processor = ChineseCLIPProcessor.from_pretrained(a.model)
+    paths = sorted(str(p) for p in (a.data / "image").glob("*.jpg"))
+    paths = (paths * (a.n // max(1, len(paths)) + 1))[: a.n]
+    return model, processor, paths
+
+
+def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.embedding import embed_images
+
+    opts = _flags(flags)
+    model, processor, paths = _setup(a, opts)
+    pre = Preprocessing(train_flip="always", draft=opts["draft"])
+    kwargs = {"num_threads": opts["decode_threads"]} if opts["decode_threads"] else {}
+    embed_images(model, processor.image_processor, paths[: a.batch], preprocessing=pre, batch_size=a.batch, **kwargs)
+    t0 = time.perf_counter()
+    out = embed_images(model, processor.image_processor, paths, preprocessing=pre, batch_size=a.batch, **kwargs)
+    span = time.perf_counter() - t0
+    assert out.shape[0] == len(paths)
+    return {"images_per_s": len(paths) / span}
+
+
+def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    import torch
+
+    from cnclip_lora.collate import preprocess_images
+    from cnclip_lora.modeling import get_image_embeds
+
+    opts = _flags(flags)
+    model, processor, paths = _setup(a, opts)
+    batches = [preprocess_images(paths[i : i + a.batch], processor.image_processor, flips=True)
+               for i in range(0, len(paths), a.batch)]  # fmt: skip
+    with torch.inference_mode():
+        torch.nn.functional.normalize(get_image_embeds(model, batches[0]), dim=-1)
+        t0 = time.perf_counter()
+        for b in batches:
+            torch.nn.functional.normalize(get_image_embeds(model, b), dim=-1).numpy()
+        span = time.perf_counter() - t0
+    return {"images_per_s": len(paths) / span}
+
+
+def child_seed(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
+    import datasets
+    import torch
+    from PIL import Image
+
+    model, processor, paths = _setup(a, _flags(flags))
+
+    @torch.no_grad()
+    def fn(batch):
+        images = [Image.open(p).convert("RGB") for p in batch["path"]]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        feats = model.get_image_features(pixel_values=pixels).pooler_output
+        return {"embedding": (feats / feats.norm(dim=-1, keepdim=True)).numpy()}
+
+    ds = datasets.Dataset.from_dict({"path": paths})
+    datasets.disable_progress_bars()
+    t0 = time.perf_counter()
+    ds.map(fn, batched=True, batch_size=a.batch, remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False)
+    span = time.perf_counter() - t0
+    return {"images_per_s": len(paths) / span}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT / "xfdata")
+    p.add_argument("--n", type=int, default=1000, help="gallery images (the folder's files, repeated if needed)")
+    p.add_argument("--batch", type=int, default=64, help="retrieve's default --batch_size")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--package", action="append", default=None, metavar="NAME=FLAGS")
+    p.add_argument("--model_only", action="append", default=None, metavar="NAME=FLAGS")
+    p.add_argument("--skip_seed", action="store_true")
+    p.add_argument("--seed_flags", default="", help="pseudo flags for the seed-style map (e.g. '--threads 1')")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/embed_throughput.json")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--flags", default="", help=argparse.SUPPRESS)
+    a = p.parse_args()
+
+    if a.child:
+        fn = {"package": child_package, "model_only": child_model_only, "seed": child_seed}[a.child.split(":")[0]]
+        child_main({"variant": a.child, **fn(a, shlex.split(a.flags))})
+        return
+
+    def parse(values, default):
+        return dict(v.split("=", 1) if "=" in v else (v, "") for v in (values or default))
+
+    variants = [(f"model_only:{k}", v) for k, v in parse(a.model_only, ["t1=--threads 1", "t2=--threads 2"]).items()]
+    variants += [(f"package:{k}", v) for k, v in parse(a.package, ["default="]).items()]
+    if not a.skip_seed:
+        variants.append(("seed", a.seed_flags))
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        from cnclip_lora.tiny_model import make_tiny_model
+
+        model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=64))
+        common = ["--data", str(a.data), "--n", str(a.n), "--batch", str(a.batch), "--model", model_dir]
+        for rep in range(a.repeats):
+            for name, flags in variants:
+                r = run_child(__file__, name, [*common, "--flags", flags])
+                print(f"  repeat {rep + 1}: {name:<24} {r['images_per_s']:8.1f} images/s", flush=True)
+                runs.append({**r, "flags": flags})
+    med = median_by_variant(runs, "images_per_s")
+    limit = max(m["images_per_s"] for k, m in med.items() if k.startswith("model_only"))
+    seed = med.get("seed", {}).get("images_per_s")
+    rows = []
+    for name, flags in variants:
+        m = med[name]
+        s = m["images_per_s"]
+        m.update(vs_model_only=round(s / limit, 3), vs_seed=round(s / seed, 3) if seed else None, flags=flags)
+        rows.append([name, flags or "-", round(s, 1), m["vs_model_only"], m["vs_seed"] or "-", round(m["peak_rss_mb"])])
+    table = print_table(rows, ["variant", "flags", "images/s (median)", "x model-only", "x seed-style", "peak RSS MB"])
+    setup = {"n_images": a.n, "batch": a.batch, "repeats": a.repeats, "data": str(a.data),
+             "model": "make_tiny_model(image_size=64)", "images": "224-px JPEGs (xfdata/image)"}  # fmt: skip
+    write_json(a.out, {"benchmark": "embed_throughput", "machine": machine_info(), "setup": setup,
+                       "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})  # fmt: skip
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

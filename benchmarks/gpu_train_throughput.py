@@ -1,0 +1,465 @@
+"""GPU training throughput of Chinese-CLIP ViT-H/14 + LoRA: pipeline vs model-only vs seed-style, with MFU.
+
+Everything in one run, on one card, inside a time budget (``--budget_s``; parts that would not
+fit are skipped and say so):
+
+1. synthesise 224-px JPEGs (:func:`cnclip_lora.demo_data.make_demo_data`) so decoding is real;
+2. build ViT-H/14 from its configuration (:func:`cnclip_lora.modeling.h14_config`) with random
+   weights (no download), bf16 weights, SDPA attention, LoRA r=64/alpha=96 on Q/K/V of both towers
+   (:func:`cnclip_lora.modeling.apply_lora`; the LoRA weights stay float32 for the optimizer);
+3. for gradient checkpointing off and on: the largest power-of-two batch whose model-only step
+   fits, then
+   * ``model_only``: fwd + contrastive loss + bwd + fused AdamW on pre-built GPU tensors (the limit),
+   * ``pipeline``: ``CnClipLoraTrainer`` + ``ImageTextCollator`` with ``bf16=True`` and
+     DataLoader workers (what ``cnclip-lora train --bf16 true`` runs);
+4. ``seed``: the seed's loop at the pipeline's best batch: fp32 weights, no autocast, main-process
+   PIL open + flip + ``processor(text=, images=)`` per batch, ``model(..., return_loss=True)``,
+   ``torch.optim.AdamW`` (gradient checkpointing only if fp32 would not fit otherwise).
+
+MFU counts model FLOPs only (recomputation under checkpointing is not credited), per sample:
+
+* frozen linear/conv weights ``N`` applied to ``T`` tokens: ``2*N*T`` forward + ``2*N*T`` for
+  the input gradients in backward (no weight gradients): ``4*N*T``;
+* LoRA weights ``N_lora``: ``6*N_lora*T`` (forward, input and weight gradients);
+* attention scores and weighted sum, ``4*T^2*d`` per layer forward, x3 with backward;
+* ``T`` = 52 text tokens (text tower) and 257 patches + CLS (vision tower).
+
+MFU = FLOPs/s / the card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; ``--peak_tflops``
+overrides, e.g. 756 for an H100 PCIe).
+
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_train_throughput.py --out $OUT/gpu.json
+    python benchmarks/gpu_train_throughput.py --smoke     # CPU, tiny config, 2 steps: checks the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+T_START = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
+TEXT_TOKENS = 52
+
+
+def elapsed() -> float:
+    return time.perf_counter() - T_START
+
+
+def log(msg: str) -> None:
+    print(f"[{elapsed():6.1f}s] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- FLOPs
+def flops_per_sample(model, config, text_tokens: int = TEXT_TOKENS) -> dict[str, float]:
+    """Model FLOPs of one training sample (see the module docstring for the formula)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    img_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
+    towers = {"text": ("text_model.", text_tokens, config.text_config), "vision": ("vision_model.", img_tokens, config.vision_config)}
+    out: dict[str, float] = {}
+    total = 0.0
+    for tower, (prefix, tokens, tcfg) in towers.items():
+        frozen = lora = 0
+        for name, module in model.named_modules():
+            if prefix not in name:
+                continue
+            if isinstance(module, LoraLayer):
+                lora += sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "lora_" not in name:
+                frozen += module.weight.numel()
+        attn = 3 * 4 * tokens**2 * tcfg.hidden_size * tcfg.num_hidden_layers
+        flops = 4 * frozen * tokens + 6 * lora * tokens + attn
+        out[f"{tower}_frozen_params"] = frozen
+        out[f"{tower}_lora_params"] = lora
+        out[f"{tower}_tokens"] = tokens
+        out[f"{tower}_gflops"] = flops / 1e9
+        total += flops
+    # Projection heads (frozen, applied once per sample).
+    total += 4 * (config.text_config.hidden_size + config.vision_config.hidden_size) * config.projection_dim
+    out["total_gflops"] = total / 1e9
+    return out
+
+
+def peak_tflops(device_name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+# ------------------------------------------------------------------------------------------- setup
+def build_data(root: Path, n_images: int, image_size: int) -> list[dict[str, str]]:
+    import pandas as pd
+
+    from cnclip_lora.demo_data import make_demo_data
+
+    make_demo_data(root, seed=0, n_train=n_images, n_queries=2, n_distractors=0, image_size=image_size)
+    return pd.read_csv(root / "train.csv", sep="\t", dtype=str).to_dict("records")
+
+
+def build_model(smoke: bool, device, dtype, vocab_size: int):
+    import torch
+    from transformers import ChineseCLIPModel
+
+    from cnclip_lora.modeling import apply_lora, h14_config
+    from cnclip_lora.tiny_model import tiny_config
+
+    config = tiny_config(vocab_size, image_size=64) if smoke else h14_config()
+    # The tiny tokenizer's vocabulary is a little larger than ViT-H's 21,128: keep every id valid.
+    config.text_config.vocab_size = max(config.text_config.vocab_size, vocab_size)
+    with torch.device(device):
+        model = ChineseCLIPModel._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    model = apply_lora(model, r=8 if smoke else 64, alpha=16 if smoke else 96)
+    return model, config
+
+
+def synthetic_batch(batch: int, config, device, vocab_size: int) -> dict[str, Any]:
+    import torch
+
+    size = config.vision_config.image_size
+    ids = torch.randint(5, vocab_size, (batch, TEXT_TOKENS), device=device)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "pixel_values": torch.randn(batch, 3, size, size, device=device),
+    }
+
+
+def set_checkpointing(model, on: bool) -> None:
+    base = model.get_base_model()
+    if on:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_disable()
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_memory(device) -> None:
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gb(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# ------------------------------------------------------------------------------------------- runs
+def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: bool, vocab: int) -> dict[str, Any]:
+    """fwd + loss + bwd + fused AdamW on tensors already on the device."""
+    import torch
+
+    from cnclip_lora.loss import ContrastiveLoss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=4e-5, fused=device.type == "cuda")
+    loss_fn = ContrastiveLoss(gather=False)
+    inputs = synthetic_batch(batch, config, device, vocab)
+    model.train()
+    reset_memory(device)
+    t0 = 0.0
+    try:
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync(device)
+                t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(**inputs)
+                loss = loss_fn(out.text_embeds, out.image_embeds, model.logit_scale).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        span = time.perf_counter() - t0
+    finally:
+        del optimizer
+        inputs.clear()
+    return {"samples_per_s": steps * batch / span if steps else None, "peak_mem_gb": peak_memory_gb(device)}
+
+
+def find_max_batch(model, config, candidates: list[int], device, amp: bool, vocab: int, mem_cap: float) -> int | None:
+    """Largest candidate whose model-only step fits with ``mem_cap`` of the card to spare for the pipeline."""
+    import torch
+
+    best = None
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30 if device.type == "cuda" else None
+    for b in candidates:
+        try:
+            r = model_only(model, config, b, steps=0, warmup=1, device=device, amp=amp, vocab=vocab)
+        except Exception as err:  # noqa: BLE001 - only OOM is expected; anything else is re-raised
+            if not is_oom(err):
+                raise
+            log(f"  batch {b}: out of memory")
+            break
+        finally:
+            reset_memory(device)
+        log(f"  batch {b}: fits, peak {r['peak_mem_gb'] or 0:.1f} GB")
+        best = b
+        if total and r["peak_mem_gb"] > mem_cap * total:
+            break
+    return best
+
+
+def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, checkpointing: bool,
+             workers: int, device, bf16: bool) -> dict[str, Any]:
+    """``CnClipLoraTrainer`` + ``ImageTextCollator``, as ``cnclip-lora train`` builds them."""
+    import datasets
+    from transformers import TrainerCallback
+
+    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.trainer import CnClipLoraTrainer
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            sync(device)
+            times.append(time.perf_counter())
+
+    need = batch * 2
+    rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]
+    dataset = datasets.Dataset.from_list(rows)
+    set_checkpointing(model, False)
+    reset_memory(device)
+    with tempfile.TemporaryDirectory() as out:
+        args = CnClipTrainingArguments(
+            output_dir=out, per_device_train_batch_size=batch, max_steps=warmup + steps, bf16=bf16,
+            gradient_checkpointing=checkpointing, dataloader_num_workers=workers,
+            dataloader_persistent_workers=workers > 0, dataloader_prefetch_factor=2 if workers else None,
+            dataloader_pin_memory=device.type == "cuda", save_strategy="no", report_to="none",
+            logging_steps=10**6, disable_tqdm=True, use_cpu=device.type != "cuda",
+        )  # fmt: skip
+        trainer = CnClipLoraTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=processor,
+            data_collator=ImageTextCollator(processor, image_dir, flip="always"), callbacks=[StepTimer()],
+        )  # fmt: skip
+        try:
+            trainer.train()
+        finally:
+            trainer.optimizer = None
+            trainer.lr_scheduler = None
+            del trainer
+            set_checkpointing(model, False)
+    span = times[warmup + steps - 1] - times[warmup - 1]
+    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers}
+
+
+def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:
+    """The seed's loop: fp32, main-process decode + flip + processor per batch, HF loss."""
+    import torch
+    from PIL import Image
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=4e-5)
+    model.train()
+    reset_memory(device)
+    t0 = 0.0
+    try:
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync(device)
+                t0 = time.perf_counter()
+            chunk = [rows[(step * batch + i) % len(rows)] for i in range(batch)]
+            images = [Image.open(image_dir / r["path"]).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                      for r in chunk]  # fmt: skip
+            inputs = processor(text=[r["title"] for r in chunk], images=images, return_tensors="pt",
+                               padding="max_length", truncation=True, max_length=TEXT_TOKENS)  # fmt: skip
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            model(**inputs, return_loss=True).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        sync(device)
+        span = time.perf_counter() - t0
+    finally:
+        del optimizer
+    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device)}
+
+
+# ------------------------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/gpu_train_throughput.json")
+    p.add_argument("--smoke", action="store_true", help="CPU-friendly: tiny config, 2 steps")
+    p.add_argument("--budget_s", type=float, default=450.0, help="stop starting new parts after this many seconds")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--seed_steps", type=int, default=4)
+    p.add_argument("--n_images", type=int, default=512, help="synthetic JPEGs (rows repeat to fill large batches)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2, at most 8)")
+    p.add_argument("--batches_gc_off", default="32,64,128,256,512")
+    p.add_argument("--batches_gc_on", default="64,128,256,512,1024")
+    p.add_argument("--mem_cap", type=float, default=0.85, help="share of the card a model-only step may use")
+    p.add_argument("--peak_tflops", type=float, default=None)
+    p.add_argument("--skip_seed", action="store_true")
+    a = p.parse_args()
+
+    import torch
+    from transformers import ChineseCLIPProcessor
+
+    from cnclip_lora.tiny_model import build_tiny_vocab, make_tiny_model
+
+    if a.smoke:
+        a.steps, a.warmup, a.seed_steps, a.n_images = 2, 1, 1, 16
+        a.batches_gc_off, a.batches_gc_on = "4,8", "4,8"
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    amp = device.type == "cuda"
+    workers = a.workers if a.workers is not None else (0 if a.smoke else max(1, min(8, (os.cpu_count() or 4) - 2)))
+    results: dict[str, Any] = {
+        "benchmark": "gpu_train_throughput", "command": " ".join(sys.argv), "smoke": a.smoke,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpu_count": os.cpu_count(),
+        "workers": workers, "runs": [], "skipped": [], "errors": [],
+    }  # fmt: skip
+    import transformers
+
+    results["transformers"] = transformers.__version__
+
+    def save() -> None:
+        from cnclip_lora.io_utils import atomic_write_text
+
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.out, json.dumps(results, indent=2) + "\n")
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    image_size = 64 if a.smoke else 224
+    log(f"device {results['device']}; synthesising {a.n_images} {image_size}-px JPEGs")
+    rows = build_data(work / "data", a.n_images, 224)
+    proc_dir = make_tiny_model(work / "proc", image_size=image_size, patch_size=16 if a.smoke else 14,
+                               hidden_size=32, num_layers=1, num_heads=2, projection_dim=16)  # fmt: skip
+    processor = ChineseCLIPProcessor.from_pretrained(proc_dir)
+    vocab = len(build_tiny_vocab())
+    log("building the model")
+    model, config = build_model(a.smoke, device, torch.bfloat16 if amp else torch.float32, vocab)
+    flops = flops_per_sample(model, config)
+    results["flops_per_sample"] = flops
+    results["attn_implementation"] = model.get_base_model().config._attn_implementation
+    peak = peak_tflops(results["device"], a.peak_tflops)
+    results["peak_bf16_tflops"] = peak
+    log(f"model built: {flops['total_gflops']:.1f} GFLOP/sample; peak {peak} TFLOP/s")
+    save()
+
+    def record(kind: str, checkpointing: bool, batch: int, r: dict[str, Any], **extra: Any) -> None:
+        tflops = r["samples_per_s"] * flops["total_gflops"] / 1e3
+        run = {"kind": kind, "checkpointing": checkpointing, "batch": batch, **r, "model_tflops": tflops,
+               "mfu": tflops / peak if peak else None, **extra}  # fmt: skip
+        results["runs"].append(run)
+        log(f"  {kind:<10} gc={checkpointing!s:<5} batch {batch:<5} {r['samples_per_s']:8.1f} samples/s  "
+            f"{tflops:7.1f} TFLOP/s  MFU {run['mfu'] if run['mfu'] is not None else float('nan'):.3f}  "
+            f"peak {r.get('peak_mem_gb') or 0:.1f} GB")  # fmt: skip
+        save()
+
+    def guarded(label: str, reserve_s: float, fn) -> Any:
+        if elapsed() + reserve_s > a.budget_s:
+            results["skipped"].append(f"{label}: time budget")
+            log(f"skip {label}: time budget")
+            return None
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - one failed part must not lose the others' numbers
+            results["errors"].append(f"{label}: {type(err).__name__}: {str(err)[:500]}")
+            log(f"{label} failed: {type(err).__name__}: {str(err)[:300]}")
+            traceback.print_exc()
+            reset_memory(device)
+            return None
+
+    best_pipeline: tuple[float, int, bool] | None = None
+    for checkpointing, cands in ((False, a.batches_gc_off), (True, a.batches_gc_on)):
+        set_checkpointing(model, checkpointing)
+        log(f"gradient checkpointing {checkpointing}: searching the batch")
+        batch = guarded(f"batch search gc={checkpointing}", 30,
+                        lambda: find_max_batch(model, config, [int(x) for x in cands.split(",")], device, amp, vocab, a.mem_cap))  # fmt: skip
+        if not batch:
+            continue
+        results[f"max_batch_gc_{'on' if checkpointing else 'off'}"] = batch
+        r = guarded(f"model_only gc={checkpointing}", 30,
+                    lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab))  # fmt: skip
+        if r:
+            record("model_only", checkpointing, batch, r)
+        reset_memory(device)
+        r = guarded(f"pipeline gc={checkpointing}", 60,
+                    lambda: pipeline(model, processor, rows, work / "data" / "image", batch, a.steps, a.warmup,
+                                     checkpointing, workers, device, amp))  # fmt: skip
+        if r:
+            record("pipeline", checkpointing, batch, r)
+            if best_pipeline is None or r["samples_per_s"] > best_pipeline[0]:
+                best_pipeline = (r["samples_per_s"], batch, checkpointing)
+        reset_memory(device)
+    set_checkpointing(model, False)
+
+    if not a.skip_seed and best_pipeline is not None:
+        _, batch, _ = best_pipeline
+        model.float()  # the seed trained in fp32
+        for seed_gc in (False, True):
+            set_checkpointing(model, seed_gc)
+            r = guarded(f"seed gc={seed_gc}", 60,
+                        lambda: seed_loop(model, processor, rows, work / "data" / "image", batch, a.seed_steps, 1, device))  # fmt: skip
+            if r:
+                record("seed", seed_gc, batch, r, dtype="float32")
+                break
+            reset_memory(device)
+
+    # Summary: the best pipeline against the model-only limit and the seed-style loop.
+    def best(kind: str) -> dict[str, Any] | None:
+        runs = [r for r in results["runs"] if r["kind"] == kind]
+        return max(runs, key=lambda r: r["samples_per_s"]) if runs else None
+
+    bp, bm, bs = best("pipeline"), best("model_only"), best("seed")
+    summary: dict[str, Any] = {}
+    if bp:
+        summary["pipeline_samples_per_s"] = bp["samples_per_s"]
+        summary["pipeline_mfu"] = bp["mfu"]
+        same = [r for r in results["runs"] if r["kind"] == "model_only" and r["checkpointing"] == bp["checkpointing"]]
+        if same:
+            summary["pipeline_vs_model_only_same_setting"] = bp["samples_per_s"] / same[0]["samples_per_s"]
+    if bp and bm:
+        summary["pipeline_vs_best_model_only"] = bp["samples_per_s"] / bm["samples_per_s"]
+    if bp and bs:
+        summary["pipeline_vs_seed"] = bp["samples_per_s"] / bs["samples_per_s"]
+    results["summary"] = summary
+    results["elapsed_s"] = elapsed()
+    save()
+
+    header = f"| kind | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    print("\n" + header + "\n|---|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
+        print(f"| {r['kind']} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+              f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
+    print("summary:", json.dumps(summary, indent=1))
+    print(f"wrote {a.out} ({elapsed():.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
