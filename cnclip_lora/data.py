@@ -409,7 +409,10 @@ def _header_problem(
     for alt in ("\t", ",", ";"):
         if alt == sep:
             continue
-        alt_header = [f.strip() for f in next(csv.reader([header_line], delimiter=alt), [])]
+        try:
+            alt_header = [f.strip() for f in next(csv.reader([header_line], delimiter=alt), [])]
+        except csv.Error:  # a header with a quoted line break: no alternative separator to suggest
+            continue
         if all(c in alt_header for c in missing) and len(alt_header) > 1:
             alt_name = _SEP_NAMES.get(alt, f"`{alt}`")
             msg = (

@@ -86,6 +86,10 @@ class UniqueImageSampler(torch.utils.data.Sampler[int]):
         counts = np.asarray([len(r) for r in self._rows], dtype=np.int64)
         self._cap, self._kept = _groups_for(counts, self.group_size) if len(counts) else (1, counts)
         self.num_rows = int(counts.sum())
+        self.num_images = len(self._images)
+        self.max_captions = int(counts.max()) if len(counts) else 0
+        #: Most rows of one image an epoch can hold (one per global batch).
+        self.max_per_epoch = int(self._cap)
         self.num_samples = int(self._kept.sum())
         self.num_unplaced = self.num_rows - self.num_samples
 
@@ -160,12 +164,12 @@ def unique_image_sampler_for(
     sampler = UniqueImageSampler(paths, group_size=batch_size * max(1, world_size), seed=seed)
     logger.info(
         "unique_images_per_batch: %d rows of %d images in global batches of %d without repeated images",
-        sampler.num_rows, len(sampler._images), sampler.group_size,
+        sampler.num_rows, sampler.num_images, sampler.group_size,
     )
     if sampler.num_unplaced:
         logger.warning(
             "unique_images_per_batch: %d caption row(s) per epoch left out: some images have more captions "
             "(max %d) than an epoch has batches (%d); a different subset is left out each epoch",
-            sampler.num_unplaced, int(max(len(r) for r in sampler._rows)), sampler._cap,
+            sampler.num_unplaced, sampler.max_captions, sampler.max_per_epoch,
         )
     return sampler

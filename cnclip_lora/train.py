@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from cnclip_lora.config import (
     parse_train_args,
 )
 from cnclip_lora.data import CompetitionData, load_competition_data
-from cnclip_lora.errors import DataError
+from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
@@ -63,6 +64,32 @@ def _limit_queries(eval_set: RetrievalEvalSet, limit: int | None) -> RetrievalEv
     return RetrievalEvalSet(eval_set.titles[:limit], eval_set.labels[:limit], eval_set.gallery_paths)
 
 
+def _check_launch(training_args: CnClipTrainingArguments) -> None:
+    """Refuse launches that would quietly train something else than asked (README, "Scaling out").
+
+    Raises:
+        ConfigError: several launched processes that did not form one training group, or FSDP /
+            DeepSpeed, which this trainer does not support.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:
+        # Seen with torchrun on a machine without GPUs: each process would train alone on all the data.
+        raise ConfigError(
+            f"launched as {launched} processes, but the Trainer runs them as independent single processes "
+            "(no GPU found): pass --use_cpu true to train across CPU processes (gloo)."
+        )
+    # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
+    engine_env = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+                  if os.environ.get(v, "").lower() == "true"]
+    if training_args.fsdp or training_args.deepspeed or engine_env:
+        raise ConfigError(
+            "FSDP and DeepSpeed are not supported: with LoRA the base model is frozen, so sharding saves little "
+            "memory, and the trainer reads logit_scale and embeds the evaluation gallery outside the wrapped "
+            "forward, where these engines hold only shards of the weights. Use DDP (torchrun or accelerate launch "
+            "--multi_gpu) with --activation_checkpointing true and --bf16 true instead."
+        )
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -70,6 +97,7 @@ def run_training(
     training_args: CnClipTrainingArguments,
 ) -> TrainResult:
     """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
+    _check_launch(training_args)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,

@@ -163,7 +163,7 @@ class CnClipLoraTrainer(Trainer):
         finally:
             model.train(was_training)
         _, indices = rank(text, images, k=10)
-        scores = RetrievalRecall().compute(predictions=indices.tolist(), references=[[l] for l in eval_set.labels])
+        scores = RetrievalRecall(keep_in_memory=True).compute(predictions=indices.tolist(), references=[[l] for l in eval_set.labels])
         metrics = {f"{metric_key_prefix}_t2i_{k}": round(float(v), 4) for k, v in scores.items()}
         metrics[f"{metric_key_prefix}_gallery_size"] = len(eval_set.gallery_paths)
         metrics[f"{metric_key_prefix}_queries"] = len(eval_set.titles)

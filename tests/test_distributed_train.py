@@ -18,6 +18,7 @@ import pytest
 from dist_utils import needs_gloo, run_torchrun, stray_files
 from safetensors.torch import load_file
 
+from cnclip_lora.errors import ConfigError
 from cnclip_lora.train import train
 
 PER_DEVICE = 4
@@ -69,3 +70,24 @@ def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_mode
     assert evals[0]["eval_gallery_size"] == evals[1]["eval_gallery_size"] == 9
     for key in ("eval_t2i_R@1", "eval_t2i_R@5", "eval_t2i_R@10", "eval_t2i_MR"):
         assert evals[0][key] == pytest.approx(evals[1][key]), key
+
+
+def test_distributed_launch_without_process_group_is_refused(monkeypatch, tmp_path):
+    # What torchrun does on a machine without GPUs when --use_cpu is missing: the processes would
+    # each train alone on all the data and write the same output folder.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"launched as 2 processes.*--use_cpu true"):
+        train(["--model_name_or_path", "unused", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+               "--use_cpu", "false", "--report_to", "none"])
+
+
+@pytest.mark.parametrize("how", ["flag", "accelerate"])
+def test_distributed_fsdp_is_refused_with_the_reason(how, monkeypatch, tmp_path):
+    argv = ["--model_name_or_path", "unused", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
+            "--use_cpu", "true", "--report_to", "none"]
+    if how == "flag":
+        argv += ["--fsdp", "full_shard"]
+    else:  # `accelerate launch` with an FSDP config file
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match=r"FSDP and DeepSpeed are not supported: .*logit_scale"):
+        train(argv)

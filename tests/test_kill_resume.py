@@ -72,10 +72,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(workdir, tmp_pa
     # Both runs start together: the reference run costs no extra wall time.
     full = subprocess.Popen(_command(workdir, full_out), stdout=log_full, stderr=subprocess.STDOUT, env=_env())
     victim = subprocess.Popen(_command(workdir, killed_out), stdout=log_killed, stderr=subprocess.STDOUT, env=_env())
-    marker = killed_out / f"checkpoint-{KILL_AFTER}" / "trainer_state.json"
+    checkpoint = killed_out / f"checkpoint-{KILL_AFTER}"
     deadline = time.monotonic() + 300
     try:
-        while not marker.exists():
+        while checkpoint_problem(checkpoint) is not None:  # complete, not merely started
             assert victim.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.05)

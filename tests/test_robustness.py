@@ -455,3 +455,11 @@ def test_check_data_reports_every_problem_with_counts(tmp_path, make_dataset_dir
     assert "NOT OK" in text
     n_fatal = int(re.search(r"Problems: (\d+) fatal", text).group(1))
     assert n_fatal == sum(expected.values())
+
+
+def test_sampler_logs_rows_it_leaves_out(caplog):
+    dataset = datasets.Dataset.from_dict({"path": ["hot.jpg"] * 6 + [f"{i}.jpg" for i in range(12)]})
+    with caplog.at_level("WARNING", logger="cnclip_lora.sampler"):
+        sampler = unique_image_sampler_for(dataset, batch_size=2, world_size=2, seed=0, mode=None)
+    assert sampler.num_unplaced == 2
+    assert re.search(r"2 caption row\(s\) per epoch left out: .*\(max 6\) than an epoch has batches \(4\)", caplog.text)
