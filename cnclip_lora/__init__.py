@@ -6,7 +6,7 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 * model: :func:`load_model_and_processor`, :func:`apply_lora`
 * training: :func:`train`, :class:`CnClipLoraTrainer`, :class:`ImageTextCollator`, :class:`ContrastiveLoss`
 * retrieval: :func:`load_retrieval_model`, :func:`retrieve`, :func:`evaluate`, :func:`rank`, :func:`assign`
-* metrics: :func:`recall_at_k`, :class:`RetrievalRecall`
+* metrics: :func:`recall_at_k`; ``cnclip_lora.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
 """
 
@@ -15,7 +15,7 @@ from cnclip_lora.data import check_data, load_competition_data
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
 from cnclip_lora.hub import push_adapter, resolve_adapter
 from cnclip_lora.loss import ContrastiveLoss
-from cnclip_lora.metrics import RetrievalRecall, recall_at_k
+from cnclip_lora.metrics import recall_at_k
 from cnclip_lora.modeling import apply_lora, load_model_and_processor
 from cnclip_lora.ranking import assign, rank
 from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model, retrieve
@@ -33,7 +33,6 @@ __all__ = [
     "ImageTextCollator",
     "Preprocessing",
     "RetrievalArguments",
-    "RetrievalRecall",
     "UnsafeArtifactError",
     "apply_lora",
     "assign",

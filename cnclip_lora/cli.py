@@ -26,7 +26,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _is_main_process() -> bool:
+    """Under torchrun/accelerate every process runs the command; only rank 0 reports."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _print_metrics(metrics: dict) -> None:
+    if not _is_main_process():
+        return
     width = max((len(k) for k in metrics), default=0)
     for key, value in metrics.items():
         print(f"  {key:<{width}}  {value:.2f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
@@ -36,7 +45,7 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from cnclip_lora.train import train
 
     result = train(argv) if "-h" not in argv and "--help" not in argv else _train_help()
-    if result is not None:
+    if result is not None and _is_main_process():
         print(f"adapter saved to {result.output_dir}")
         if result.eval_metrics:
             _print_metrics(result.eval_metrics)
@@ -74,9 +83,9 @@ def _cmd_retrieve(argv: Sequence[str]) -> int:
 
     args = _retrieval_args(argv, "cnclip-lora retrieve")
     result = retrieve(args)
-    if args.output:
+    if args.output and _is_main_process():
         print(f"submission written to {args.output}")
-    if args.topk_output:
+    if args.topk_output and _is_main_process():
         print(f"top-{args.top_k} written to {args.topk_output}")
     _print_metrics(result.metrics)
     return 0
@@ -86,7 +95,8 @@ def _cmd_evaluate(argv: Sequence[str]) -> int:
     from cnclip_lora.retrieve import evaluate
 
     metrics = evaluate(_retrieval_args(argv, "cnclip-lora evaluate"))
-    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    if _is_main_process():
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -138,7 +138,9 @@ def load_retrieval_model(
             # The processor saved with the adapter is the one training used.
             processor = ChineseCLIPProcessor.from_pretrained(adapter_dir)
     torch_dtype = _resolve_dtype(dtype)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        process_info()  # joins a launcher's process group, which pins this process to its own GPU
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
     model.eval()
     return model, processor, preprocessing, adapter_dir

@@ -35,7 +35,6 @@ from cnclip_lora.embedding import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.io_utils import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.loss import ContrastiveLoss
-from cnclip_lora.metrics import RetrievalRecall
 from cnclip_lora.ranking import rank
 from cnclip_lora.sampler import unique_image_sampler_for
 
@@ -162,7 +161,10 @@ class CnClipLoraTrainer(Trainer):
                                   preprocessing=self.preprocessing, batch_size=batch_size)
         finally:
             model.train(was_training)
+        from cnclip_lora.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating
+
         _, indices = rank(text, images, k=10)
+        # keep_in_memory: every process computes it, and evaluate's cache files would collide.
         scores = RetrievalRecall(keep_in_memory=True).compute(predictions=indices.tolist(), references=[[l] for l in eval_set.labels])
         metrics = {f"{metric_key_prefix}_t2i_{k}": round(float(v), 4) for k, v in scores.items()}
         metrics[f"{metric_key_prefix}_gallery_size"] = len(eval_set.gallery_paths)

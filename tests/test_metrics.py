@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.metrics import RetrievalRecall, recall_at_k, retrieval_metrics
+from cnclip_lora.metrics import recall_at_k, retrieval_metrics
+from cnclip_lora.recall_metric import RetrievalRecall
 from cnclip_lora.ranking import rank
 
 
