@@ -258,6 +258,11 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     data = _load_data(args, skip_bad_rows=True)  # training rows don't matter here; queries must be clean
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
+    if args.assign == "hungarian" and len(data.queries) > len(data.gallery):
+        raise CnClipLoraError(
+            f"--assign hungarian needs at least as many gallery images as queries: {len(data.queries)} queries, "
+            f"{len(data.gallery)} images; use --assign argmax."
+        )
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
         args.model_name_or_path, args.adapter, model_revision=args.model_revision,
         adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,

@@ -28,7 +28,7 @@ from cnclip_lora.config import (
     ModelArguments,
     parse_train_args,
 )
-from cnclip_lora.data import CompetitionData, load_competition_data
+from cnclip_lora.data import CompetitionData, count_truncated, load_competition_data
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
@@ -120,6 +120,10 @@ def run_training(
         attn_implementation=model_args.attn_implementation,
         trust_remote_code=model_args.trust_remote_code,
     )
+    data.report.truncated_titles = count_truncated(data.train["title"], processor.tokenizer, data_args.max_length)
+    if data.report.truncated_titles:
+        logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
+                    data.report.truncated_titles, len(data.train), data_args.max_length)
     lora_kwargs = lora_args.apply_lora_kwargs()
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
@@ -133,6 +137,7 @@ def run_training(
             "n_val": len(data.val),
             "val_gallery_size": len(data.val_gallery),
             "skipped_rows": data.report.skipped_rows,
+            "truncated_titles": data.report.truncated_titles,
         },
         "lora": {
             "r": lora_args.lora_r,
