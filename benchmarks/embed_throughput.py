@@ -5,7 +5,9 @@ Variants (each in a fresh process, interleaved over ``--repeats``):
 * ``model_only[:NAME]``: the limit. ``get_image_embeds`` + L2 normalisation under
   ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
 * ``package[:NAME]``: :func:`cnclip_lora.embedding.embed_images`, exactly as ``retrieve`` calls
-  it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--threads N``
+  it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
+  (image processor per image), ``--before`` (the first version of ``embed_images``: per-batch
+  thread-pool decoding, no read-ahead), ``--threads N``
   (torch threads), ``--decode_threads N`` (its decoding pool).
 * ``seed``: a seed-style ``datasets.map``: per batch, PIL open + ``convert("RGB")`` at full
   size, ``processor(images=...)``, ``model.get_image_features``, one process, no threads.
@@ -30,11 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _flags(flags: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None}
+    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None, "before": False}
     it = iter(flags)
     for f in it:
         if f == "--no_draft":
             out["draft"] = False
+        elif f == "--before":
+            out["before"] = True
+        elif f == "--no_batched_resize":
+            import cnclip_lora.collate as collate
+
+            collate._squash_plan = lambda image_processor: None
         elif f in ("--threads", "--decode_threads"):
             out[f[2:]] = int(next(it))
         else:
@@ -55,11 +63,46 @@ def _setup(a: argparse.Namespace, opts: dict[str, Any]):
     return model, processor, paths
 
 
+def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_size=64, num_threads=None, **_):
+    """``embed_images`` as first written (kept here to measure the change): each batch split over a
+    thread pool for decoding, then the forward pass; no read-ahead, torch threads untouched."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import datasets
+    import torch
+
+    from cnclip_lora.collate import preprocess_images
+    from cnclip_lora.embedding import _map_embed, _normalise
+    from cnclip_lora.modeling import get_image_embeds
+
+    n_threads = num_threads or min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=n_threads)
+
+    def prep(chunk):
+        return preprocess_images(chunk, image_processor, flips=preprocessing.inference_flip, draft=preprocessing.draft)
+
+    @torch.inference_mode()
+    def embed_batch(batch):
+        chunk = batch["path"]
+        step = -(-len(chunk) // n_threads)
+        pixels = torch.cat(list(pool.map(prep, [chunk[i : i + step] for i in range(0, len(chunk), step)])))
+        return _normalise(get_image_embeds(model, pixels))
+
+    try:
+        return _map_embed(datasets.Dataset.from_dict({"path": [str(p) for p in paths]}), embed_batch,
+                          batch_size=batch_size, cache_dir=None, fingerprint=None, desc="before")  # fmt: skip
+    finally:
+        pool.shutdown()
+
+
 def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     from cnclip_lora.collate import Preprocessing
     from cnclip_lora.embedding import embed_images
 
     opts = _flags(flags)
+    if opts["before"]:
+        embed_images = _embed_images_before  # noqa: F811
     model, processor, paths = _setup(a, opts)
     pre = Preprocessing(train_flip="always", draft=opts["draft"])
     kwargs = {"num_threads": opts["decode_threads"]} if opts["decode_threads"] else {}
@@ -118,6 +161,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="gallery images (the folder's files, repeated if needed)")
     p.add_argument("--batch", type=int, default=64, help="retrieve's default --batch_size")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--image_size", type=int, default=64, help="the tiny model's input size (its processor resizes to it)")
+    p.add_argument("--hidden", type=int, default=128, help="the tiny model's width (heads: hidden / 32)")
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--package", action="append", default=None, metavar="NAME=FLAGS")
     p.add_argument("--model_only", action="append", default=None, metavar="NAME=FLAGS")
     p.add_argument("--skip_seed", action="store_true")
@@ -144,11 +190,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from cnclip_lora.tiny_model import make_tiny_model
 
-        model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=64))
+        model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=a.image_size, hidden_size=a.hidden,
+                                        num_layers=a.layers, num_heads=max(1, a.hidden // 32)))
         common = ["--data", str(a.data), "--n", str(a.n), "--batch", str(a.batch), "--model", model_dir]
         for rep in range(a.repeats):
             for name, flags in variants:
-                r = run_child(__file__, name, [*common, "--flags", flags])
+                r = run_child(__file__, name, [*common, f"--flags={flags}"])
                 print(f"  repeat {rep + 1}: {name:<24} {r['images_per_s']:8.1f} images/s", flush=True)
                 runs.append({**r, "flags": flags})
     med = median_by_variant(runs, "images_per_s")
@@ -162,7 +209,8 @@ def main() -> None:
         rows.append([name, flags or "-", round(s, 1), m["vs_model_only"], m["vs_seed"] or "-", round(m["peak_rss_mb"])])
     table = print_table(rows, ["variant", "flags", "images/s (median)", "x model-only", "x seed-style", "peak RSS MB"])
     setup = {"n_images": a.n, "batch": a.batch, "repeats": a.repeats, "data": str(a.data),
-             "model": "make_tiny_model(image_size=64)", "images": "224-px JPEGs (xfdata/image)"}  # fmt: skip
+             "model": f"make_tiny_model(image_size={a.image_size}, hidden_size={a.hidden}, num_layers={a.layers}, patch 16)",
+             "images": "224-px JPEGs (xfdata/image)"}  # fmt: skip
     write_json(a.out, {"benchmark": "embed_throughput", "machine": machine_info(), "setup": setup,
                        "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})  # fmt: skip
     print(f"wrote {a.out}")

@@ -25,7 +25,7 @@ MFU counts model FLOPs only (recomputation under checkpointing is not credited),
 * ``T`` = 52 text tokens (text tower) and 257 patches + CLS (vision tower).
 
 MFU = FLOPs/s / the card's dense bf16 peak (H100 SXM and H200: 989 TFLOP/s; ``--peak_tflops``
-overrides, e.g. 756 for an H100 PCIe).
+overrides; H100 PCIe 756 and H100 NVL 835 are recognised by name).
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_train_throughput.py --out $OUT/gpu.json
     python benchmarks/gpu_train_throughput.py --smoke     # CPU, tiny config, 2 steps: checks the script
@@ -94,6 +94,10 @@ def flops_per_sample(model, config, text_tokens: int = TEXT_TOKENS) -> dict[str,
 def peak_tflops(device_name: str, override: float | None) -> float | None:
     if override:
         return override
+    if "H100" in device_name and "PCIe" in device_name:
+        return 756.0
+    if "H100" in device_name and "NVL" in device_name:
+        return 835.0
     for key, value in PEAK_BF16_TFLOPS.items():
         if key in device_name:
             return value

@@ -10,7 +10,8 @@ Three kinds of variant, each in a fresh process, interleaved over ``--repeats``:
 * ``pipeline[:NAME]``: the real :func:`cnclip_lora.train.train` path (``CnClipLoraTrainer`` +
   ``ImageTextCollator``, the package's defaults), plus the flags given for that variant; a
   callback timestamps every optimizer step. Benchmark-only pseudo flags: ``--no_draft``
-  (collator decodes JPEGs at full size) and ``--threads N`` (``torch.set_num_threads``).
+  (collator decodes JPEGs at full size), ``--no_batched_resize`` (the image processor runs per
+  image instead of the collator's batched equivalent) and ``--threads N`` (``torch.set_num_threads``).
 
 Steady state: the first ``--warmup`` steps are skipped; samples/s = steps * batch / time.
 
@@ -43,12 +44,22 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
     return frame.to_dict("records")
 
 
+def _disable_batched_resize() -> None:
+    """Make ``preprocess_images`` call the image processor per image, as before the batched path
+    (DataLoader workers fork after this, so they inherit it)."""
+    import cnclip_lora.collate as collate
+
+    collate._squash_plan = lambda image_processor: None
+
+
 def _pop_pseudo_flags(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Split benchmark-only flags from the flags passed on to ``train()``."""
     out, extra, it = [], {"draft": True, "threads": None}, iter(flags)
     for f in it:
         if f == "--no_draft":
             extra["draft"] = False
+        elif f == "--no_batched_resize":
+            _disable_batched_resize()
         elif f == "--threads":
             extra["threads"] = int(next(it))
         else:
@@ -213,7 +224,7 @@ def main() -> None:
         model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=64))
         for rep in range(a.repeats):
             for name, flags in variants:
-                r = run_child(__file__, name, [*common, "--model", model_dir, "--flags", flags])
+                r = run_child(__file__, name, [*common, "--model", model_dir, f"--flags={flags}"])
                 print(f"  repeat {rep + 1}: {name:<24} {r['samples_per_s']:8.1f} samples/s", flush=True)
                 runs.append({**r, "flags": flags})
     med = median_by_variant(runs, "samples_per_s")

@@ -83,7 +83,9 @@ class CnClipLoraTrainer(Trainer):
         # gradient-accumulation steps; ChineseCLIPModel.forward takes **kwargs, which would
         # otherwise make the Trainer believe the model normalises by num_items_in_batch.
         self.model_accepts_loss_kwargs = False
-        self._acc_counts = torch.zeros(2, dtype=torch.float64)  # [correct, total] since last log
+        # [correct, total] since the last log, kept on the model's device: converting to Python
+        # numbers every step would force a GPU sync and stall kernel launches.
+        self._acc_counts: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -121,21 +123,23 @@ class CnClipLoraTrainer(Trainer):
         logit_scale = self.accelerator.unwrap_model(model).logit_scale
         out = self.contrastive_loss(outputs.text_embeds, outputs.image_embeds, logit_scale)
         if model.training:
-            self._acc_counts += torch.tensor([float(out.t2i_correct), float(out.total)], dtype=torch.float64)
+            step_counts = torch.stack([out.t2i_correct, out.total]).detach().to(torch.float64)
+            self._acc_counts = step_counts if self._acc_counts is None else self._acc_counts + step_counts
         if return_outputs:
             return out.loss, {"text_embeds": outputs.text_embeds, "image_embeds": outputs.image_embeds}
         return out.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            counts = self._acc_counts.to(self.args.device)
+            counts = self._acc_counts if self._acc_counts is not None else torch.zeros(2, dtype=torch.float64)
+            counts = counts.to(self.args.device)
             if self.args.world_size > 1:
                 # Summed counts, not averaged ratios: exact over the global batch. Entered on every
                 # "loss" log whatever the local count, so all processes run the collective together.
                 counts = self.accelerator.reduce(counts, reduction="sum")
             if counts[1] > 0:
                 logs["t2i_acc"] = round(float(counts[0] / counts[1]), 4)
-            self._acc_counts.zero_()
+            self._acc_counts = None
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------- evaluation
