@@ -6,7 +6,8 @@ Variants (each in a fresh process, interleaved over ``--repeats``):
   ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
 * ``package[:NAME]``: :func:`cnclip_lora.embedding.embed_images`, exactly as ``retrieve`` calls
   it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
-  (image processor per image), ``--before`` (the first version of ``embed_images``: per-batch
+  (image processor per image), ``--keep_threads`` (embed_images may not lower torch's
+  threads), ``--before`` (the first version of ``embed_images``: per-batch
   thread-pool decoding, no read-ahead), ``--threads N``
   (torch threads), ``--decode_threads N`` (its decoding pool).
 * ``seed``: a seed-style ``datasets.map``: per batch, PIL open + ``convert("RGB")`` at full
@@ -32,13 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _flags(flags: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None, "before": False}
+    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None, "before": False,
+                           "keep_threads": False}
     it = iter(flags)
     for f in it:
         if f == "--no_draft":
             out["draft"] = False
         elif f == "--before":
             out["before"] = True
+        elif f == "--keep_threads":
+            out["keep_threads"] = True
         elif f == "--no_batched_resize":
             import cnclip_lora.collate as collate
 
@@ -104,6 +108,10 @@ def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     if opts["before"]:
         embed_images = _embed_images_before  # noqa: F811
     model, processor, paths = _setup(a, opts)
+    if opts["keep_threads"]:  # measure read-ahead without embed_images lowering torch's threads
+        import torch
+
+        torch.set_num_threads = lambda n: None
     pre = Preprocessing(train_flip="always", draft=opts["draft"])
     kwargs = {"num_threads": opts["decode_threads"]} if opts["decode_threads"] else {}
     embed_images(model, processor.image_processor, paths[: a.batch], preprocessing=pre, batch_size=a.batch, **kwargs)

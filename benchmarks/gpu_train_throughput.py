@@ -34,6 +34,7 @@ overrides; H100 PCIe 756 and H100 NVL 835 are recognised by name).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -252,6 +253,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             sync(device)
             times.append(time.perf_counter())
 
+    fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
     need = batch * 2
     rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]
     dataset = datasets.Dataset.from_list(rows)
@@ -264,6 +266,9 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             dataloader_persistent_workers=workers > 0, dataloader_prefetch_factor=2 if workers else None,
             dataloader_pin_memory=device.type == "cuda", save_strategy="no", report_to="none",
             logging_steps=10**6, disable_tqdm=True, use_cpu=device.type != "cuda",
+            # Throughput only: rows repeat when n_images < 2 x batch, and the unique-image sampler
+            # would then drop them (an epoch with no full batch stops training at step 0).
+            **({"unique_images_per_batch": False} if "unique_images_per_batch" in fields else {}),
         )  # fmt: skip
         trainer = CnClipLoraTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=processor,
@@ -285,6 +290,12 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     import torch
     from PIL import Image
 
+    # True fp32 as the seed ran it (torch's default then): no TF32 tensor cores, whatever an
+    # earlier part of this run or a library default switched on.
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5)
     model.train()
@@ -308,7 +319,9 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
         span = time.perf_counter() - t0
     finally:
         del optimizer
-    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device)}
+        torch.set_float32_matmul_precision(precision)
+    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device),
+            "float32_matmul_precision_before": precision}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -320,7 +333,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed_steps", type=int, default=4)
-    p.add_argument("--n_images", type=int, default=512, help="synthetic JPEGs (rows repeat to fill large batches)")
+    p.add_argument("--n_images", type=int, default=2048,
+                   help="synthetic JPEGs; at least twice the largest batch, so an epoch holds two batches of distinct images")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2, at most 8)")
     p.add_argument("--batches_gc_off", default="32,64,128,256,512")
     p.add_argument("--batches_gc_on", default="64,128,256,512,1024")
@@ -455,7 +469,7 @@ def main() -> None:
     results["elapsed_s"] = elapsed()
     save()
 
-    header = f"| kind | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    header = "| kind | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
     print("\n" + header + "\n|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"

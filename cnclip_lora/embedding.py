@@ -168,11 +168,10 @@ def embed_images(
 ) -> np.ndarray:
     """L2-normalised image embeddings ``[len(paths), D]`` with the recorded preprocessing.
 
-    Decoding is the slow part with a small model (a 224-px JPEG costs about as much CPU as the
-    forward pass of a small ViT on it), so it runs ahead: while the model embeds one batch, a
-    small thread pool (PIL releases the GIL while decoding and resizing) already decodes the
-    next. On a CPU-only run torch gets the cores the pool leaves free (restored afterwards):
-    two thread pools fighting over two cores made both several times slower.
+    Decoding runs ahead: while the model embeds one batch, a small thread pool (PIL releases the
+    GIL while decoding and resizing) already decodes the next, so decoding and the forward pass
+    overlap instead of alternating. torch's own thread count is left as the caller set it
+    (lowering it to make room for the decoders measured slower, see benchmarks/RESULTS.md).
 
     Args:
         num_threads: decoding threads; default half the cores, 1 to 4.
@@ -180,8 +179,7 @@ def embed_images(
     model.eval()
     device = _model_device(model)
     dtype = next(model.parameters()).dtype
-    n_cpu = os.cpu_count() or 1
-    n_threads = max(1, num_threads or min(4, n_cpu // 2))
+    n_threads = max(1, num_threads or min(4, (os.cpu_count() or 1) // 2))
     all_paths = [str(p) for p in paths]
     pool = ThreadPoolExecutor(max_workers=n_threads)
     ahead: dict[tuple[int, int], list[Future]] = {}  # (start, stop) -> decoding batch
@@ -209,13 +207,9 @@ def embed_images(
         pixel_values = torch.cat([f.result() for f in futures])
         return _normalise(get_image_embeds(model, pixel_values.to(device=device, dtype=dtype)))
 
-    torch_threads = torch.get_num_threads()
-    if device.type == "cpu" and n_cpu > 1:
-        torch.set_num_threads(max(1, min(torch_threads, n_cpu - n_threads)))
     dataset = datasets.Dataset.from_dict({"path": all_paths, "row": list(range(len(all_paths)))})
     try:
         return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
                           fingerprint=fingerprint, desc="Embedding images")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(torch_threads)

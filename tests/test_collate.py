@@ -11,6 +11,8 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from cnclip_lora.collate import (
+    _squash_plan,
+    load_image,
     RECORD_FILE,
     ImageTextCollator,
     Preprocessing,
@@ -96,3 +98,31 @@ def test_collator_names_a_missing_image(processor, tmp_path):
 
     with pytest.raises(DataError, match="nope.jpg"):
         ImageTextCollator(processor, tmp_path, flip="none")([{"title": "t", "path": "nope.jpg"}])
+# --- to append to tests/test_collate.py (helper F: batched squash path in preprocess_images) ---
+
+
+@pytest.mark.parametrize("draft", [True, False])
+def test_batched_path_equals_the_checkpoint_processor(processor, tmp_path, draft):
+    """The batched resize/rescale/normalise must give the processor's own pixels, bit for bit,
+    for odd sizes, PNG and JPEG, flipped or not."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate([(224, 224), (300, 180), (50, 90), (1000, 20)]):
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for ext in ("png", "jpg"):
+            Image.fromarray(arr).save(tmp_path / f"{i}.{ext}")
+            paths.append(tmp_path / f"{i}.{ext}")
+    image_processor = processor.image_processor
+    assert _squash_plan(image_processor) is not None  # the tiny checkpoint is squash-resize, like the Hub's
+    fast = preprocess_images(paths, image_processor, flips=True, draft=draft)
+    size = 64 if draft else None
+    ref = image_processor(images=[load_image(p, flip=True, draft_size=size) for p in paths], return_tensors="pt")
+    assert fast.dtype == ref["pixel_values"].dtype
+    assert torch.equal(fast, ref["pixel_values"])
+
+
+def test_crop_processors_use_the_processor_itself():
+    """Class defaults (shortest-edge resize + centre crop) are not the squash case: no batched path."""
+    from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+
+    assert _squash_plan(ChineseCLIPImageProcessorPil()) is None
