@@ -356,7 +356,7 @@ def test_more_queries_than_gallery_images_with_hungarian(tmp_path, make_dataset_
             "--output", tmp_path / "submit.csv", "--cache_dir", "", "--device", "cpu"]
     code, text = _run_cli(capsys, *argv, "--assign", "hungarian")
     assert code == 2
-    assert re.search(r"one-to-one assignment is impossible: 5 queries but only 2 gallery images; use argmax", text)
+    assert re.search(r"needs at least as many gallery images as queries: 5 queries, 2 images; use --assign argmax", text)
     assert not (tmp_path / "submit.csv").exists()
     code, text = _run_cli(capsys, *argv, "--assign", "argmax")  # the documented alternative works
     assert code == 0, text
