@@ -533,3 +533,25 @@ def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fa
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     preprocessing = namespace["preprocessing"]  # the recorded rule comes back with the model
     assert (preprocessing.max_length, preprocessing.inference_flip) == (16, True)
+
+
+def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_path, fake_hub, tiny_model_dir, demo_dir):
+    from cnclip_lora.train import train
+
+    out = tmp_path / "run"
+    argv = []
+    for key, value in {"model_name_or_path": tiny_model_dir, "data_dir": demo_dir, "output_dir": out,
+                       "max_steps": 2, "per_device_train_batch_size": 8, "lora_r": 4, "lora_alpha": 8,
+                       "use_cpu": "true", "save_strategy": "steps", "save_steps": 1, "report_to": "none",
+                       "push_to_hub": "true", "hub_model_id": "user/trained-adapter"}.items():
+        argv += [f"--{key}", str(value)]
+    result = train(argv)
+
+    assert result.pushed_to and "user/trained-adapter" in result.pushed_to
+    assert (out / "checkpoint-2").is_dir()  # checkpoints exist locally...
+    (commit,) = fake_hub.commits            # ...but exactly one commit was pushed, at the end
+    files = set(fake_hub.files("user/trained-adapter"))
+    assert {"adapter_model.safetensors", "adapter_config.json", "cnclip_lora.json", "README.md"} <= files
+    assert not any(name.startswith("checkpoint-") or name.endswith((".bin", ".pt", ".pth")) for name in files)
+    assert "model.safetensors" not in files
+    assert files <= set(ADAPTER_FILES) | {".gitattributes"}
