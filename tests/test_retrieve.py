@@ -171,3 +171,13 @@ def test_retrieval_arguments_validate():
         RetrievalArguments(model_name_or_path="m", assign="greedy")
     with pytest.raises(ConfigError, match="top_k"):
         RetrievalArguments(model_name_or_path="m", top_k=0)
+
+
+def test_retrieve_with_a_flat_faiss_index_matches_exact_search(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
+    pytest.importorskip("faiss", reason="the faiss extra is part of `make test`'s install")
+    common = dict(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir), top_k=5,
+                  cache_dir=str(tmp_path / "cache"), device="cpu")
+    exact = retrieve(RetrievalArguments(output=str(tmp_path / "exact.csv"), **common))
+    flat = retrieve(RetrievalArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common))
+    np.testing.assert_allclose(flat.scores, exact.scores, atol=1e-5)
+    assert pd.read_csv(tmp_path / "faiss.csv").equals(pd.read_csv(tmp_path / "exact.csv"))
