@@ -110,8 +110,7 @@ def _cmd_check_data(argv: Sequence[str]) -> int:
     parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
     parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
     args = parser.parse_args(argv)
-    val_size = int(args.val_size) if args.val_size >= 1 else args.val_size
-    report = check_data(args.data_dir, val_size=val_size, seed=args.split_seed,
+    report = check_data(args.data_dir, val_size=args.val_size, seed=args.split_seed,
                         skip_bad_rows=args.skip_bad_rows, check_images=not args.no_check_images)
     print(report.summary())
     return 0 if report.ok else 1

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
 
 __all__ = [
@@ -80,15 +81,7 @@ class DataArguments:
             raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
         if self.max_length < 2:
             raise ConfigError(f"--max_length must be at least 2 (CLS + SEP); got {self.max_length}.")
-        if self.val_size < 0 or (self.val_size >= 1 and not float(self.val_size).is_integer()):
-            raise ConfigError(
-                f"--val_size must be a fraction in [0, 1) or a whole number of images; got {self.val_size}."
-            )
-
-    @property
-    def val_size_value(self) -> float | int:
-        """``val_size`` as the data layer wants it: a fraction, or an int count."""
-        return int(self.val_size) if self.val_size >= 1 else float(self.val_size)
+        parse_val_size(self.val_size)  # fail at parse time, with the data layer's own rule and message
 
 
 @dataclass

@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 from cnclip_lora.errors import ConfigError, DataError
 
 __all__ = [
+    "parse_val_size",
     "IMAGE_EXTENSIONS",
     "CompetitionData",
     "DataReport",
@@ -644,7 +645,7 @@ def _missing_hint(path: str, files: set[str], lower: dict[str, str]) -> str:
 # ------------------------------------------------------------------------- validation
 
 
-def _validate_val_size(val_size: float | int) -> float | int:
+def parse_val_size(val_size: float | int) -> float | int:
     """Return ``val_size`` as a fraction (float < 1) or a count (int); ConfigError otherwise.
 
     An integral float >= 1 counts as a count, because option parsers often type the field
@@ -869,11 +870,16 @@ class _Scanner:
             msg = f"has {n_rows} rows but {_QUERY} has {self.n_queries}; it needs one row per query, in order"
             self.add(self.disp(_SUBMIT), None, msg, "row count")
 
-    def scan_answers(self) -> None:
-        # Written by the demo generator so demos can score themselves; errors would mis-score.
-        if not (self.root / _ANSWERS).exists():
+    def scan_answers(self, answers_file: str | os.PathLike | None = None) -> None:
+        # DATA_DIR/test_answers.csv is written by the demo generator so demos can score
+        # themselves; an explicit file (evaluate --answers) must exist. Errors would mis-score.
+        name = str(answers_file) if answers_file is not None else _ANSWERS
+        if not (self.root / name).exists():  # an absolute name replaces the root
+            if answers_file is not None:
+                self.add(self.disp(name), None, "answers file not found; pass a CSV with columns query,path",
+                         "missing file")
             return
-        table = self.read(_ANSWERS, ",", ("query", "path"))
+        table = self.read(name, ",", ("query", "path"))
         self.problems.extend(p for _, p in table.bad_rows)
         if not table.usable or table.bad_rows:
             return
@@ -884,7 +890,7 @@ class _Scanner:
         for record in table.records:
             query, img, message = self._answer(record.values[qi], record.values[pi], seen, record.line, index)
             if message:
-                self.add(self.disp(_ANSWERS), record.line, message, "bad answer")
+                self.add(self.disp(name), record.line, message, "bad answer")
             else:
                 queries.append(query)
                 paths.append(img)
@@ -965,8 +971,9 @@ def _scan(
     check_images: bool,
     require_queries: bool,
     num_workers: int | None,
+    answers_file: str | os.PathLike | None = None,
 ) -> _Scanner:
-    val_size = _validate_val_size(val_size)
+    val_size = parse_val_size(val_size)
     scanner = _Scanner(data_dir, skip_bad_rows)
     if not scanner.root.is_dir():
         hint = "pass the folder that holds train.csv, test_query.csv and image/"
@@ -977,7 +984,7 @@ def _scan(
     scanner.decode(check_images, num_workers)
     scanner.scan_queries(require_queries)
     scanner.scan_submit()
-    scanner.scan_answers()
+    scanner.scan_answers(answers_file)
     scanner.split(val_size, seed)
     return scanner
 
@@ -1015,6 +1022,7 @@ def check_data(
     check_images: bool = True,
     require_queries: bool = True,
     num_workers: int | None = None,
+    answers_file: str | os.PathLike | None = None,
 ) -> DataReport:
     """Check a data folder and return every problem with the counts; never raises ``DataError``.
 
@@ -1029,6 +1037,7 @@ def check_data(
         check_images=check_images,
         require_queries=require_queries,
         num_workers=num_workers,
+        answers_file=answers_file,
     ).report
 
 
@@ -1041,6 +1050,7 @@ def load_competition_data(
     check_images: bool = True,
     require_queries: bool = True,
     num_workers: int | None = None,
+    answers_file: str | os.PathLike | None = None,
 ) -> CompetitionData:
     """Validate a competition data folder and return its splits as ``datasets.Dataset``s.
 
@@ -1062,6 +1072,8 @@ def load_competition_data(
             only checks that files exist, for speed on huge sets.
         require_queries: Whether ``test_query.csv`` must exist (it is checked when present).
         num_workers: Threads used to decode images (default: twice the CPU count, at most 16).
+        answers_file: An answers CSV (``query,path``) to use instead of ``test_answers.csv``,
+            validated like it (``cnclip-lora evaluate --split test --answers FILE``).
 
     Returns:
         A :class:`CompetitionData`.
@@ -1078,6 +1090,7 @@ def load_competition_data(
         check_images=check_images,
         require_queries=require_queries,
         num_workers=num_workers,
+        answers_file=answers_file,
     )
     report = scan.report
     if not report.ok:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cnclip_lora.collate import Preprocessing
-from cnclip_lora.data import CompetitionData, load_competition_data, read_table
+from cnclip_lora.data import CompetitionData, load_competition_data
 from cnclip_lora.embedding import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path
@@ -244,11 +244,7 @@ def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray,
 
 
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
-    return load_competition_data(args.data_dir, val_size=_val_size(args.val_size), seed=args.split_seed, **kwargs)
-
-
-def _val_size(value: float) -> float | int:
-    return int(value) if value >= 1 else float(value)
+    return load_competition_data(args.data_dir, val_size=args.val_size, seed=args.split_seed, **kwargs)
 
 
 def retrieve(args: RetrievalArguments) -> RetrievalResult:
@@ -293,7 +289,7 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     ``--split val``: the held-out training pairs against held-out + non-train images (the
     competition protocol). ``--split test``: test queries against the gallery, with an answers file.
     """
-    data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test")
+    data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
     if args.split == "val":
         if len(data.val) == 0:
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
@@ -302,8 +298,6 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
         names = list(data.val_gallery["path"])
     else:
         answers = data.answers
-        if args.answers:
-            answers = _read_answers(args.answers, data)
         if answers is None:
             raise ConfigError(
                 f"--split test needs answers: {Path(args.data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
@@ -333,15 +327,3 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     metrics[f"{args.split}_gallery_size"] = len(names)
     metrics[f"{args.split}_queries"] = len(titles)
     return metrics
-
-
-def _read_answers(path: str, data: CompetitionData) -> pd.DataFrame:
-    frame = read_table(path, sep=",", required_columns=["query", "path"])
-    index = {p: i for i, p in enumerate(data.gallery["path"])}
-    missing = [(i, p) for i, p in enumerate(frame["path"]) if p not in index]
-    if missing:
-        line, p = missing[0]
-        raise CnClipLoraError(f"{path}, line {line + 2}: {p!r} is not a gallery image ({len(missing)} such rows).")
-    frame = frame.copy()
-    frame["label"] = [index[p] for p in frame["path"]]
-    return frame

@@ -101,7 +101,7 @@ def run_training(
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
-        val_size=data_args.val_size_value,
+        val_size=data_args.val_size,
         seed=data_args.split_seed,
         skip_bad_rows=data_args.skip_bad_rows,
         check_images=data_args.check_images,

@@ -181,3 +181,20 @@ def test_retrieve_with_a_flat_faiss_index_matches_exact_search(adapter_dir, tiny
     flat = retrieve(RetrievalArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common))
     np.testing.assert_allclose(flat.scores, exact.scores, atol=1e-5)
     assert pd.read_csv(tmp_path / "faiss.csv").equals(pd.read_csv(tmp_path / "exact.csv"))
+
+
+def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_default(tiny_model_dir, demo_dir, tmp_path):
+    import shutil
+
+    from cnclip_lora.errors import DataError
+
+    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="test", cache_dir="", device="cpu")
+    elsewhere = tmp_path / "answers.csv"
+    shutil.copy(demo_dir / "test_answers.csv", elsewhere)
+    assert evaluate(RetrievalArguments(answers=str(elsewhere), **common)) == evaluate(RetrievalArguments(**common))
+    train_image = pd.read_csv(demo_dir / "train.csv", sep="\t")["path"][0]
+    elsewhere.write_text(f"query,path\n0,{train_image}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="answers.csv"):
+        evaluate(RetrievalArguments(answers=str(elsewhere), **common))
+    with pytest.raises(DataError, match="answers file not found"):
+        evaluate(RetrievalArguments(answers=str(tmp_path / "missing.csv"), **common))
