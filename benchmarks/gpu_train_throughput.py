@@ -181,11 +181,23 @@ def is_oom(err: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- runs
-def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: bool, vocab: int) -> dict[str, Any]:
-    """fwd + loss + bwd + fused AdamW on tensors already on the device."""
+def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: bool, vocab: int,
+               compiled: bool = False) -> dict[str, Any]:
+    """fwd + loss + bwd + fused AdamW on tensors already on the device.
+
+    ``compiled``: run through ``accelerate.utils.compile_regions`` (each encoder layer compiled once
+    per tower and reused), which is what ``--torch_compile true`` makes the Trainer do; the first
+    step (compilation) is timed separately as ``compile_s``.
+    """
     import torch
 
     from cnclip_lora.loss import ContrastiveLoss
+
+    forward_model = model
+    if compiled:
+        from accelerate.utils import compile_regions
+
+        forward_model = compile_regions(model)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5, fused=device.type == "cuda")
@@ -194,13 +206,18 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
     model.train()
     reset_memory(device)
     t0 = 0.0
+    t_first = time.perf_counter()
+    compile_s = None
     try:
         for step in range(warmup + steps):
+            if step == 1:
+                sync(device)
+                compile_s = time.perf_counter() - t_first
             if step == warmup:
                 sync(device)
                 t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(**inputs)
+                out = forward_model(**inputs)
                 loss = loss_fn(out.text_embeds, out.image_embeds, model.logit_scale).loss
             loss.backward()
             optimizer.step()
@@ -210,7 +227,10 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
     finally:
         del optimizer
         inputs.clear()
-    return {"samples_per_s": steps * batch / span if steps else None, "peak_mem_gb": peak_memory_gb(device)}
+    out = {"samples_per_s": steps * batch / span if steps else None, "peak_mem_gb": peak_memory_gb(device)}
+    if compiled:
+        out["first_step_s"] = compile_s
+    return out
 
 
 def find_max_batch(model, config, candidates: list[int], device, amp: bool, vocab: int, mem_cap: float) -> int | None:
@@ -237,8 +257,13 @@ def find_max_batch(model, config, candidates: list[int], device, amp: bool, voca
 
 
 def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, checkpointing: bool,
-             workers: int, device, bf16: bool) -> dict[str, Any]:
-    """``CnClipLoraTrainer`` + ``ImageTextCollator``, as ``cnclip-lora train`` builds them."""
+             workers: int, device, bf16: bool, **extra_args: Any) -> dict[str, Any]:
+    """``CnClipLoraTrainer`` + ``ImageTextCollator``, as ``cnclip-lora train`` builds them.
+
+    The clock is synchronised with the GPU only at the start and the end of the measured steps
+    (a sync every step would stall the CPU's run-ahead and understate the pipeline).
+    ``extra_args`` go to ``CnClipTrainingArguments`` (e.g. ``torch_compile=True``).
+    """
     import datasets
     from transformers import TrainerCallback
 
@@ -250,7 +275,8 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            sync(device)
+            if state.global_step in (1, warmup, warmup + steps):
+                sync(device)
             times.append(time.perf_counter())
 
     fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
@@ -269,11 +295,13 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             # Throughput only: rows repeat when n_images < 2 x batch, and the unique-image sampler
             # would then drop them (an epoch with no full batch stops training at step 0).
             **({"unique_images_per_batch": False} if "unique_images_per_batch" in fields else {}),
+            **extra_args,
         )  # fmt: skip
         trainer = CnClipLoraTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=processor,
             data_collator=ImageTextCollator(processor, image_dir, flip="always"), callbacks=[StepTimer()],
         )  # fmt: skip
+        t_start = time.perf_counter()
         try:
             trainer.train()
         finally:
@@ -281,8 +309,21 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             trainer.lr_scheduler = None
             del trainer
             set_checkpointing(model, False)
+            unwrap_accelerate_forward(model)
     span = times[warmup + steps - 1] - times[warmup - 1]
-    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers}
+    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers,
+            "first_step_s": times[0] - t_start, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
+
+
+def unwrap_accelerate_forward(model) -> None:
+    """Undo the autocast wrapper ``Accelerator.prepare`` puts on ``model.forward`` under bf16.
+
+    Without this, a later fp32 loop on the same model silently runs in bf16 (the first GPU run's
+    "fp32" seed loop reached 201 TFLOP/s, three times the H200's fp32 peak, for this reason).
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
 
 
 def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:
@@ -299,6 +340,14 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5)
     model.train()
+    unwrap_accelerate_forward(model)
+    seen: dict[str, str] = {}
+    probe = next(m for n, m in model.named_modules() if n.endswith("vision_model.encoder.layers.0.self_attn.q_proj.base_layer"))
+
+    def record_dtype(module, args, output) -> None:  # returns None: the output is left as it is
+        seen.setdefault("dtype", str(output.dtype))
+
+    hook = probe.register_forward_hook(record_dtype)
     reset_memory(device)
     t0 = 0.0
     try:
@@ -319,9 +368,10 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
         span = time.perf_counter() - t0
     finally:
         del optimizer
+        hook.remove()
         torch.set_float32_matmul_precision(precision)
     return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device),
-            "float32_matmul_precision_before": precision}
+            "float32_matmul_precision_before": precision, "q_proj_output_dtype": seen.get("dtype")}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -341,6 +391,10 @@ def main() -> None:
     p.add_argument("--mem_cap", type=float, default=0.85, help="share of the card a model-only step may use")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--skip_seed", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure model-only and pipeline with --torch_compile (regional), checkpointing off")
+    p.add_argument("--pipeline_args", type=json.loads, default={},
+                   help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
 
     import torch
@@ -414,6 +468,8 @@ def main() -> None:
 
     best_pipeline: tuple[float, int, bool] | None = None
     for checkpointing, cands in ((False, a.batches_gc_off), (True, a.batches_gc_on)):
+        if not cands:
+            continue
         set_checkpointing(model, checkpointing)
         log(f"gradient checkpointing {checkpointing}: searching the batch")
         batch = guarded(f"batch search gc={checkpointing}", 30,
@@ -428,12 +484,26 @@ def main() -> None:
         reset_memory(device)
         r = guarded(f"pipeline gc={checkpointing}", 60,
                     lambda: pipeline(model, processor, rows, work / "data" / "image", batch, a.steps, a.warmup,
-                                     checkpointing, workers, device, amp))  # fmt: skip
+                                     checkpointing, workers, device, amp, **a.pipeline_args))  # fmt: skip
         if r:
             record("pipeline", checkpointing, batch, r)
             if best_pipeline is None or r["samples_per_s"] > best_pipeline[0]:
                 best_pipeline = (r["samples_per_s"], batch, checkpointing)
         reset_memory(device)
+        if a.compile and not checkpointing:
+            r = guarded("model_only compiled", 120,
+                        lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True))  # fmt: skip
+            if r:
+                record("model_only", checkpointing, batch, r, compiled=True)
+            reset_memory(device)
+            r = guarded("pipeline compiled", 120,
+                        lambda: pipeline(model, processor, rows, work / "data" / "image", batch, a.steps, a.warmup,
+                                         checkpointing, workers, device, amp, torch_compile=True, **a.pipeline_args))  # fmt: skip
+            if r:
+                record("pipeline", checkpointing, batch, r, compiled=True)
+                if r["samples_per_s"] > best_pipeline[0]:
+                    best_pipeline = (r["samples_per_s"], batch, checkpointing)
+            reset_memory(device)
     set_checkpointing(model, False)
 
     if not a.skip_seed and best_pipeline is not None:
@@ -458,7 +528,8 @@ def main() -> None:
     if bp:
         summary["pipeline_samples_per_s"] = bp["samples_per_s"]
         summary["pipeline_mfu"] = bp["mfu"]
-        same = [r for r in results["runs"] if r["kind"] == "model_only" and r["checkpointing"] == bp["checkpointing"]]
+        same = [r for r in results["runs"] if r["kind"] == "model_only" and r["checkpointing"] == bp["checkpointing"]
+                and r.get("compiled", False) == bp.get("compiled", False)]
         if same:
             summary["pipeline_vs_model_only_same_setting"] = bp["samples_per_s"] / same[0]["samples_per_s"]
     if bp and bm:
@@ -469,11 +540,11 @@ def main() -> None:
     results["elapsed_s"] = elapsed()
     save()
 
-    header = "| kind | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
-    print("\n" + header + "\n|---|---|---|---|---|---|---|")
+    header = "| kind | compiled | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    print("\n" + header + "\n|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
-        print(f"| {r['kind']} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+        print(f"| {r['kind']} | {r.get('compiled', False)} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
     print("summary:", json.dumps(summary, indent=1))
     print(f"wrote {a.out} ({elapsed():.0f} s)")

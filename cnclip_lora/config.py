@@ -16,6 +16,7 @@ after it override the file.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,6 +128,10 @@ class CnClipTrainingArguments(TrainingArguments):
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
+    * ``--torch_compile true`` compiles *regionally* (accelerate's ``compile_regions``): each
+      tower's transformer layer is compiled once and reused for all its layers, so compilation
+      takes about one layer's time instead of the whole two-tower graph's. Set
+      ``ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=false`` to compile the whole model instead.
     """
 
     output_dir: str | None = field(default="outputs/cnclip-lora", metadata={"help": "Where adapters and checkpoints go."})
@@ -158,6 +163,12 @@ class CnClipTrainingArguments(TrainingArguments):
             "true/false force it. See cnclip_lora.sampler.UniqueImageSampler."
         },
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.torch_compile:
+            # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.
+            os.environ.setdefault("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
 
 
 def _config_file_to_argv(path: Path) -> list[str]:
