@@ -279,6 +279,11 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
                 sync(device)
             times.append(time.perf_counter())
 
+    from accelerate.state import AcceleratorState
+
+    # AcceleratorState is process-wide: without a reset, the first Trainer's settings (no dynamo
+    # backend) would silently apply to every later one in this process.
+    AcceleratorState._reset_state()
     fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
     need = batch * 2
     rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]
@@ -304,6 +309,11 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
         t_start = time.perf_counter()
         try:
             trainer.train()
+            from accelerate.utils import has_compiled_regions, is_compiled_module
+
+            wrapped = trainer.model_wrapped
+            compiled_state = {"dynamo_backend": str(trainer.accelerator.state.dynamo_plugin.backend),
+                              "model_compiled": is_compiled_module(wrapped) or has_compiled_regions(wrapped)}  # fmt: skip
         finally:
             trainer.optimizer = None
             trainer.lr_scheduler = None
@@ -312,18 +322,22 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             unwrap_accelerate_forward(model)
     span = times[warmup + steps - 1] - times[warmup - 1]
     return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers,
-            "first_step_s": times[0] - t_start, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
+            "first_step_s": times[0] - t_start, **compiled_state, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
 
 
 def unwrap_accelerate_forward(model) -> None:
     """Undo the autocast wrapper ``Accelerator.prepare`` puts on ``model.forward`` under bf16.
 
-    Without this, a later fp32 loop on the same model silently runs in bf16 (the first GPU run's
-    "fp32" seed loop reached 201 TFLOP/s, three times the H200's fp32 peak, for this reason).
+    Without this, a later fp32 loop on the same model silently runs in bf16 (the first GPU runs'
+    "fp32" seed loop reached 201 TFLOP/s, three times the H200's fp32 peak, for this reason), and a
+    later Trainer would neither wrap nor compile it.
     """
     from accelerate.utils import extract_model_from_parallel
 
     extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    # ...and the mark that makes every later Accelerator.prepare return the model untouched (no
+    # autocast wrapper, no compilation): the next Trainer must prepare it afresh.
+    model.__dict__.pop("_is_accelerate_prepared", None)
 
 
 def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:
@@ -331,12 +345,11 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     import torch
     from PIL import Image
 
-    # True fp32 as the seed ran it (torch's default then): no TF32 tensor cores, whatever an
-    # earlier part of this run or a library default switched on.
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    # True fp32 as the seed ran it (torch's defaults): no TF32 for matmuls, whatever an earlier part
+    # of this run switched on (TrainingArguments(torch_compile=True) enables TF32 process-wide).
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    precision = (matmul.fp32_precision, conv.fp32_precision)
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "tf32"  # torch's defaults (convs: TF32 allowed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5)
     model.train()
@@ -369,9 +382,9 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     finally:
         del optimizer
         hook.remove()
-        torch.set_float32_matmul_precision(precision)
+        matmul.fp32_precision, conv.fp32_precision = precision
     return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device),
-            "float32_matmul_precision_before": precision, "q_proj_output_dtype": seen.get("dtype")}
+            "fp32_precision_before": list(precision), "q_proj_output_dtype": seen.get("dtype")}
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -383,8 +396,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed_steps", type=int, default=4)
-    p.add_argument("--n_images", type=int, default=2048,
-                   help="synthetic JPEGs; at least twice the largest batch, so an epoch holds two batches of distinct images")
+    p.add_argument("--n_images", type=int, default=4096,
+                   help="synthetic JPEGs; an epoch should outlast the measured steps (a new epoch restarts the "
+                   "workers' prefetch, which real epochs of thousands of steps do not see)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2, at most 8)")
     p.add_argument("--batches_gc_off", default="32,64,128,256,512")
     p.add_argument("--batches_gc_on", default="64,128,256,512,1024")
