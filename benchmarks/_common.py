@@ -94,6 +94,8 @@ def median_by_variant(runs: list[dict[str, Any]], key: str) -> dict[str, dict[st
             "peak_rss_mb": max(r["peak_rss_mb"] for r in mine),
             "peak_rss_children_mb": max(r.get("peak_rss_children_mb", 0.0) for r in mine),
         }
+        if all("setup_s" in r for r in mine):
+            out[name]["setup_s"] = statistics.median(r["setup_s"] for r in mine)
     return out
 
 

@@ -16,7 +16,7 @@ fit are skipped and say so):
    PIL open + flip + ``processor(text=, images=)`` per batch, ``model(..., return_loss=True)``,
    ``torch.optim.AdamW`` (gradient checkpointing only if fp32 would not fit otherwise).
 
-MFU counts model FLOPs only (recomputation under checkpointing is not credited), per sample:
+MFU counts model FLOPs only (:mod:`cnclip_lora.flops`; recomputation under checkpointing is not credited), per sample:
 
 * frozen linear/conv weights ``N`` applied to ``T`` tokens: ``2*N*T`` forward + ``2*N*T`` for
   the input gradients in backward (no weight gradients): ``4*N*T``;
@@ -62,33 +62,12 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- FLOPs
 def flops_per_sample(model, config, text_tokens: int = TEXT_TOKENS) -> dict[str, float]:
-    """Model FLOPs of one training sample (see the module docstring for the formula)."""
-    import torch
-    from peft.tuners.lora import LoraLayer
+    """Model FLOPs of one training sample (:mod:`cnclip_lora.flops`, the formula above), in GFLOP."""
+    from cnclip_lora.flops import training_flops_per_sample
 
-    img_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
-    towers = {"text": ("text_model.", text_tokens, config.text_config), "vision": ("vision_model.", img_tokens, config.vision_config)}
-    out: dict[str, float] = {}
-    total = 0.0
-    for tower, (prefix, tokens, tcfg) in towers.items():
-        frozen = lora = 0
-        for name, module in model.named_modules():
-            if prefix not in name:
-                continue
-            if isinstance(module, LoraLayer):
-                lora += sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)
-            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "lora_" not in name:
-                frozen += module.weight.numel()
-        attn = 3 * 4 * tokens**2 * tcfg.hidden_size * tcfg.num_hidden_layers
-        flops = 4 * frozen * tokens + 6 * lora * tokens + attn
-        out[f"{tower}_frozen_params"] = frozen
-        out[f"{tower}_lora_params"] = lora
-        out[f"{tower}_tokens"] = tokens
-        out[f"{tower}_gflops"] = flops / 1e9
-        total += flops
-    # Projection heads (frozen, applied once per sample).
-    total += 4 * (config.text_config.hidden_size + config.vision_config.hidden_size) * config.projection_dim
-    out["total_gflops"] = total / 1e9
+    f = training_flops_per_sample(model, config, text_tokens)
+    out = {k: v for k, v in f.items() if k.endswith(("_params", "_tokens"))}
+    out.update(text_gflops=f["text"] / 1e9, vision_gflops=f["vision"] / 1e9, total_gflops=f["total"] / 1e9)
     return out
 
 
@@ -257,7 +236,7 @@ def find_max_batch(model, config, candidates: list[int], device, amp: bool, voca
 
 
 def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, checkpointing: bool,
-             workers: int, device, bf16: bool, **extra_args: Any) -> dict[str, Any]:
+             workers: int, device, bf16: bool, pixel_cache: Any = None, **extra_args: Any) -> dict[str, Any]:
     """``CnClipLoraTrainer`` + ``ImageTextCollator``, as ``cnclip-lora train`` builds them.
 
     The clock is synchronised with the GPU only at the start and the end of the measured steps
@@ -304,7 +283,8 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
         )  # fmt: skip
         trainer = CnClipLoraTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=processor,
-            data_collator=ImageTextCollator(processor, image_dir, flip="always"), callbacks=[StepTimer()],
+            data_collator=ImageTextCollator(processor, image_dir, flip="always", pixel_cache=pixel_cache),
+            callbacks=[StepTimer()],
         )  # fmt: skip
         t_start = time.perf_counter()
         try:
@@ -407,6 +387,8 @@ def main() -> None:
     p.add_argument("--skip_seed", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="also measure model-only and pipeline with --torch_compile (regional), checkpointing off")
+    p.add_argument("--pixel_cache", action="store_true",
+                   help="also measure pipelines whose collator reads the decode-once pixel cache (its build is timed)")
     p.add_argument("--pipeline_args", type=json.loads, default={},
                    help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
@@ -481,6 +463,34 @@ def main() -> None:
             return None
 
     best_pipeline: tuple[float, int, bool] | None = None
+    image_dir = work / "data" / "image"
+    cache: dict[str, Any] = {}
+
+    def pixel_cache() -> Any:
+        """Built once, timed: the decode-once cache ``cnclip-lora train`` builds (cache_images auto)."""
+        if "cache" not in cache:
+            from cnclip_lora.pixel_cache import build_pixel_cache
+
+            t0 = time.perf_counter()
+            cache["cache"] = build_pixel_cache(image_dir, [r["path"] for r in rows], processor.image_processor,
+                                               cache_dir=work / "pixels", num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
+            results["pixel_cache_build_s"] = time.perf_counter() - t0
+            log(f"pixel cache: {len(cache['cache'])} images in {results['pixel_cache_build_s']:.1f} s")
+        return cache["cache"]
+
+    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool) -> None:
+        nonlocal best_pipeline
+        extra = dict(a.pipeline_args, **({"torch_compile": True} if compiled else {}))
+        label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached}"
+        r = guarded(label, 120 if compiled else 60,
+                    lambda: pipeline(model, processor, rows, image_dir, batch, a.steps, a.warmup, checkpointing, workers,
+                                     device, amp, pixel_cache=pixel_cache() if cached else None, **extra))  # fmt: skip
+        if r:
+            record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached)
+            if best_pipeline is None or r["samples_per_s"] > best_pipeline[0]:
+                best_pipeline = (r["samples_per_s"], batch, checkpointing)
+        reset_memory(device)
+
     for checkpointing, cands in ((False, a.batches_gc_off), (True, a.batches_gc_on)):
         if not cands:
             continue
@@ -496,28 +506,18 @@ def main() -> None:
         if r:
             record("model_only", checkpointing, batch, r)
         reset_memory(device)
-        r = guarded(f"pipeline gc={checkpointing}", 60,
-                    lambda: pipeline(model, processor, rows, work / "data" / "image", batch, a.steps, a.warmup,
-                                     checkpointing, workers, device, amp, **a.pipeline_args))  # fmt: skip
-        if r:
-            record("pipeline", checkpointing, batch, r)
-            if best_pipeline is None or r["samples_per_s"] > best_pipeline[0]:
-                best_pipeline = (r["samples_per_s"], batch, checkpointing)
-        reset_memory(device)
+        run_pipeline(checkpointing, batch, compiled=False, cached=False)
+        if a.pixel_cache:
+            run_pipeline(checkpointing, batch, compiled=False, cached=True)
         if a.compile and not checkpointing:
             r = guarded("model_only compiled", 120,
                         lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True))  # fmt: skip
             if r:
                 record("model_only", checkpointing, batch, r, compiled=True)
             reset_memory(device)
-            r = guarded("pipeline compiled", 120,
-                        lambda: pipeline(model, processor, rows, work / "data" / "image", batch, a.steps, a.warmup,
-                                         checkpointing, workers, device, amp, torch_compile=True, **a.pipeline_args))  # fmt: skip
-            if r:
-                record("pipeline", checkpointing, batch, r, compiled=True)
-                if r["samples_per_s"] > best_pipeline[0]:
-                    best_pipeline = (r["samples_per_s"], batch, checkpointing)
-            reset_memory(device)
+            run_pipeline(checkpointing, batch, compiled=True, cached=False)
+            if a.pixel_cache:
+                run_pipeline(checkpointing, batch, compiled=True, cached=True)
     set_checkpointing(model, False)
 
     if not a.skip_seed and best_pipeline is not None:
@@ -554,11 +554,11 @@ def main() -> None:
     results["elapsed_s"] = elapsed()
     save()
 
-    header = "| kind | compiled | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
-    print("\n" + header + "\n|---|---|---|---|---|---|---|---|")
+    header = "| kind | compiled | pixel cache | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    print("\n" + header + "\n|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
-        print(f"| {r['kind']} | {r.get('compiled', False)} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
     print("summary:", json.dumps(summary, indent=1))
     print(f"wrote {a.out} ({elapsed():.0f} s)")

@@ -28,7 +28,10 @@ __all__ = [
     "Preprocessing",
     "ImageTextCollator",
     "load_image",
+    "decode_resized",
+    "pixel_values_from_uint8",
     "preprocess_images",
+    "supports_uint8_path",
     "tokenize_titles",
     "target_image_size",
     "write_record",
@@ -123,12 +126,59 @@ def preprocess_images(
     """Open, optionally flip, and run the checkpoint's own image processor: ``[B, 3, H, W]``."""
     if isinstance(flips, bool):
         flips = [flips] * len(paths)
+    if _squash_plan(image_processor) is not None and paths:
+        return pixel_values_from_uint8(decode_resized(paths, image_processor, draft=draft), flips, image_processor)
     draft_size = target_image_size(image_processor) if draft else None
     images = [load_image(p, flip=f, draft_size=draft_size) for p, f in zip(paths, flips)]
-    plan = _squash_plan(image_processor)
-    if plan is not None and images:
-        return _squash_batch(images, plan)
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def decode_resized(paths: Sequence[str | os.PathLike], image_processor: Any, *, draft: bool = True) -> np.ndarray:
+    """Open each image (upright RGB, unflipped) and squash-resize it as the processor would:
+    ``uint8 [B, H, W, 3]``. This is the expensive half of :func:`preprocess_images`, and what
+    :mod:`cnclip_lora.pixel_cache` stores so that later epochs skip it.
+
+    Raises:
+        ValueError: the processor does not squash-resize (see :func:`supports_uint8_path`).
+    """
+    plan = _squash_plan(image_processor)
+    if plan is None:
+        raise ValueError("decode_resized needs a squash-resize image processor (no crop, no padding)")
+    draft_size = target_image_size(image_processor) if draft else None
+    size = (plan.width, plan.height)
+    out = np.empty((len(paths), plan.height, plan.width, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = np.asarray(open_image(path, draft_size=draft_size).resize(size, resample=plan.resample))
+    return out
+
+
+def pixel_values_from_uint8(arr: np.ndarray, flips: Sequence[bool], image_processor: Any) -> torch.Tensor:
+    """Mirror the rows whose flag is set, then rescale and normalise: ``float32 [B, 3, H, W]``.
+
+    Mirroring the resized image equals resizing the mirrored one (Pillow's resampling is
+    symmetric; tested), and is cheaper. Rescale and normalise are folded into one multiply-add in
+    float32, within 1e-6 of the processor's float64-then-float32 arithmetic.
+    """
+    plan = _squash_plan(image_processor)
+    if plan is None:
+        raise ValueError("pixel_values_from_uint8 needs a squash-resize image processor (no crop, no padding)")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8, a view
+    flip_rows = [i for i, f in enumerate(flips) if f]
+    if flip_rows:
+        x = x.clone()
+        x[flip_rows] = x[flip_rows].flip(-1)
+    x = x.float()
+    scale = torch.full((3, 1, 1), plan.rescale if plan.rescale is not None else 1.0)
+    shift = torch.zeros((3, 1, 1))
+    if plan.mean is not None:
+        scale, shift = scale / plan.std, plan.mean / plan.std
+    return x.mul_(scale).sub_(shift).contiguous()
+
+
+def supports_uint8_path(image_processor: Any) -> bool:
+    """Whether images can be stored resized as uint8 and finished per batch (the released
+    checkpoints' squash resize; a crop or shortest-edge processor cannot)."""
+    return _squash_plan(image_processor) is not None
 
 
 @dataclass(frozen=True)
@@ -151,9 +201,10 @@ def _squash_plan(image_processor: Any) -> _SquashPlan | None:
     backend, squash resize to height x width, no crop or pad, rescale, normalise), else ``None``.
 
     Why: the PIL backend converts every image to numpy, back to PIL to resize, then rescales in
-    float64 and normalises one image at a time; doing the same arithmetic once per batch halves
-    the collator's CPU time, which on small machines competes with the model for cores. Anything
-    else (crop, shortest-edge resize, padding, other backends) goes through the processor itself.
+    float64 and normalises one image at a time; doing the same steps once per batch halves the
+    collator's CPU time, which on small machines competes with the model for cores, and lets the
+    resized uint8 images be cached between epochs. Anything else (crop, shortest-edge resize,
+    padding, other backends) goes through the processor itself.
     """
     p = image_processor
     if getattr(p, "backend", None) != "pil" or not getattr(p, "do_resize", False):
@@ -177,18 +228,6 @@ def _squash_plan(image_processor: Any) -> _SquashPlan | None:
     resample = p.resample if p.resample is not None else Image.Resampling.BILINEAR
     rescale = float(p.rescale_factor) if getattr(p, "do_rescale", False) else None
     return _SquashPlan(int(width), int(height), int(resample), rescale, mean, std)
-
-
-def _squash_batch(images: Sequence[Image.Image], plan: _SquashPlan) -> torch.Tensor:
-    """The PIL backend's resize -> rescale -> normalise, batched; same arithmetic and dtypes
-    (uint8 resize in PIL, rescale in float64 then float32, normalise in float32)."""
-    size = (plan.width, plan.height)
-    arr = np.stack([np.asarray(im.resize(size, resample=plan.resample)) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
-    x = (x.double() * plan.rescale).float() if plan.rescale is not None else x.float()
-    if plan.mean is not None:
-        x = (x - plan.mean) / plan.std
-    return x.contiguous()
 
 
 def tokenize_titles(titles: Sequence[str], tokenizer: Any, max_length: int = 52) -> dict[str, torch.Tensor]:
@@ -225,6 +264,9 @@ class ImageTextCollator:
     max_length: int = 52
     flip: str = "always"
     draft: bool = True
+    #: A :class:`cnclip_lora.pixel_cache.PixelCache` of the rows' images: they are then taken
+    #: resized from it instead of being opened, and only flipped and normalised here.
+    pixel_cache: Any = None
 
     def _flips(self, n: int) -> list[bool]:
         if self.flip == "always":
@@ -234,9 +276,13 @@ class ImageTextCollator:
         return [False] * n
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        paths = [Path(self.image_dir) / row["path"] for row in rows]
         batch = tokenize_titles([row["title"] for row in rows], self.processor.tokenizer, self.max_length)
-        batch["pixel_values"] = preprocess_images(
-            paths, self.processor.image_processor, flips=self._flips(len(rows)), draft=self.draft
-        )
+        flips = self._flips(len(rows))
+        image_processor = self.processor.image_processor
+        if self.pixel_cache is not None:
+            pixels = self.pixel_cache.get([row["path"] for row in rows])
+            batch["pixel_values"] = pixel_values_from_uint8(pixels, flips, image_processor)
+        else:
+            paths = [Path(self.image_dir) / row["path"] for row in rows]
+            batch["pixel_values"] = preprocess_images(paths, image_processor, flips=flips, draft=self.draft)
         return batch

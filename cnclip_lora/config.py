@@ -76,8 +76,24 @@ class DataArguments:
             "choices": list(FLIP_MODES),
         },
     )
+    cache_images: str = field(
+        default="auto",
+        metadata={
+            "help": "Decode and resize each training image once into a uint8 Arrow cache (datasets.map) and reuse "
+            "it in every epoch and run: 'auto' (when training sees images more than once and the cache fits "
+            "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.pixel_cache.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    image_cache_max_gb: float = field(default=20.0, metadata={"help": "Largest pixel cache 'auto' builds (GB)."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the pixel cache; default: datasets' cache (HF_DATASETS_CACHE)/cnclip_lora/pixels."},
+    )
 
     def __post_init__(self) -> None:
+        if self.cache_images not in ("auto", "true", "false"):
+            raise ConfigError(f"--cache_images must be auto, true or false; got {self.cache_images!r}.")
         if self.flip not in FLIP_MODES:
             raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
         if self.max_length < 2:

@@ -25,7 +25,7 @@ from cnclip_lora.collate import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data
 from cnclip_lora.embedding import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.io_utils import atomic_path
+from cnclip_lora.io_utils import atomic_path, hash_file_stats
 from cnclip_lora.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.ranking import assign, rank
@@ -185,12 +185,11 @@ def embedding_fingerprint(
         "dtype": dtype,
     }
     h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-    for item in items:
-        h.update(item.encode("utf-8"))
-        if kind == "image":
-            st = os.stat(item)
-            h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
-        h.update(b"\0")
+    if kind == "image":
+        hash_file_stats(h, items)
+    else:
+        for item in items:
+            h.update(item.encode("utf-8") + b"\0")
     return h.hexdigest()[:32]
 
 

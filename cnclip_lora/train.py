@@ -31,6 +31,7 @@ from cnclip_lora.config import (
 from cnclip_lora.data import CompetitionData, count_truncated, load_competition_data
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
+from cnclip_lora.pixel_cache import build_pixel_cache, should_cache
 from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
 __all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
@@ -156,6 +157,8 @@ def run_training(
     if eval_set is None and training_args.eval_strategy != "no":
         logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
 
+    pixel_cache = _pixel_cache(data, data_args, training_args, processor)
+    record["data"]["pixel_cache"] = pixel_cache is not None
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
@@ -164,7 +167,7 @@ def run_training(
         # the Trainer's eval_strategy checks see the held-out split.
         eval_dataset=data.val if eval_set is not None else None,
         data_collator=ImageTextCollator(
-            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip
+            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache
         ),
         processing_class=processor,
         retrieval_eval=eval_set,
@@ -198,6 +201,29 @@ def run_training(
             revision=training_args.hub_revision,
         )
     return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
+
+
+def planned_epochs(training_args: CnClipTrainingArguments, n_train: int) -> float:
+    """How many times training will read each row (``--max_steps`` wins over ``--num_train_epochs``)."""
+    if training_args.max_steps and training_args.max_steps > 0:
+        per_step = (training_args.per_device_train_batch_size * training_args.world_size
+                    * training_args.gradient_accumulation_steps)  # fmt: skip
+        return training_args.max_steps * per_step / max(n_train, 1)
+    return float(training_args.num_train_epochs)
+
+
+def _pixel_cache(data: CompetitionData, data_args: DataArguments, training_args: CnClipTrainingArguments, processor: Any):
+    """The decoded-once pixel cache when ``--cache_images`` asks for it (the decision is logged)."""
+    paths = list(data.train["path"])
+    use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
+                            epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
+    logger.info("pixel cache %s: %s", "on" if use else "off", why)
+    if not use:
+        return None
+    # The main process decodes; the others then load the same file by its fingerprint.
+    with training_args.main_process_first(desc="pixel cache"):
+        return build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir,
+                                 num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
 
 
 def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:

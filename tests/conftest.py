@@ -6,7 +6,13 @@ Data fixtures (used by tests/test_data.py and any test that needs a data folder)
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Before anything imports datasets: the training pixel cache (and any other datasets cache) goes to
+# a throwaway folder, not the user's ~/.cache.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="cnclip-test-datasets-"))
 
 import pytest
 from PIL import Image

@@ -103,7 +103,7 @@ def test_collator_names_a_missing_image(processor, tmp_path):
 
 @pytest.mark.parametrize("draft", [True, False])
 def test_batched_path_equals_the_checkpoint_processor(processor, tmp_path, draft):
-    """The batched resize/rescale/normalise must give the processor's own pixels, bit for bit,
+    """The batched resize/rescale/normalise must give the processor's own pixels (float32 within 1e-5),
     for odd sizes, PNG and JPEG, flipped or not."""
     rng = np.random.default_rng(0)
     paths = []
@@ -118,7 +118,7 @@ def test_batched_path_equals_the_checkpoint_processor(processor, tmp_path, draft
     size = 64 if draft else None
     ref = image_processor(images=[load_image(p, flip=True, draft_size=size) for p in paths], return_tensors="pt")
     assert fast.dtype == ref["pixel_values"].dtype
-    assert torch.equal(fast, ref["pixel_values"])
+    torch.testing.assert_close(fast, ref["pixel_values"], rtol=0, atol=1e-5)
 
 
 def test_crop_processors_use_the_processor_itself():
