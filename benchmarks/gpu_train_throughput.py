@@ -389,6 +389,8 @@ def main() -> None:
                    help="also measure model-only and pipeline with --torch_compile (regional), checkpointing off")
     p.add_argument("--pixel_cache", action="store_true",
                    help="also measure pipelines whose collator reads the decode-once pixel cache (its build is timed)")
+    p.add_argument("--no_eager_pipeline", action="store_true",
+                   help="with --compile, measure only compiled pipelines (checkpointing off): saves device time")
     p.add_argument("--pipeline_args", type=json.loads, default={},
                    help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
@@ -426,7 +428,11 @@ def main() -> None:
     rows = build_data(work / "data", a.n_images, 224)
     proc_dir = make_tiny_model(work / "proc", image_size=image_size, patch_size=16 if a.smoke else 14,
                                hidden_size=32, num_layers=1, num_heads=2, projection_dim=16)  # fmt: skip
-    processor = ChineseCLIPProcessor.from_pretrained(proc_dir)
+    from cnclip_lora.modeling import pin_pil_image_processor
+
+    # As cnclip-lora loads it: the PIL backend even where torchvision is installed (the GPU box).
+    processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(proc_dir), str(proc_dir))
+    results["image_processor"] = type(processor.image_processor).__name__
     vocab = len(build_tiny_vocab())
     log("building the model")
     model, config = build_model(a.smoke, device, torch.bfloat16 if amp else torch.float32, vocab)
@@ -506,9 +512,10 @@ def main() -> None:
         if r:
             record("model_only", checkpointing, batch, r)
         reset_memory(device)
-        run_pipeline(checkpointing, batch, compiled=False, cached=False)
-        if a.pixel_cache:
-            run_pipeline(checkpointing, batch, compiled=False, cached=True)
+        if not (a.no_eager_pipeline and a.compile and not checkpointing):
+            run_pipeline(checkpointing, batch, compiled=False, cached=False)
+            if a.pixel_cache:
+                run_pipeline(checkpointing, batch, compiled=False, cached=True)
         if a.compile and not checkpointing:
             r = guarded("model_only compiled", 120,
                         lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True))  # fmt: skip

@@ -13,12 +13,13 @@ import difflib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
 from .errors import ConfigError, UnsafeArtifactError
 
@@ -119,7 +120,27 @@ def load_model_and_processor(
         raise
     processor_cls = AutoProcessor if trust_remote_code else ChineseCLIPProcessor
     processor = processor_cls.from_pretrained(model_name_or_path, **common)
-    return model, processor
+    return model, pin_pil_image_processor(processor, model_name_or_path, **common)
+
+
+def pin_pil_image_processor(processor: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+    """Use the PIL backend of the image processor on every machine.
+
+    transformers 5 picks the torchvision backend whenever torchvision is installed (typical on GPU
+    machines) and PIL otherwise (this project's CPU machines). Their resize arithmetic differs,
+    so an adapter trained on one machine and used for retrieval on another would see other
+    pixels: the train/test mismatch this package exists to prevent. PIL is the checkpoints'
+    original implementation and the one the batched/cached path in :mod:`cnclip_lora.collate`
+    reproduces.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or getattr(image_processor, "backend", "pil") == "pil":
+        return processor
+    pil = AutoImageProcessor.from_pretrained(model_name_or_path, backend="pil", **kwargs)
+    logger.info("image processor: %s -> %s (identical preprocessing on every machine)",
+                type(image_processor).__name__, type(pil).__name__)
+    processor.image_processor = pil
+    return processor
 
 
 def h14_config() -> ChineseCLIPConfig:

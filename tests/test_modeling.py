@@ -251,3 +251,26 @@ def test_merged_embeddings_equal_unmerged(model):
     assert (text - base_text).abs().max() > 1e-3, "adapters must matter for the comparison to mean anything"
     torch.testing.assert_close(merged_text, text, atol=1e-5, rtol=0)
     torch.testing.assert_close(merged_image, image, atol=1e-5, rtol=0)
+
+
+def test_image_processor_is_pinned_to_pil_whatever_is_installed(tiny_model_dir, monkeypatch):
+    """transformers picks the torchvision backend when torchvision is installed (GPU machines); its
+    resize differs from PIL's, so training and retrieval on different machines would disagree."""
+    import types
+
+    from transformers import ChineseCLIPProcessor
+
+    from cnclip_lora.collate import supports_uint8_path
+    from cnclip_lora.modeling import load_model_and_processor
+
+    real = ChineseCLIPProcessor.from_pretrained.__func__
+
+    def as_on_a_gpu_machine(cls, *args, **kwargs):
+        processor = real(cls, *args, **kwargs)
+        processor.image_processor = types.SimpleNamespace(backend="torchvision")
+        return processor
+
+    monkeypatch.setattr(ChineseCLIPProcessor, "from_pretrained", classmethod(as_on_a_gpu_machine))
+    _, processor = load_model_and_processor(str(tiny_model_dir))
+    assert processor.image_processor.backend == "pil"
+    assert supports_uint8_path(processor.image_processor)  # the batched/cached path applies again
