@@ -258,11 +258,6 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
                 sync(device)
             times.append(time.perf_counter())
 
-    from accelerate.state import AcceleratorState
-
-    # AcceleratorState is process-wide: without a reset, the first Trainer's settings (no dynamo
-    # backend) would silently apply to every later one in this process.
-    AcceleratorState._reset_state()
     fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
     need = batch * 2
     rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]

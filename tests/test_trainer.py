@@ -146,3 +146,41 @@ def test_best_model_selection_uses_retrieval_metric(tiny_model_dir, demo_dir, tm
     assert len(evals) >= 2
     assert state["best_metric"] == pytest.approx(max(e["eval_t2i_MR"] for e in evals[:2]))
     assert state["best_model_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
+
+
+def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, demo_dir, tmp_path, trained, monkeypatch):
+    """--torch_compile compiles each tower's layer (accelerate's regional compilation) and the
+    saved adapter has exactly the uncompiled run's tensor names (no ``_orig_mod`` prefixes)."""
+    import importlib
+
+    from accelerate.utils import has_compiled_regions
+    from safetensors import safe_open
+
+    train_mod = importlib.import_module("cnclip_lora.train")
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    seen = {}
+
+    class Capturing(train_mod.CnClipLoraTrainer):
+        def train(self, *args, **kwargs):
+            out = super().train(*args, **kwargs)
+            seen["wrapped"] = self.model_wrapped
+            return out
+
+    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Capturing)
+    try:
+        result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True))
+    finally:
+        torch._dynamo.reset()
+    import os
+
+    assert os.environ.get("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION") == "true"
+    assert has_compiled_regions(seen["wrapped"])
+    assert not isinstance(seen["wrapped"], torch._dynamo.eval_frame.OptimizedModule)  # regions, not the whole model
+
+    def keys(path: Path) -> set[str]:
+        with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    assert keys(result.output_dir) == keys(trained.output_dir)
+    assert result.train_metrics["train_loss"] > 0
