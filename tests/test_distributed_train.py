@@ -36,14 +36,20 @@ def _flags(model: Path, data: Path, out: Path, batch_size: int) -> list[str]:
 
 
 @needs_gloo
-def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_model_dir, make_dataset_dir, tmp_path):
+@pytest.mark.parametrize("cache_images", ["false", "true"])
+def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_model_dir, make_dataset_dir, tmp_path,
+                                                                      cache_images):
     # 20 pairs, 4 held out: 16 training rows, so the first global batch of 8 is a real choice
     # among them (a wrong cut across processes would pick a different set of rows).
     data = make_dataset_dir(tmp_path, n_train_images=20, n_gallery=5, n_queries=4)
     out2 = tmp_path / "two"
-    run_torchrun(["-m", "cnclip_lora", "train", *_flags(tiny_model_dir, data, out2, PER_DEVICE)], cwd=tmp_path)
+    # With the pixel cache, rank 0 decodes (main_process_first) and rank 1 reads the same file.
+    cache = ["--cache_images", cache_images, "--cache_dir", str(tmp_path / "pixels")]
+    run_torchrun(["-m", "cnclip_lora", "train", *_flags(tiny_model_dir, data, out2, PER_DEVICE), *cache], cwd=tmp_path)
     out1 = tmp_path / "one"
-    train(_flags(tiny_model_dir, data, out1, 2 * PER_DEVICE))
+    train(_flags(tiny_model_dir, data, out1, 2 * PER_DEVICE) + ["--cache_images", "false"])
+    cache_files = sorted(p.name for p in (tmp_path / "pixels").glob("*.arrow"))
+    assert len(cache_files) == (1 if cache_images == "true" else 0), cache_files
 
     # Exactly one adapter, written once by rank 0: no second copy, no leftover partial file.
     assert [p.name for p in out2.rglob("*.safetensors")] == ["adapter_model.safetensors"]
