@@ -251,7 +251,9 @@ class ImageTextCollator:
     Reads ``title`` (str) and ``path`` (file name relative to ``image_dir``) from each row and
     returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, max_length]`` and
     ``pixel_values`` ``[B, 3, H, W]``. Random flips are drawn here (never in a cached
-    ``datasets.map``) from torch's generator, which the Trainer seeds per worker.
+    ``datasets.map``) from torch's generator, which the Trainer seeds per worker. With a
+    ``pixel_cache`` only the deterministic part (decode + resize) comes from the cache; flips and
+    normalisation still happen here, so a cached batch equals an uncached one.
 
     Example::
 
