@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.collate import Preprocessing, preprocess_images, tokenize_titles
+from cnclip_lora.collate import Preprocessing, pixel_values_from_uint8, preprocess_images, tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
 __all__ = ["embed_texts", "embed_images", "process_info"]
@@ -165,6 +165,7 @@ def embed_images(
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
     num_threads: int | None = None,
+    pixel_cache: Any = None,
 ) -> np.ndarray:
     """L2-normalised image embeddings ``[len(paths), D]`` with the recorded preprocessing.
 
@@ -175,6 +176,9 @@ def embed_images(
 
     Args:
         num_threads: decoding threads; default half the cores, 1 to 4.
+        pixel_cache: a :class:`cnclip_lora.pixel_cache.PixelCache` holding ``paths`` (as given):
+            their resized pixels are read from it instead of decoding (the Trainer's evaluation
+            embeds the same validation gallery at every evaluation).
     """
     model.eval()
     device = _model_device(model)
@@ -185,6 +189,9 @@ def embed_images(
     ahead: dict[tuple[int, int], list[Future]] = {}  # (start, stop) -> decoding batch
 
     def _prep(chunk: list[str]) -> torch.Tensor:
+        if pixel_cache is not None:
+            flips = [preprocessing.inference_flip] * len(chunk)
+            return pixel_values_from_uint8(pixel_cache.get(chunk), flips, image_processor)
         return preprocess_images(chunk, image_processor, flips=preprocessing.inference_flip, draft=preprocessing.draft)
 
     def _submit(start: int, stop: int) -> list[Future]:

@@ -159,6 +159,13 @@ def run_training(
 
     pixel_cache = _pixel_cache(data, data_args, training_args, processor)
     record["data"]["pixel_cache"] = pixel_cache is not None
+    eval_pixel_cache = None
+    if pixel_cache is not None and eval_set is not None and training_args.eval_strategy != "no":
+        # The validation gallery is embedded at every evaluation: decode it once as well.
+        with training_args.main_process_first(desc="pixel cache (validation gallery)"):
+            eval_pixel_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
+                                                 cache_dir=data_args.cache_dir, draft=preprocessing.draft,
+                                                 num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
@@ -173,6 +180,7 @@ def run_training(
         retrieval_eval=eval_set,
         preprocessing=preprocessing,
         record=record,
+        eval_pixel_cache=eval_pixel_cache,
     )
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -66,6 +66,8 @@ class CnClipLoraTrainer(Trainer):
             disables retrieval evaluation.
         preprocessing: recorded in the output folder so retrieval replays it.
         record: extra sections for ``cnclip_lora.json`` (data description, LoRA settings).
+        eval_pixel_cache: a :class:`cnclip_lora.pixel_cache.PixelCache` of the evaluation gallery
+            (keyed by ``retrieval_eval.gallery_paths``), so repeated evaluations do not decode again.
         All other arguments are ``transformers.Trainer``'s.
     """
 
@@ -75,10 +77,12 @@ class CnClipLoraTrainer(Trainer):
         retrieval_eval: RetrievalEvalSet | None = None,
         preprocessing: Preprocessing | None = None,
         record: dict[str, Any] | None = None,
+        eval_pixel_cache: Any = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.retrieval_eval = retrieval_eval
+        self.eval_pixel_cache = eval_pixel_cache
         self.preprocessing = preprocessing or Preprocessing()
         self.record = record or {}
         self.contrastive_loss = ContrastiveLoss(gather=getattr(self.args, "gather_loss", True))
@@ -190,8 +194,8 @@ class CnClipLoraTrainer(Trainer):
         try:
             text = embed_texts(model, tokenizer, eval_set.titles, max_length=self.preprocessing.max_length,
                                batch_size=batch_size)
-            images = embed_images(model, image_processor, eval_set.gallery_paths,
-                                  preprocessing=self.preprocessing, batch_size=batch_size)
+            images = embed_images(model, image_processor, eval_set.gallery_paths, preprocessing=self.preprocessing,
+                                  batch_size=batch_size, pixel_cache=self.eval_pixel_cache)  # fmt: skip
         finally:
             model.train(was_training)
         from cnclip_lora.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating

@@ -133,3 +133,30 @@ def test_training_builds_the_cache_once_and_records_it(tiny_model_dir, demo_dir,
     assert sorted((tmp_path / "pc").iterdir()) == files
     off = train(output_dir=str(tmp_path / "out3"), cache_images="false", **common)
     assert json.loads((off.output_dir / "cnclip_lora.json").read_text())["data"]["pixel_cache"] is False
+
+
+def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """With evaluation every epoch, the validation gallery is decoded once too; cached and
+    uncached runs train on identical batches, so adapters and metrics agree exactly."""
+    from safetensors.torch import load_file
+
+    from cnclip_lora.train import train
+
+    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True, seed=0,
+                  per_device_train_batch_size=8, num_train_epochs=2, val_size=8, eval_strategy="epoch",
+                  save_strategy="no", cache_dir=str(tmp_path / "pc"), check_images=False, learning_rate=1e-3)  # fmt: skip
+    import cnclip_lora.embedding as embedding
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("evaluation decoded images although the gallery is cached")
+
+    with monkeypatch.context() as m:  # every evaluation of the cached run must read the cache
+        m.setattr(embedding, "preprocess_images", no_decoding)
+        cached = train(output_dir=str(tmp_path / "cached"), **common)
+    plain = train(output_dir=str(tmp_path / "plain"), cache_images="false", **common)
+    files = list((tmp_path / "pc").glob("pixels-*.arrow"))
+    assert len(files) == 2  # the training images and the validation gallery
+    a, b = load_file(cached.output_dir / "adapter_model.safetensors"), load_file(plain.output_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cached.eval_metrics["eval_t2i_MR"] == plain.eval_metrics["eval_t2i_MR"]
+    assert cached.eval_metrics["eval_gallery_size"] == plain.eval_metrics["eval_gallery_size"] > 8
