@@ -184,3 +184,26 @@ def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, de
 
     assert keys(result.output_dir) == keys(trained.output_dir)
     assert result.train_metrics["train_loss"] > 0
+
+
+def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    import importlib
+    import math
+
+    from safetensors import safe_open
+
+    train_mod = importlib.import_module("cnclip_lora.train")
+    dtypes: dict[str, set] = {"base": set(), "lora": set()}
+
+    class Capturing(train_mod.CnClipLoraTrainer):
+        def train(self, *args, **kwargs):
+            for name, param in self.model.named_parameters():
+                dtypes["lora" if "lora_" in name else "base"].add(param.dtype)
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Capturing)
+    result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "bf16", max_steps=2, bf16=True))
+    assert dtypes == {"base": {torch.bfloat16}, "lora": {torch.float32}}
+    with safe_open(str(result.output_dir / "adapter_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert math.isfinite(result.train_metrics["train_loss"])
