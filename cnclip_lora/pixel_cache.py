@@ -40,7 +40,8 @@ DEFAULT_MAX_GB = 20.0
 
 
 class PixelCache:
-    """Resized uint8 images by their path relative to ``image_dir``; ``get`` returns ``[B, H, W, 3]``."""
+    """Resized uint8 images keyed by the path strings the cache was built from (relative to its
+    ``image_dir``); ``get`` returns ``[B, H, W, 3]``."""
 
     def __init__(self, dataset: datasets.Dataset, paths: Sequence[str], shape: tuple[int, int, int],
                  cache_file: str | None = None):  # fmt: skip
