@@ -31,13 +31,19 @@ def test_vit_h14_lora_counts_match_the_architecture():
     assert f["total"] / 1e9 == pytest.approx(770.8, abs=0.1)  # the figure quoted in benchmarks/RESULTS.md
 
 
-def test_trainer_total_flos_counts_both_towers_per_sample(tiny_model_dir, demo_dir, tmp_path):
+def test_trainer_total_flos_counts_both_towers_per_sample(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    import cnclip_lora.flops as flops
     from cnclip_lora.modeling import load_model_and_processor
     from cnclip_lora.train import train
+
+    walks = []
+    real = flops._weights_by_tower
+    monkeypatch.setattr(flops, "_weights_by_tower", lambda model: walks.append(1) or real(model))
 
     result = train(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir",
                     str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "8", "--lora_r", "8",
                     "--lora_alpha", "16", "--use_cpu", "true", "--val_size", "0", "--save_strategy", "no"])  # fmt: skip
+    assert len(walks) == 1  # the model is walked once per input shape, not on every step
     state = json.loads((result.output_dir / "trainer_state.json").read_text())
     model, _ = load_model_and_processor(str(tiny_model_dir))
     model = apply_lora(model, r=8, alpha=16)
