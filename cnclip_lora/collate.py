@@ -162,17 +162,20 @@ def pixel_values_from_uint8(arr: np.ndarray, flips: Sequence[bool], image_proces
     plan = _squash_plan(image_processor)
     if plan is None:
         raise ValueError("pixel_values_from_uint8 needs a squash-resize image processor (no crop, no padding)")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8, a view
+    n, height, width, _ = arr.shape
+    # One pass converts to float32 and reorders HWC -> CHW; the affine steps then run in place.
+    x = torch.empty((n, 3, height, width))
+    x.copy_(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2))
     flip_rows = [i for i, f in enumerate(flips) if f]
-    if flip_rows:
-        x = x.clone()
+    if len(flip_rows) == n:
+        x = x.flip(-1)
+    elif flip_rows:
         x[flip_rows] = x[flip_rows].flip(-1)
-    x = x.float()
     scale = torch.full((3, 1, 1), plan.rescale if plan.rescale is not None else 1.0)
     shift = torch.zeros((3, 1, 1))
     if plan.mean is not None:
         scale, shift = scale / plan.std, plan.mean / plan.std
-    return x.mul_(scale).sub_(shift).contiguous()
+    return x.mul_(scale).sub_(shift)
 
 
 def supports_uint8_path(image_processor: Any) -> bool:
