@@ -474,7 +474,7 @@ def main() -> None:
 
             t0 = time.perf_counter()
             cache["cache"] = build_pixel_cache(image_dir, [r["path"] for r in rows], processor.image_processor,
-                                               cache_dir=work / "pixels", num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
+                                               cache_dir=work / "pixels")
             results["pixel_cache_build_s"] = time.perf_counter() - t0
             log(f"pixel cache: {len(cache['cache'])} images in {results['pixel_cache_build_s']:.1f} s")
         return cache["cache"]

@@ -116,7 +116,8 @@ def build_pixel_cache(
 ) -> PixelCache:
     """Decode and resize every distinct image in ``paths`` once (or load the existing cache).
 
-    ``cache_dir`` defaults to ``datasets``' own cache folder (``HF_DATASETS_CACHE``) under
+    ``num_proc`` (decoding processes) defaults to the cores, at most 8; sets under 8 batches
+    decode in this process. ``cache_dir`` defaults to ``datasets``' own cache folder (``HF_DATASETS_CACHE``) under
     ``cnclip_lora/pixels``. Under several processes, call it inside
     ``TrainingArguments.main_process_first()``: the main process writes the file, the others find
     it by its fingerprint.
@@ -141,7 +142,8 @@ def build_pixel_cache(
         return {"pixels": pixels.reshape(len(pixels), -1)}
 
     # Small sets are not worth the worker start-up; datasets shards the file per process otherwise.
-    procs = num_proc if num_proc and num_proc > 1 and len(unique) >= 8 * batch_size else None
+    num_proc = num_proc or min(8, os.cpu_count() or 1)
+    procs = num_proc if num_proc > 1 and len(unique) >= 8 * batch_size else None
     dataset = datasets.Dataset.from_dict({"path": unique}).map(
         decode,
         batched=True,

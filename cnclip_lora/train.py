@@ -169,8 +169,7 @@ def run_training(
         # The validation gallery is embedded at every evaluation: decode it once as well.
         with training_args.main_process_first(desc="pixel cache (validation gallery)"):
             eval_pixel_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
-                                                 cache_dir=data_args.cache_dir, draft=preprocessing.draft,
-                                                 num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
+                                                 cache_dir=data_args.cache_dir, draft=preprocessing.draft)
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
@@ -235,8 +234,7 @@ def _pixel_cache(data: CompetitionData, data_args: DataArguments, training_args:
         return None
     # The main process decodes; the others then load the same file by its fingerprint.
     with training_args.main_process_first(desc="pixel cache"):
-        return build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir,
-                                 num_proc=min(8, os.cpu_count() or 1))  # fmt: skip
+        return build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir)
 
 
 def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
