@@ -162,14 +162,8 @@ def run_training(
     if eval_set is None and training_args.eval_strategy != "no":
         logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
 
-    pixel_cache = _pixel_cache(data, data_args, training_args, processor)
+    pixel_cache, eval_pixel_cache = _pixel_caches(data, eval_set, data_args, training_args, processor)
     record["data"]["pixel_cache"] = pixel_cache is not None
-    eval_pixel_cache = None
-    if pixel_cache is not None and eval_set is not None and training_args.eval_strategy != "no":
-        # The validation gallery is embedded at every evaluation: decode it once as well.
-        with training_args.main_process_first(desc="pixel cache (validation gallery)"):
-            eval_pixel_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
-                                                 cache_dir=data_args.cache_dir, draft=preprocessing.draft)
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
@@ -224,17 +218,28 @@ def planned_epochs(training_args: CnClipTrainingArguments, n_train: int) -> floa
     return float(training_args.num_train_epochs)
 
 
-def _pixel_cache(data: CompetitionData, data_args: DataArguments, training_args: CnClipTrainingArguments, processor: Any):
-    """The decoded-once pixel cache when ``--cache_images`` asks for it (the decision is logged)."""
+def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data_args: DataArguments,
+                  training_args: CnClipTrainingArguments, processor: Any) -> tuple[Any, Any]:  # fmt: skip
+    """``(training images, validation gallery)`` decoded-once pixel caches, each ``None`` when off.
+
+    The training cache follows ``--cache_images`` (the decision is logged). With it on and an
+    ``--eval_strategy``, the validation gallery, embedded at every evaluation, is cached too.
+    The main process decodes; the others then load the same files by their fingerprints.
+    """
     paths = list(data.train["path"])
     use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
                             epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
     logger.info("pixel cache %s: %s", "on" if use else "off", why)
     if not use:
-        return None
-    # The main process decodes; the others then load the same file by its fingerprint.
+        return None, None
     with training_args.main_process_first(desc="pixel cache"):
-        return build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir)
+        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir)
+        eval_cache = None
+        if eval_set is not None and training_args.eval_strategy != "no":
+            # Gallery paths already include the image folder: keyed as given, relative to ".".
+            eval_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
+                                           cache_dir=data_args.cache_dir)  # fmt: skip
+    return train_cache, eval_cache
 
 
 def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:

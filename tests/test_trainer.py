@@ -148,62 +148,60 @@ def test_best_model_selection_uses_retrieval_metric(tiny_model_dir, demo_dir, tm
     assert state["best_model_checkpoint"].endswith(("checkpoint-2", "checkpoint-4"))
 
 
+def _capture_trainers(monkeypatch) -> list:
+    """Make ``train()`` build a recording subclass of ``CnClipLoraTrainer``; returns its instances."""
+    import importlib
+
+    train_mod = importlib.import_module("cnclip_lora.train")  # the module (the package exports a function of that name)
+    trainers: list = []
+
+    class Recording(train_mod.CnClipLoraTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Recording)
+    return trainers
+
+
+def _adapter_dtypes(path: Path) -> dict[str, torch.dtype]:
+    from safetensors import safe_open
+
+    with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k).dtype for k in f.keys()}
+
+
 def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, demo_dir, tmp_path, trained, monkeypatch):
     """--torch_compile compiles each tower's layer (accelerate's regional compilation) and the
     saved adapter has exactly the uncompiled run's tensor names (no ``_orig_mod`` prefixes)."""
-    import importlib
+    import os
 
     from accelerate.utils import has_compiled_regions
-    from safetensors import safe_open
 
-    train_mod = importlib.import_module("cnclip_lora.train")
     monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
-    seen = {}
-
-    class Capturing(train_mod.CnClipLoraTrainer):
-        def train(self, *args, **kwargs):
-            out = super().train(*args, **kwargs)
-            seen["wrapped"] = self.model_wrapped
-            return out
-
-    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Capturing)
+    trainers = _capture_trainers(monkeypatch)
     try:
         result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True))
     finally:
         torch._dynamo.reset()
-    import os
 
+    wrapped = trainers[0].model_wrapped
     assert os.environ.get("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION") == "true"
-    assert has_compiled_regions(seen["wrapped"])
-    assert not isinstance(seen["wrapped"], torch._dynamo.eval_frame.OptimizedModule)  # regions, not the whole model
-
-    def keys(path: Path) -> set[str]:
-        with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
-            return set(f.keys())
-
-    assert keys(result.output_dir) == keys(trained.output_dir)
+    assert has_compiled_regions(wrapped)
+    assert not isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)  # regions, not the whole model
+    assert set(_adapter_dtypes(result.output_dir)) == set(_adapter_dtypes(trained.output_dir))
     assert result.train_metrics["train_loss"] > 0
 
 
 def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
-    import importlib
     import math
 
-    from safetensors import safe_open
-
-    train_mod = importlib.import_module("cnclip_lora.train")
-    dtypes: dict[str, set] = {"base": set(), "lora": set()}
-
-    class Capturing(train_mod.CnClipLoraTrainer):
-        def train(self, *args, **kwargs):
-            for name, param in self.model.named_parameters():
-                dtypes["lora" if "lora_" in name else "base"].add(param.dtype)
-            return super().train(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Capturing)
+    trainers = _capture_trainers(monkeypatch)
     result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "bf16", max_steps=2, bf16=True))
+    dtypes: dict[str, set] = {"base": set(), "lora": set()}
+    for name, param in trainers[0].model.named_parameters():
+        dtypes["lora" if "lora_" in name else "base"].add(param.dtype)
     assert dtypes == {"base": {torch.bfloat16}, "lora": {torch.float32}}
-    with safe_open(str(result.output_dir / "adapter_model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert set(_adapter_dtypes(result.output_dir).values()) == {torch.float32}
     assert math.isfinite(result.train_metrics["train_loss"])
