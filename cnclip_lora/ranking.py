@@ -2,10 +2,12 @@
 
 The full score matrix of a realistic retrieval (2,000 queries x 300,000 images) is 2.4 GB;
 ``rank`` never builds it. Queries and gallery are cut into blocks of at most
-``_BLOCK_ELEMENTS`` scores (64 MB of float32); each block is reduced to its own top-k and
-merged into a running top-k, so extra memory is one score block, one normalised gallery
-chunk and ``O(Q * k)`` (about 150 MB at that size), and time stays within ~1.1-1.25x of
-the block matrix products alone.
+``_BLOCK_ELEMENTS`` scores (16 MB of float32, sized to stay in a CPU's last-level cache).
+The first block seeds each query's running top-k; every later block is pruned exactly: one
+max pass finds the few scores that beat a query's current k-th best, and only those are
+merged. Extra memory is one score block, one normalised gallery chunk and ``O(Q * k)``
+(about 40 MB at that size); time is ~1.1x the single full matrix product (the blocked
+products stay in cache, the pass and the merges cost ~10 %; ``benchmarks/RESULTS.md``).
 
 Ties are broken deterministically: equal scores rank the lower gallery index first, both
 within a block (``torch.topk`` alone does not promise which tied element it keeps) and
@@ -25,10 +27,13 @@ from .errors import CnClipLoraError, ConfigError
 
 __all__ = ["rank", "assign"]
 
-# 16 M float32 scores = 64 MB per block; big enough that the matmul dominates the
-# per-block top-k and merge, small enough to stay well under the 256 MB budget.
-_BLOCK_ELEMENTS = 16 * 1024 * 1024
-_DEFAULT_QUERY_CHUNK = 1024
+# CPU: 4 M float32 scores = 16 MB per block, small enough to stay in a server CPU's
+# last-level cache between the matrix product that writes it and the max pass that prunes
+# it (see _merge_pruned), big enough to keep the product efficient. GPUs have no such
+# cache to fit and pay a host sync per block, so they take 64 MB blocks.
+_BLOCK_ELEMENTS = 4 * 1024 * 1024
+_GPU_BLOCK_ELEMENTS = 16 * 1024 * 1024
+_DEFAULT_QUERY_CHUNK = 2048
 # Width of the column runs in the two-stage block top-k (see _block_topk).
 _GROUP = 64
 # Dense Hungarian cost matrices above this many entries (float64) use the sparse solver.
@@ -136,18 +141,21 @@ def _rank_exact(
     q: torch.Tensor, g: torch.Tensor, k: int, chunk_size: int | None, query_chunk_size: int | None, normalize: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     n_q, n_g = q.shape[0], g.shape[0]
-    qc = query_chunk_size or max(1, min(n_q, _DEFAULT_QUERY_CHUNK))
-    gc = chunk_size or max(k, _BLOCK_ELEMENTS // qc)
     dev = g.device
+    block_elements = _BLOCK_ELEMENTS if dev.type == "cpu" else _GPU_BLOCK_ELEMENTS
+    qc = query_chunk_size or max(1, min(n_q, _DEFAULT_QUERY_CHUNK))
+    # Whole runs of _GROUP columns keep the run-max pruning and two-stage top-k available.
+    per_block = block_elements // qc
+    gc = chunk_size or max(k, per_block // _GROUP * _GROUP or per_block)
     q = q.to(dev)
     best_s = torch.full((n_q, k), float("-inf"), device=dev)
     best_i = torch.full((n_q, k), -1, dtype=torch.long, device=dev)
-    # Reused score and gallery buffers: a fresh 64 MB tensor per block costs page faults
-    # worth ~25% of the matmul itself.
+    # Reused score and gallery buffers: a fresh tensor per block costs page faults, and a
+    # block that stays in the last-level cache makes the pruning pass below nearly free.
     buf = torch.empty(min(qc, n_q) * min(gc, n_g), device=dev)
     g_buf = torch.empty(min(gc, n_g) * g.shape[1], device=dev) if normalize else None
     # Queries are normalised once when small (the usual case); otherwise per block.
-    q_small = n_q * q.shape[1] <= _BLOCK_ELEMENTS
+    q_small = n_q * q.shape[1] <= block_elements
     q_all = _normalized(q, "query", normalize) if q_small else None
     # Gallery outer, queries inner: each gallery chunk is normalised/converted once.
     for g0 in range(0, n_g, gc):
@@ -157,13 +165,57 @@ def _rank_exact(
             q_blk = q_all[q0 : q0 + qc] if q_small else _normalized(q[q0 : q0 + qc], "query", normalize)
             block = buf[: q_blk.shape[0] * g_blk.shape[0]].view(q_blk.shape[0], g_blk.shape[0])
             torch.matmul(q_blk, g_blk.T, out=block)  # [q_chunk, g_chunk]
-            vals, idx = _block_topk(block, kk)
-            cand_s = torch.cat([best_s[q0 : q0 + qc], vals], dim=1)
-            cand_i = torch.cat([best_i[q0 : q0 + qc], idx + g0], dim=1)
-            # Unfilled slots (-inf, -1) sort last: -inf loses to any finite score.
-            best_s[q0 : q0 + qc], best_i[q0 : q0 + qc] = _lexsorted_topk(cand_s, cand_i, k)
+            rows = slice(q0, q0 + q_blk.shape[0])
+            if g0 < k:  # the running top-k is still filling: every row takes the block's top-k
+                vals, idx = _block_topk(block, kk)
+                _merge(best_s, best_i, rows, vals, idx + g0, k)
+            else:
+                _merge_pruned(block, best_s, best_i, rows, g0, k)
     kk = min(k, n_g)
     return best_s[:, :kk].cpu().numpy(), best_i[:, :kk].cpu().numpy()
+
+
+def _merge(best_s: torch.Tensor, best_i: torch.Tensor, rows, vals: torch.Tensor, idx: torch.Tensor, k: int) -> None:
+    """Merge candidate (score, gallery index) columns into the running top-k of ``rows``."""
+    cand_s = torch.cat([best_s[rows], vals], dim=1)
+    cand_i = torch.cat([best_i[rows], idx], dim=1)
+    # Unfilled slots (-inf, -1) sort last: -inf loses to any finite score.
+    best_s[rows], best_i[rows] = _lexsorted_topk(cand_s, cand_i, k)
+
+
+def _merge_pruned(
+    block: torch.Tensor, best_s: torch.Tensor, best_i: torch.Tensor, rows: slice, g0: int, k: int
+) -> None:
+    """Merge a score block into rows that already hold a full top-k, touching only what can change.
+
+    Exact pruning: a row's current top-k holds k scores >= its k-th best, all at lower
+    gallery indices than this block, so a score here can enter only if it is *strictly*
+    greater than the k-th best. One max pass over runs of ``_GROUP`` columns (while the
+    block is still in cache) finds the runs holding such scores; only their scores above
+    the threshold are merged. After the first few blocks a block costs its matrix product
+    plus that pass: the expected number of new top-k entries falls as k / blocks seen.
+    """
+    n, w = block.shape
+    kth = best_s[rows, k - 1]
+    m = _GROUP if w % _GROUP == 0 else w  # a ragged block is one run per row
+    runs = block.view(n, w // m, m)
+    pair_row, pair_run = torch.nonzero(runs.amax(dim=2) > kth[:, None], as_tuple=True)
+    if pair_row.numel() == 0:
+        return
+    # Scores above the threshold inside the hit runs, in row-major (row, column) order.
+    cand = runs[pair_row, pair_run]  # [pairs, m]
+    p, col = torch.nonzero(cand > kth[pair_row, None], as_tuple=True)
+    row, vals, idx = pair_row[p], cand[p, col], pair_run[p] * m + col + g0
+    # Lay each row's new scores out in a padded [hit rows, most new] matrix (-inf pads lose).
+    hit, counts = torch.unique_consecutive(row, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(row.numel(), device=row.device) - torch.repeat_interleave(starts, counts)
+    line = torch.repeat_interleave(torch.arange(hit.numel(), device=row.device), counts)
+    width = int(counts.max())
+    pad_s = torch.full((hit.numel(), width), float("-inf"), device=block.device)
+    pad_i = torch.full((hit.numel(), width), -1, dtype=torch.long, device=block.device)
+    pad_s[line, slot], pad_i[line, slot] = vals, idx
+    _merge(best_s, best_i, hit + rows.start, pad_s, pad_i, k)
 
 
 def _rank_faiss(
@@ -234,8 +286,9 @@ def rank(
         gallery_embeds: ``[G, D]`` array or tensor. The exact path runs on the gallery's
             device, so CUDA tensors are ranked on the GPU; results always come back as numpy.
         k: how many results per query (> 0).
-        chunk_size: gallery rows per block; default keeps a block at 64 MB of scores.
-        query_chunk_size: query rows per block; default 1,024.
+        chunk_size: gallery rows per block; default keeps a block at 16 MB of scores (64 MB
+            on a GPU).
+        query_chunk_size: query rows per block; default 2,048.
         use_faiss: search a faiss index instead of the exact torch path (needs the
             ``faiss`` extra). The index holds its own float32 copy of the gallery.
         index_type: with ``use_faiss``: ``"flat"`` is exact (scores match the torch path

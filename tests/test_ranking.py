@@ -69,6 +69,37 @@ def test_random_float_data_matches_bruteforce(chunk_size):
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 640, 333])
+def test_gallery_sorted_by_similarity_defeats_pruning_but_stays_exact(chunk_size):
+    """Worst case for the pruned merge: every later block beats every query's whole top-k."""
+    rng = np.random.default_rng(3)
+    q = np.abs(rng.standard_normal((20, 8))).astype(np.float32)
+    g = (rng.standard_normal((3000, 8)) * 0.01 + np.linspace(0, 1, 3000)[:, None]).astype(np.float32)
+    scores, indices = rank(q, g, 10, chunk_size=chunk_size, normalize=False)
+    ref_s, ref_i = _brute_topk(q, g, 10, normalize=False)
+    np.testing.assert_array_equal(indices, ref_i)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5)
+
+
+def test_later_blocks_merge_only_rows_they_can_change(monkeypatch):
+    """Once a query's top-k is full, a block whose scores all fall below its k-th best
+    leaves it untouched: the merges after the first block see far fewer rows."""
+    merged_rows = []
+    real_merge = ranking._merge
+
+    def spy(best_s, best_i, rows, vals, idx, k):
+        merged_rows.append(len(range(*rows.indices(len(best_s)))) if isinstance(rows, slice) else len(rows))
+        real_merge(best_s, best_i, rows, vals, idx, k)
+
+    monkeypatch.setattr(ranking, "_merge", spy)
+    rng = np.random.default_rng(4)
+    q, g = rng.standard_normal((200, 16)), rng.standard_normal((64_000, 16))
+    _, indices = rank(q, g, 5, chunk_size=640)
+    np.testing.assert_array_equal(indices, _brute_topk(q, g, 5)[1])
+    assert merged_rows[0] == 200  # the first block seeds every query
+    assert len(merged_rows) <= 100 and sum(merged_rows[-20:]) < 0.1 * 20 * 200
+
+
 def test_accepts_torch_tensors_of_any_float_dtype():
     rng = np.random.default_rng(3)
     g = rng.standard_normal((200, 8)).astype(np.float32)
