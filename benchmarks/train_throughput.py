@@ -10,7 +10,8 @@ Three kinds of variant, each in a fresh process, interleaved over ``--repeats``:
 * ``pipeline[:NAME]``: the real :func:`cnclip_lora.train.train` path (``CnClipLoraTrainer`` +
   ``ImageTextCollator``, the package's defaults), plus the flags given for that variant; a
   callback timestamps every optimizer step. Benchmark-only pseudo flags: ``--no_draft``
-  (collator decodes JPEGs at full size), ``--no_batched_resize`` (the image processor runs per
+  (collator decodes JPEGs at full size), ``--no_token_memo`` (every batch's titles are
+  tokenised again), ``--no_batched_resize`` (the image processor runs per
   image instead of the collator's batched equivalent) and ``--threads N`` (``torch.set_num_threads``).
 
 Steady state: the first ``--warmup`` steps are skipped; samples/s = steps * batch / time.
@@ -54,10 +55,12 @@ def _disable_batched_resize() -> None:
 
 def _pop_pseudo_flags(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Split benchmark-only flags from the flags passed on to ``train()``."""
-    out, extra, it = [], {"draft": True, "threads": None}, iter(flags)
+    out, extra, it = [], {"draft": True, "threads": None, "token_memo": True}, iter(flags)
     for f in it:
         if f == "--no_draft":
             extra["draft"] = False
+        elif f == "--no_token_memo":
+            extra["token_memo"] = False
         elif f == "--no_batched_resize":
             _disable_batched_resize()
         elif f == "--threads":
@@ -90,8 +93,11 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
             self.add_callback(StepTimer())
 
     train_mod.CnClipLoraTrainer = TimedTrainer
-    if not extra["draft"]:
-        train_mod.ImageTextCollator = functools.partial(train_mod.ImageTextCollator, draft=False)
+    collator_kwargs = {"draft": False} if not extra["draft"] else {}
+    if not extra["token_memo"]:
+        collator_kwargs["max_memo_titles"] = 0
+    if collator_kwargs:
+        train_mod.ImageTextCollator = functools.partial(train_mod.ImageTextCollator, **collator_kwargs)
     with tempfile.TemporaryDirectory() as out:
         argv = [
             "--model_name_or_path", a.model, "--data_dir", str(a.data), "--output_dir", out,

@@ -12,6 +12,8 @@ Only what differs from ``transformers.Trainer`` is overridden:
 * ``_save``: PEFT adapter-only saving is the Trainer's own; this stages it so files appear
   atomically, swaps the pickled ``training_args.bin`` for ``training_args.json`` and writes the
   preprocessing record.
+* ``_clip_grad_norm``: over the LoRA parameters only, found once, instead of walking every
+  frozen weight each step (same norm).
 * ``floating_point_ops``: ``total_flos`` from :mod:`cnclip_lora.flops` (per tower, LoRA-aware),
   computed once per input shape instead of walking the model every step.
 * ``_get_train_sampler``: :class:`cnclip_lora.sampler.UniqueImageSampler` when an image has
@@ -143,6 +145,22 @@ class CnClipLoraTrainer(Trainer):
             cached = (model, self.accelerator.unwrap_model(model).logit_scale)
             self._logit_scale_of = cached
         return cached[1]
+
+    def _clip_grad_norm(self, model: torch.nn.Module):
+        """Clip over the trainable (LoRA) parameters only; the norm is the same.
+
+        The default hands ``model.parameters()`` to accelerate, so every step walks all frozen
+        weights of both towers to find the few with gradients (~2 ms a step on a small model).
+        Sharded setups (FSDP, DeepSpeed, tensor parallel) keep the default: they clip their own way.
+        """
+        sharded = getattr(self.accelerator, "parallelism_config", None) is not None
+        if sharded or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._clip_grad_norm(model)
+        cached = self.__dict__.get("_trainable_of")
+        if cached is None or cached[0] is not model:
+            cached = (model, [p for p in model.parameters() if p.requires_grad])
+            self._trainable_of = cached
+        return self.accelerator.clip_grad_norm_(cached[1], self.args.max_grad_norm)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """Model FLOPs of this training batch (:mod:`cnclip_lora.flops`), for ``total_flos``.

@@ -17,6 +17,7 @@ from cnclip_lora.collate import (
     ImageTextCollator,
     Preprocessing,
     preprocess_images,
+    TitleTokenMemo,
     tokenize_titles,
     write_record,
 )
@@ -126,3 +127,49 @@ def test_crop_processors_use_the_processor_itself():
     from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
     assert _squash_plan(ChineseCLIPImageProcessorPil()) is None
+
+
+def _tokens_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_token_memo_gives_the_tokenizers_rows_and_skips_it_for_known_titles(processor):
+    titles = ["红色条纹T恤", "纯棉圆领短袖", "红色条纹T恤", "一个非常非常长的标题" * 8, "儿童卡通水杯"]
+    calls = []
+    tokenizer = processor.tokenizer
+
+    def counting(batch, *args, **kwargs):
+        calls.append(list(batch))
+        return tokenizer(batch, *args, **kwargs)
+
+    memo = TitleTokenMemo()
+    first = memo(titles[:3], counting, 52)
+    assert calls == [["红色条纹T恤", "纯棉圆领短袖"]]  # each distinct new title once
+    assert _tokens_equal(first, tokenize_titles(titles[:3], tokenizer, 52))
+    mixed = memo(titles[::-1], counting, 52)  # known and new titles, another order
+    assert calls[1] == [titles[4], titles[3]]
+    assert _tokens_equal(mixed, tokenize_titles(titles[::-1], tokenizer, 52))
+    again = memo(titles, counting, 52)
+    assert len(calls) == 2 and len(memo) == 4
+    assert _tokens_equal(again, tokenize_titles(titles, tokenizer, 52))
+
+
+def test_token_memo_stops_growing_at_capacity_and_stays_exact(processor):
+    tokenizer = processor.tokenizer
+    memo = TitleTokenMemo(capacity=3)
+    titles = [f"标题{i}" for i in range(5)]
+    assert _tokens_equal(memo(titles[:3], tokenizer, 52), tokenize_titles(titles[:3], tokenizer, 52))
+    assert _tokens_equal(memo(titles, tokenizer, 52), tokenize_titles(titles, tokenizer, 52))
+    assert len(memo) == 3
+
+
+def test_token_memo_widens_values_a_narrow_column_cannot_hold():
+    def fake_tokenizer(batch, **kwargs):
+        n = len(batch)
+        return {"input_ids": torch.full((n, 4), 70_000, dtype=torch.long),
+                "token_type_ids": torch.tensor([[0, 1, 300, -5]] * n)}  # fmt: skip
+
+    memo = TitleTokenMemo()
+    memo(["a"], fake_tokenizer, 4)
+    out = memo(["b", "a"], fake_tokenizer, 4)
+    assert _tokens_equal(out, fake_tokenizer(["b", "a"]))

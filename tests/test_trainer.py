@@ -205,3 +205,44 @@ def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_mod
     assert dtypes == {"base": {torch.bfloat16}, "lora": {torch.float32}}
     assert set(_adapter_dtypes(result.output_dir).values()) == {torch.float32}
     assert math.isfinite(result.train_metrics["train_loss"])
+
+
+def test_grad_clipping_covers_exactly_the_lora_parameters(tiny_model_dir, demo_dir, tmp_path):
+    """The clip sees the same gradients (same norm, same clipped values) as the Trainer's default,
+    without walking the frozen weights after the first step."""
+    import pandas as pd
+    from transformers import Trainer
+
+    from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.trainer import CnClipLoraTrainer
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
+    args = CnClipTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=1e-3)
+    trainer = CnClipLoraTrainer(model=model, args=args)
+    rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(8).to_dict("records")
+    batch = ImageTextCollator(processor, demo_dir / "image", flip="always")(rows)
+    out = model(**batch)
+    ContrastiveLoss()(out.text_embeds, out.image_embeds, model.logit_scale).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected_norm = Trainer._clip_grad_norm(trainer, model)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if n in grads:
+            p.grad = grads[n].clone()
+    norm = trainer._clip_grad_norm(model)
+    assert float(expected_norm) > 1e-3  # the clip really scaled the gradients
+    torch.testing.assert_close(norm, expected_norm)
+    for n, p in model.named_parameters():
+        if n in expected:
+            torch.testing.assert_close(p.grad, expected[n])
+
+    walks = []
+    real_parameters = type(model).parameters
+    type(model).parameters = lambda self, *a, **k: walks.append(1) or real_parameters(self, *a, **k)
+    try:
+        trainer._clip_grad_norm(model)
+    finally:
+        type(model).parameters = real_parameters
+    assert not walks
