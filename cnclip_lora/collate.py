@@ -157,26 +157,29 @@ def pixel_values_from_uint8(arr: np.ndarray, flips: Sequence[bool], image_proces
     """Mirror the rows whose flag is set, then rescale and normalise: ``float32 [B, 3, H, W]``.
 
     Mirroring the resized image equals resizing the mirrored one (Pillow's resampling is
-    symmetric; tested), and is cheaper. Rescale and normalise are folded into one multiply-add in
-    float32, within 1e-6 of the processor's float64-then-float32 arithmetic.
+    symmetric; tested), and is cheaper. Rescale and normalise of a byte depend only on its value
+    and channel, so they are a 256-entry table per channel (float32 multiply then subtract, within
+    1e-6 of the processor's float64-then-float32 arithmetic): one lookup per pixel does the
+    mirroring, HWC -> CHW reordering, conversion and normalisation together, one image at a time
+    so that each image stays in cache (4x faster than the same steps as whole-batch tensor ops).
     """
     plan = _squash_plan(image_processor)
     if plan is None:
         raise ValueError("pixel_values_from_uint8 needs a squash-resize image processor (no crop, no padding)")
     n, height, width, _ = arr.shape
-    # One pass converts to float32 and reorders HWC -> CHW; the affine steps then run in place.
-    x = torch.empty((n, 3, height, width))
-    x.copy_(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2))
-    flip_rows = [i for i, f in enumerate(flips) if f]
-    if len(flip_rows) == n:
-        x = x.flip(-1)
-    elif flip_rows:
-        x[flip_rows] = x[flip_rows].flip(-1)
-    scale = torch.full((3, 1, 1), plan.rescale if plan.rescale is not None else 1.0)
-    shift = torch.zeros((3, 1, 1))
+    if len(flips) != n:
+        raise ValueError(f"{len(flips)} flip flags for {n} images")
+    scale = torch.full((3, 1), plan.rescale if plan.rescale is not None else 1.0)
+    shift = torch.zeros((3, 1))
     if plan.mean is not None:
-        scale, shift = scale / plan.std, plan.mean / plan.std
-    return x.mul_(scale).sub_(shift)
+        scale, shift = scale / plan.std.view(3, 1), plan.mean.view(3, 1) / plan.std.view(3, 1)
+    table = (torch.arange(256, dtype=torch.float32) * scale - shift).numpy()  # [3, 256]
+    out = np.empty((n, 3, height, width), dtype=np.float32)
+    for i, flip in enumerate(flips):
+        chw = np.ascontiguousarray((arr[i, :, ::-1] if flip else arr[i]).transpose(2, 0, 1))
+        for c in range(3):
+            np.take(table[c], chw[c], out=out[i, c], mode="clip")
+    return torch.from_numpy(out)
 
 
 def supports_uint8_path(image_processor: Any) -> bool:
