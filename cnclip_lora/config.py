@@ -144,6 +144,9 @@ class CnClipTrainingArguments(TrainingArguments):
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
+    * ``logging_nan_inf_filter=False``: the Trainer's filter hides NaN/inf losses from the logs
+      (with bf16/fp32 such a step writes NaN into the adapters: it must show; a warning names the
+      step) and costs a GPU -> host sync on every step.
     * ``--torch_compile true`` compiles *regionally* (accelerate's ``compile_regions``): each
       tower's transformer layer is compiled once and reused for all its layers, so compilation
       takes about one layer's time instead of the whole two-tower graph's. Set
@@ -159,6 +162,14 @@ class CnClipTrainingArguments(TrainingArguments):
         metadata={"help": "Non-reentrant checkpointing so LoRA weights receive gradients."},
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace NaN/inf step losses by the running average in the logs. Off: a diverged step "
+            "(whose NaN gradients then reach the LoRA weights) must show, and the filter reads the loss "
+            "back from the GPU every step, stalling the next step's kernel launches."
+        },
+    )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
     learning_rate: float = field(default=4e-5, metadata={"help": "AdamW learning rate (the seed used 4e-5)."})
     gather_loss: bool = field(

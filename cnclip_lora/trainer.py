@@ -24,6 +24,8 @@ Only what differs from ``transformers.Trainer`` is overridden:
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ from cnclip_lora.ranking import rank
 from cnclip_lora.sampler import unique_image_sampler_for
 
 __all__ = ["RetrievalEvalSet", "CnClipLoraTrainer"]
+
+logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_PICKLE = "training_args.bin"
 
@@ -191,6 +195,11 @@ class CnClipLoraTrainer(Trainer):
             if counts[1] > 0:
                 logs["t2i_acc"] = round(float(counts[0] / counts[1]), 4)
             self._acc_counts = None
+            if not math.isfinite(logs["loss"]):
+                logger.warning(
+                    f"training loss is {logs['loss']} at step {self.state.global_step}: the run has diverged and "
+                    "the adapters hold non-finite values from here on; lower --learning_rate or check the data."
+                )
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------- evaluation

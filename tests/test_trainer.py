@@ -246,3 +246,30 @@ def test_grad_clipping_covers_exactly_the_lora_parameters(tiny_model_dir, demo_d
     finally:
         type(model).parameters = real_parameters
     assert not walks
+
+
+def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_dir, tmp_path, monkeypatch, caplog):
+    """transformers' default NaN filter would log the running average instead (and read the loss
+    back from the device every step); a NaN step must be visible."""
+    import importlib
+    import logging
+    import math
+
+    train_mod = importlib.import_module("cnclip_lora.train")
+    trainers: list = []
+
+    class Diverging(train_mod.CnClipLoraTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return loss * float("nan") if self.state.global_step == 1 else loss
+
+    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
+    with caplog.at_level(logging.WARNING, logger="cnclip_lora.trainer"):
+        train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=3, val_size=0))
+    losses = [entry["loss"] for entry in trainers[0].state.log_history if "loss" in entry]
+    assert len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[1])
+    assert "training loss is nan at step 2" in caplog.text
