@@ -144,6 +144,9 @@ class CnClipTrainingArguments(TrainingArguments):
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
+    * ``accelerator_config={"non_blocking": True}`` (merged into a user's dict): batches reach the
+      GPU by asynchronous copies from pinned memory instead of a copy that first waits for the
+      previous step to finish.
     * ``logging_nan_inf_filter=False``: the Trainer's filter hides NaN/inf losses from the logs
       (with bf16/fp32 such a step writes NaN into the adapters: it must show; a warning names the
       step) and costs a GPU -> host sync on every step.
@@ -192,6 +195,15 @@ class CnClipTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the
+        # user's --accelerator_config says otherwise. A blocking copy waits for the GPU to finish
+        # the previous step, so the next step's Python (the Trainer's walks over every module,
+        # the forward's launches) then runs while the GPU idles.
+        given = self.accelerator_config
+        if isinstance(given, str) and given.lstrip().startswith("{"):  # JSON from the command line
+            given = json.loads(given)
+        if given is None or isinstance(given, dict):
+            self.accelerator_config = {"non_blocking": True, **(given or {})}
         super().__post_init__()
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.

@@ -32,6 +32,28 @@ def test_user_values_override_task_defaults(tmp_path):
     assert args.learning_rate == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize(
+    "flags,split,non_blocking",
+    [([], False, True),
+     (["--accelerator_config", '{"split_batches": true}'], True, True),
+     (["--accelerator_config", '{"non_blocking": false}'], False, False)],
+)  # fmt: skip
+def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no(
+    tiny_model_dir, tmp_path, flags, split, non_blocking
+):
+    """The default reaches accelerate's DataLoader wrapper; a user's accelerator_config keeps it
+    unless it sets non_blocking itself."""
+    from transformers import ChineseCLIPModel
+
+    from cnclip_lora.trainer import CnClipLoraTrainer
+
+    _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
+                                      *flags])  # fmt: skip
+    assert (args.accelerator_config.split_batches, args.accelerator_config.non_blocking) == (split, non_blocking)
+    trainer = CnClipLoraTrainer(model=ChineseCLIPModel.from_pretrained(tiny_model_dir), args=args)
+    assert trainer.accelerator.dataloader_config.non_blocking is non_blocking
+
+
 def test_target_modules_are_split_on_commas(tmp_path):
     _, _, lora, _ = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path),
                                       "--lora_target_modules", "query, key ,q_proj"])
