@@ -38,7 +38,7 @@ from transformers import Trainer
 
 from cnclip_lora.collate import Preprocessing, write_record
 from cnclip_lora.embedding import embed_images, embed_texts
-from cnclip_lora.errors import ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.flops import batch_shape_tokens, training_flops_per_sample
 from cnclip_lora.io_utils import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.loss import ContrastiveLoss
@@ -227,6 +227,12 @@ class CnClipLoraTrainer(Trainer):
             model.train(was_training)
         from cnclip_lora.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating
 
+        if not (np.isfinite(text).all() and np.isfinite(images).all()):
+            raise CnClipLoraError(
+                f"evaluation at step {self.state.global_step}: the model's embeddings contain NaN or infinite "
+                "values, so training has diverged (the logged loss shows from which step); lower --learning_rate "
+                "or check the data, and restart from a checkpoint before the divergence."
+            )
         _, indices = rank(text, images, k=10)
         # keep_in_memory: every process computes it, and evaluate's cache files would collide.
         scores = RetrievalRecall(keep_in_memory=True).compute(predictions=indices.tolist(), references=[[l] for l in eval_set.labels])

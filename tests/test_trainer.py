@@ -273,3 +273,19 @@ def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_d
     losses = [entry["loss"] for entry in trainers[0].state.log_history if "loss" in entry]
     assert len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[1])
     assert "training loss is nan at step 2" in caplog.text
+
+
+def test_evaluating_a_diverged_model_names_the_divergence(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    import importlib
+
+    from cnclip_lora.errors import CnClipLoraError
+
+    train_mod = importlib.import_module("cnclip_lora.train")
+
+    class Diverging(train_mod.CnClipLoraTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch) * float("nan")
+
+    monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
+    with pytest.raises(CnClipLoraError, match="evaluation at step 2: .* training has diverged"):
+        train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=2))
