@@ -386,6 +386,9 @@ def main() -> None:
                    help="also measure pipelines whose collator reads the decode-once pixel cache (its build is timed)")
     p.add_argument("--no_eager_pipeline", action="store_true",
                    help="with --compile, measure only compiled pipelines (checkpointing off): saves device time")
+    p.add_argument("--ab_syncs", action="store_true",
+                   help="after each pipeline run, repeat it with transformers' per-step syncs back "
+                        "(logging_nan_inf_filter on, blocking host-to-device copies): the A/B of those defaults")
     p.add_argument("--pipeline_args", type=json.loads, default={},
                    help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
@@ -479,18 +482,23 @@ def main() -> None:
             log(f"pixel cache: {len(cache['cache'])} images in {results['pixel_cache_build_s']:.1f} s")
         return cache["cache"]
 
-    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool) -> None:
+    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool, old_syncs: bool = False) -> None:
         nonlocal best_pipeline
         extra = dict(a.pipeline_args, **({"torch_compile": True} if compiled else {}))
-        label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached}"
+        if old_syncs:  # transformers' defaults: a loss read-back and a blocking batch copy every step
+            extra.update(logging_nan_inf_filter=True, accelerator_config={"non_blocking": False})
+        label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached}" + (" old_syncs" if old_syncs else "")
         r = guarded(label, 120 if compiled else 60,
                     lambda: pipeline(model, processor, rows, image_dir, batch, a.steps, a.warmup, checkpointing, workers,
                                      device, amp, pixel_cache=pixel_cache() if cached else None, **extra))  # fmt: skip
         if r:
-            record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached)
-            if best_pipeline is None or r["samples_per_s"] > best_pipeline[0]:
+            record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached, old_syncs=old_syncs)
+            # The A/B baseline is not a candidate for the best pipeline.
+            if not old_syncs and (best_pipeline is None or r["samples_per_s"] > best_pipeline[0]):
                 best_pipeline = (r["samples_per_s"], batch, checkpointing)
         reset_memory(device)
+        if a.ab_syncs and not old_syncs:  # second, so any first-run cost falls on the new defaults
+            run_pipeline(checkpointing, batch, compiled=compiled, cached=cached, old_syncs=True)
 
     for checkpointing, cands in ((False, a.batches_gc_off), (True, a.batches_gc_on)):
         if not cands:
@@ -536,7 +544,7 @@ def main() -> None:
 
     # Summary: the best pipeline against the model-only limit and the seed-style loop.
     def best(kind: str) -> dict[str, Any] | None:
-        runs = [r for r in results["runs"] if r["kind"] == kind]
+        runs = [r for r in results["runs"] if r["kind"] == kind and not r.get("old_syncs")]
         return max(runs, key=lambda r: r["samples_per_s"]) if runs else None
 
     bp, bm, bs = best("pipeline"), best("model_only"), best("seed")
@@ -556,11 +564,12 @@ def main() -> None:
     results["elapsed_s"] = elapsed()
     save()
 
-    header = "| kind | compiled | pixel cache | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
-    print("\n" + header + "\n|---|---|---|---|---|---|---|---|---|")
+    header = "| kind | compiled | pixel cache | per-step syncs | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    print("\n" + header + "\n|---|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
-        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+        syncs = "-" if r["kind"] != "pipeline" else ("transformers' defaults" if r.get("old_syncs") else "none")
+        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {syncs} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
     print("summary:", json.dumps(summary, indent=1))
     print(f"wrote {a.out} ({elapsed():.0f} s)")
