@@ -144,6 +144,8 @@ class CnClipTrainingArguments(TrainingArguments):
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
+    * ``dataloader_persistent_workers``: on whenever there are workers (unset = auto), so they are not
+      re-forked each epoch and keep the collator's token memo.
     * ``accelerator_config={"non_blocking": True}`` (merged into a user's dict): batches reach the
       GPU by asynchronous copies from pinned memory instead of a copy that first waits for the
       previous step to finish.
@@ -165,6 +167,14 @@ class CnClipTrainingArguments(TrainingArguments):
         metadata={"help": "Non-reentrant checkpointing so LoRA weights receive gradients."},
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep DataLoader workers alive across epochs. Default (unset): on whenever "
+            "--dataloader_num_workers > 0, so workers are not re-forked every epoch and keep the collator's "
+            "title-token memo and open pixel cache."
+        },
+    )
     logging_nan_inf_filter: bool = field(
         default=False,
         metadata={
@@ -199,6 +209,8 @@ class CnClipTrainingArguments(TrainingArguments):
         # user's --accelerator_config says otherwise. A blocking copy waits for the GPU to finish
         # the previous step, so the next step's Python (the Trainer's walks over every module,
         # the forward's launches) then runs while the GPU idles.
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         given = self.accelerator_config
         if isinstance(given, str) and given.lstrip().startswith("{"):  # JSON from the command line
             given = json.loads(given)

@@ -54,6 +54,16 @@ def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no
     assert trainer.accelerator.dataloader_config.non_blocking is non_blocking
 
 
+@pytest.mark.parametrize(
+    "flags,persistent",
+    [([], False), (["--dataloader_num_workers", "2"], True),
+     (["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "false"], False)],
+)  # fmt: skip
+def test_workers_persist_across_epochs_unless_the_user_says_no(tmp_path, flags, persistent):
+    _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
+    assert args.dataloader_persistent_workers is persistent
+
+
 def test_target_modules_are_split_on_commas(tmp_path):
     _, _, lora, _ = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path),
                                       "--lora_target_modules", "query, key ,q_proj"])
