@@ -288,8 +288,8 @@ class TitleTokenMemo:
                            for k, v in enc.items()}  # fmt: skip
         for key, values in enc.items():
             store = self._store[key]
-            if store.shape[0] < n + len(titles):  # grow by doubling: amortised O(1) per title
-                grown = store.new_empty((max(64, 2 * (n + len(titles))), store.shape[1]))
+            if store.shape[0] < n + len(titles):  # grow by doubling (amortised O(1) per title), up to capacity
+                grown = store.new_empty((min(self.capacity, max(64, 2 * (n + len(titles)))), store.shape[1]))
                 grown[:n] = store[:n]
                 store = self._store[key] = grown
             narrow = values.to(store.dtype)

@@ -6,8 +6,10 @@ The full score matrix of a realistic retrieval (2,000 queries x 300,000 images) 
 The first block seeds each query's running top-k; every later block is pruned exactly: one
 max pass finds the few scores that beat a query's current k-th best, and only those are
 merged. Extra memory is one score block, one normalised gallery chunk and ``O(Q * k)``
-(about 40 MB at that size); time is ~1.1x the single full matrix product (the blocked
-products stay in cache, the pass and the merges cost ~10 %; ``benchmarks/RESULTS.md``).
+(about 40 MB at that size). Time is about that of the single full matrix product (0.8-1.1x
+measured on a 2-core CPU, ``benchmarks/RESULTS.md``): the blocked products write to cache
+instead of memory, and the pass and the merges cost ~10 %. A gallery sorted by rising
+similarity defeats the pruning (every block changes every row); results stay exact, only slower.
 
 Ties are broken deterministically: equal scores rank the lower gallery index first, both
 within a block (``torch.topk`` alone does not promise which tied element it keeps) and
