@@ -207,23 +207,42 @@ def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_mod
     assert math.isfinite(result.train_metrics["train_loss"])
 
 
-def test_grad_clipping_covers_exactly_the_lora_parameters(tiny_model_dir, demo_dir, tmp_path):
-    """The clip sees the same gradients (same norm, same clipped values) as the Trainer's default,
-    without walking the frozen weights after the first step."""
+def _trainer_after_one_backward(model_dir: Path, data_dir: Path, out: Path, **args):
+    """A CnClipLoraTrainer over a LoRA model whose gradients hold one batch's backward pass."""
     import pandas as pd
-    from transformers import Trainer
 
     from cnclip_lora.config import CnClipTrainingArguments
     from cnclip_lora.trainer import CnClipLoraTrainer
 
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
-    args = CnClipTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=1e-3)
-    trainer = CnClipLoraTrainer(model=model, args=args)
-    rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(8).to_dict("records")
-    batch = ImageTextCollator(processor, demo_dir / "image", flip="always")(rows)
-    out = model(**batch)
-    ContrastiveLoss()(out.text_embeds, out.image_embeds, model.logit_scale).loss.backward()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = apply_lora(ChineseCLIPModel.from_pretrained(model_dir), r=4, alpha=8)
+    trainer = CnClipLoraTrainer(model=model, args=CnClipTrainingArguments(output_dir=str(out), use_cpu=True,
+                                                                          report_to="none", **args))  # fmt: skip
+    rows = pd.read_csv(data_dir / "train.csv", sep="\t").head(8).to_dict("records")
+    batch = ImageTextCollator(processor, data_dir / "image", flip="always")(rows)
+    out_ = model(**batch)
+    ContrastiveLoss()(out_.text_embeds, out_.image_embeds, model.logit_scale).loss.backward()
+    return trainer, model
+
+
+def _walks_of(model: torch.nn.Module, fn) -> int:
+    """How many times ``fn()`` iterates ``model.parameters()``."""
+    walks = []
+    real_parameters = type(model).parameters
+    type(model).parameters = lambda self, *a, **k: walks.append(1) or real_parameters(self, *a, **k)
+    try:
+        fn()
+    finally:
+        type(model).parameters = real_parameters
+    return len(walks)
+
+
+def test_grad_clipping_covers_exactly_the_lora_parameters(tiny_model_dir, demo_dir, tmp_path):
+    """The clip sees the same gradients (same norm, same clipped values) as the Trainer's default,
+    without walking the frozen weights after the first step."""
+    from transformers import Trainer
+
+    trainer, model = _trainer_after_one_backward(tiny_model_dir, demo_dir, tmp_path, max_grad_norm=1e-3)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     expected_norm = Trainer._clip_grad_norm(trainer, model)
@@ -237,15 +256,17 @@ def test_grad_clipping_covers_exactly_the_lora_parameters(tiny_model_dir, demo_d
     for n, p in model.named_parameters():
         if n in expected:
             torch.testing.assert_close(p.grad, expected[n])
+    assert _walks_of(model, lambda: trainer._clip_grad_norm(model)) == 0
 
-    walks = []
-    real_parameters = type(model).parameters
-    type(model).parameters = lambda self, *a, **k: walks.append(1) or real_parameters(self, *a, **k)
-    try:
-        trainer._clip_grad_norm(model)
-    finally:
-        type(model).parameters = real_parameters
-    assert not walks
+
+def test_unclipped_grad_norm_for_the_logs_is_the_trainers_without_the_walk(tiny_model_dir, demo_dir, tmp_path):
+    from transformers import Trainer
+
+    trainer, model = _trainer_after_one_backward(tiny_model_dir, demo_dir, tmp_path, max_grad_norm=0.0)
+    expected = Trainer._get_grad_norm(trainer, model)
+    torch.testing.assert_close(trainer._get_grad_norm(model), expected)
+    assert float(expected) > 0
+    assert _walks_of(model, lambda: trainer._get_grad_norm(model)) == 0
 
 
 def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_dir, tmp_path, monkeypatch, caplog):
