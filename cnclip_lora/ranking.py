@@ -6,10 +6,10 @@ The full score matrix of a realistic retrieval (2,000 queries x 300,000 images) 
 The first block seeds each query's running top-k; every later block is pruned exactly: one
 max pass finds the few scores that beat a query's current k-th best, and only those are
 merged. Extra memory is one score block, one normalised gallery chunk and ``O(Q * k)``
-(about 40 MB at that size). Time is about that of the single full matrix product (0.8-1.1x
-measured on a 2-core CPU, ``benchmarks/RESULTS.md``): the blocked products write to cache
-instead of memory, and the pass and the merges cost ~10 %. A gallery sorted by rising
-similarity defeats the pruning (every block changes every row); results stay exact, only slower.
+(about 40 MB at that size). Time is ~1.05x the single full matrix product on a 2-core CPU
+(``benchmarks/RESULTS.md``): the blocked products write to cache instead of memory, and the
+pass and the merges cost ~5-10 %. A gallery sorted by rising similarity defeats the pruning
+(every block changes every row): such blocks fall back to a per-block top-k (1.5x).
 
 Ties are broken deterministically: equal scores rank the lower gallery index first, both
 within a block (``torch.topk`` alone does not promise which tied element it keeps) and
@@ -98,8 +98,11 @@ def _lexsorted_topk(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[
     return by_score.values[:, :k], by_index.values.gather(1, top)
 
 
-def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of a ``[q, g]`` score block (block-local indices, ties to the lower index)."""
+def _block_topk(block: torch.Tensor, k: int, run_max: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of a ``[q, g]`` score block (block-local indices, ties to the lower index).
+
+    ``run_max``: the block's maxima over runs of ``_GROUP`` columns, when the caller has them.
+    """
     n, w = block.shape
     if k >= w:
         vals, idx = block.topk(w, dim=1, sorted=True)
@@ -111,7 +114,8 @@ def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         # among their k * m scores. Every top-k element lies in a top-k run: a run outside
         # them sits below k runs that each hold a larger score.
         blocks = block.view(n, w // m, m)
-        run_vals, runs = blocks.amax(dim=2).topk(k + 1, dim=1, sorted=True)
+        run_max = blocks.amax(dim=2) if run_max is None else run_max
+        run_vals, runs = run_max.topk(k + 1, dim=1, sorted=True)
         runs = runs[:, :k]
         cand = blocks[torch.arange(n, device=block.device)[:, None], runs].view(n, k * m)
         vals, pos = cand.topk(k + 1, dim=1, sorted=True)
@@ -201,19 +205,34 @@ def _merge_pruned(
     kth = best_s[rows, k - 1]
     m = _GROUP if w % _GROUP == 0 else w  # a ragged block is one run per row
     runs = block.view(n, w // m, m)
-    pair_row, pair_run = torch.nonzero(runs.amax(dim=2) > kth[:, None], as_tuple=True)
+    run_max = runs.amax(dim=2)
+    pair_row, pair_run = torch.nonzero(run_max > kth[:, None], as_tuple=True)
     if pair_row.numel() == 0:
         return
-    # Scores above the threshold inside the hit runs, in row-major (row, column) order.
-    cand = runs[pair_row, pair_run]  # [pairs, m]
-    p, col = torch.nonzero(cand > kth[pair_row, None], as_tuple=True)
-    row, vals, idx = pair_row[p], cand[p, col], pair_run[p] * m + col + g0
-    # Lay each row's new scores out in a padded [hit rows, most new] matrix (-inf pads lose).
-    hit, counts = torch.unique_consecutive(row, return_counts=True)
+    hit, runs_hit = torch.unique_consecutive(pair_row, return_counts=True)
+    many = int(runs_hit.max()) > k  # each hit run holds at least one new score
+    if not many:
+        # Scores above the threshold inside the hit runs, in row-major (row, column) order.
+        cand = runs[pair_row, pair_run]  # [pairs, m]
+        p, col = torch.nonzero(cand > kth[pair_row, None], as_tuple=True)
+        row, vals, idx = pair_row[p], cand[p, col], pair_run[p] * m + col + g0
+        counts = torch.unique_consecutive(row, return_counts=True)[1]  # every hit row has one
+        width = int(counts.max())
+        many = width > k
+    if many:
+        # Some row gains more than k scores (early blocks; a gallery sorted by similarity):
+        # those rows' own block top-k is cheaper than sorting all their new scores.
+        every_row = hit.numel() == n
+        if every_row:
+            top_s, top_i = _block_topk(block, min(k, w), run_max if m == _GROUP else None)
+        else:
+            top_s, top_i = _block_topk(block[hit], min(k, w), run_max[hit] if m == _GROUP else None)
+        _merge(best_s, best_i, rows if every_row else hit + rows.start, top_s, top_i + g0, k)
+        return
+    # Lay each row's new scores out in a padded [hit rows, width] matrix (-inf pads lose).
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(row.numel(), device=row.device) - torch.repeat_interleave(starts, counts)
     line = torch.repeat_interleave(torch.arange(hit.numel(), device=row.device), counts)
-    width = int(counts.max())
     pad_s = torch.full((hit.numel(), width), float("-inf"), device=block.device)
     pad_i = torch.full((hit.numel(), width), -1, dtype=torch.long, device=block.device)
     pad_s[line, slot], pad_i[line, slot] = vals, idx
