@@ -205,12 +205,12 @@ class CnClipTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the
         # user's --accelerator_config says otherwise. A blocking copy waits for the GPU to finish
         # the previous step, so the next step's Python (the Trainer's walks over every module,
         # the forward's launches) then runs while the GPU idles.
-        if self.dataloader_persistent_workers is None:
-            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         given = self.accelerator_config
         if isinstance(given, str) and given.lstrip().startswith("{"):  # JSON from the command line
             given = json.loads(given)

@@ -144,11 +144,15 @@ class CnClipLoraTrainer(Trainer):
     def _logit_scale(self, model: torch.nn.Module) -> torch.nn.Parameter:
         """The model's temperature parameter, looked up once per wrapped model: ``unwrap_model``
         walks every module (about 2 ms a step on a small model)."""
-        cached = self.__dict__.get("_logit_scale_of")
-        if cached is None or cached[0] is not model:
-            cached = (model, self.accelerator.unwrap_model(model).logit_scale)
-            self._logit_scale_of = cached
-        return cached[1]
+        return self._once_per_model("logit_scale", model, lambda: self.accelerator.unwrap_model(model).logit_scale)
+
+    def _once_per_model(self, name: str, model: torch.nn.Module, compute: Any) -> Any:
+        """``compute()``, remembered until the Trainer hands over another model object (a
+        checkpoint reload or a wrapper keeps the old value from being reused)."""
+        cache = self.__dict__.setdefault("_per_model", {})
+        if name not in cache or cache[name][0] is not model:
+            cache[name] = (model, compute())
+        return cache[name][1]
 
     def _clip_grad_norm(self, model: torch.nn.Module):
         """Clip over the trainable (LoRA) parameters only; the norm is the same.
@@ -174,11 +178,7 @@ class CnClipLoraTrainer(Trainer):
         sharded = getattr(self.accelerator, "parallelism_config", None) is not None
         if sharded or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return None
-        cached = self.__dict__.get("_trainable_of")
-        if cached is None or cached[0] is not model:
-            cached = (model, [p for p in model.parameters() if p.requires_grad])
-            self._trainable_of = cached
-        return cached[1]
+        return self._once_per_model("trainable", model, lambda: [p for p in model.parameters() if p.requires_grad])
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """Model FLOPs of this training batch (:mod:`cnclip_lora.flops`), for ``total_flos``.
