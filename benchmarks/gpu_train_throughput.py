@@ -248,7 +248,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
 
     from cnclip_lora.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.trainer import CnClipLoraTrainer, release_accelerate_preparation
 
     times: list[float] = []
 
@@ -294,31 +294,18 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             trainer.lr_scheduler = None
             del trainer
             set_checkpointing(model, False)
-            unwrap_accelerate_forward(model)
+            release_accelerate_preparation(model)
     span = times[warmup + steps - 1] - times[warmup - 1]
     return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers,
             "first_step_s": times[0] - t_start, **compiled_state, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
-
-
-def unwrap_accelerate_forward(model) -> None:
-    """Undo the autocast wrapper ``Accelerator.prepare`` puts on ``model.forward`` under bf16.
-
-    Without this, a later fp32 loop on the same model silently runs in bf16 (the first GPU runs'
-    "fp32" seed loop reached 201 TFLOP/s, three times the H200's fp32 peak, for this reason), and a
-    later Trainer would neither wrap nor compile it.
-    """
-    from accelerate.utils import extract_model_from_parallel
-
-    extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    # ...and the mark that makes every later Accelerator.prepare return the model untouched (no
-    # autocast wrapper, no compilation): the next Trainer must prepare it afresh.
-    model.__dict__.pop("_is_accelerate_prepared", None)
 
 
 def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:
     """The seed's loop: fp32, main-process decode + flip + processor per batch, HF loss."""
     import torch
     from PIL import Image
+
+    from cnclip_lora.trainer import release_accelerate_preparation
 
     # True fp32 as the seed ran it (torch's defaults): no TF32 for matmuls, whatever an earlier part
     # of this run switched on (TrainingArguments(torch_compile=True) enables TF32 process-wide).
@@ -328,7 +315,7 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5)
     model.train()
-    unwrap_accelerate_forward(model)
+    release_accelerate_preparation(model)
     seen: dict[str, str] = {}
     probe = next(m for n, m in model.named_modules() if n.endswith("vision_model.encoder.layers.0.self_attn.q_proj.base_layer"))
 

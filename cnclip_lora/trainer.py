@@ -19,6 +19,8 @@ Only what differs from ``transformers.Trainer`` is overridden:
 * ``_get_train_sampler``: :class:`cnclip_lora.sampler.UniqueImageSampler` when an image has
   several captions (``--unique_images_per_batch``), so no batch holds an image twice.
 * ``train``: ``--resume_from_checkpoint true`` resumes from the newest *complete* checkpoint.
+* ``__init__``: a model an earlier Trainer already prepared is released first
+  (:func:`release_accelerate_preparation`), so this Trainer's precision and compilation apply.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from cnclip_lora.loss import ContrastiveLoss
 from cnclip_lora.ranking import rank
 from cnclip_lora.sampler import unique_image_sampler_for
 
-__all__ = ["RetrievalEvalSet", "CnClipLoraTrainer"]
+__all__ = ["RetrievalEvalSet", "CnClipLoraTrainer", "release_accelerate_preparation"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,23 @@ class RetrievalEvalSet:
 
     def __len__(self) -> int:
         return len(self.titles)
+
+
+def release_accelerate_preparation(model: torch.nn.Module | None) -> bool:
+    """Undo what ``Accelerator.prepare`` left on ``model``; ``True`` if there was something.
+
+    accelerate wraps a prepared model's ``forward`` in that run's autocast and marks the model so
+    that every later ``prepare`` returns it untouched. A second Trainer on the same model object
+    (a notebook re-run with other settings) would then silently keep the first run's precision
+    (bf16 autocast in an fp32 run) and skip its own ``--torch_compile``.
+    """
+    if model is None or not getattr(model, "_is_accelerate_prepared", False):
+        return False
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)  # restores the original forward
+    model.__dict__.pop("_is_accelerate_prepared", None)
+    return True
 
 
 class CnClipLoraTrainer(Trainer):
@@ -86,6 +105,10 @@ class CnClipLoraTrainer(Trainer):
         eval_pixel_cache: Any = None,
         **kwargs: Any,
     ):
+        model = kwargs.get("model", args[0] if args else None)
+        if release_accelerate_preparation(model):
+            logger.info("The model was prepared by an earlier Trainer: released it so this run's "
+                        "precision and compilation settings apply.")
         super().__init__(*args, **kwargs)
         self.retrieval_eval = retrieval_eval
         self.eval_pixel_cache = eval_pixel_cache

@@ -310,3 +310,33 @@ def test_evaluating_a_diverged_model_names_the_divergence(tiny_model_dir, demo_d
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
     with pytest.raises(CnClipLoraError, match="evaluation at step 2: .* training has diverged"):
         train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=2))
+
+
+def test_a_model_reused_by_a_second_trainer_runs_that_trainers_precision(tiny_model_dir, demo_dir, tmp_path):
+    """accelerate leaves its bf16 autocast wrapper and a "prepared" mark on the model object; a
+    second Trainer on it (a notebook re-run) must not silently train in the first run's bf16."""
+    import datasets
+    import pandas as pd
+
+    from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.trainer import CnClipLoraTrainer
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
+    dataset = datasets.Dataset.from_pandas(pd.read_csv(demo_dir / "train.csv", sep="\t").head(16))
+    q_proj = next(m for n, m in model.named_modules() if n.endswith("vision_model.encoder.layers.0.self_attn.q_proj"))
+    seen: list[torch.dtype] = []
+    q_proj.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+
+    def run(bf16: bool) -> set[torch.dtype]:
+        seen.clear()
+        args = CnClipTrainingArguments(output_dir=str(tmp_path / str(bf16)), use_cpu=True, report_to="none",
+                                       bf16=bf16, max_steps=1, per_device_train_batch_size=8,
+                                       save_strategy="no", dataloader_num_workers=0)  # fmt: skip
+        CnClipLoraTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                          data_collator=ImageTextCollator(processor, demo_dir / "image")).train()  # fmt: skip
+        return set(seen)
+
+    assert run(bf16=True) == {torch.bfloat16}
+    assert run(bf16=False) == {torch.float32}
+    assert run(bf16=True) == {torch.bfloat16}
