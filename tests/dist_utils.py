@@ -35,8 +35,19 @@ def run_torchrun(args: Sequence[str], *, nproc: int = 2, cwd: Path | None = None
            *map(str, args)]
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"torchrun exited {proc.returncode}:\n{output[-4000:]}"
+    assert proc.returncode == 0, f"torchrun exited {proc.returncode}:\n{failure_excerpt(output)}"
     return output
+
+
+def failure_excerpt(output: str, limit: int = 4000) -> str:
+    """The first worker traceback and the output's tail: torchrun's own summary at the end of a
+    failed launch (ChildFailedError) buries the rank's error that caused it."""
+    start = output.find("Traceback (most recent call last)")
+    head = output[start : start + limit] if start >= 0 else ""
+    tail = output[-limit:]
+    if not head or head in tail:
+        return tail
+    return f"{head}\n[...]\n{tail}"
 
 
 def stray_files(root: Path) -> list[str]:
