@@ -161,12 +161,14 @@ def is_oom(err: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------------- runs
 def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: bool, vocab: int,
-               compiled: bool = False) -> dict[str, Any]:
+               compiled: bool = False, profile_steps: int = 0, compile_mode: str | None = None) -> dict[str, Any]:
     """fwd + loss + bwd + fused AdamW on tensors already on the device.
 
     ``compiled``: run through ``accelerate.utils.compile_regions`` (each encoder layer compiled once
     per tower and reused), which is what ``--torch_compile true`` makes the Trainer do; the first
     step (compilation) is timed separately as ``compile_s``.
+    ``profile_steps``: after the timed steps, that many more under ``torch.profiler``, summarised
+    by :func:`kernel_time_summary` as ``out["profile"]`` (where the step's time goes).
     """
     import torch
 
@@ -176,7 +178,7 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
     if compiled:
         from accelerate.utils import compile_regions
 
-        forward_model = compile_regions(model)
+        forward_model = compile_regions(model, **({"mode": compile_mode} if compile_mode else {}))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5, fused=device.type == "cuda")
@@ -187,29 +189,112 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
     t0 = 0.0
     t_first = time.perf_counter()
     compile_s = None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = forward_model(**inputs)
+            loss = loss_fn(out.text_embeds, out.image_embeds, model.logit_scale).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    profile = None
     try:
-        for step in range(warmup + steps):
-            if step == 1:
+        for i in range(warmup + steps):
+            if i == 1:
                 sync(device)
                 compile_s = time.perf_counter() - t_first
-            if step == warmup:
+            if i == warmup:
                 sync(device)
                 t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = forward_model(**inputs)
-                loss = loss_fn(out.text_embeds, out.image_embeds, model.logit_scale).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step()
         sync(device)
         span = time.perf_counter() - t0
+        if profile_steps:
+            profile = profile_model_steps(step, profile_steps, device)
     finally:
         del optimizer
         inputs.clear()
     out = {"samples_per_s": steps * batch / span if steps else None, "peak_mem_gb": peak_memory_gb(device)}
     if compiled:
         out["first_step_s"] = compile_s
+    if profile is not None:
+        out["profile"] = profile
     return out
+
+
+# Kernel families by name, first match wins (attention kernels' names also contain "gemm").
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "addmm", "::mm", "bmm", "convolution")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("compiled (triton)", ("triton",)),
+    ("norm / softmax / reduce", ("norm", "softmax", "reduce")),
+    ("copy / cast / fill", ("copy", "memcpy", "memset", "cast", "convert", "fill", "cat")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "mul", "add", "div", "sqrt", "gelu", "sigmoid")),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    return next((family for family, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "other")
+
+
+def kernel_time_summary(events: list[tuple[str, float, int]], wall_ms: float, steps: int, top: int = 25) -> dict[str, Any]:
+    """Per-step device time by kernel family and the top kernels, from ``(name, total_ms, calls)``.
+
+    ``busy`` (kernel time / wall time) below 1 means the device waited on the host (launch gaps,
+    syncs); the families say which kind of work the remaining MFU is lost in.
+    """
+    total = sum(ms for _, ms, _ in events)
+    families: dict[str, float] = {}
+    for name, ms, _ in events:
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    ranked = sorted(events, key=lambda e: -e[1])[:top]
+    return {
+        "steps": steps, "wall_ms_per_step": wall_ms / steps, "kernel_ms_per_step": total / steps,
+        "busy": total / wall_ms if wall_ms else None,
+        "families": {f: {"ms_per_step": ms / steps, "share": ms / total if total else None}
+                     for f, ms in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top": [{"name": n[:160], "family": kernel_family(n), "ms_per_step": ms / steps, "calls_per_step": c / steps}
+                for n, ms, c in ranked],
+    }  # fmt: skip
+
+
+def print_profile(profile: dict[str, Any], label: str, top: int = 12) -> None:
+    busy = f"{profile['busy']:.2f}" if profile["busy"] is not None else "-"
+    print(f"\nprofile of {label}: {profile['wall_ms_per_step']:.1f} ms/step wall, "
+          f"{profile['kernel_ms_per_step']:.1f} ms/step in kernels (busy {busy})")
+    print("| kernel family | ms/step | share |\n|---|---|---|")
+    for family, f in profile["families"].items():
+        print(f"| {family} | {f['ms_per_step']:.2f} | {f['share']:.3f} |")
+    print("| top kernel | family | ms/step | calls/step |\n|---|---|---|---|")
+    for k in profile["top"][:top]:
+        print(f"| {k['name'][:90]} | {k['family']} | {k['ms_per_step']:.2f} | {k['calls_per_step']:.0f} |")
+
+
+def profile_model_steps(step, steps: int, device) -> dict[str, Any]:
+    """Run ``step()`` ``steps`` times under ``torch.profiler``; device kernels on a GPU, CPU ops otherwise."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    if cuda:
+        events = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+                  if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]  # fmt: skip
+    else:  # CPU smoke run: leaf-most time of the CPU ops stands in for kernels
+        events = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()
+                  if e.self_cpu_time_total > 0 and e.key.startswith("aten::")]  # fmt: skip
+    return kernel_time_summary(events, wall_ms, steps)
 
 
 def find_max_batch(model, config, candidates: list[int], device, amp: bool, vocab: int, mem_cap: float) -> int | None:
@@ -376,6 +461,12 @@ def main() -> None:
     p.add_argument("--ab_syncs", action="store_true",
                    help="after each pipeline run, repeat it with transformers' per-step syncs back "
                         "(logging_nan_inf_filter on, blocking host-to-device copies): the A/B of those defaults")
+    p.add_argument("--compile_mode", default=None,
+                   help="torch.compile mode for the compiled runs (model-only and pipeline's torch_compile_mode), "
+                        "e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="profile this many extra model-only steps (compiled with --compile, checkpointing off) "
+                        "and report device time by kernel family: where the MFU is lost")
     p.add_argument("--pipeline_args", type=json.loads, default={},
                    help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
@@ -395,7 +486,7 @@ def main() -> None:
         "benchmark": "gpu_train_throughput", "command": " ".join(sys.argv), "smoke": a.smoke,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpu_count": os.cpu_count(),
-        "workers": workers, "runs": [], "skipped": [], "errors": [],
+        "workers": workers, "compile_mode": a.compile_mode, "runs": [], "skipped": [], "errors": [],
     }  # fmt: skip
     import transformers
 
@@ -472,6 +563,8 @@ def main() -> None:
     def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool, old_syncs: bool = False) -> None:
         nonlocal best_pipeline
         extra = dict(a.pipeline_args, **({"torch_compile": True} if compiled else {}))
+        if compiled and a.compile_mode:
+            extra["torch_compile_mode"] = a.compile_mode
         if old_syncs:  # transformers' defaults: a loss read-back and a blocking batch copy every step
             extra.update(logging_nan_inf_filter=True, accelerator_config={"non_blocking": False})
         label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached}" + (" old_syncs" if old_syncs else "")
@@ -497,8 +590,10 @@ def main() -> None:
         if not batch:
             continue
         results[f"max_batch_gc_{'on' if checkpointing else 'off'}"] = batch
+        profile_eager = a.profile if not (a.compile or checkpointing) else 0
         r = guarded(f"model_only gc={checkpointing}", 30,
-                    lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab))  # fmt: skip
+                    lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab,
+                                       profile_steps=profile_eager))  # fmt: skip
         if r:
             record("model_only", checkpointing, batch, r)
         reset_memory(device)
@@ -508,7 +603,8 @@ def main() -> None:
                 run_pipeline(checkpointing, batch, compiled=False, cached=True)
         if a.compile and not checkpointing:
             r = guarded("model_only compiled", 120,
-                        lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True))  # fmt: skip
+                        lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True,
+                                           profile_steps=a.profile, compile_mode=a.compile_mode))  # fmt: skip
             if r:
                 record("model_only", checkpointing, batch, r, compiled=True)
             reset_memory(device)
@@ -558,6 +654,9 @@ def main() -> None:
         syncs = "-" if r["kind"] != "pipeline" else ("transformers' defaults" if r.get("old_syncs") else "none")
         print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {syncs} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
+    for r in results["runs"]:
+        if "profile" in r:
+            print_profile(r["profile"], f"model_only compiled={r.get('compiled', False)} batch {r['batch']}")
     print("summary:", json.dumps(summary, indent=1))
     print(f"wrote {a.out} ({elapsed():.0f} s)")
 
