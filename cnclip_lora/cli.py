@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "make-tiny-model": "build a tiny random Chinese-CLIP model + processor offline",
     "push": "upload an adapter folder (adapter, processor, record, model card) to the Hub",
     "demo": "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned",
+    "cache": "show (or --clear) the pixel and embedding caches under HF_DATASETS_CACHE/cnclip_lora",
 }
 
 
@@ -166,6 +167,23 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_cache(argv: Sequence[str]) -> int:
+    from cnclip_lora.caches import CACHE_KINDS, cache_root, cache_usage, clear_cache, human_bytes
+
+    parser = argparse.ArgumentParser(prog="cnclip-lora cache", description=COMMANDS["cache"])
+    parser.add_argument("--clear", nargs="*", choices=CACHE_KINDS, metavar="KIND",
+                        help=f"delete these caches ({', '.join(CACHE_KINDS)}); none named = all")
+    args = parser.parse_args(argv)
+    if args.clear is not None:
+        freed = clear_cache(tuple(args.clear) or CACHE_KINDS)
+        print(f"freed {human_bytes(freed)} under {cache_root()}")
+        return 0
+    print(f"cache root: {cache_root()} (set HF_DATASETS_CACHE to move it)")
+    for usage in cache_usage():
+        print(f"  {usage.kind:<11} {usage.files:>6} files  {human_bytes(usage.bytes):>10}  {usage.path}")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "retrieve": _cmd_retrieve,
@@ -175,6 +193,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "make-tiny-model": _cmd_make_tiny_model,
     "push": _cmd_push,
     "demo": _cmd_demo,
+    "cache": _cmd_cache,
 }
 
 

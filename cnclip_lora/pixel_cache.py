@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 
+from cnclip_lora.caches import default_cache_dir
 from cnclip_lora.collate import _squash_plan, decode_resized, supports_uint8_path
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.io_utils import hash_file_stats
@@ -123,7 +124,7 @@ def build_pixel_cache(
     it by its fingerprint.
     """
     if cache_dir is None:
-        cache_dir = Path(datasets.config.HF_DATASETS_CACHE) / "cnclip_lora" / "pixels"
+        cache_dir = default_cache_dir("pixels")
     unique = list(dict.fromkeys(paths))
     fingerprint = cache_fingerprint(image_dir, unique, image_processor, draft)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cnclip_lora.caches import default_cache_dir
 from cnclip_lora.collate import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data
 from cnclip_lora.embedding import embed_images, embed_texts, process_info
@@ -64,7 +65,9 @@ class RetrievalArguments:
     )
     batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
     cache_dir: str | None = field(
-        default=".cnclip_cache", metadata={"help": "Embedding cache folder (keyed by model, adapter, images, preprocessing); '' disables."}
+        default=None,
+        metadata={"help": "Embedding cache folder (keyed by model, adapter, images, preprocessing); default: "
+                          "HF_DATASETS_CACHE/cnclip_lora/embeddings (see `cnclip-lora cache`); '' disables."},
     )
     use_faiss: bool = field(default=False, metadata={"help": "Rank with a FAISS inner-product index (faiss extra)."})
     faiss_index: str = field(default="flat", metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster)."})
@@ -154,13 +157,14 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model_identity(model_name_or_path: str, revision: str | None) -> dict[str, Any]:
-    """Local folders by weight-file size+mtime (hashing GBs each run is too slow); Hub ids by revision."""
+def _model_identity(model_name_or_path: str, revision: str | None, commit: str | None = None) -> dict[str, Any]:
+    """Local folders by weight-file size+mtime (hashing GBs each run is too slow); Hub ids by the
+    commit actually loaded (``revision`` alone, e.g. ``main``, moves when the repository changes)."""
     path = Path(model_name_or_path)
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         return {"dir": str(path.resolve()), "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
-    return {"hub": model_name_or_path, "revision": revision}
+    return {"hub": model_name_or_path, "revision": revision, "commit": commit}
 
 
 def embedding_fingerprint(
@@ -172,6 +176,7 @@ def embedding_fingerprint(
     items: Sequence[str],
     preprocessing: Preprocessing,
     dtype: str | None = None,
+    model_commit: str | None = None,
 ) -> str:
     """Cache key: any change of base model, adapter weights, inputs, or preprocessing changes it.
 
@@ -179,14 +184,14 @@ def embedding_fingerprint(
     """
     payload: dict[str, Any] = {
         "kind": kind,
-        "model": _model_identity(model_name_or_path, model_revision),
+        "model": _model_identity(model_name_or_path, model_revision, model_commit),
         "adapter": _file_digest(Path(adapter_dir) / "adapter_model.safetensors") if adapter_dir else None,
         "preprocessing": preprocessing.to_dict(),
         "dtype": dtype,
     }
     h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-    if kind == "image":
-        hash_file_stats(h, items)
+    if kind == "image":  # absolute: the default cache is shared by every working directory
+        hash_file_stats(h, [os.path.abspath(p) for p in items])
     else:
         for item in items:
             h.update(item.encode("utf-8") + b"\0")
@@ -197,9 +202,12 @@ def _embed_split(
     args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
     titles: Sequence[str], gallery_paths: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    cache_dir = args.cache_dir or None
+    cache_dir = default_cache_dir("embeddings") if args.cache_dir is None else (args.cache_dir or None)
     common = dict(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision,
-                  adapter_dir=adapter_dir, preprocessing=preprocessing, dtype=args.dtype)
+                  adapter_dir=adapter_dir, preprocessing=preprocessing,
+                  # What was loaded, not what was asked for: --dtype unset means the checkpoint's own.
+                  dtype=str(next(model.parameters()).dtype),
+                  model_commit=getattr(getattr(model, "config", None), "_commit_hash", None))
     gallery = embed_images(
         model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
         cache_dir=cache_dir, fingerprint=embedding_fingerprint("image", items=gallery_paths, **common) if cache_dir else None,

@@ -101,3 +101,29 @@ def test_cli_train_then_retrieve_end_to_end(tmp_path, tiny_model_dir, demo_dir):
     assert retrieved.returncode == 0, retrieved.stderr[-2000:]
     assert "gallery_size" in retrieved.stdout
     assert len(pd.read_csv(sub)) == len(pd.read_csv(demo_dir / "test_query.csv"))
+
+
+def test_cache_command_lists_and_clears_only_what_it_is_told(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
+    root = tmp_path / "cnclip_lora"
+    for kind, size in (("pixels", 3000), ("embeddings", 500)):
+        (root / kind).mkdir(parents=True)
+        (root / kind / f"{kind}-x.arrow").write_bytes(b"\0" * size)
+    (tmp_path / "other-dataset").mkdir()  # datasets' own caches are not ours to delete
+
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(root) in out
+    assert any("pixels" in line and "1 files" in line and "2.9 KB" in line for line in out.splitlines()), out
+    assert any("embeddings" in line and "500 B" in line for line in out.splitlines()), out
+
+    assert main(["cache", "--clear", "embeddings"]) == 0
+    assert "freed 500 B" in capsys.readouterr().out
+    assert not (root / "embeddings").exists() and (root / "pixels" / "pixels-x.arrow").exists()
+    assert main(["cache", "--clear"]) == 0
+    assert not (root / "pixels").exists() and (tmp_path / "other-dataset").is_dir()
+    with pytest.raises(SystemExit) as exit_:  # argparse: not a cache kind
+        main(["cache", "--clear", "models"])
+    assert exit_.value.code == 2 and "invalid choice: 'models'" in capsys.readouterr().err

@@ -198,3 +198,36 @@ def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_def
         evaluate(RetrievalArguments(answers=str(elsewhere), **common))
     with pytest.raises(DataError, match="answers file not found"):
         evaluate(RetrievalArguments(answers=str(tmp_path / "missing.csv"), **common))
+
+
+def test_default_embedding_cache_is_shared_across_working_directories(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """No ``--cache_dir``: embeddings go to HF_DATASETS_CACHE/cnclip_lora/embeddings, not into the
+    working directory, and a run from another directory reuses them (by absolute image paths)."""
+    import datasets
+
+    from cnclip_lora.caches import cache_usage
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    relative_data = os.path.relpath(demo_dir, tmp_path / "a")
+    runs = []
+    for cwd in ("a", "b/c"):
+        (tmp_path / cwd).mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / cwd)
+        data = relative_data if cwd == "a" else str(demo_dir)  # same images, named two ways
+        runs.append(evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=data, split="val",
+                                                device="cpu")))  # fmt: skip
+        assert not list((tmp_path / cwd).iterdir())  # nothing written where the command ran
+    usage = {u.kind: u for u in cache_usage()}
+    assert usage["embeddings"].path == tmp_path / "hf" / "cnclip_lora" / "embeddings"
+    # One image file and one text file (with their datasets sidecars); the second run wrote none.
+    assert len(list(usage["embeddings"].path.glob("embed-*.arrow"))) == 2
+    assert runs[0] == runs[1]
+
+
+def test_fingerprint_keys_the_loaded_commit_and_dtype(tiny_model_dir):
+    common = dict(model_name_or_path="OFA-Sys/chinese-clip-vit-huge-patch14", model_revision=None, adapter_dir=None,
+                  items=["标题"], preprocessing=Preprocessing())
+    key = lambda **kw: embedding_fingerprint("text", **{**common, **kw})  # noqa: E731
+    assert key(model_commit="a" * 40) != key(model_commit="b" * 40)  # "main" moved on the Hub
+    assert key(dtype="torch.float32") != key(dtype="torch.bfloat16")
+    assert key(model_commit="a" * 40, dtype="torch.float32") == key(model_commit="a" * 40, dtype="torch.float32")
