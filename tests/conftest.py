@@ -6,13 +6,17 @@ Data fixtures (used by tests/test_data.py and any test that needs a data folder)
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# Before anything imports datasets: the training pixel cache (and any other datasets cache) goes to
-# a throwaway folder, not the user's ~/.cache.
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="cnclip-test-datasets-"))
+# Before anything imports datasets: the pixel and embedding caches (and any other datasets cache) go
+# to a throwaway folder, not the user's ~/.cache, and it is removed when the test run ends.
+if "HF_DATASETS_CACHE" not in os.environ:
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="cnclip-test-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 import pytest
 from PIL import Image
