@@ -13,13 +13,22 @@ project without ever returning stale results. ``cnclip-lora cache`` lists and cl
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
-__all__ = ["CACHE_KINDS", "CacheUsage", "cache_root", "cache_usage", "clear_cache", "default_cache_dir", "human_bytes"]
+from cnclip_lora.errors import ConfigError
+
+__all__ = [
+    "CACHE_KINDS", "CacheUsage", "cache_root", "cache_usage", "clear_cache", "default_cache_dir", "human_bytes",
+    "usable_cache_dir",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 #: The caches this package writes, each a sub-folder of :func:`cache_root`.
 CACHE_KINDS = ("pixels", "embeddings")
@@ -35,6 +44,28 @@ def default_cache_dir(kind: str) -> Path:
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown cache kind {kind!r}; one of {', '.join(CACHE_KINDS)}")
     return cache_root() / kind
+
+
+def usable_cache_dir(requested: str | os.PathLike | None, kind: str, *, required: bool = False) -> Path | None:
+    """The folder to keep ``kind`` in, created and writable, or ``None`` to run without the cache.
+
+    A cache only saves time, so an unwritable *default* location (a read-only home, a shared
+    ``HF_DATASETS_CACHE``) is a warning and the work runs uncached. A folder the user named with
+    ``--cache_dir``, or a cache they required (``--cache_images true``), is an error naming the
+    folder, raised before any expensive work.
+    """
+    path = Path(requested) if requested else default_cache_dir(kind)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {path}")
+    except OSError as err:
+        fix = "choose a writable --cache_dir" if requested else "set HF_DATASETS_CACHE or --cache_dir to a writable folder"
+        if requested or required:
+            raise ConfigError(f"cannot write the {kind} cache in {path}: {err}; {fix}.") from err
+        logger.warning("cannot write the %s cache in %s (%s): continuing without it; %s.", kind, path, err, fix)
+        return None
+    return path
 
 
 @dataclass(frozen=True)

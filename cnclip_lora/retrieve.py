@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cnclip_lora.caches import default_cache_dir
+from cnclip_lora.caches import usable_cache_dir
 from cnclip_lora.collate import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data
 from cnclip_lora.embedding import embed_images, embed_texts, process_info
@@ -202,7 +202,7 @@ def _embed_split(
     args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
     titles: Sequence[str], gallery_paths: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    cache_dir = default_cache_dir("embeddings") if args.cache_dir is None else (args.cache_dir or None)
+    cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
     common = dict(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision,
                   adapter_dir=adapter_dir, preprocessing=preprocessing,
                   # What was loaded, not what was asked for: --dtype unset means the checkpoint's own.

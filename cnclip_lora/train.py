@@ -21,6 +21,7 @@ import datasets
 import torch
 from transformers import set_seed
 
+from cnclip_lora.caches import usable_cache_dir
 from cnclip_lora.collate import ImageTextCollator, Preprocessing
 from cnclip_lora.config import (
     CnClipTrainingArguments,
@@ -229,16 +230,19 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
     paths = list(data.train["path"])
     use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
                             epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
+    cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == "true") if use else None
+    if use and cache_dir is None:
+        use, why = False, f"{why}, but its folder cannot be written (warning above)"
     logger.info("pixel cache %s: %s", "on" if use else "off", why)
     if not use:
         return None, None
     with training_args.main_process_first(desc="pixel cache"):
-        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=data_args.cache_dir)
+        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=cache_dir)
         eval_cache = None
         if eval_set is not None and training_args.eval_strategy != "no":
             # Gallery paths already include the image folder: keyed as given, relative to ".".
             eval_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
-                                           cache_dir=data_args.cache_dir)  # fmt: skip
+                                           cache_dir=cache_dir)  # fmt: skip
     return train_cache, eval_cache
 
 

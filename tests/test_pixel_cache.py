@@ -160,3 +160,30 @@ def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_d
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert cached.eval_metrics["eval_t2i_MR"] == plain.eval_metrics["eval_t2i_MR"]
     assert cached.eval_metrics["eval_gallery_size"] == plain.eval_metrics["eval_gallery_size"] > 8
+
+
+def test_unwritable_cache_folder_runs_uncached_or_fails_early_when_named(tiny_model_dir, demo_dir, tmp_path,
+                                                                          monkeypatch, caplog):
+    """A cache only saves time: an unwritable default location (here HF_DATASETS_CACHE under a plain
+    file, which fails even for root) trains uncached with a warning; an unwritable --cache_dir the
+    user named, or a cache they required, stops before training with the folder in the message."""
+    import datasets
+
+    from cnclip_lora.train import train
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker / "hf"))
+    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True,
+                  per_device_train_batch_size=8, num_train_epochs=2, val_size=0, save_strategy="no",
+                  check_images=False)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        result = train(output_dir=str(tmp_path / "out"), **common)
+    assert json.loads((result.output_dir / "cnclip_lora.json").read_text())["data"]["pixel_cache"] is False
+    assert any("cannot write the pixels cache" in r.getMessage() and "HF_DATASETS_CACHE" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cannot write the pixels cache in .*not-a-folder/pc.*writable --cache_dir"):
+        train(output_dir=str(tmp_path / "out2"), cache_dir=str(blocker / "pc"), **common)
+    with pytest.raises(ConfigError, match="cannot write the pixels cache"):
+        train(output_dir=str(tmp_path / "out3"), cache_images="true", **common)
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()

@@ -231,3 +231,19 @@ def test_fingerprint_keys_the_loaded_commit_and_dtype(tiny_model_dir):
     assert key(model_commit="a" * 40) != key(model_commit="b" * 40)  # "main" moved on the Hub
     assert key(dtype="torch.float32") != key(dtype="torch.bfloat16")
     assert key(model_commit="a" * 40, dtype="torch.float32") == key(model_commit="a" * 40, dtype="torch.float32")
+
+
+def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model_dir, demo_dir, tmp_path,
+                                                                      monkeypatch, caplog):
+    import datasets
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker / "hf"))
+    args = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="val", device="cpu")
+    with caplog.at_level("WARNING"):
+        metrics = evaluate(RetrievalArguments(**args))
+    assert metrics["val_gallery_size"] > 0
+    assert any("cannot write the embeddings cache" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="cannot write the embeddings cache in .*not-a-folder/mine"):
+        evaluate(RetrievalArguments(**args, cache_dir=str(blocker / "mine")))
