@@ -244,7 +244,9 @@ def kernel_time_summary(events: list[tuple[str, float, int]], wall_ms: float, st
     """Per-step device time by kernel family and the top kernels, from ``(name, total_ms, calls)``.
 
     ``busy`` (kernel time / wall time) below 1 means the device waited on the host (launch gaps,
-    syncs); the families say which kind of work the remaining MFU is lost in.
+    syncs); the profiler itself slows the host, so it is a lower bound: compare the unprofiled
+    samples/s with ``1000 * batch / kernel_ms_per_step`` instead. The families say which kind of
+    work the remaining MFU is lost in.
     """
     total = sum(ms for _, ms, _ in events)
     families: dict[str, float] = {}
