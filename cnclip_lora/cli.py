@@ -213,10 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnclip-lora: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import warnings
-
-    # peft calls a transformers property that transformers 5 deprecates: noise users cannot act on.
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
     from cnclip_lora.errors import CnClipLoraError, DataError
 
     try:

@@ -9,9 +9,12 @@ wrapping and verifies the result per tower afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +253,15 @@ def resolve_lora_targets(model: nn.Module, targets: list[str] | str | None = Non
     return [name for name in linear if name in selected]
 
 
+@contextlib.contextmanager
+def quiet_peft_wrapping() -> Iterator[None]:
+    """Silence the FutureWarning peft's ``PeftModel.__init__`` raises under transformers 5
+    (``is_gradient_checkpointing`` is deprecated): noise a user cannot act on, on every wrap."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(
     model: nn.Module,
     r: int = 64,
@@ -288,7 +300,8 @@ def apply_lora(
     lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=resolved, bias="none")
     # On meta there is nothing to initialise; low_cpu_mem_usage skips the (slow) init.
     on_meta = any(p.is_meta for p in model.parameters())
-    peft_model = get_peft_model(model, lora_config, low_cpu_mem_usage=on_meta)
+    with quiet_peft_wrapping():
+        peft_model = get_peft_model(model, lora_config, low_cpu_mem_usage=on_meta)
 
     adapted = {
         name.removeprefix("base_model.model.")

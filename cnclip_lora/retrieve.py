@@ -28,7 +28,7 @@ from cnclip_lora.embedding import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path, hash_file_stats
 from cnclip_lora.metrics import recall_at_k
-from cnclip_lora.modeling import load_model_and_processor
+from cnclip_lora.modeling import load_model_and_processor, quiet_peft_wrapping
 from cnclip_lora.ranking import assign, rank
 
 __all__ = [
@@ -135,7 +135,8 @@ def load_retrieval_model(
         from cnclip_lora.hub import resolve_adapter
 
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        with quiet_peft_wrapping():
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         preprocessing = Preprocessing.load(adapter_dir) or preprocessing
         if any((Path(adapter_dir) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
             # The processor saved with the adapter is the one training used.

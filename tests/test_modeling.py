@@ -274,3 +274,20 @@ def test_image_processor_is_pinned_to_pil_whatever_is_installed(tiny_model_dir, 
     _, processor = load_model_and_processor(str(tiny_model_dir))
     assert processor.image_processor.backend == "pil"
     assert supports_uint8_path(processor.image_processor)  # the batched/cached path applies again
+
+
+def test_wrapping_and_loading_adapters_raise_no_deprecation_noise(tiny_model_dir, tmp_path):
+    """peft's PeftModel.__init__ trips transformers 5's is_gradient_checkpointing deprecation on
+    every wrap; the package's own wrapping paths keep it away from notebook users."""
+    import warnings
+
+    from transformers import ChineseCLIPModel
+
+    from cnclip_lora.modeling import apply_lora
+    from cnclip_lora.retrieve import load_retrieval_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
+        model.save_pretrained(tmp_path / "adapter")
+        load_retrieval_model(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu")
