@@ -346,6 +346,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             times.append(time.perf_counter())
 
     fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
+    workers = extra_args.pop("dataloader_num_workers", workers)  # prefetch and persistence follow it
     need = batch * 2
     rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]
     dataset = datasets.Dataset.from_list(rows)
@@ -469,6 +470,9 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="profile this many extra model-only steps (compiled with --compile, checkpointing off) "
                         "and report device time by kernel family: where the MFU is lost")
+    p.add_argument("--ab_pipeline_args", type=json.loads, default={},
+                   help="after each pipeline run, repeat it with these CnClipTrainingArguments on top, e.g. "
+                        "'{\"dataloader_num_workers\": 0}' (does a GPU box need DataLoader workers?)")
     p.add_argument("--pipeline_args", type=json.loads, default={},
                    help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
     a = p.parse_args()
@@ -562,25 +566,32 @@ def main() -> None:
             log(f"pixel cache: {len(cache['cache'])} images in {results['pixel_cache_build_s']:.1f} s")
         return cache["cache"]
 
-    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool, old_syncs: bool = False) -> None:
+    # A/B variants repeated after each pipeline run (second, so any first-run cost falls on the
+    # package's defaults); they are baselines, never candidates for the best pipeline.
+    ab_variants: dict[str, dict[str, Any]] = {}
+    if a.ab_syncs:  # transformers' defaults: a loss read-back and a blocking batch copy every step
+        ab_variants["old_syncs"] = {"logging_nan_inf_filter": True, "accelerator_config": {"non_blocking": False}}
+    if a.ab_pipeline_args:
+        ab_variants["ab " + json.dumps(a.ab_pipeline_args, sort_keys=True)] = a.ab_pipeline_args
+
+    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool, variant: str = "default") -> None:
         nonlocal best_pipeline
         extra = dict(a.pipeline_args, **({"torch_compile": True} if compiled else {}))
         if compiled and a.compile_mode:
             extra["torch_compile_mode"] = a.compile_mode
-        if old_syncs:  # transformers' defaults: a loss read-back and a blocking batch copy every step
-            extra.update(logging_nan_inf_filter=True, accelerator_config={"non_blocking": False})
-        label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached}" + (" old_syncs" if old_syncs else "")
+        extra.update(ab_variants.get(variant, {}))
+        label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached} variant={variant}"
         r = guarded(label, 120 if compiled else 60,
                     lambda: pipeline(model, processor, rows, image_dir, batch, a.steps, a.warmup, checkpointing, workers,
                                      device, amp, pixel_cache=pixel_cache() if cached else None, **extra))  # fmt: skip
         if r:
-            record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached, old_syncs=old_syncs)
-            # The A/B baseline is not a candidate for the best pipeline.
-            if not old_syncs and (best_pipeline is None or r["samples_per_s"] > best_pipeline[0]):
+            record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached, variant=variant)
+            if variant == "default" and (best_pipeline is None or r["samples_per_s"] > best_pipeline[0]):
                 best_pipeline = (r["samples_per_s"], batch, checkpointing)
         reset_memory(device)
-        if a.ab_syncs and not old_syncs:  # second, so any first-run cost falls on the new defaults
-            run_pipeline(checkpointing, batch, compiled=compiled, cached=cached, old_syncs=True)
+        if variant == "default":
+            for name in ab_variants:
+                run_pipeline(checkpointing, batch, compiled=compiled, cached=cached, variant=name)
 
     for checkpointing, cands in ((False, a.batches_gc_off), (True, a.batches_gc_on)):
         if not cands:
@@ -629,7 +640,7 @@ def main() -> None:
 
     # Summary: the best pipeline against the model-only limit and the seed-style loop.
     def best(kind: str) -> dict[str, Any] | None:
-        runs = [r for r in results["runs"] if r["kind"] == kind and not r.get("old_syncs")]
+        runs = [r for r in results["runs"] if r["kind"] == kind and r.get("variant", "default") == "default"]
         return max(runs, key=lambda r: r["samples_per_s"]) if runs else None
 
     bp, bm, bs = best("pipeline"), best("model_only"), best("seed")
@@ -649,12 +660,12 @@ def main() -> None:
     results["elapsed_s"] = elapsed()
     save()
 
-    header = "| kind | compiled | pixel cache | per-step syncs | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
+    header = "| kind | compiled | pixel cache | pipeline variant | grad ckpt | batch | samples/s | model TFLOP/s | MFU | peak GB |"
     print("\n" + header + "\n|---|---|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
-        syncs = "-" if r["kind"] != "pipeline" else ("transformers' defaults" if r.get("old_syncs") else "none")
-        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {syncs} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+        variant = r.get("variant", "-")
+        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {variant} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
               f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
     for r in results["runs"]:
         if "profile" in r:
