@@ -213,7 +213,7 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
         if profile_steps:
             profile = profile_model_steps(step, profile_steps, device)
     finally:
-        del optimizer
+        optimizer = None  # frees its state before the next run builds another (step() is done with it)
         inputs.clear()
     out = {"samples_per_s": steps * batch / span if steps else None, "peak_mem_gb": peak_memory_gb(device)}
     if compiled:
@@ -277,7 +277,6 @@ def print_profile(profile: dict[str, Any], label: str, top: int = 12) -> None:
 
 def profile_model_steps(step, steps: int, device) -> dict[str, Any]:
     """Run ``step()`` ``steps`` times under ``torch.profiler``; device kernels on a GPU, CPU ops otherwise."""
-    import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 

@@ -11,13 +11,11 @@ The same function serves ``cnclip-lora train``, ``accelerate launch -m cnclip_lo
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import datasets
 import torch
 from transformers import set_seed
 

@@ -25,10 +25,8 @@ Only what differs from ``transformers.Trainer`` is overridden:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
