@@ -223,10 +223,8 @@ def _merge_pruned(
         # Some row gains more than k scores (early blocks; a gallery sorted by similarity):
         # those rows' own block top-k is cheaper than sorting all their new scores.
         every_row = hit.numel() == n
-        if every_row:
-            top_s, top_i = _block_topk(block, min(k, w), run_max if m == _GROUP else None)
-        else:
-            top_s, top_i = _block_topk(block[hit], min(k, w), run_max[hit] if m == _GROUP else None)
+        sel = slice(None) if every_row else hit  # a slice keeps the whole block a view, not a copy
+        top_s, top_i = _block_topk(block[sel], min(k, w), run_max[sel] if m == _GROUP else None)
         _merge(best_s, best_i, rows if every_row else hit + rows.start, top_s, top_i + g0, k)
         return
     # Lay each row's new scores out in a padded [hit rows, width] matrix (-inf pads lose).

@@ -228,9 +228,10 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
     paths = list(data.train["path"])
     use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
                             epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
-    cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == "true") if use else None
-    if use and cache_dir is None:
-        use, why = False, f"{why}, but its folder cannot be written (warning above)"
+    if use:
+        cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == "true")
+        if cache_dir is None:
+            use, why = False, f"{why}, but its folder cannot be written (warning above)"
     logger.info("pixel cache %s: %s", "on" if use else "off", why)
     if not use:
         return None, None
