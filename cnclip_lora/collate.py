@@ -275,6 +275,8 @@ def tokenize_titles(
     cannot inject a separator or padding id.
     """
     official = title_normalization == "official"
+    if official:
+        _official_word_limit(tokenizer)
     return dict(
         tokenizer(
             prepare_titles(titles, title_normalization),
@@ -285,6 +287,13 @@ def tokenize_titles(
             **({"split_special_tokens": True} if official else {}),
         )
     )
+
+
+def _official_word_limit(tokenizer: Any) -> None:
+    """The official WordPiece gives ``[UNK]`` only for words over 200 characters; the HF default is 100."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if getattr(model, "max_input_chars_per_word", 200) != 200:
+        model.max_input_chars_per_word = 200
 
 
 class TitleTokenMemo:

@@ -202,7 +202,7 @@ def convert_original(
                           "trained with; the cn-clip package ships it as cn_clip/clip/vocab.txt)")
     if not vocab_path.is_file():
         raise ConfigError(f"vocab file {vocab_path} does not exist")
-    n_vocab = sum(1 for line in vocab_path.read_text(encoding="utf-8").splitlines() if line.strip())
+    n_vocab = len(vocab_path.read_text(encoding="utf-8").rstrip("\n").split("\n"))  # one token a line
     if n_vocab != int(model_info["vocab_size"]):
         raise ConfigError(f"vocab file {vocab_path} has {n_vocab} tokens but the model has {model_info['vocab_size']}")
     state = convert_state_dict(_load_official(Path(ckpt)))  # before any output: bad input fails first

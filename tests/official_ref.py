@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Where the Makefile puts torchvision's code for the reference (override with CNCLIP_REFERENCE_DIR).
 REFERENCE_DIR = Path(os.environ.get("CNCLIP_REFERENCE_DIR", REPO / ".venv" / "cnclip-reference"))
 #: The bert-base-chinese vocab, beside the clone (tests only; never needed at run time).
-SHARED_VOCAB = REPO.parent / "shared" / "vocab" / "bert-base-chinese-vocab.txt"
+SHARED_VOCAB = Path(os.environ.get("CNCLIP_SHARED_VOCAB", REPO.parent / "shared" / "vocab" / "bert-base-chinese-vocab.txt"))
 
 
 def reference_available() -> str | None:
