@@ -163,7 +163,8 @@ class NotATensor:
 
 
 def test_convert_original_refuses_pickles_without_traceback(tmp_path):
-    bad = tmp_path / "pickled.pt"    torch.save({"state_dict": {"x": torch.zeros(1)}, "cfg": NotATensor()}, bad)
+    bad = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "cfg": NotATensor()}, bad)
     proc = subprocess.run([sys.executable, "-m", "cnclip_lora", "convert-original", str(bad), str(tmp_path / "o"),
                            "--vision_model", "ViT-B-16", "--text_model", "RoBERTa-wwm-ext-base-chinese",
                            "--vocab", str(SHARED_VOCAB)], capture_output=True, text=True, env=child_env(False))
