@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "push": "upload an adapter folder (adapter, processor, record, model card) to the Hub",
     "demo": "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned",
     "cache": "show (or --clear) the pixel and embedding caches under HF_DATASETS_CACHE/cnclip_lora",
+    "convert-original": "turn an official Chinese-CLIP (cn_clip) checkpoint into a Hub-layout model folder",
 }
 
 
@@ -184,6 +185,30 @@ def _cmd_cache(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_convert_original(argv: Sequence[str]) -> int:
+    from cnclip_lora.convert import TEXT_MODELS, VISION_MODELS, convert_original
+    from cnclip_lora.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog="cnclip-lora convert-original", description=COMMANDS["convert-original"])
+    parser.add_argument("ckpt", help="checkpoint written by the official training (a dict with a state_dict)")
+    parser.add_argument("out_dir", help="new folder for config.json, model.safetensors, processor and tokenizer files")
+    parser.add_argument("--vision_model", help=f"official vision config name: {', '.join(VISION_MODELS)}")
+    parser.add_argument("--text_model", help=f"official text config name: {', '.join(TEXT_MODELS)}")
+    parser.add_argument("--model_info", help="instead of the names: the merged model config as JSON (official keys)")
+    parser.add_argument("--vocab", help="vocab.txt the model was trained with (default: the installed cn_clip's)")
+    args = parser.parse_args(argv)
+    info = None
+    if args.model_info:
+        try:
+            info = json.loads(open(args.model_info, encoding="utf-8").read())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--model_info {args.model_info}: {err}") from None
+    path = convert_original(args.ckpt, args.out_dir, vision_model=args.vision_model, text_model=args.text_model,
+                            model_info=info, vocab=args.vocab)
+    print(f"converted model written to {path}")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "retrieve": _cmd_retrieve,
@@ -194,6 +219,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "push": _cmd_push,
     "demo": _cmd_demo,
     "cache": _cmd_cache,
+    "convert-original": _cmd_convert_original,
 }
 
 

@@ -34,12 +34,21 @@ __all__ = [
     "supports_uint8_path",
     "tokenize_titles",
     "TitleTokenMemo",
+    "TITLE_NORMALIZATIONS",
+    "prepare_titles",
     "target_image_size",
     "write_record",
 ]
 
 #: File written beside the adapter: how training saw its inputs, and what the run was.
 RECORD_FILE = "cnclip_lora.json"
+
+#: How titles are prepared before the tokenizer. ``official``: the official Chinese-CLIP pipeline's
+#: ``_preprocess_text`` (lower-case, curly double quotes -> ``"``), then BERT basic + WordPiece with
+#: literal ``[CLS]``-like text kept as ordinary characters: the ids the released checkpoints were
+#: trained on. ``nfkc``: NFKC folding, control characters to spaces, whitespace collapsed
+#: (:func:`cnclip_lora.data.normalize_title`), the package's behaviour before ``official`` existed.
+TITLE_NORMALIZATIONS = ("official", "nfkc")
 
 
 @dataclass
@@ -52,13 +61,17 @@ class Preprocessing:
         exif_transpose: images are turned upright by their EXIF orientation (always on: both paths
             use :func:`cnclip_lora.data.open_image`); recorded so the rule is explicit.
         draft: JPEGs are decoded at a reduced scale (PIL draft mode) when the processor's target is at
-            most half the stored size; cheaper decoding, slightly different pixels, so it is replayed too.
+            most half the stored size (``--fast_decode``); cheaper decoding, slightly different pixels
+            from the official transform, so it is replayed too. Off by default.
+        title_normalization: one of :data:`TITLE_NORMALIZATIONS`. A record written before the field
+            existed replays ``nfkc``, the behaviour it was trained with.
     """
 
     max_length: int = 52
     train_flip: str = "none"
     exif_transpose: bool = True
-    draft: bool = True
+    draft: bool = False
+    title_normalization: str = "official"
 
     @property
     def inference_flip(self) -> bool:
@@ -75,6 +88,7 @@ class Preprocessing:
             train_flip=str(data.get("train_flip", "none")),
             exif_transpose=bool(data.get("exif_transpose", True)),
             draft=bool(data.get("draft", False)),
+            title_normalization=str(data.get("title_normalization", "nfkc")),
         )
 
     @classmethod
@@ -122,7 +136,7 @@ def preprocess_images(
     image_processor: Any,
     *,
     flips: Sequence[bool] | bool = False,
-    draft: bool = True,
+    draft: bool = False,
 ) -> torch.Tensor:
     """Open, optionally flip, and run the checkpoint's own image processor: ``[B, 3, H, W]``."""
     if isinstance(flips, bool):
@@ -134,7 +148,7 @@ def preprocess_images(
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def decode_resized(paths: Sequence[str | os.PathLike], image_processor: Any, *, draft: bool = True) -> np.ndarray:
+def decode_resized(paths: Sequence[str | os.PathLike], image_processor: Any, *, draft: bool = False) -> np.ndarray:
     """Open each image (upright RGB, unflipped) and squash-resize it as the processor would:
     ``uint8 [B, H, W, 3]``. This is the expensive half of :func:`preprocess_images`, and what
     :mod:`cnclip_lora.pixel_cache` stores so that later epochs skip it.
@@ -237,18 +251,49 @@ def _squash_plan(image_processor: Any) -> _SquashPlan | None:
     return _SquashPlan(int(width), int(height), int(resample), rescale, mean, std)
 
 
-def tokenize_titles(titles: Sequence[str], tokenizer: Any, max_length: int = 52) -> dict[str, torch.Tensor]:
+def prepare_titles(titles: Sequence[str], title_normalization: str = "official") -> list[str]:
+    """Titles as the tokenizer must see them under ``title_normalization`` (see
+    :data:`TITLE_NORMALIZATIONS`); raises ``ValueError`` for an unknown mode."""
+    if title_normalization == "official":
+        # The official data pipelines' _preprocess_text; the tokenizer lower-cases again (a no-op).
+        return [str(t).lower().replace("\u201c", '"').replace("\u201d", '"') for t in titles]
+    if title_normalization == "nfkc":
+        from cnclip_lora.data import normalize_title
+
+        return [normalize_title(t) for t in titles]
+    raise ValueError(f"title normalization must be one of {', '.join(TITLE_NORMALIZATIONS)}; got {title_normalization!r}")
+
+
+def tokenize_titles(
+    titles: Sequence[str], tokenizer: Any, max_length: int = 52, title_normalization: str = "official"
+) -> dict[str, torch.Tensor]:
     """Tokenise titles to exactly ``max_length`` tokens (``truncation=True`` alone would not cut:
-    the checkpoints' ``model_max_length`` is effectively unbounded)."""
+    the checkpoints' ``model_max_length`` is effectively unbounded).
+
+    Under ``official`` a literal ``[CLS]``, ``[SEP]``, ``[PAD]``... inside a title is split into
+    ordinary characters as the official tokenizer does (``split_special_tokens``), so a title
+    cannot inject a separator or padding id.
+    """
+    official = title_normalization == "official"
+    if official:
+        _official_word_limit(tokenizer)
     return dict(
         tokenizer(
-            list(titles),
+            prepare_titles(titles, title_normalization),
             padding="max_length",
             truncation=True,
             max_length=max_length,
             return_tensors="pt",
+            **({"split_special_tokens": True} if official else {}),
         )
     )
+
+
+def _official_word_limit(tokenizer: Any) -> None:
+    """The official WordPiece gives ``[UNK]`` only for words over 200 characters; the HF default is 100."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if getattr(model, "max_input_chars_per_word", 200) != 200:
+        model.max_input_chars_per_word = 200
 
 
 class TitleTokenMemo:
@@ -270,13 +315,16 @@ class TitleTokenMemo:
     def __len__(self) -> int:
         return len(self._row)
 
-    def __call__(self, titles: Sequence[str], tokenizer: Any, max_length: int) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, titles: Sequence[str], tokenizer: Any, max_length: int, title_normalization: str = "official"
+    ) -> dict[str, torch.Tensor]:
+        """Rows of ``titles``; one memo serves one ``(tokenizer, max_length, title_normalization)``."""
         titles = list(titles)
         new = [t for t in dict.fromkeys(titles) if t not in self._row]
         if new:
             if len(self._row) + len(new) > self.capacity:
-                return tokenize_titles(titles, tokenizer, max_length)
-            self._remember(new, tokenize_titles(new, tokenizer, max_length))
+                return tokenize_titles(titles, tokenizer, max_length, title_normalization)
+            self._remember(new, tokenize_titles(new, tokenizer, max_length, title_normalization))
         rows = torch.tensor([self._row[t] for t in titles], dtype=torch.long)
         return {key: store.index_select(0, rows).long() for key, store in self._store.items()}
 
@@ -320,8 +368,10 @@ class ImageTextCollator:
     processor: Any
     image_dir: str | os.PathLike
     max_length: int = 52
-    flip: str = "always"
-    draft: bool = True
+    flip: str = "random"
+    draft: bool = False
+    #: How titles reach the tokenizer (:data:`TITLE_NORMALIZATIONS`).
+    title_normalization: str = "official"
     #: A :class:`cnclip_lora.pixel_cache.PixelCache` of the rows' images: they are then taken
     #: resized from it instead of being opened, and only flipped and normalised here.
     pixel_cache: Any = None
@@ -333,8 +383,8 @@ class ImageTextCollator:
 
     def _tokens(self, titles: list[str]) -> dict[str, torch.Tensor]:
         if self._token_memo is None:
-            return tokenize_titles(titles, self.processor.tokenizer, self.max_length)
-        return self._token_memo(titles, self.processor.tokenizer, self.max_length)
+            return tokenize_titles(titles, self.processor.tokenizer, self.max_length, self.title_normalization)
+        return self._token_memo(titles, self.processor.tokenizer, self.max_length, self.title_normalization)
 
     def _flips(self, n: int) -> list[bool]:
         if self.flip == "always":

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from cnclip_lora.collate import TITLE_NORMALIZATIONS
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
 
@@ -69,11 +70,29 @@ class DataArguments:
     check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
     max_length: int = field(default=52, metadata={"help": "Title length in tokens (the seed's 52); longer titles are truncated."})
     flip: str = field(
-        default="always",
+        default="random",
         metadata={
-            "help": "Horizontal flip of training images: 'always' (the seed's recipe: retrieval then flips too, "
-            "so train and test see the same pixels), 'random' (p=0.5 augmentation, no flip at retrieval), 'none'.",
+            "help": "Horizontal flip of training images: 'random' (p=0.5 augmentation, no flip at retrieval, as "
+            "the model was pretrained and is evaluated), 'none', or 'always' (the seed's recipe: retrieval then "
+            "flips every gallery image too).",
             "choices": list(FLIP_MODES),
+        },
+    )
+    title_normalization: str = field(
+        default="official",
+        metadata={
+            "help": "How titles reach the tokenizer: 'official' (Chinese-CLIP's own text path: lower-case, curly "
+            "double quotes to \", BERT tokenization; the ids the checkpoints were trained on) or 'nfkc' (also fold "
+            "full-width letters, digits and punctuation to ASCII, control characters to spaces). Recorded with "
+            "the adapter and replayed at retrieval.",
+            "choices": list(TITLE_NORMALIZATIONS),
+        },
+    )
+    fast_decode: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode large JPEGs at 1/2-1/8 scale (PIL draft mode) before the resize: cheaper decoding, "
+            "pixels that differ slightly from the official transform. Recorded and replayed at retrieval."
         },
     )
     cache_images: str = field(
@@ -96,6 +115,9 @@ class DataArguments:
             raise ConfigError(f"--cache_images must be auto, true or false; got {self.cache_images!r}.")
         if self.flip not in FLIP_MODES:
             raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
+        if self.title_normalization not in TITLE_NORMALIZATIONS:
+            raise ConfigError(f"--title_normalization must be one of {', '.join(TITLE_NORMALIZATIONS)}; "
+                              f"got {self.title_normalization!r}.")
         if self.max_length < 2:
             raise ConfigError(f"--max_length must be at least 2 (CLS + SEP); got {self.max_length}.")
         parse_val_size(self.val_size)  # fail at parse time, with the data layer's own rule and message

@@ -9,9 +9,11 @@ The layout is the iFLYTEK 2024 one (REFERENCE.md §1)::
     DIR/test_answers.csv   optional: comma CSV ``query,path`` (written by the demo generator)
 
 Everything is checked before any model is loaded, and every problem is collected, so a
-user fixes a broken folder in one pass instead of one crash per epoch. Titles go through
-:func:`normalize_title` and images through :func:`open_image` everywhere, so training and
-retrieval can never disagree about either.
+user fixes a broken folder in one pass instead of one crash per epoch. Titles are kept as
+written (only surrounding whitespace is stripped, which no tokenization sees): how they reach
+the tokenizer is a recorded preprocessing choice (:func:`cnclip_lora.collate.prepare_titles`).
+:func:`normalize_title` decides only what counts as empty or duplicate. Images go through
+:func:`open_image` everywhere, so training and retrieval can never disagree about them.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class CompetitionData:
 
 
 def normalize_title(title: str) -> str:
-    """Normalise a title or query the one way used everywhere (training, validation, queries).
+    """The ``nfkc`` title normalization, and the key that decides empty and duplicate titles.
 
     NFKC folds full-width letters, digits and punctuation (``ＸＬ２０１９，``) to ASCII
     (``XL2019,``): shop titles mix both forms for the same brand, size or year, and the
@@ -238,7 +240,7 @@ def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batc
     a user sees how much text is cut and can raise ``--max_length``.
 
     Args:
-        titles: Normalised titles (as in ``CompetitionData.train["title"]``).
+        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.collate.prepare_titles`).
         tokenizer: The checkpoint's tokenizer.
         max_length: The training/retrieval title length in tokens.
         batch_size: Titles tokenised per call (bounds memory on huge sets).
@@ -768,10 +770,11 @@ class _Scanner:
         ti, pi = table.columns.index("title"), table.columns.index("path")
         seen: dict[tuple[str, str], int] = {}
         for record in table.records:
-            title = normalize_title(record.values[ti])
+            title = record.values[ti].strip()
+            key = normalize_title(title)
             path, why = _clean_path(record.values[pi])
             problems = []
-            if not title:
+            if not key:
                 problems.append(("empty title; write the product title or delete the row", "empty title"))
             if path is None:
                 problems.append((why, "bad path"))
@@ -782,8 +785,8 @@ class _Scanner:
                     problems.append(
                         (f"image `{path}` not found in {self.disp(_IMAGES)}{hint}", "missing image")
                     )
-                elif title:
-                    first = seen.setdefault((title, path), record.line)
+                elif key:
+                    first = seen.setdefault((key, path), record.line)
                     if first != record.line:
                         msg = f"duplicate of line {first} (same title and path); delete one of them"
                         problems.append((msg, "duplicate row"))
@@ -850,8 +853,8 @@ class _Scanner:
             self.add(where, None, "has a header but no queries", "missing file")
         ti = table.columns.index("title")
         for record in table.records:
-            title = normalize_title(record.values[ti])
-            if not title:
+            title = record.values[ti].strip()
+            if not normalize_title(title):
                 msg = "empty query title; every query needs its text (a submission has one row per query)"
                 self.add(where, record.line, msg, "empty title")
             self.queries.append(title)

@@ -111,7 +111,7 @@ def build_pixel_cache(
     image_processor: Any,
     *,
     cache_dir: str | os.PathLike | None = None,
-    draft: bool = True,
+    draft: bool = False,
     num_proc: int | None = None,
     batch_size: int = 64,
 ) -> PixelCache:

@@ -28,7 +28,7 @@ from cnclip_lora.embedding import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path, hash_file_stats
 from cnclip_lora.metrics import recall_at_k
-from cnclip_lora.modeling import load_model_and_processor, quiet_peft_wrapping
+from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
 from cnclip_lora.ranking import assign, rank
 
 __all__ = [
@@ -139,8 +139,8 @@ def load_retrieval_model(
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         preprocessing = Preprocessing.load(adapter_dir) or preprocessing
         if any((Path(adapter_dir) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
-            # The processor saved with the adapter is the one training used.
-            processor = ChineseCLIPProcessor.from_pretrained(adapter_dir)
+            # The processor saved with the adapter is the one training used, on the same (PIL) backend.
+            processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(adapter_dir), adapter_dir)
     torch_dtype = _resolve_dtype(dtype)
     if device is None:
         process_info()  # joins a launcher's process group, which pins this process to its own GPU
@@ -215,7 +215,7 @@ def _embed_split(
     )
     queries = embed_texts(
         model, processor.tokenizer, titles, max_length=preprocessing.max_length, batch_size=args.batch_size,
-        cache_dir=cache_dir, fingerprint=embedding_fingerprint("text", items=titles, **common) if cache_dir else None,
+        title_normalization=preprocessing.title_normalization, cache_dir=cache_dir, fingerprint=embedding_fingerprint("text", items=titles, **common) if cache_dir else None,
     )
     return queries, gallery
 

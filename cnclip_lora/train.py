@@ -20,7 +20,7 @@ import torch
 from transformers import set_seed
 
 from cnclip_lora.caches import usable_cache_dir
-from cnclip_lora.collate import ImageTextCollator, Preprocessing
+from cnclip_lora.collate import ImageTextCollator, Preprocessing, prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
     DataArguments,
@@ -125,7 +125,9 @@ def run_training(
         # frozen weights every step. The GPU benchmark measures exactly this setup.
         dtype=torch.bfloat16 if training_args.bf16 else None,
     )
-    data.report.truncated_titles = count_truncated(data.train["title"], processor.tokenizer, data_args.max_length)
+    data.report.truncated_titles = count_truncated(
+        prepare_titles(data.train["title"], data_args.title_normalization), processor.tokenizer, data_args.max_length
+    )
     if data.report.truncated_titles:
         logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
                     data.report.truncated_titles, len(data.train), data_args.max_length)
@@ -133,7 +135,8 @@ def run_training(
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
 
-    preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip)
+    preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip,
+                                  draft=data_args.fast_decode, title_normalization=data_args.title_normalization)
     record = {
         "base_model": model_args.model_name_or_path,
         "data": {
@@ -171,7 +174,8 @@ def run_training(
         # the Trainer's eval_strategy checks see the held-out split.
         eval_dataset=data.val if eval_set is not None else None,
         data_collator=ImageTextCollator(
-            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache
+            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache,
+            draft=data_args.fast_decode, title_normalization=data_args.title_normalization,
         ),
         processing_class=processor,
         retrieval_eval=eval_set,
@@ -236,12 +240,13 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
     if not use:
         return None, None
     with training_args.main_process_first(desc="pixel cache"):
-        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=cache_dir)
+        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=cache_dir,
+                                        draft=data_args.fast_decode)
         eval_cache = None
         if eval_set is not None and training_args.eval_strategy != "no":
             # Gallery paths already include the image folder: keyed as given, relative to ".".
             eval_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
-                                           cache_dir=cache_dir)  # fmt: skip
+                                           cache_dir=cache_dir, draft=data_args.fast_decode)  # fmt: skip
     return train_cache, eval_cache
 
 

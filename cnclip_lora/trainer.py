@@ -255,7 +255,7 @@ class CnClipLoraTrainer(Trainer):
         image_processor = self.processing_class.image_processor
         try:
             text = embed_texts(model, tokenizer, eval_set.titles, max_length=self.preprocessing.max_length,
-                               batch_size=batch_size)
+                               batch_size=batch_size, title_normalization=self.preprocessing.title_normalization)
             images = embed_images(model, image_processor, eval_set.gallery_paths, preprocessing=self.preprocessing,
                                   batch_size=batch_size, pixel_cache=self.eval_pixel_cache)  # fmt: skip
         finally:

@@ -144,7 +144,7 @@ def test_token_memo_gives_the_tokenizers_rows_and_skips_it_for_known_titles(proc
 
     memo = TitleTokenMemo()
     first = memo(titles[:3], counting, 52)
-    assert calls == [["红色条纹T恤", "纯棉圆领短袖"]]  # each distinct new title once
+    assert calls == [["红色条纹t恤", "纯棉圆领短袖"]]  # each distinct new title once (as prepared: lower-cased)
     assert _tokens_equal(first, tokenize_titles(titles[:3], tokenizer, 52))
     mixed = memo(titles[::-1], counting, 52)  # known and new titles, another order
     assert calls[1] == [titles[4], titles[3]]

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_the_seed_recipe_and_task_defaults(tmp_path):
     model, data, lora, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)])
-    assert (lora.lora_r, lora.lora_alpha, data.max_length, data.flip) == (64, 96, 52, "always")
+    assert (lora.lora_r, lora.lora_alpha, data.max_length, data.flip) == (64, 96, 52, "random")
+    assert (data.title_normalization, data.fast_decode) == ("official", False)  # the official input path
     assert args.remove_unused_columns is False
     assert args.ddp_find_unused_parameters is False
     assert args.dataloader_drop_last is True

@@ -70,7 +70,7 @@ def test_merged_retrieval_model_equals_unmerged_peft(adapter_dir, tiny_model_dir
     with torch.no_grad():
         assert torch.allclose(get_text_embeds(merged, **enc), get_text_embeds(unmerged, **enc), atol=1e-5)
         assert torch.allclose(get_image_embeds(merged, pixels), get_image_embeds(unmerged, pixels), atol=1e-5)
-    assert prep.train_flip == "always" and prep.inference_flip
+    assert prep.train_flip == "random" and not prep.inference_flip  # the default: no flip at retrieval
 
 
 def test_cache_hit_reuses_and_fingerprint_changes_invalidate(tiny_model_dir, demo_dir, tmp_path):
