@@ -226,7 +226,34 @@ class CnClipTrainingArguments(TrainingArguments):
         },
     )
 
+    def _check_values(self) -> None:
+        """Refuse optimizer and batch values that cannot train, naming the option (before any loading)."""
+        import math
+
+        rules = [
+            ("--learning_rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+             "must be a finite number >= 0 (the seed used 4e-5)"),
+            ("--gradient_accumulation_steps", self.gradient_accumulation_steps, self.gradient_accumulation_steps >= 1,
+             "must be >= 1 (1 = update after every batch)"),
+            ("--per_device_train_batch_size", self.per_device_train_batch_size, self.per_device_train_batch_size >= 1,
+             "must be >= 1"),
+            ("--per_device_eval_batch_size", self.per_device_eval_batch_size, self.per_device_eval_batch_size >= 1,
+             "must be >= 1"),
+            ("--num_train_epochs", self.num_train_epochs,
+             math.isfinite(self.num_train_epochs) and self.num_train_epochs >= 0, "must be a finite number >= 0"),
+            ("--weight_decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             "must be >= 0"),
+            ("--adam_epsilon", self.adam_epsilon, self.adam_epsilon > 0, "must be > 0"),
+            ("--adam_beta1", self.adam_beta1, 0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
+            ("--adam_beta2", self.adam_beta2, 0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
+            ("--max_grad_norm", self.max_grad_norm, self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
+        ]
+        for flag, value, ok, rule in rules:
+            if not ok:
+                raise ConfigError(f"{flag} {value} {rule}.")
+
     def __post_init__(self) -> None:
+        self._check_values()
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the

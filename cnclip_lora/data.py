@@ -27,8 +27,10 @@ import math
 import numbers
 import os
 import re
+import stat
+import struct
 import unicodedata
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -54,10 +56,21 @@ __all__ = [
     "normalize_title",
     "open_image",
     "read_table",
+    "submission_order",
 ]
 
-#: File extensions (lower case) that make a file in ``image/`` a gallery candidate.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _pillow_extensions() -> tuple[str, ...]:
+    """Every file extension (lower case) of a format Pillow can open, so training, the image
+    check and the gallery accept exactly the same files (GIF, TIFF, ... included)."""
+    Image.init()
+    return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+
+
+#: File extensions (lower case) that make a regular file in ``image/`` a gallery candidate:
+#: every format Pillow opens (an animated image contributes its first frame).
+IMAGE_EXTENSIONS = _pillow_extensions()
 
 _TRAIN, _QUERY, _SUBMIT, _ANSWERS, _IMAGES = (
     "train.csv",
@@ -68,7 +81,7 @@ _TRAIN, _QUERY, _SUBMIT, _ANSWERS, _IMAGES = (
 )
 _SEP_NAMES = {"\t": "TAB", ",": "comma"}
 _SKIP_FLAG = "--skip_bad_rows"
-_EXTS = " ".join(IMAGE_EXTENSIONS)
+_EXTS = "an extension of a format Pillow opens (.jpg .jpeg .png .webp .bmp .gif .tif ...)"
 #: Environment variable that sets the largest image (in pixels) accepted; ``none`` disables the check.
 MAX_PIXELS_ENV = "CNCLIP_MAX_IMAGE_PIXELS"
 
@@ -78,7 +91,10 @@ class _ImageTooLarge(ValueError):
 
 
 # Pillow raises these for unreadable images; DecompressionBombError is not an OSError.
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+# Pillow's format plugins also leak struct.error, IndexError, TypeError... on damaged files: all mean
+# "this file cannot be decoded" and are reported as such, never as a traceback.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, struct.error,
+                 IndexError, KeyError, TypeError, AttributeError, ArithmeticError)
 
 
 # --------------------------------------------------------------------------- report
@@ -338,8 +354,15 @@ def _show_header(columns: Sequence[str], sep: str) -> str:
     return ("<TAB>" if sep == "\t" else ",").join(columns)
 
 
-def _parse_table(path: Path, display: str, *, sep: str, required: Sequence[str], missing_hint: str) -> _Table:
-    """Parse a delimited file with line numbers; never raises for bad content."""
+def _parse_table(
+    path: Path, display: str, *, sep: str, required: Sequence[str], missing_hint: str, keep_blank: bool = False
+) -> _Table:
+    """Parse a delimited file with line numbers; never raises for bad content.
+
+    ``keep_blank`` (files with one row per query): a whitespace-only or empty quoted row, and an
+    empty line with rows after it, is a row (a blank title the caller reports), never dropped,
+    so no later row shifts. Empty lines at the end of the file are still ignored.
+    """
     table = _Table()
     expected = _show_header(required, sep)
     if not path.is_file():
@@ -356,9 +379,18 @@ def _parse_table(path: Path, display: str, *, sep: str, required: Sequence[str],
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     header: list[str] | None = None
     prev_end, row = 0, 0
+    pending: list[int] = []  # keep_blank: empty lines seen since the last row
     for fields in reader:
         start, prev_end = prev_end + 1, reader.line_num
-        if not any(f.strip() for f in fields):
+        if keep_blank and header is not None:
+            if not fields:
+                pending.append(start)
+                continue
+            for blank_line in pending:  # an empty line followed by rows is a blank row
+                table.records.append(_Record(blank_line, row, [""] * len(header)))
+                row += 1
+            pending = []
+        elif not any(f.strip() for f in fields):
             continue  # blank line; pandas skips these too
         if header is None:
             header = [f.strip() for f in fields]
@@ -548,7 +580,21 @@ def _decode_image(path: Path, *, draft: tuple[int, int] | None, limit: int | Non
         if draft and im.format == "JPEG":
             im.draft(None, draft)
         im.load()
-        return _to_rgb(ImageOps.exif_transpose(im))
+        return _to_rgb(_upright(im))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF/XMP block leaves the image as stored.
+
+    The pixels decoded fine, only the metadata saying how to turn them is broken, so the image
+    is used un-rotated (what every viewer that ignores the tag shows). Any error of the
+    orientation step counts: Pillow raises SyntaxError, struct.error, TypeError, ... depending
+    on where the block is damaged. Training, checks and retrieval share this function.
+    """
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - the whole class of metadata damage, see docstring
+        return im
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -617,6 +663,88 @@ def _list_files(image_dir: Path) -> list[str]:
     return sorted(found)
 
 
+def _undecodable_name(name: str) -> str | None:
+    """Why a file name read from disk cannot be used (not valid UTF-8), or None.
+
+    ``os.walk`` hands such bytes over as surrogate escapes; they cannot be written to a CSV or
+    matched against train.csv. Archives made on Chinese Windows hold GBK names, so the GBK
+    reading is offered as the likely intended name.
+    """
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+    try:
+        guess = f" (read as GBK it is `{raw.decode('gb18030')}`)"
+    except UnicodeDecodeError:
+        guess = ""
+    return (
+        f"file name {raw!r} is not valid UTF-8{guess}; rename it to UTF-8 "
+        "(e.g. `convmv -f gbk -t utf8 --notest -r image/`, or unzip with `unzip -O GBK`)"
+    )
+
+
+def _entry_problem(path: Path, root: Path) -> tuple[str, str] | None:
+    """``(kind, message)`` when ``path`` must not be read, judged with ``lstat`` (never opened).
+
+    Only regular files are read: a named pipe would block the reader forever and a device could
+    be endless. A symbolic link is followed only when it resolves to a regular file inside the
+    data folder (``root``), so a link cannot pull in, or rank, a file from elsewhere.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return "special file", f"cannot be examined ({exc.strerror or exc}); replace or delete it"
+    if stat.S_ISREG(info.st_mode):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        target = Path(os.path.realpath(path))
+        if not target.is_relative_to(root):
+            return "unsafe link", (
+                f"symbolic link to `{target}`, outside the data folder {root}; copy the image into image/ "
+                "instead of linking to it"
+            )
+        try:
+            target_mode = os.stat(path).st_mode
+        except OSError:
+            return "unsafe link", "broken symbolic link (its target does not exist); delete it or fix the link"
+        if stat.S_ISREG(target_mode):
+            return None
+        info = os.stat(path)
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    what = next((name for test, name in kinds.items() if test(info.st_mode)), "not a regular file")
+    return "special file", f"is {what}, not a regular file; only regular image files are read (it was not opened)"
+
+
+def _walk_image_dir(image_dir: Path, root: Path) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Regular files under ``image_dir`` (POSIX paths relative to it) and the refused entries.
+
+    Refused: non-regular files, links leaving ``root`` (see :func:`_entry_problem`), names that
+    are not valid UTF-8, and linked folders (not followed). Hidden folders are skipped.
+    """
+    root = Path(os.path.realpath(root))
+    usable: list[str] = []
+    refused: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(image_dir):
+        rel = Path(dirpath).relative_to(image_dir)
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)) and not d.startswith("."):
+                name = (rel / d).as_posix() if rel.parts else d
+                refused[name] = ("special file", "is a linked folder, which is not followed; copy its images into image/")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            rel_name = (rel / name).as_posix() if rel.parts else name
+            bad_name = _undecodable_name(rel_name)
+            problem = ("undecodable name", bad_name) if bad_name else _entry_problem(Path(dirpath) / name, root)
+            if problem:
+                refused[rel_name] = problem
+            else:
+                usable.append(rel_name)
+    return sorted(usable), refused
+
+
 def _clean_path(raw: str) -> tuple[str | None, str | None]:
     """Return ``(relative_posix_path, None)`` or ``(None, why_it_is_invalid)``."""
     value = raw.strip().replace("\\", "/")
@@ -631,6 +759,47 @@ def _clean_path(raw: str) -> tuple[str | None, str | None]:
     if not parts:
         return None, f"path `{raw.strip()}` names no file; give the image's file name inside image/"
     return "/".join(parts), None
+
+
+def submission_order(sample_submit: pd.DataFrame, titles: Sequence[str], *, display: str = _SUBMIT) -> list[int]:
+    """For each row of ``sample_submit``, the index of the query (row of test_query.csv) it answers.
+
+    Without a ``title`` column (or with an all-blank one) the rows are taken in query order, the
+    only alignment there is. With titles, each row is matched by its own title (normalised the
+    same way as the queries), so a template in another order still gets every row its own
+    query's image; repeated titles are matched in order of appearance. A template row whose title
+    is not a query (or appears more often than among the queries) is refused, naming the line.
+
+    Raises:
+        DataError: The row count differs, or a title cannot be matched.
+    """
+    titles = [normalize_title(t) for t in titles]
+    if len(sample_submit) != len(titles):
+        msg = f"has {len(sample_submit)} rows but there are {len(titles)} queries; it needs one row per query"
+        raise DataError(f"{display}: {msg}", [Problem(display, None, msg, True, "row count")])
+    if "title" not in sample_submit.columns:
+        return list(range(len(titles)))
+    wanted = [normalize_title(t) for t in sample_submit["title"]]
+    if wanted == titles or not any(wanted):
+        return list(range(len(titles)))
+    slots: dict[str, deque[int]] = defaultdict(deque)
+    for i, title in enumerate(titles):
+        slots[title].append(i)
+    lines = sample_submit.attrs.get("lines") or [i + 2 for i in range(len(wanted))]
+    order, problems = [], []
+    for row, title in enumerate(wanted):
+        if slots[title]:
+            order.append(slots[title].popleft())
+            continue
+        extra = "is blank" if not title else f"`{title}` is not a query in {_QUERY}"
+        if title and title in titles:
+            extra = f"`{title}` occurs more often than in {_QUERY}"
+        msg = (f"title {extra}, so the row cannot be matched to its query; make the titles those of "
+               f"{_QUERY} (any order), or remove the title column to fill the rows in query order")
+        problems.append(Problem(display, lines[row], msg, True, "submission title"))
+    if problems:
+        raise DataError(_error_message(display, problems), problems)
+    return order
 
 
 def _missing_hint(path: str, files: set[str], lower: dict[str, str]) -> str:
@@ -707,6 +876,7 @@ class _Scanner:
         self.problems = self.report.problems
         self.files: set[str] = set()  # every file under image/
         self.lower: dict[str, str] = {}  # lower-cased name -> name, for "did you mean"
+        self.refused: dict[str, tuple[str, str]] = {}  # entries of image/ never read -> (kind, why)
         self.images: list[str] = []  # files with an image extension, sorted
         self.train_paths: set[str] = set()  # every image train.csv names, bad rows included
         self.bad: dict[int, list[Problem]] = defaultdict(list)  # train row -> its problems
@@ -727,9 +897,12 @@ class _Scanner:
     def add(self, file: str, line: int | None, message: str, kind: str, fatal: bool = True) -> None:
         self.problems.append(Problem(file, line, message, fatal, kind))
 
-    def read(self, name: str, sep: str, required: Sequence[str], missing_hint: str = "") -> _Table:
+    def read(
+        self, name: str, sep: str, required: Sequence[str], missing_hint: str = "", keep_blank: bool = False
+    ) -> _Table:
         table = _parse_table(
-            self.root / name, self.disp(name), sep=sep, required=required, missing_hint=missing_hint
+            self.root / name, self.disp(name), sep=sep, required=required, missing_hint=missing_hint,
+            keep_blank=keep_blank,
         )
         if table.encoding:
             self.report.encodings[self.disp(name)] = table.encoding
@@ -742,7 +915,8 @@ class _Scanner:
             hint = "put every image (training and test) in image/ inside the data folder"
             self.add(self.disp(_IMAGES), None, f"image folder not found; {hint}", "missing file")
             return
-        listed = _list_files(self.image_dir)
+        listed, self.refused = _walk_image_dir(self.image_dir, self.root)
+        self._report_refused()
         self.files = set(listed)
         self.lower = {f.lower(): f for f in listed}
         self.images = [f for f in listed if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -753,6 +927,17 @@ class _Scanner:
             self.add(self.disp(_IMAGES), None, msg, "non-image file", fatal=False)
         if not self.images:
             self.add(self.disp(_IMAGES), None, f"contains no images ({_EXTS})", "missing file")
+
+    def _report_refused(self) -> None:
+        """Each entry of image/ that is never read, as a (skippable) problem naming it."""
+        for name, (kind, message) in sorted(self.refused.items()):
+            shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+            where = self.disp(f"{_IMAGES}/{shown}")
+            if self.skip_bad_rows:
+                self.add(where, None, message + " (excluded)", kind, fatal=False)
+                self.report.excluded_images += 1
+            else:
+                self.problems.append(Problem(where, None, message, True, kind, skippable=True))
 
     def scan_train(self) -> None:
         hint = "it must hold the training pairs, TAB-separated with header `title<TAB>path`"
@@ -780,7 +965,10 @@ class _Scanner:
                 problems.append((why, "bad path"))
             else:
                 self.train_paths.add(path)
-                if path not in self.files:
+                if path in self.refused:
+                    reason = self.refused[path][1].split(";")[0]
+                    problems.append((f"image `{path}` is not read: {reason}", "missing image"))
+                elif path not in self.files:
                     hint = _missing_hint(path, self.files, self.lower)
                     problems.append(
                         (f"image `{path}` not found in {self.disp(_IMAGES)}{hint}", "missing image")
@@ -842,7 +1030,8 @@ class _Scanner:
         if not require_queries and not (self.root / _QUERY).exists():
             return
         table = self.read(
-            _QUERY, ",", ("title",), "it must hold the test queries, a comma CSV with a `title` column"
+            _QUERY, ",", ("title",), "it must hold the test queries, a comma CSV with a `title` column",
+            keep_blank=True,
         )
         self.problems.extend(p for _, p in table.bad_rows)
         if not table.usable:
@@ -863,7 +1052,7 @@ class _Scanner:
         # Optional, but a template with the wrong row count would break the submission.
         if not (self.root / _SUBMIT).exists():
             return
-        table = self.read(_SUBMIT, ",", ("path",))
+        table = self.read(_SUBMIT, ",", ("path",), keep_blank=True)
         self.problems.extend(p for _, p in table.bad_rows)
         if not table.usable or table.bad_rows:
             return
@@ -872,6 +1061,11 @@ class _Scanner:
         if self.n_queries is not None and n_rows != self.n_queries:
             msg = f"has {n_rows} rows but {_QUERY} has {self.n_queries}; it needs one row per query, in order"
             self.add(self.disp(_SUBMIT), None, msg, "row count")
+        elif self.n_queries is not None and len(self.queries) == n_rows and all(self.queries):
+            try:
+                submission_order(self.sample_submit, self.queries, display=self.disp(_SUBMIT))
+            except DataError as err:
+                self.problems.extend(err.problems)
 
     def scan_answers(self, answers_file: str | os.PathLike | None = None) -> None:
         # DATA_DIR/test_answers.csv is written by the demo generator so demos can score

@@ -23,7 +23,7 @@ import pandas as pd
 
 from cnclip_lora.caches import usable_cache_dir
 from cnclip_lora.collate import Preprocessing
-from cnclip_lora.data import CompetitionData, load_competition_data
+from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
 from cnclip_lora.embedding import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path, hash_file_stats
@@ -40,6 +40,8 @@ __all__ = [
     "evaluate",
     "write_submission",
     "write_topk",
+    "check_device",
+    "check_output_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,9 +134,11 @@ def load_retrieval_model(
         from peft import PeftModel
         from transformers import ChineseCLIPProcessor
 
+        from cnclip_lora.adapter_check import validate_adapter_folder
         from cnclip_lora.hub import resolve_adapter
 
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
+        validate_adapter_folder(adapter_dir, model)  # damaged, foreign or incomplete: refused before peft
         with quiet_peft_wrapping():
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         preprocessing = Preprocessing.load(adapter_dir) or preprocessing
@@ -228,8 +232,10 @@ def write_submission(path: str | os.PathLike, sample_submit: pd.DataFrame | None
             raise CnClipLoraError(
                 f"sample_submit.csv has {len(sample_submit)} rows but there are {len(chosen_paths)} queries."
             )
+        # Each row gets the image chosen for its own title, whatever the template's row order.
+        order = submission_order(sample_submit, titles)
         frame = sample_submit.copy()
-        frame["path"] = list(chosen_paths)
+        frame["path"] = [chosen_paths[i] for i in order]
     else:
         frame = pd.DataFrame({"title": list(titles), "path": list(chosen_paths)})
     with atomic_path(path) as tmp:
@@ -251,6 +257,61 @@ def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray,
     return Path(path)
 
 
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that names no usable device, before any data or model is loaded.
+
+    Raises:
+        ConfigError: The name is not a torch device, its accelerator is absent, or its index is
+            beyond the devices present.
+    """
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ConfigError(f"--device {device!r} is not a device name ({err}); give e.g. cpu, cuda, cuda:1, mps.") from None
+    if parsed.type in ("cpu", "meta"):
+        return
+    backend = getattr(torch, parsed.type, None)
+    if parsed.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    elif backend is not None and hasattr(backend, "is_available"):
+        available = bool(backend.is_available())
+        count = int(backend.device_count()) if available and hasattr(backend, "device_count") else 0
+    else:
+        available, count = False, 0
+    if not available:
+        raise ConfigError(f"--device {device!r}: this machine has no {parsed.type} device; use --device cpu "
+                          "or leave --device unset (the GPU when there is one).")
+    if parsed.index is not None and parsed.index >= count:
+        raise ConfigError(f"--device {device!r}: only {count} {parsed.type} device(s) here "
+                          f"({parsed.type}:0 to {parsed.type}:{count - 1}).")
+
+
+def check_output_paths(args: RetrievalArguments) -> None:
+    """Refuse output paths that cannot be written, or that clash, before any work is done.
+
+    Raises:
+        ConfigError: An output is an existing folder, lies under an existing file, or
+            ``--output`` and ``--topk_output`` name the same file (the second would replace the first).
+    """
+    given = [(flag, value) for flag, value in (("--output", args.output), ("--topk_output", args.topk_output)) if value]
+    for flag, value in given:
+        path = Path(value)
+        if path.is_dir():
+            raise ConfigError(f"{flag} {value} is an existing folder; give a file path such as {path / 'submit.csv'}.")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ConfigError(f"{flag} {value}: {parent} is a file, not a folder; choose another path.")
+                break
+    if len(given) == 2 and os.path.realpath(args.output) == os.path.realpath(args.topk_output):
+        raise ConfigError(f"--output and --topk_output both name {args.output}; the top-k file would replace the "
+                          "submission: give them different paths.")
+
+
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
     return load_competition_data(args.data_dir, val_size=args.val_size, seed=args.split_seed, **kwargs)
 
@@ -259,6 +320,8 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     """Rank the gallery (images not in train.csv) for every test query; write the requested files."""
     if args.output is None and args.topk_output is None:
         raise ConfigError("nothing to write: pass --output (submission) and/or --topk_output.")
+    check_output_paths(args)
+    check_device(args.device)
     data = _load_data(args, skip_bad_rows=True)  # training rows don't matter here; queries must be clean
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
@@ -297,6 +360,7 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     ``--split val``: the held-out training pairs against held-out + non-train images (the
     competition protocol). ``--split test``: test queries against the gallery, with an answers file.
     """
+    check_device(args.device)
     data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
     if args.split == "val":
         if len(data.val) == 0:

@@ -11,6 +11,7 @@ The same function serves ``cnclip-lora train``, ``accelerate launch -m cnclip_lo
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,69 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
         )
 
 
+def check_output_dir(output_dir: str | os.PathLike | None) -> None:
+    """Refuse an ``--output_dir`` that is a file or lies under one, before any loading.
+
+    Raises:
+        ConfigError: Naming the option and the file in the way.
+    """
+    if not output_dir:
+        raise ConfigError("--output_dir is empty; give the folder the adapter is saved in.")
+    path = Path(output_dir)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+                raise ConfigError(f"--output_dir {output_dir} {where}; give a folder path.")
+            return
+
+
+def check_max_length(model_args: ModelArguments, max_length: int) -> None:
+    """``--max_length`` must fit the text tower's position table; read from config.json only.
+
+    A config that cannot be read is left to the model loader, which reports it.
+
+    Raises:
+        ConfigError: The title length exceeds the model's position count.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    except Exception:  # noqa: BLE001 - reported by load_model_and_processor with its own message
+        return
+    text_config = getattr(config, "text_config", config)
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigError(
+            f"--max_length {max_length} is above the {limit} positions of {model_args.model_name_or_path}'s text "
+            f"tower; use --max_length {limit} or less (the seed used 52)."
+        )
+
+
+def check_steps(training_args: CnClipTrainingArguments, n_train: int) -> None:
+    """A run that would train zero optimizer steps is an error, not a success.
+
+    Raises:
+        ConfigError: The global batch is larger than the training set while the last short batch
+            is dropped, or the planned epochs and steps are zero.
+    """
+    per_step = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    batches = n_train // per_step if training_args.dataloader_drop_last else math.ceil(n_train / per_step)
+    if batches == 0:
+        raise ConfigError(
+            f"--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
+            f"{max(training_args.world_size, 1)} process(es) = {per_step} rows per batch, but there are only {n_train} "
+            "training pairs and --dataloader_drop_last drops the short batch: zero steps would be trained. "
+            "Use a smaller batch size (or --dataloader_drop_last false)."
+        )
+    if training_args.max_steps <= 0 and training_args.num_train_epochs * batches < 1:
+        raise ConfigError(
+            f"--num_train_epochs {training_args.num_train_epochs} trains zero steps; give a positive number of "
+            "epochs or --max_steps."
+        )
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -99,6 +163,7 @@ def run_training(
 ) -> TrainResult:
     """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
     _check_launch(training_args)
+    check_output_dir(training_args.output_dir)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
@@ -111,6 +176,8 @@ def run_training(
     logger.info("data: %s", data.report.summary().replace("\n", "; "))
     if len(data.train) == 0:
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
+    check_steps(training_args, len(data.train))
+    check_max_length(model_args, data_args.max_length)
 
     # 2. Model + verified adapters. Seeded first: LoRA draws its A matrices from the global RNG, and
     # the Trainer seeds only after they exist, so the initial adapter would depend on whatever ran before.

@@ -212,7 +212,9 @@ def test_query_file_extra_columns_and_submission_columns_survive_retrieval(
 ):
     root = make_dataset_dir(tmp_path, n_queries=3, n_gallery=4)
     (root / "test_query.csv").write_text("id,title,shop\n1,查询0号女装,a\n2,查询1号,b\n3,查询2号,c\n", encoding="utf-8")
-    (root / "sample_submit.csv").write_text("id,title,path,extra\n1,x,,e1\n2,y,,e2\n3,z,,e3\n", encoding="utf-8")
+    (root / "sample_submit.csv").write_text(
+        "id,title,path,extra\n1,查询0号女装,,e1\n2,查询1号,,e2\n3,查询2号,,e3\n", encoding="utf-8"
+    )
     out = tmp_path / "pred" / "submit.csv"
     code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", tiny_model_dir, "--data_dir", root,
                           "--output", out, "--cache_dir", "", "--device", "cpu")
