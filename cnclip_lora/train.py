@@ -36,6 +36,8 @@ from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
 __all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
 
+from cnclip_lora.sources import check_source
+
 logger = logging.getLogger(__name__)
 
 
@@ -99,6 +101,8 @@ def run_training(
 ) -> TrainResult:
     """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
     _check_launch(training_args)
+    # 0. A mistyped model path fails now, before seconds of data checks, and never as a Hub error.
+    check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
@@ -108,7 +112,7 @@ def run_training(
         check_images=data_args.check_images,
         require_queries=False,
     )
-    logger.info("data: %s", data.report.summary().replace("\n", "; "))
+    logger.info("data:\n%s", data.report.summary())
     if len(data.train) == 0:
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
 
