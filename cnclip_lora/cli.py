@@ -213,16 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnclip-lora: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from cnclip_lora.errors import CnClipLoraError, DataError
+    from cnclip_lora.errors import CnClipLoraError
 
     try:
         return HANDLERS[command](rest)
-    except DataError as err:
-        print(f"cnclip-lora {command}: {err}", file=sys.stderr)
-        for problem in getattr(err, "problems", [])[:50]:
-            print(f"  - {problem}", file=sys.stderr)
-        return 2
-    except CnClipLoraError as err:
+    except CnClipLoraError as err:  # DataError's message already lists its problems: print it once
         print(f"cnclip-lora {command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
