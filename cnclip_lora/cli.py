@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Callable, Sequence
 
@@ -197,14 +196,30 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip reports), not a copy kept in the source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnclip-lora")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def _usage() -> str:
-    lines = ["usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)",
+             "       cnclip-lora --version",
+             "every command also takes --log_level debug|info|warning|error (default: the package at info, "
+             "libraries at warning)", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, help_ in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"cnclip-lora {_version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -212,8 +227,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in HANDLERS:
         print(f"cnclip-lora: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from cnclip_lora.errors import CnClipLoraError
+    from cnclip_lora.log_setup import pop_log_level, setup_logging
+
+    # train's TrainingArguments has --log_level of its own; the other commands take it here.
+    rest, log_level = pop_log_level(rest, keep=command == "train")
+    try:
+        setup_logging(log_level)
+    except CnClipLoraError as err:
+        print(f"cnclip-lora {command}: {err}", file=sys.stderr)
+        return 2
 
     try:
         return HANDLERS[command](rest)
