@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
 from .errors import ConfigError, UnsafeArtifactError
+from .sources import check_source
 
 __all__ = [
     "load_model_and_processor",

@@ -36,6 +36,7 @@ from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
 __all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
 
+from cnclip_lora.model_card import write_model_card
 from cnclip_lora.sources import check_source
 
 logger = logging.getLogger(__name__)
@@ -187,15 +188,18 @@ def run_training(
     trainer.save_model()
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.train)
-    trainer.log_metrics("train", train_metrics)
+    # Saved, not printed: the Trainer logs the train summary once and the CLI prints the eval metrics.
     trainer.save_metrics("train", train_metrics)
     trainer.save_state()
 
     eval_metrics: dict[str, float] = {}
     if eval_set is not None:
         eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
+
+    if trainer.is_world_process_zero():
+        # The package's own card (adapter, preprocessing, data, metrics) instead of peft's empty template.
+        write_model_card(training_args.output_dir)
 
     pushed_to = None
     if push and trainer.is_world_process_zero():
