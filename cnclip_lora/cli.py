@@ -104,9 +104,9 @@ def _cmd_check_data(argv: Sequence[str]) -> int:
     from cnclip_lora.data import check_data
 
     parser = argparse.ArgumentParser(prog="cnclip-lora check-data", description=COMMANDS["check-data"])
-    parser.add_argument("data_dir")
+    parser.add_argument("data_dir", help="folder in the competition layout (train.csv, test_query.csv, image/)")
     parser.add_argument("--val_size", type=float, default=0.1, help="held-out share (0<x<1) or count")
-    parser.add_argument("--split_seed", type=int, default=42)
+    parser.add_argument("--split_seed", type=int, default=42, help="seed of the train/validation split (as in train)")
     parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
     parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
     args = parser.parse_args(argv)
@@ -120,12 +120,12 @@ def _cmd_make_demo_data(argv: Sequence[str]) -> int:
     from cnclip_lora.demo_data import DOMAINS, make_demo_data
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-demo-data", description=COMMANDS["make-demo-data"])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("out_dir", help="folder to write the dataset into (created)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same dataset")
     parser.add_argument("--n_train", type=int, default=600, help="training pairs")
     parser.add_argument("--n_queries", type=int, default=100, help="test queries (each with its own target image)")
     parser.add_argument("--n_distractors", type=int, default=300, help="extra gallery images")
-    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--image_size", type=int, default=224, help="side of the square images, in pixels")
     parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0])
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
     args = parser.parse_args(argv)
@@ -140,9 +140,9 @@ def _cmd_make_tiny_model(argv: Sequence[str]) -> int:
     from cnclip_lora.tiny_model import make_tiny_model
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-tiny-model", description=COMMANDS["make-tiny-model"])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("out_dir", help="folder to write the checkpoint into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--image_size", type=int, default=64, help="input image side the model expects, in pixels")
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, image_size=args.image_size)
     print(f"tiny Chinese-CLIP model written to {path}")
