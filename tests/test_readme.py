@@ -7,8 +7,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 from cnclip_lora.cli import COMMANDS, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
