@@ -1,5 +1,4 @@
-"""The README cannot drift from the CLI: every command and flag it shows exists, and the offline
-blocks that need no model download run."""
+"""The README cannot drift from the CLI: every command and flag its shell blocks use exists."""
 
 from __future__ import annotations
 
