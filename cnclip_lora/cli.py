@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Callable, Sequence
 
@@ -106,9 +105,9 @@ def _cmd_check_data(argv: Sequence[str]) -> int:
     from cnclip_lora.data import check_data
 
     parser = argparse.ArgumentParser(prog="cnclip-lora check-data", description=COMMANDS["check-data"])
-    parser.add_argument("data_dir")
+    parser.add_argument("data_dir", help="folder in the competition layout (train.csv, test_query.csv, image/)")
     parser.add_argument("--val_size", type=float, default=0.1, help="held-out share (0<x<1) or count")
-    parser.add_argument("--split_seed", type=int, default=42)
+    parser.add_argument("--split_seed", type=int, default=42, help="seed of the train/validation split (as in train)")
     parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
     parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
     args = parser.parse_args(argv)
@@ -122,12 +121,12 @@ def _cmd_make_demo_data(argv: Sequence[str]) -> int:
     from cnclip_lora.demo_data import DOMAINS, make_demo_data
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-demo-data", description=COMMANDS["make-demo-data"])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("out_dir", help="folder to write the dataset into (created)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same dataset")
     parser.add_argument("--n_train", type=int, default=600, help="training pairs")
     parser.add_argument("--n_queries", type=int, default=100, help="test queries (each with its own target image)")
     parser.add_argument("--n_distractors", type=int, default=300, help="extra gallery images")
-    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--image_size", type=int, default=224, help="side of the square images, in pixels")
     parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0])
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
     args = parser.parse_args(argv)
@@ -142,9 +141,9 @@ def _cmd_make_tiny_model(argv: Sequence[str]) -> int:
     from cnclip_lora.tiny_model import make_tiny_model
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-tiny-model", description=COMMANDS["make-tiny-model"])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("out_dir", help="folder to write the checkpoint into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--image_size", type=int, default=64, help="input image side the model expects, in pixels")
     args = parser.parse_args(argv)
     path = make_tiny_model(args.out_dir, seed=args.seed, image_size=args.image_size)
     print(f"tiny Chinese-CLIP model written to {path}")
@@ -223,14 +222,30 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip reports), not a copy kept in the source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnclip-lora")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def _usage() -> str:
-    lines = ["usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)",
+             "       cnclip-lora --version",
+             "every command also takes --log_level debug|info|warning|error (default: the package at info, "
+             "libraries at warning)", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, help_ in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"cnclip-lora {_version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -238,17 +253,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in HANDLERS:
         print(f"cnclip-lora: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from cnclip_lora.errors import CnClipLoraError, DataError
+    from cnclip_lora.errors import CnClipLoraError
+    from cnclip_lora.log_setup import pop_log_level, setup_logging
+
+    # train's TrainingArguments has --log_level of its own; the other commands take it here.
+    rest, log_level = pop_log_level(rest, keep=command == "train")
+    try:
+        setup_logging(log_level)
+    except CnClipLoraError as err:
+        print(f"cnclip-lora {command}: {err}", file=sys.stderr)
+        return 2
 
     try:
         return HANDLERS[command](rest)
-    except DataError as err:
-        print(f"cnclip-lora {command}: {err}", file=sys.stderr)
-        for problem in getattr(err, "problems", [])[:50]:
-            print(f"  - {problem}", file=sys.stderr)
-        return 2
-    except CnClipLoraError as err:
+    except CnClipLoraError as err:  # DataError's message already lists its problems: print it once
         print(f"cnclip-lora {command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

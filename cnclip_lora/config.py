@@ -263,9 +263,13 @@ class CnClipTrainingArguments(TrainingArguments):
         given = self.accelerator_config
         if isinstance(given, str) and given.lstrip().startswith("{"):  # JSON from the command line
             given = json.loads(given)
+        chose_non_blocking = (given is None or isinstance(given, dict)) and "non_blocking" not in (given or {})
         if given is None or isinstance(given, dict):
             self.accelerator_config = {"non_blocking": True, **(given or {})}
         super().__post_init__()
+        if chose_non_blocking and not self.dataloader_pin_memory:
+            # --use_cpu turns pinning off: our default then does nothing but draw the Trainer's warning.
+            self.accelerator_config.non_blocking = False
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.
             os.environ.setdefault("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import concurrent.futures
 import csv
+import difflib
 import functools
 import io
 import math
@@ -407,10 +408,7 @@ def _parse_table(
         if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :]):
             record.values = fields[: len(header)]  # trailing separators only
         if any("\n" in f or "\r" in f for f in record.values):
-            msg = (
-                f'a field spans lines {start}-{prev_end}: probably an unmatched double quote `"` '
-                f'at line {start}; remove it or double it (`""`)'
-            )
+            msg = _line_break_message(record.values, len(header), sep, start, prev_end)
             table.bad_rows.append((record, Problem(display, start, msg, True, "malformed row")))
         elif len(record.values) != len(header):
             fix = (
@@ -428,6 +426,26 @@ def _parse_table(
             Problem(display, None, f"file is empty; expected a header `{expected}`", True, "missing column")
         )
     return table
+
+
+def _line_break_message(values: Sequence[str], n_columns: int, sep: str, start: int, end: int) -> str:
+    """What to do about a field that spans lines.
+
+    A well-formed quoted field with a line break inside (right field count, no separator swallowed)
+    is refused rather than joined: a title is one line, and a break inside one is almost always an
+    export accident the user should see. A field that swallowed separators or rows comes from a
+    stray double quote.
+    """
+    spans = [f for f in values if "\n" in f or "\r" in f]
+    if len(values) == n_columns and not any(sep in f for f in spans):
+        return (
+            f"a quoted field holds a line break (lines {start}-{end}); titles and paths must be one line: "
+            "replace the line break inside the quotes with a space"
+        )
+    return (
+        f'a field spans lines {start}-{end}: probably an unmatched double quote `"` '
+        f'at line {start}; remove it or double it (`""`)'
+    )
 
 
 def _header_problem(
@@ -889,6 +907,7 @@ class _Scanner:
         self.decode_errors: dict[str, str | None] = {}
         self.sample_submit: pd.DataFrame | None = None
         self.answers: pd.DataFrame | None = None
+        self.no_image_dir = False  # image/ missing: per-row "image not found" problems are not repeated
 
     def disp(self, name: str) -> str:
         """A path as the user would write it: under the folder they gave, not resolved."""
@@ -912,8 +931,8 @@ class _Scanner:
     def scan_images(self) -> None:
         # One listing serves every existence check instead of one stat() per row.
         if not self.image_dir.is_dir():
-            hint = "put every image (training and test) in image/ inside the data folder"
-            self.add(self.disp(_IMAGES), None, f"image folder not found; {hint}", "missing file")
+            self.no_image_dir = True
+            self.add(self.disp(_IMAGES), None, f"image folder not found; {self._image_dir_hint()}", "missing file")
             return
         listed, self.refused = _walk_image_dir(self.image_dir, self.root)
         self._report_refused()
@@ -938,6 +957,20 @@ class _Scanner:
                 self.report.excluded_images += 1
             else:
                 self.problems.append(Problem(where, None, message, True, kind, skippable=True))
+
+    def _image_dir_hint(self) -> str:
+        """Name a similarly named folder (``images/``, ``Image/``) when there is one."""
+        try:
+            folders = [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        except OSError:
+            folders = []
+        lower = {name.lower(): name for name in folders}
+        close = difflib.get_close_matches(_IMAGES, folders, n=1, cutoff=0.6) or (
+            [lower[_IMAGES]] if _IMAGES in lower else []
+        )
+        if close:
+            return f"did you mean {close[0]}/? rename it to {_IMAGES}/ (every image, training and test, goes there)"
+        return "put every image (training and test) in image/ inside the data folder"
 
     def scan_train(self) -> None:
         hint = "it must hold the training pairs, TAB-separated with header `title<TAB>path`"
@@ -968,6 +1001,8 @@ class _Scanner:
                 if path in self.refused:
                     reason = self.refused[path][1].split(";")[0]
                     problems.append((f"image `{path}` is not read: {reason}", "missing image"))
+                elif path not in self.files and self.no_image_dir:
+                    continue  # one problem, the missing folder, explains every row: no per-row cascade
                 elif path not in self.files:
                     hint = _missing_hint(path, self.files, self.lower)
                     problems.append(
@@ -1078,8 +1113,8 @@ class _Scanner:
             return
         table = self.read(name, ",", ("query", "path"))
         self.problems.extend(p for _, p in table.bad_rows)
-        if not table.usable or table.bad_rows:
-            return
+        if not table.usable or table.bad_rows or self.no_image_dir:
+            return  # without image/ every answer would be "not found": the folder problem says it once
         index = {p: i for i, p in enumerate(self.gallery)}
         qi, pi = table.columns.index("query"), table.columns.index("path")
         queries, paths, labels = [], [], []

@@ -24,6 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .errors import CnClipLoraError, UnsafeArtifactError
 from .model_card import write_model_card
+from .sources import hub_reachable, looks_local, not_found
 
 __all__ = [
     "ADAPTER_FILES",
@@ -230,13 +231,15 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
     local = Path(adapter).expanduser()
     if local.is_dir():
         return check_adapter_dir(local, source=adapter)
-    try:
-        validate_repo_id(adapter)
-    except HFValidationError:
-        raise CnClipLoraError(f"Adapter directory {adapter!r} does not exist (and it is not a Hub repo id).") from None
+    if local.exists() or looks_local(adapter):
+        if local.exists():
+            raise CnClipLoraError(f"--adapter {adapter!r} is a file; pass the folder a training run saved its adapter in.")
+        raise not_found(adapter, "--adapter", "adapter")
     where = f"{adapter!r}" + (f" at revision {revision!r}" if revision else "")
+    offline = hub_reachable() is not None  # then only the cache can serve it, without the client's retry loop
     try:
-        path = snapshot_download(adapter, revision=revision, token=token, allow_patterns=list(ADAPTER_FILES))
+        path = snapshot_download(adapter, revision=revision, token=token, allow_patterns=list(ADAPTER_FILES),
+                                 local_files_only=offline)
     except RevisionNotFoundError:
         raise CnClipLoraError(f"Hub repo {adapter!r} has no revision {revision!r}.") from None
     except RepositoryNotFoundError:
@@ -245,8 +248,9 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
             "(for a private repo pass a token or run `hf auth login`)."
         ) from None
     except _transport_errors() as err:
+        reason = hub_reachable() or str(err).splitlines()[0]
         raise CnClipLoraError(
-            _redact(f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({err}).", token)
+            _redact(f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({reason}).", token)
         ) from None
     folder = Path(path)
     if not (folder / "adapter_model.safetensors").is_file():

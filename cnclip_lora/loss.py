@@ -246,10 +246,13 @@ class ContrastiveLoss(torch.nn.Module):
                 "ContrastiveLoss was given world_size > 1 but no torch.distributed process group "
                 "is initialised; launch with torchrun/accelerate or pass gather=False"
             )
-        from torch.distributed.nn.functional import all_gather
+        # Functional collectives: differentiable (the backward sums each slice's gradient back to
+        # its process), and not the deprecated torch.distributed.nn.functional.all_gather.
+        from torch.distributed._functional_collectives import all_gather_single_autograd
 
-        all_text = torch.cat(all_gather(text), dim=0)
-        all_image = torch.cat(all_gather(image), dim=0)
+        world = torch.distributed.group.WORLD
+        all_text = all_gather_single_autograd(text.contiguous(), 0, world)
+        all_image = all_gather_single_autograd(image.contiguous(), 0, world)
         # Always gather a mask (all True when none is given) so every process runs the same
         # collectives whether or not it padded; gloo cannot gather bool, and masks need no grad.
         if valid_mask is None:

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
 from .errors import ConfigError, UnsafeArtifactError
+from .sources import check_source
 
 __all__ = [
     "load_model_and_processor",
@@ -94,8 +95,9 @@ def load_model_and_processor(
         UnsafeArtifactError: The checkpoint has only pickle-based weights.
         ConfigError: The checkpoint is not a Chinese-CLIP model.
     """
+    hub = check_source(os.fspath(model_name_or_path), option="--model_name_or_path", revision=revision)
     _refuse_pickled_weights(Path(os.fspath(model_name_or_path)))
-    common: dict = {"revision": revision}
+    common: dict = {"revision": revision, **(hub.kwargs() if hub else {})}
     if trust_remote_code:
         common["trust_remote_code"] = True
     config = AutoConfig.from_pretrained(model_name_or_path, **common)

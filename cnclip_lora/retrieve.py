@@ -312,7 +312,18 @@ def check_output_paths(args: RetrievalArguments) -> None:
                           "submission: give them different paths.")
 
 
+def _check_sources(args: RetrievalArguments) -> None:
+    """A mistyped model or adapter path fails before the data checks, and never as a Hub error."""
+    from cnclip_lora.hub import resolve_adapter
+    from cnclip_lora.sources import check_source
+
+    check_source(args.model_name_or_path, option="--model_name_or_path", revision=args.model_revision)
+    if args.adapter:
+        resolve_adapter(args.adapter, revision=args.adapter_revision)
+
+
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
+    _check_sources(args)
     return load_competition_data(args.data_dir, val_size=args.val_size, seed=args.split_seed, **kwargs)
 
 

@@ -37,6 +37,9 @@ from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
 __all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
 
+from cnclip_lora.model_card import write_model_card
+from cnclip_lora.sources import check_source
+
 logger = logging.getLogger(__name__)
 
 
@@ -163,6 +166,8 @@ def run_training(
 ) -> TrainResult:
     """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
     _check_launch(training_args)
+    # 0. A mistyped model path fails now, before seconds of data checks, and never as a Hub error.
+    check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
     check_output_dir(training_args.output_dir)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
@@ -173,7 +178,7 @@ def run_training(
         check_images=data_args.check_images,
         require_queries=False,
     )
-    logger.info("data: %s", data.report.summary().replace("\n", "; "))
+    logger.info("data:\n%s", data.report.summary())
     if len(data.train) == 0:
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
     check_steps(training_args, len(data.train))
@@ -254,15 +259,18 @@ def run_training(
     trainer.save_model()
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.train)
-    trainer.log_metrics("train", train_metrics)
+    # Saved, not printed: the Trainer logs the train summary once and the CLI prints the eval metrics.
     trainer.save_metrics("train", train_metrics)
     trainer.save_state()
 
     eval_metrics: dict[str, float] = {}
     if eval_set is not None:
         eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
+
+    if trainer.is_world_process_zero():
+        # The package's own card (adapter, preprocessing, data, metrics) instead of peft's empty template.
+        write_model_card(training_args.output_dir)
 
     pushed_to = None
     if push and trainer.is_world_process_zero():

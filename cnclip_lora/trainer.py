@@ -42,6 +42,7 @@ from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.flops import batch_shape_tokens, training_flops_per_sample
 from cnclip_lora.io_utils import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.loss import ContrastiveLoss
+from cnclip_lora.model_card import write_model_card
 from cnclip_lora.ranking import rank
 from cnclip_lora.sampler import unique_image_sampler_for
 
@@ -293,3 +294,4 @@ class CnClipLoraTrainer(Trainer):
         (out / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
         atomic_write_text(out / "training_args.json", self.args.to_json_string())
         write_record(out, self.preprocessing, **self.record)
+        write_model_card(out)  # every saved adapter (checkpoints too) carries the package's card, not peft's template

@@ -37,7 +37,10 @@ def test_user_values_override_task_defaults(tmp_path):
     "flags,split,non_blocking",
     [([], False, True),
      (["--accelerator_config", '{"split_batches": true}'], True, True),
-     (["--accelerator_config", '{"non_blocking": false}'], False, False)],
+     (["--accelerator_config", '{"non_blocking": false}'], False, False),
+     # --use_cpu turns pinning off: the package's default then stays off (no Trainer warning about it)
+     (["--use_cpu", "true"], False, False),
+     (["--use_cpu", "true", "--accelerator_config", '{"non_blocking": true}'], False, True)],
 )  # fmt: skip
 def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no(
     tiny_model_dir, tmp_path, flags, split, non_blocking
@@ -48,8 +51,7 @@ def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no
 
     from cnclip_lora.trainer import CnClipLoraTrainer
 
-    _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
-                                      *flags])  # fmt: skip
+    _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
     assert (args.accelerator_config.split_batches, args.accelerator_config.non_blocking) == (split, non_blocking)
     trainer = CnClipLoraTrainer(model=ChineseCLIPModel.from_pretrained(tiny_model_dir), args=args)
     assert trainer.accelerator.dataloader_config.non_blocking is non_blocking

@@ -367,7 +367,7 @@ def test_hub_resolve_local_dir_and_errors(tmp_path, fake_hub):
     assert resolve_adapter(str(run)) == run
     assert fake_hub.requests == []  # a local folder never touches the Hub
 
-    with pytest.raises(CnClipLoraError, match=r"Adapter directory '/nowhere/at/all' does not exist"):
+    with pytest.raises(CnClipLoraError, match=r"--adapter '/nowhere/at/all': adapter folder not found"):
         resolve_adapter("/nowhere/at/all")
     with pytest.raises(CnClipLoraError, match=r"'user/absent' is neither a local directory nor a model repo"):
         resolve_adapter("user/absent")
