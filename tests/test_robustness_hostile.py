@@ -39,6 +39,13 @@ from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.retrieve import write_submission
 
 
+
+def _unloadable_model(tmp_path: Path) -> Path:
+    """An existing folder with no model in it: passes the path check, fails if anything loads it."""
+    folder = tmp_path / "unloadable-model"
+    folder.mkdir(exist_ok=True)
+    return folder
+
 def _run_cli(capsys, *argv) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -317,7 +324,7 @@ def test_blank_query_stops_retrieve_before_the_model_with_no_output(tmp_path, ma
     root = make_dataset_dir(tmp_path, sample_submit=False)
     (root / "test_query.csv").write_text("title\n查询0号\n \t \n查询2号\n", encoding="utf-8")
     out = tmp_path / "submit.csv"
-    code, text = _retrieve(capsys, tmp_path / "no-such-model", root, out)
+    code, text = _retrieve(capsys, _unloadable_model(tmp_path), root, out)
     assert code == 2 and "test_query.csv, line 3: empty query title" in text and not out.exists()
 
 
@@ -354,7 +361,7 @@ def test_template_title_that_is_no_query_is_refused_naming_the_line(tmp_path, ma
     (root / "sample_submit.csv").write_text("title,path\n查询0号女装长袖T恤,\n别的标题,\n查询2号女装长袖T恤,\n",
                                             encoding="utf-8")
     out = tmp_path / "submit.csv"
-    code, text = _retrieve(capsys, tmp_path / "no-such-model", root, out)
+    code, text = _retrieve(capsys, _unloadable_model(tmp_path), root, out)
     assert code == 2 and not out.exists()
     assert "sample_submit.csv, line 3: title `别的标题` is not a query in test_query.csv" in text
 
@@ -568,7 +575,7 @@ def test_max_length_above_the_models_positions_is_refused(tmp_path, make_dataset
 ])
 def test_optimizer_and_batch_values_that_cannot_train_are_refused(tmp_path, make_dataset_dir, capsys, flag, value,
                                                                   expected, no_model_load):
-    code, text = _train(capsys, tmp_path / "no-such-model", make_dataset_dir(tmp_path), tmp_path / "out",
+    code, text = _train(capsys, _unloadable_model(tmp_path), make_dataset_dir(tmp_path), tmp_path / "out",
                         f"{flag}={value}")
     assert code == 2 and expected in text
 
@@ -593,7 +600,7 @@ def test_output_dir_that_is_or_lies_under_a_file_is_refused(tmp_path, make_datas
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     target = blocker / "run" if under else blocker
-    code, text = _train(capsys, tmp_path / "no-such-model", make_dataset_dir(tmp_path), target)
+    code, text = _train(capsys, _unloadable_model(tmp_path), make_dataset_dir(tmp_path), target)
     assert code == 2 and f"--output_dir {target}" in text and ("lies under" in text) == under
     assert blocker.read_text() == "x"
 
@@ -601,7 +608,7 @@ def test_output_dir_that_is_or_lies_under_a_file_is_refused(tmp_path, make_datas
 def test_output_that_is_an_existing_folder_is_refused_before_any_work(tmp_path, capsys):
     folder = tmp_path / "pred"
     folder.mkdir()
-    code, text = _retrieve(capsys, tmp_path / "no-such-model", tmp_path / "no-such-data", folder)
+    code, text = _retrieve(capsys, _unloadable_model(tmp_path), tmp_path / "no-such-data", folder)
     assert code == 2 and f"--output {folder} is an existing folder" in text
 
 
