@@ -127,7 +127,8 @@ def _cmd_make_demo_data(argv: Sequence[str]) -> int:
     parser.add_argument("--n_queries", type=int, default=100, help="test queries (each with its own target image)")
     parser.add_argument("--n_distractors", type=int, default=300, help="extra gallery images")
     parser.add_argument("--image_size", type=int, default=224, help="side of the square images, in pixels")
-    parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0])
+    parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0],
+                        help="what the titles and images show (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
     args = parser.parse_args(argv)
     counts = make_demo_data(args.out_dir, seed=args.seed, n_train=args.n_train, n_queries=args.n_queries,

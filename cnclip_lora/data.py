@@ -664,10 +664,14 @@ def _check_images(image_dir: Path, names: Sequence[str], workers: int | None) ->
     workers = workers or min(16, (os.cpu_count() or 1) * 2)
     paths = [image_dir / n for n in names]
     check = functools.partial(_check_one, limit=max_image_pixels())
+    from tqdm.auto import tqdm
+
+    # A bar on a terminal only (disable=None): logs and captured output stay quiet.
+    bar = functools.partial(tqdm, total=len(paths), desc="checking images", unit="img", disable=None, leave=False)
     if workers <= 1:
-        return dict(zip(names, map(check, paths)))
+        return dict(zip(names, bar(map(check, paths))))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return dict(zip(names, pool.map(check, paths, chunksize=64)))
+        return dict(zip(names, bar(pool.map(check, paths, chunksize=64))))
 
 
 def _list_files(image_dir: Path) -> list[str]:

@@ -887,7 +887,10 @@ def make_demo_data(
             title = _title(spec, combo, rng) if role != "distractor" else ""
             records.append((role, combo, name, title, rng.getrandbits(64)))
 
-    for _, combo, name, _, image_seed in records:
+    from tqdm.auto import tqdm
+
+    # A bar on a terminal only (disable=None): logs and captured output stay quiet.
+    for _, combo, name, _, image_seed in tqdm(records, desc="drawing images", unit="img", disable=None, leave=False):
         image_rng = random.Random(image_seed)
         image = _render(spec, combo, image_size, image_rng)
         with atomic_path(out / "image" / name) as tmp:
@@ -910,5 +913,5 @@ def make_demo_data(
         "gallery": len(queries) + len(distractors),
         "images": len(records),
     }
-    logger.info("wrote %s demo data to %s: %s", spec.name, out, counts)
+    logger.debug("wrote %s demo data to %s: %s", spec.name, out, counts)
     return counts
