@@ -133,6 +133,7 @@ def embed_texts(
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
+    pad_to_max_length: bool = False,
 ) -> np.ndarray:
     """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).
 
@@ -140,13 +141,15 @@ def embed_texts(
         model: a ChineseCLIPModel (plain, PEFT-wrapped or merged); put in eval mode here.
         fingerprint: with ``cache_dir``, names the cache file; must change whenever the model or
             the inputs change (see :func:`cnclip_lora.retrieve.embedding_fingerprint`).
+        pad_to_max_length: pad every batch to ``max_length`` (a compiled model's static shape)
+            rather than to its longest title; the embeddings are the same either way.
     """
     model.eval()
     device = _model_device(model)
 
     @torch.inference_mode()
     def embed_batch(batch: dict[str, list]) -> np.ndarray:
-        enc = tokenize_titles(batch["title"], tokenizer, max_length)
+        enc = tokenize_titles(batch["title"], tokenizer, max_length, pad_to_max_length=pad_to_max_length)
         enc = {k: v.to(device) for k, v in enc.items()}
         return _normalise(get_text_embeds(model, **enc))
 
