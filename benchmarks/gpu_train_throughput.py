@@ -346,6 +346,9 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
 
     fields = {f.name for f in dataclasses.fields(CnClipTrainingArguments)}
     workers = extra_args.pop("dataloader_num_workers", workers)  # prefetch and persistence follow it
+    # A data option, not a TrainingArguments one: unset = the package's rule (static 52 tokens for
+    # --torch_compile on a GPU, else per-batch padding to the longest title), as `train()` applies it.
+    pad_to_max_length = extra_args.pop("pad_to_max_length", None)
     need = batch * 2
     rows = (rows * (need // len(rows) + 1))[: max(need, len(rows))]
     dataset = datasets.Dataset.from_list(rows)
@@ -363,9 +366,13 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             **({"unique_images_per_batch": False} if "unique_images_per_batch" in fields else {}),
             **extra_args,
         )  # fmt: skip
+        from cnclip_lora.train import static_title_padding
+
+        pad_to_max_length = static_title_padding(pad_to_max_length, args)
         trainer = CnClipLoraTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=processor,
-            data_collator=ImageTextCollator(processor, image_dir, flip="always", pixel_cache=pixel_cache),
+            data_collator=ImageTextCollator(processor, image_dir, flip="always", pixel_cache=pixel_cache,
+                                            pad_to_max_length=pad_to_max_length),
             callbacks=[StepTimer()],
         )  # fmt: skip
         t_start = time.perf_counter()
@@ -384,7 +391,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             release_accelerate_preparation(model)
     span = times[warmup + steps - 1] - times[warmup - 1]
     return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers,
-            "first_step_s": times[0] - t_start, **compiled_state, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
+            "first_step_s": times[0] - t_start, "pad_to_max_length": pad_to_max_length, **compiled_state, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
 
 
 def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:

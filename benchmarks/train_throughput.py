@@ -4,7 +4,8 @@ Three kinds of variant, each in a fresh process, interleaved over ``--repeats``:
 
 * ``model_only[:NAME]``: the limit (the fastest of its variants, e.g. 1 vs 2 torch threads). Same tiny model, LoRA, batch and optimizer (the one the Trainer
   builds from ``CnClipTrainingArguments``), fwd + contrastive loss + bwd + step on batches
-  tensorised before the clock starts.
+  tensorised before the clock starts, titles padded per batch to the longest title rounded up
+  to a multiple of 8 (pseudo flag ``--fixed_padding``: to 52).
 * ``seed``: the seed's loop. Main-process PIL open + flip + ``processor(text=, images=)`` per
   batch, fp32, no workers, ``model(..., return_loss=True).loss``, ``torch.optim.AdamW``.
 * ``pipeline[:NAME]``: the real :func:`cnclip_lora.train.train` path (``CnClipLoraTrainer`` +
@@ -55,9 +56,11 @@ def _disable_batched_resize() -> None:
 
 def _pop_pseudo_flags(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Split benchmark-only flags from the flags passed on to ``train()``."""
-    out, extra, it = [], {"draft": True, "threads": None, "token_memo": True}, iter(flags)
+    out, extra, it = [], {"draft": True, "threads": None, "token_memo": True, "pad_to_max_length": False}, iter(flags)
     for f in it:
-        if f == "--no_draft":
+        if f == "--fixed_padding":  # model-only: titles padded to 52 (pipelines take --pad_to_max_length true)
+            extra["pad_to_max_length"] = True
+        elif f == "--no_draft":
             extra["draft"] = False
         elif f == "--no_token_memo":
             extra["token_memo"] = False
@@ -130,7 +133,9 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     model = apply_lora(model, r=a.lora_r, alpha=2 * a.lora_r)
     model.train()
     rows = _rows(a.data)
-    collate = ImageTextCollator(processor, a.data / "image", flip="always")
+    # Titles padded as the package pads them: per batch to the longest (multiple of 8) unless
+    # --fixed_padding; the same padding as a seed-style ``padding=True`` loop, up to 7 tokens.
+    collate = ImageTextCollator(processor, a.data / "image", flip="always", pad_to_max_length=extra["pad_to_max_length"])
     batches = [collate(rows[i * a.batch : (i + 1) * a.batch]) for i in range(min(8, len(rows) // a.batch))]
     with tempfile.TemporaryDirectory() as out:
         targs = CnClipTrainingArguments(output_dir=out, use_cpu=True, report_to="none")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "make-tiny-model": "build a tiny random Chinese-CLIP model + processor offline",
     "push": "upload an adapter folder (adapter, processor, record, model card) to the Hub",
     "demo": "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned",
+    "export-onnx": "write the merged text and vision towers as ONNX (onnx extra) for onnxruntime serving",
     "cache": "show (or --clear) the pixel and embedding caches under HF_DATASETS_CACHE/cnclip_lora",
     "convert-original": "turn an official Chinese-CLIP (cn_clip) checkpoint into a Hub-layout model folder",
 }
@@ -168,6 +169,14 @@ def _cmd_demo(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_export_onnx(argv: Sequence[str]) -> int:
+    from cnclip_lora.export_onnx import add_export_arguments, run_export
+
+    parser = argparse.ArgumentParser(prog="cnclip-lora export-onnx", description=COMMANDS["export-onnx"])
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
 def _cmd_cache(argv: Sequence[str]) -> int:
     from cnclip_lora.caches import CACHE_KINDS, cache_root, cache_usage, clear_cache, human_bytes
 
@@ -218,6 +227,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "make-tiny-model": _cmd_make_tiny_model,
     "push": _cmd_push,
     "demo": _cmd_demo,
+    "export-onnx": _cmd_export_onnx,
     "cache": _cmd_cache,
     "convert-original": _cmd_convert_original,
 }

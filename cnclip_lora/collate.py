@@ -33,6 +33,8 @@ __all__ = [
     "preprocess_images",
     "supports_uint8_path",
     "tokenize_titles",
+    "padded_width",
+    "PAD_MULTIPLE",
     "TitleTokenMemo",
     "TITLE_NORMALIZATIONS",
     "prepare_titles",
@@ -56,7 +58,7 @@ class Preprocessing:
     """How titles and images were prepared in training; retrieval replays it.
 
     Args:
-        max_length: title length in tokens (padding and truncation).
+        max_length: longest title in tokens (truncation; padding up to it is per batch).
         train_flip: ``always`` | ``random`` | ``none``.
         exif_transpose: images are turned upright by their EXIF orientation (always on: both paths
             use :func:`cnclip_lora.data.open_image`); recorded so the rule is explicit.
@@ -264,29 +266,68 @@ def prepare_titles(titles: Sequence[str], title_normalization: str = "official")
     raise ValueError(f"title normalization must be one of {', '.join(TITLE_NORMALIZATIONS)}; got {title_normalization!r}")
 
 
+#: Dynamic padding rounds each batch's width up to a multiple of this (tensor-core friendly
+#: shapes, and fewer distinct shapes for kernels to plan for).
+PAD_MULTIPLE = 8
+
+
+def padded_width(longest: int, max_length: int) -> int:
+    """Width of a dynamically padded batch: its longest title rounded up to a multiple of
+    :data:`PAD_MULTIPLE`, never more than ``max_length``."""
+    return min(max_length, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+
+
+def _pad_values(tokenizer: Any) -> dict[str, int]:
+    return {"input_ids": getattr(tokenizer, "pad_token_id", None) or 0,
+            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+
+
 def tokenize_titles(
-    titles: Sequence[str], tokenizer: Any, max_length: int = 52, title_normalization: str = "official"
+    titles: Sequence[str],
+    tokenizer: Any,
+    max_length: int = 52,
+    title_normalization: str = "official",
+    *,
+    pad_to_max_length: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Tokenise titles to exactly ``max_length`` tokens (``truncation=True`` alone would not cut:
-    the checkpoints' ``model_max_length`` is effectively unbounded).
+    """Tokenise titles, truncated to ``max_length`` tokens (``truncation=True`` alone would not
+    cut: the checkpoints' ``model_max_length`` is effectively unbounded).
 
     Under ``official`` a literal ``[CLS]``, ``[SEP]``, ``[PAD]``... inside a title is split into
     ordinary characters as the official tokenizer does (``split_special_tokens``), so a title
     cannot inject a separator or padding id.
+
+    By default the batch is padded to its longest title rounded up to a multiple of
+    :data:`PAD_MULTIPLE` (see :func:`padded_width`): padded positions are masked out, so the
+    embeddings are those of fixed padding while the text tower does less work on short titles.
+    ``pad_to_max_length`` pads every batch to exactly ``max_length`` (one static shape, for
+    compiled graphs).
     """
     official = title_normalization == "official"
     if official:
         _official_word_limit(tokenizer)
-    return dict(
+    enc = dict(
         tokenizer(
             prepare_titles(titles, title_normalization),
-            padding="max_length",
+            padding="max_length" if pad_to_max_length else "longest",
             truncation=True,
             max_length=max_length,
             return_tensors="pt",
             **({"split_special_tokens": True} if official else {}),
         )
     )
+    if pad_to_max_length or not enc:
+        return enc
+    width = next(iter(enc.values())).shape[1]
+    target = padded_width(width, max_length)
+    if target <= width:
+        return enc
+    fill = _pad_values(tokenizer)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    for key, values in enc.items():
+        extra = values.new_full((values.shape[0], target - width), fill.get(key, 0))
+        enc[key] = torch.cat([extra, values] if left else [values, extra], dim=1)
+    return enc
 
 
 def _official_word_limit(tokenizer: Any) -> None:
@@ -301,8 +342,9 @@ class TitleTokenMemo:
 
     Titles are deterministic input (no augmentation), and the tokenizer is a real share of a
     small model's step (~2-3 ms for 32 titles against a ~60 ms step on 2 cores). Each row is
-    padded to ``max_length`` on its own, so a remembered row equals the row the tokenizer would
-    give inside any batch. Rows are stored narrow (ids int32, masks int8: ~0.3 KB per title)
+    stored padded to ``max_length`` on its own, so a remembered row equals the row the tokenizer
+    would give inside any batch; a dynamically padded batch is the stored rows cut to
+    :func:`padded_width` of the batch's longest title (read from the attention mask). Rows are stored narrow (ids int32, masks int8: ~0.3 KB per title)
     and at most ``capacity`` titles are kept; titles beyond it are tokenised every time.
     Each DataLoader worker holds its own memo (persistent workers keep it across epochs).
     """
@@ -316,17 +358,29 @@ class TitleTokenMemo:
         return len(self._row)
 
     def __call__(
-        self, titles: Sequence[str], tokenizer: Any, max_length: int, title_normalization: str = "official"
+        self,
+        titles: Sequence[str],
+        tokenizer: Any,
+        max_length: int,
+        title_normalization: str = "official",
+        pad_to_max_length: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Rows of ``titles``; one memo serves one ``(tokenizer, max_length, title_normalization)``."""
         titles = list(titles)
         new = [t for t in dict.fromkeys(titles) if t not in self._row]
         if new:
             if len(self._row) + len(new) > self.capacity:
-                return tokenize_titles(titles, tokenizer, max_length, title_normalization)
-            self._remember(new, tokenize_titles(new, tokenizer, max_length, title_normalization))
+                return tokenize_titles(titles, tokenizer, max_length, title_normalization,
+                                       pad_to_max_length=pad_to_max_length)
+            self._remember(new, tokenize_titles(new, tokenizer, max_length, title_normalization, pad_to_max_length=True))
         rows = torch.tensor([self._row[t] for t in titles], dtype=torch.long)
-        return {key: store.index_select(0, rows).long() for key, store in self._store.items()}
+        out = {key: store.index_select(0, rows).long() for key, store in self._store.items()}
+        mask = out.get("attention_mask")
+        if pad_to_max_length or mask is None or not len(titles):
+            return out
+        width = padded_width(int(mask.sum(dim=1).max()), max_length)
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        return {key: (v[:, v.shape[1] - width :] if left else v[:, :width]).contiguous() for key, v in out.items()}
 
     def _remember(self, titles: list[str], enc: dict[str, torch.Tensor]) -> None:
         n = len(self._row)
@@ -353,7 +407,8 @@ class ImageTextCollator:
     """Turn ``{"title", "path"}`` rows into a model batch, inside DataLoader workers.
 
     Reads ``title`` (str) and ``path`` (file name relative to ``image_dir``) from each row and
-    returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, max_length]`` and
+    returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, T]`` (``T``: the batch's
+    longest title rounded up to a multiple of 8, or ``max_length`` with ``pad_to_max_length``) and
     ``pixel_values`` ``[B, 3, H, W]``. Random flips are drawn here (never in a cached
     ``datasets.map``) from torch's generator, which the Trainer seeds per worker. With a
     ``pixel_cache`` only the deterministic part (decode + resize) comes from the cache; flips and
@@ -377,14 +432,19 @@ class ImageTextCollator:
     pixel_cache: Any = None
     #: Titles remembered after their first tokenisation (:class:`TitleTokenMemo`); 0 turns it off.
     max_memo_titles: int = 1 << 18
+    #: Pad every batch to ``max_length`` (static shapes for compiled graphs) instead of to its
+    #: longest title (see :func:`tokenize_titles`).
+    pad_to_max_length: bool = False
 
     def __post_init__(self) -> None:
         self._token_memo = TitleTokenMemo(self.max_memo_titles) if self.max_memo_titles > 0 else None
 
     def _tokens(self, titles: list[str]) -> dict[str, torch.Tensor]:
         if self._token_memo is None:
-            return tokenize_titles(titles, self.processor.tokenizer, self.max_length, self.title_normalization)
-        return self._token_memo(titles, self.processor.tokenizer, self.max_length, self.title_normalization)
+            return tokenize_titles(titles, self.processor.tokenizer, self.max_length, self.title_normalization,
+                                   pad_to_max_length=self.pad_to_max_length)
+        return self._token_memo(titles, self.processor.tokenizer, self.max_length, self.title_normalization,
+                                self.pad_to_max_length)
 
     def _flips(self, n: int) -> list[bool]:
         if self.flip == "always":

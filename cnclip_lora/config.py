@@ -69,6 +69,14 @@ class DataArguments:
     )
     check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
     max_length: int = field(default=52, metadata={"help": "Title length in tokens (the seed's 52); longer titles are truncated."})
+    pad_to_max_length: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Pad every title to --max_length (one static shape) instead of each batch to its longest title "
+            "rounded up to a multiple of 8. Default (unset): on with --torch_compile on a GPU, where a static "
+            "shape avoids recompiling per title length; off elsewhere, where padding is wasted work."
+        },
+    )
     flip: str = field(
         default="random",
         metadata={

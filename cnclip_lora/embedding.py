@@ -134,6 +134,7 @@ def embed_texts(
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
     title_normalization: str = "official",
+    pad_to_max_length: bool = False,
 ) -> np.ndarray:
     """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).
 
@@ -143,13 +144,16 @@ def embed_texts(
             the inputs change (see :func:`cnclip_lora.retrieve.embedding_fingerprint`).
         title_normalization: how titles reach the tokenizer (the recorded
             :attr:`Preprocessing.title_normalization`).
+        pad_to_max_length: pad every batch to ``max_length`` (a compiled model's static shape)
+            rather than to its longest title; the embeddings are the same either way.
     """
     model.eval()
     device = _model_device(model)
 
     @torch.inference_mode()
     def embed_batch(batch: dict[str, list]) -> np.ndarray:
-        enc = tokenize_titles(batch["title"], tokenizer, max_length, title_normalization)
+        enc = tokenize_titles(batch["title"], tokenizer, max_length, title_normalization,
+                              pad_to_max_length=pad_to_max_length)
         enc = {k: v.to(device) for k, v in enc.items()}
         return _normalise(get_text_embeds(model, **enc))
 

@@ -47,6 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ASSIGN_METHODS = ("argmax", "hungarian")
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -75,6 +76,11 @@ class RetrievalArguments:
     faiss_index: str = field(default="flat", metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster)."})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
     dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
+    backend: str = field(
+        default="torch",
+        metadata={"help": "torch: the checkpoint (+ merged adapter). onnx: onnxruntime over a `cnclip-lora export-onnx` "
+                          "folder given as --model_name_or_path (onnx extra).", "choices": list(BACKENDS)},
+    )
     split: str = field(
         default="val", metadata={"help": "evaluate: 'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
     )
@@ -89,6 +95,11 @@ class RetrievalArguments:
             raise ConfigError(f"--top_k must be >= 1; got {self.top_k}.")
         if self.topk_output and not self.top_k:
             raise ConfigError("--topk_output needs --top_k.")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}.")
+        if self.backend == "onnx" and (self.adapter or self.dtype):
+            raise ConfigError("--backend onnx takes an export folder as --model_name_or_path, with the adapter already "
+                              "merged and float32 weights: drop --adapter/--dtype (or export again with that adapter).")
 
 
 @dataclass
@@ -154,6 +165,19 @@ def load_retrieval_model(
     return model, processor, preprocessing, adapter_dir
 
 
+def _load_for_backend(args: RetrievalArguments) -> tuple[Any, Any, Preprocessing, str | None]:
+    """:func:`load_retrieval_model`, or the onnxruntime model of an export folder (``--backend onnx``)."""
+    if args.backend == "onnx":
+        from cnclip_lora.export_onnx import load_onnx_model
+
+        model, processor, preprocessing = load_onnx_model(args.model_name_or_path, device=args.device)
+        return model, processor, preprocessing, None
+    return load_retrieval_model(
+        args.model_name_or_path, args.adapter, model_revision=args.model_revision,
+        adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+    )
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -167,7 +191,7 @@ def _model_identity(model_name_or_path: str, revision: str | None, commit: str |
     commit actually loaded (``revision`` alone, e.g. ``main``, moves when the repository changes)."""
     path = Path(model_name_or_path)
     if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
+        files = sorted([*path.glob("*.safetensors"), *path.glob("*.onnx")])
         return {"dir": str(path.resolve()), "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
     return {"hub": model_name_or_path, "revision": revision, "commit": commit}
 
@@ -341,10 +365,7 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
             f"--assign hungarian needs at least as many gallery images as queries: {len(data.queries)} queries, "
             f"{len(data.gallery)} images; use --assign argmax."
         )
-    model, processor, preprocessing, adapter_dir = load_retrieval_model(
-        args.model_name_or_path, args.adapter, model_revision=args.model_revision,
-        adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
-    )
+    model, processor, preprocessing, adapter_dir = _load_for_backend(args)
     names = list(data.gallery["path"])
     gallery_paths = [str(Path(data.image_dir) / p) for p in names]
     titles = list(data.queries["title"])
@@ -391,10 +412,7 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
         names = list(data.gallery["path"])
         if len(labels) != len(titles):
             raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
-    model, processor, preprocessing, adapter_dir = load_retrieval_model(
-        args.model_name_or_path, args.adapter, model_revision=args.model_revision,
-        adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
-    )
+    model, processor, preprocessing, adapter_dir = _load_for_backend(args)
     gallery_paths = [str(Path(data.image_dir) / p) for p in names]
     queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
     metrics: dict[str, float] = {}

@@ -236,6 +236,8 @@ def run_training(
     if eval_set is None and training_args.eval_strategy != "no":
         logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
 
+    pad_to_max_length = static_title_padding(data_args.pad_to_max_length, training_args)
+    record["data"]["title_padding"] = "max_length" if pad_to_max_length else "longest, multiple of 8"
     pixel_cache, eval_pixel_cache = _pixel_caches(data, eval_set, data_args, training_args, processor)
     record["data"]["pixel_cache"] = pixel_cache is not None
     trainer = CnClipLoraTrainer(
@@ -248,6 +250,7 @@ def run_training(
         data_collator=ImageTextCollator(
             processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache,
             draft=data_args.fast_decode, title_normalization=data_args.title_normalization,
+            pad_to_max_length=pad_to_max_length,
         ),
         processing_class=processor,
         retrieval_eval=eval_set,
@@ -323,6 +326,18 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
             eval_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
                                            cache_dir=cache_dir, draft=data_args.fast_decode)  # fmt: skip
     return train_cache, eval_cache
+
+
+def static_title_padding(requested: bool | None, training_args: Any) -> bool:
+    """``--pad_to_max_length``, or when unset: on exactly for ``--torch_compile`` on a GPU.
+
+    A compiled graph specialises on the sequence length (each new width is a recompilation, and
+    padding masks out the extra positions anyway); eager runs and CPUs only lose work to padding.
+    """
+    if requested is not None:
+        return bool(requested)
+    on_gpu = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
+    return bool(getattr(training_args, "torch_compile", False)) and on_gpu
 
 
 def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:

@@ -255,8 +255,10 @@ class CnClipLoraTrainer(Trainer):
         tokenizer = self.processing_class.tokenizer
         image_processor = self.processing_class.image_processor
         try:
+            # The training batches' padding rule: a compiled model keeps its static shape.
             text = embed_texts(model, tokenizer, eval_set.titles, max_length=self.preprocessing.max_length,
-                               batch_size=batch_size, title_normalization=self.preprocessing.title_normalization)
+                               batch_size=batch_size, title_normalization=self.preprocessing.title_normalization,
+                               pad_to_max_length=bool(getattr(self.data_collator, "pad_to_max_length", False)))
             images = embed_images(model, image_processor, eval_set.gallery_paths, preprocessing=self.preprocessing,
                                   batch_size=batch_size, pixel_cache=self.eval_pixel_cache)  # fmt: skip
         finally:

@@ -46,7 +46,8 @@ def test_collator_returns_the_documented_batch(processor, demo_dir):
     batch = ImageTextCollator(processor, demo_dir / "image", max_length=52, flip="none")(rows)
     size = processor.image_processor.size["height"]
     assert set(batch) >= {"input_ids", "attention_mask", "pixel_values"}
-    assert batch["input_ids"].shape == (3, 52)
+    longest = int(batch["attention_mask"].sum(dim=1).max())
+    assert batch["input_ids"].shape == (3, min(52, -(-longest // 8) * 8))  # padded to the longest, multiple of 8
     assert batch["pixel_values"].shape == (3, 3, size, size)
     assert batch["pixel_values"].dtype == torch.float32
 
@@ -133,7 +134,8 @@ def _tokens_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
-def test_token_memo_gives_the_tokenizers_rows_and_skips_it_for_known_titles(processor):
+@pytest.mark.parametrize("pad_to_max_length", [False, True])
+def test_token_memo_gives_the_tokenizers_rows_and_skips_it_for_known_titles(processor, pad_to_max_length):
     titles = ["红色条纹T恤", "纯棉圆领短袖", "红色条纹T恤", "一个非常非常长的标题" * 8, "儿童卡通水杯"]
     calls = []
     tokenizer = processor.tokenizer
@@ -143,15 +145,19 @@ def test_token_memo_gives_the_tokenizers_rows_and_skips_it_for_known_titles(proc
         return tokenizer(batch, *args, **kwargs)
 
     memo = TitleTokenMemo()
-    first = memo(titles[:3], counting, 52)
+    pad = {"pad_to_max_length": pad_to_max_length}
+    first = memo(titles[:3], counting, 52, **pad)
     assert calls == [["红色条纹t恤", "纯棉圆领短袖"]]  # each distinct new title once (as prepared: lower-cased)
-    assert _tokens_equal(first, tokenize_titles(titles[:3], tokenizer, 52))
-    mixed = memo(titles[::-1], counting, 52)  # known and new titles, another order
+    assert _tokens_equal(first, tokenize_titles(titles[:3], tokenizer, 52, **pad))
+    mixed = memo(titles[::-1], counting, 52, **pad)  # known and new titles, another order
     assert calls[1] == [titles[4], titles[3]]
-    assert _tokens_equal(mixed, tokenize_titles(titles[::-1], tokenizer, 52))
-    again = memo(titles, counting, 52)
+    assert _tokens_equal(mixed, tokenize_titles(titles[::-1], tokenizer, 52, **pad))
+    again = memo(titles, counting, 52, **pad)
     assert len(calls) == 2 and len(memo) == 4
-    assert _tokens_equal(again, tokenize_titles(titles, tokenizer, 52))
+    assert _tokens_equal(again, tokenize_titles(titles, tokenizer, 52, **pad))
+    short = memo(titles[1:3], counting, 52, **pad)  # a batch of short known titles only
+    assert _tokens_equal(short, tokenize_titles(titles[1:3], tokenizer, 52, **pad))
+    assert short["input_ids"].shape[1] == (52 if pad_to_max_length else 8)
 
 
 def test_token_memo_stops_growing_at_capacity_and_stays_exact(processor):

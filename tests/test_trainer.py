@@ -79,8 +79,9 @@ def test_output_holds_only_adapter_processor_and_record(trained):
     assert not any(Path(n).suffix in PICKLE_SUFFIXES for n in names), names
     assert "model.safetensors" not in names
     record = json.loads((out / "cnclip_lora.json").read_text())
-    assert record["preprocessing"]["train_flip"] == "always"
-    assert record["preprocessing"]["inference_flip"] is True
+    # the default flip: random in training, so no flip at retrieval
+    assert record["preprocessing"]["train_flip"] == "random"
+    assert record["preprocessing"]["inference_flip"] is False
     assert record["data"]["n_train"] > 0 and record["data"]["val_gallery_size"] > record["data"]["n_val"]
     # only LoRA tensors in the adapter file, and from both towers
     from safetensors import safe_open
