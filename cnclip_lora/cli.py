@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "push": "upload an adapter folder (adapter, processor, record, model card) to the Hub",
     "demo": "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned",
     "cache": "show (or --clear) the pixel and embedding caches under HF_DATASETS_CACHE/cnclip_lora",
+    "report": "one self-contained HTML page: metrics, per-query top-k thumbnails, fixed/broken queries, curves",
+    "serve": "a local search service (JSON API + web page) over a gallery folder (serve extra)",
 }
 
 
@@ -184,6 +186,34 @@ def _cmd_cache(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_report(argv: Sequence[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from cnclip_lora.report import ReportArguments, build_report
+
+    parser = HfArgumentParser(ReportArguments, prog="cnclip-lora report", description=COMMANDS["report"])
+    (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+    print(f"report written to {build_report(args)}")
+    return 0
+
+
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from cnclip_lora.errors import ConfigError
+    from cnclip_lora.serve import ServeArguments, serve
+
+    parser = HfArgumentParser(ServeArguments, prog="cnclip-lora serve", description=COMMANDS["serve"])
+    (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"serve needs FastAPI and uvicorn ({err.name} is missing): pip install 'cnclip-lora[serve]'.") from None
+    serve(args)
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "retrieve": _cmd_retrieve,
@@ -194,6 +224,8 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "push": _cmd_push,
     "demo": _cmd_demo,
     "cache": _cmd_cache,
+    "report": _cmd_report,
+    "serve": _cmd_serve,
 }
 
 
