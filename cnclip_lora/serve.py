@@ -14,7 +14,7 @@ together are embedded as one batch: a single worker collects requests for a few 
 Built on FastAPI + uvicorn (``pip install 'cnclip-lora[serve]'``); binds 127.0.0.1 by default.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time.
 
 import asyncio
 import logging
@@ -229,7 +229,6 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-    from pydantic import BaseModel
 
     batcher = MicroBatcher(engine.search, max_batch=max_batch, wait_ms=batch_wait_ms)
 
@@ -240,10 +239,6 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
         await batcher.stop()
 
     app = FastAPI(title="cnclip-lora search", lifespan=lifespan)
-
-    class BatchRequest(BaseModel):
-        queries: list[str]
-        k: int = 10
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, exc: RequestValidationError):
@@ -281,10 +276,22 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
         return _json(result, k)
 
     @app.post("/search")
-    async def search_post(body: BatchRequest):
-        queries = _check(body.queries, body.k)
-        results = await batcher.submit(queries, body.k)
-        return {"results": [_json(r, body.k) for r in results]}
+    async def search_post(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, 'the body must be JSON: {"queries": ["..."], "k": 10}.') from None
+        if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
+            raise HTTPException(400, 'the body must be a JSON object with a list "queries": {"queries": ["..."], "k": 10}.')
+        queries, k = body["queries"], body.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise HTTPException(400, f"k must be an integer; got {k!r}.")
+        bad = [i for i, q in enumerate(queries) if not isinstance(q, str)]
+        if bad:
+            raise HTTPException(400, f"queries must be strings; item {bad[0]} is {type(queries[bad[0]]).__name__}.")
+        queries = _check(queries, k)
+        results = await batcher.submit(queries, k)
+        return {"results": [_json(r, k) for r in results]}
 
     @app.get("/image/{name:path}")
     async def image(name: str):
