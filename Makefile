@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,faiss]"
+	$(PY) -m pip install --quiet -e ".[test,faiss,report,serve,browser]"
 	touch $(STAMP)
 
 demo: $(STAMP)
