@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnclip-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --no-deps cn-clip==1.6.0
-	$(PY) -m pip install --quiet -e ".[test,faiss,onnx]"
+	$(PY) -m pip install --quiet -e ".[test,faiss,onnx,report,serve,browser]"
 	# torchvision's code for the official reference only (tests/official_ref.py), outside site-packages.
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/cnclip-reference torchvision==0.28.0
 	touch $(STAMP)
@@ -24,7 +24,15 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cnclip-lora demo
 
-test: $(STAMP)
+# Headless Chromium + chromedriver for the browser tests (Debian packages); skipped when present.
+# Without root/apt-get the browser tests skip and say why.
+chromium:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); command -v apt-get >/dev/null && \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver fonts-noto-cjk || echo "chromium not installed: the browser tests will be skipped"; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 clean:

@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "export-onnx": "write the merged text and vision towers as ONNX (onnx extra) for onnxruntime serving",
     "cache": "show (or --clear) the pixel and embedding caches under HF_DATASETS_CACHE/cnclip_lora",
     "convert-original": "turn an official Chinese-CLIP (cn_clip) checkpoint into a Hub-layout model folder",
+    "report": "one self-contained HTML page: metrics, per-query top-k thumbnails, fixed/broken queries, curves",
+    "serve": "a local search service (JSON API + web page) over a gallery folder (serve extra)",
 }
 
 
@@ -218,6 +220,34 @@ def _cmd_convert_original(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_report(argv: Sequence[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from cnclip_lora.report import ReportArguments, build_report
+
+    parser = HfArgumentParser(ReportArguments, prog="cnclip-lora report", description=COMMANDS["report"])
+    (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+    print(f"report written to {build_report(args)}")
+    return 0
+
+
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from cnclip_lora.errors import ConfigError
+    from cnclip_lora.serve import ServeArguments, serve
+
+    parser = HfArgumentParser(ServeArguments, prog="cnclip-lora serve", description=COMMANDS["serve"])
+    (args,) = parser.parse_args_into_dataclasses(args=list(argv))
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"serve needs FastAPI and uvicorn ({err.name} is missing): pip install 'cnclip-lora[serve]'.") from None
+    serve(args)
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": _cmd_train,
     "retrieve": _cmd_retrieve,
@@ -230,6 +260,8 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "export-onnx": _cmd_export_onnx,
     "cache": _cmd_cache,
     "convert-original": _cmd_convert_original,
+    "report": _cmd_report,
+    "serve": _cmd_serve,
 }
 
 

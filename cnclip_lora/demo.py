@@ -90,10 +90,22 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     result = retrieve(RetrievalArguments(output=args.output, topk_output=str(Path(args.output).with_name("topk.csv")),
                                          top_k=10, **tuned_args))
 
+    report_path = _write_report(model_dir, data_dir, adapter_dir, cache, workdir / "report.html")
+
     _print_table(base, tuned)
+    print(f"\nreport: {report_path} (base vs fine-tuned, open it in a browser)")
     print(f"\nsubmission: {args.output} ({len(result.assignment)} queries, gallery {result.metrics['gallery_size']} images)")
     print(f"time: {time.time() - start:.0f} s in all, {train_time:.0f} s training (CPU)")
     return {"base": base, "tuned": tuned}
+
+
+def _write_report(model_dir: Path, data_dir: Path, adapter_dir: Path, cache: str, output: Path) -> Path:
+    """The HTML report of the held-out split, base vs fine-tuned (embeddings come from the cache)."""
+    from cnclip_lora.report import ReportArguments, build_report
+
+    return build_report(ReportArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
+                                        adapter=str(adapter_dir), compare_base=True, output=str(output),
+                                        cache_dir=cache, device="cpu"))
 
 
 def _print_table(base: dict[str, float], tuned: dict[str, float]) -> None:

@@ -42,6 +42,10 @@ __all__ = [
     "write_topk",
     "check_device",
     "check_output_paths",
+    "embed_gallery",
+    "embed_titles_and_gallery",
+    "LabelledSplit",
+    "labelled_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -227,16 +231,74 @@ def embedding_fingerprint(
     return h.hexdigest()[:32]
 
 
+def _fingerprint_args(args: RetrievalArguments, model: Any, preprocessing: Preprocessing,
+                      adapter_dir: str | None) -> dict[str, Any]:
+    """Everything but ``kind``/``items`` of :func:`embedding_fingerprint`, so every caller keys alike."""
+    return dict(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision,
+                adapter_dir=adapter_dir, preprocessing=preprocessing,
+                # What was loaded, not what was asked for: --dtype unset means the checkpoint's own.
+                dtype=str(next(model.parameters()).dtype),
+                model_commit=getattr(getattr(model, "config", None), "_commit_hash", None))
+
+
+def embed_gallery(
+    args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
+    gallery_paths: Sequence[str],
+) -> np.ndarray:
+    """Gallery embeddings through the same cache (and key) as ``retrieve``/``evaluate``: a service
+    over a gallery that ``retrieve`` already embedded starts without re-embedding it."""
+    cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
+    common = _fingerprint_args(args, model, preprocessing, adapter_dir)
+    return embed_images(
+        model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
+        cache_dir=cache_dir, fingerprint=embedding_fingerprint("image", items=gallery_paths, **common) if cache_dir else None,
+    )
+
+
+def embed_titles_and_gallery(
+    args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
+    titles: Sequence[str], gallery_paths: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(query embeddings, gallery embeddings)`` through retrieve's embedding cache."""
+    return _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
+
+
+@dataclass
+class LabelledSplit:
+    """A labelled query set: ``labels[i]`` is the index in ``names`` of query ``i``'s true image."""
+
+    titles: list[str]
+    labels: list[int]
+    names: list[str]
+    image_dir: Path
+
+
+def labelled_split(args: RetrievalArguments) -> LabelledSplit:
+    """The labelled set ``evaluate`` scores: the held-out split (``--split val``) or the test
+    queries with an answers file (``--split test``); validated before any model is loaded."""
+    data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
+    if args.split == "val":
+        if len(data.val) == 0:
+            raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
+        return LabelledSplit(list(data.val["title"]), [int(x) for x in data.val["label"]],
+                             list(data.val_gallery["path"]), Path(data.image_dir))
+    if data.answers is None:
+        raise ConfigError(
+            f"--split test needs answers: {Path(args.data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
+        )
+    titles = list(data.queries["title"])
+    labels = [int(x) for x in data.answers.sort_values("query")["label"]]
+    if len(labels) != len(titles):
+        raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
+    return LabelledSplit(titles, labels, list(data.gallery["path"]), Path(data.image_dir))
+
+
 def _embed_split(
     args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
     titles: Sequence[str], gallery_paths: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
     cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
-    common = dict(model_name_or_path=args.model_name_or_path, model_revision=args.model_revision,
-                  adapter_dir=adapter_dir, preprocessing=preprocessing,
-                  # What was loaded, not what was asked for: --dtype unset means the checkpoint's own.
-                  dtype=str(next(model.parameters()).dtype),
-                  model_commit=getattr(getattr(model, "config", None), "_commit_hash", None))
+    common = _fingerprint_args(args, model, preprocessing, adapter_dir)
     gallery = embed_images(
         model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
         cache_dir=cache_dir, fingerprint=embedding_fingerprint("image", items=gallery_paths, **common) if cache_dir else None,
