@@ -89,8 +89,15 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+#: Adam's first step is about ``lr * sign(grad)``: with the default eps (1e-8) a gradient entry of
+#: 1e-8 that float32 rounding (another summation order, DDP's averaging) moves by 1e-8 moves the
+#: weight by ~lr. A larger eps keeps the update a smooth function of the gradient, so comparing
+#: weights tests the gradients and the optimizer wiring rather than rounding.
+ADAM_EPS = 1e-3
+
+
 def adamw_step(model) -> None:
-    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, eps=ADAM_EPS).step()
 
 
 def test_the_tiny_dropout_model_really_draws_masks(tiny_model_dir, demo_dir):
@@ -161,7 +168,8 @@ def test_a_bad_mini_batch_size_on_the_command_line_is_a_one_line_error(tiny_mode
 
 # ------------------------------------------------------------------------------------ Trainer
 def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
-    """``train()`` for a few steps; returns (saved LoRA weights, log history, total_flos)."""
+    """``train()`` for a few steps; returns (saved LoRA weights, log history, total_flos, the
+    largest number of rows one forward pass saw)."""
     import importlib
 
     train_mod = importlib.import_module("cnclip_lora.train")
@@ -171,13 +179,17 @@ def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             trainers.append(self)
+            self.model.register_forward_pre_hook(
+                lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+            )
 
+    rows: list[int] = []
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Recording)
     flags = {
         "model_name_or_path": model_dir, "data_dir": data_dir, "output_dir": out, "per_device_train_batch_size": 8,
         "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8, "val_size": 8, "use_cpu": True, "seed": 0,
         "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "report_to": "none",
-        "dataloader_num_workers": 0, "max_steps": 2, "flip": "none",
+        "dataloader_num_workers": 0, "max_steps": 2, "flip": "none", "adam_epsilon": ADAM_EPS,
     }  # fmt: skip
     flags.update(extra)
     argv = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
@@ -185,12 +197,12 @@ def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
     weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
     state = trainers[0].state
     logs = [h for h in state.log_history if "loss" in h]
-    return weights, logs, state.total_flos
+    return weights, logs, state.total_flos, max(rows)
 
 
 def _assert_same_runs(a, b) -> None:
-    weights, logs, flos = a
-    ref_weights, ref_logs, ref_flos = b
+    weights, logs, flos, _ = a
+    ref_weights, ref_logs, ref_flos, _ = b
     assert weights.keys() == ref_weights.keys()
     for name in ref_weights:
         torch.testing.assert_close(weights[name], ref_weights[name], **TOL, msg=name)
@@ -206,9 +218,10 @@ def test_trainer_cached_step_with_accumulation_and_checkpointing_equals_the_plai
 ):
     """Dropout off (the tiny model's own config), so any chunking is comparable with the Trainer's
     plain step; 2 accumulation steps, activation checkpointing, M=3 not dividing B=8."""
-    common = dict(gradient_accumulation_steps=2, gradient_checkpointing=True, unique_images_per_batch=True)
+    common = dict(gradient_accumulation_steps=2, activation_checkpointing=True, unique_images_per_batch=True)
     plain = _run(tiny_model_dir, demo_dir, tmp_path / "plain", monkeypatch, **common)
     cached = _run(tiny_model_dir, demo_dir, tmp_path / "cached", monkeypatch, contrastive_mini_batch_size=3, **common)
+    assert (plain[-1], cached[-1]) == (8, 3)  # activations of at most M rows at a time
     _assert_same_runs(cached, plain)
 
 
