@@ -234,6 +234,16 @@ class CnClipTrainingArguments(TrainingArguments):
         },
     )
 
+    contrastive_mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cached-gradient contrastive step: embed each per-device batch in chunks of M rows, take the "
+            "loss over the whole (gathered) batch, then backpropagate chunk by chunk. Activation memory follows "
+            "M, negatives follow the per-device batch x processes; costs one extra forward pass. Unset: plain step. "
+            "See README, 'Choosing the batch, the mini-batch and the learning rate'."
+        },
+    )
+
     def _check_values(self) -> None:
         """Refuse optimizer and batch values that cannot train, naming the option (before any loading)."""
         import math
@@ -262,6 +272,12 @@ class CnClipTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         self._check_values()
+        m = self.contrastive_mini_batch_size
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError(
+                f"--contrastive_mini_batch_size must be a positive integer (rows per chunk), got {m!r}; "
+                "leave it unset for the plain step."
+            )
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the

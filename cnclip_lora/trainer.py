@@ -16,6 +16,8 @@ Only what differs from ``transformers.Trainer`` is overridden:
   of walking every frozen weight each step (same norm).
 * ``floating_point_ops``: ``total_flos`` from :mod:`cnclip_lora.flops` (per tower, LoRA-aware),
   computed once per input shape instead of walking the model every step.
+* ``training_step``: with ``--contrastive_mini_batch_size`` the cached-gradient step
+  (:mod:`cnclip_lora.cached_step`); otherwise the Trainer's own.
 * ``_get_train_sampler``: :class:`cnclip_lora.sampler.UniqueImageSampler` when an image has
   several captions (``--unique_images_per_batch``), so no batch holds an image twice.
 * ``train``: ``--resume_from_checkpoint true`` resumes from the newest *complete* checkpoint.
@@ -162,6 +164,38 @@ class CnClipLoraTrainer(Trainer):
         if return_outputs:
             return out.loss, {"text_embeds": outputs.text_embeds, "image_embeds": outputs.image_embeds}
         return out.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        mini_batch_size = getattr(self.args, "contrastive_mini_batch_size", None)
+        if not mini_batch_size:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._cached_training_step(model, inputs, mini_batch_size)
+
+    def _cached_training_step(self, model: torch.nn.Module, inputs: dict[str, Any], mini_batch_size: int) -> torch.Tensor:
+        """``training_step`` through :func:`cnclip_lora.cached_step.cached_contrastive_step`: the
+        Trainer's scaling (accumulation steps, mixed precision via ``accelerator.backward``), once
+        per accumulation step, each step one cached big batch."""
+        import functools
+
+        from cnclip_lora.cached_step import cached_contrastive_step
+
+        if self.is_deepspeed_enabled:
+            raise ConfigError("--contrastive_mini_batch_size does not work with DeepSpeed (its engine owns the "
+                              "backward and gradient synchronisation); drop one of the two.")
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        steps = self.current_gradient_accumulation_steps
+        out = cached_contrastive_step(
+            model, inputs, self.contrastive_loss, self._logit_scale(model), mini_batch_size,
+            backward=lambda surrogate: self.accelerator.backward(surrogate / steps),
+            no_sync=functools.partial(self.accelerator.no_sync, model=model),
+            autocast=self.compute_loss_context_manager,
+        )  # fmt: skip
+        step_counts = torch.stack([out.t2i_correct, out.total]).detach().to(torch.float64)
+        self._acc_counts = step_counts if self._acc_counts is None else self._acc_counts + step_counts
+        return out.loss / steps
 
     def _logit_scale(self, model: torch.nn.Module) -> torch.nn.Parameter:
         """The model's temperature parameter, looked up once per wrapped model: ``unwrap_model``
