@@ -29,7 +29,7 @@ from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path, hash_file_stats
 from cnclip_lora.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, quiet_peft_wrapping
-from cnclip_lora.ranking import assign, rank
+from cnclip_lora.ranking import assign, assign_one_to_one, rank
 
 __all__ = [
     "RetrievalArguments",
@@ -57,11 +57,12 @@ class RetrievalArguments:
     adapter_revision: str | None = field(default=None, metadata={"help": "Hub revision of the adapter."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
     output: str | None = field(default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."})
-    top_k: int = field(default=10, metadata={"help": "Candidates kept per query (top-k file, Hungarian candidates)."})
+    top_k: int = field(default=10, metadata={"help": "Results kept per query in the top-k file (the one-to-one assignment looks beyond them)."})
     topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
     assign: str = field(
         default="argmax",
-        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query.", "choices": list(ASSIGN_METHODS)},
+        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
+                          "similarity over the whole gallery.", "choices": list(ASSIGN_METHODS)},
     )
     batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
     cache_dir: str | None = field(
@@ -277,7 +278,10 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
     scores, indices = rank(queries, gallery, k=args.top_k, use_faiss=args.use_faiss,
                            **({"index_type": args.faiss_index} if args.use_faiss else {}))
-    chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
+    if args.assign == "hungarian":  # over the whole gallery, not only the top-k file's candidates
+        chosen = assign_one_to_one(queries, gallery)
+    else:
+        chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
     rank0 = process_info()[0] == 0
     if rank0 and args.output:
         write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])
