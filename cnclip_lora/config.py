@@ -16,6 +16,7 @@ after it override the file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FLIP_MODES",
@@ -205,6 +208,7 @@ class CnClipTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        _use_cpu_for_cpu_only_launch(self)
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the
@@ -220,6 +224,34 @@ class CnClipTrainingArguments(TrainingArguments):
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.
             os.environ.setdefault("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "mps", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None) or getattr(getattr(torch, "backends", None), name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return True
+        except Exception:  # a backend stub that cannot answer counts as absent
+            continue
+    return False
+
+
+def _use_cpu_for_cpu_only_launch(args: TrainingArguments) -> None:
+    """Under a multi-process launch (torchrun, accelerate) on a machine without accelerators,
+    train across the processes on CPU with gloo, as accelerate's MULTI_CPU and plain DDP do.
+
+    Without this the Trainer would find no backend and let every process train alone on all data.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.use_cpu and not _has_accelerator():
+        logger.info("launched as %d processes on a machine without GPUs: training across them on CPU "
+                    "with the gloo backend (same as --use_cpu true).", world)
+        args.use_cpu = True
 
 
 def _config_file_to_argv(path: Path) -> list[str]:

@@ -77,7 +77,8 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
         # Seen with torchrun on a machine without GPUs: each process would train alone on all the data.
         raise ConfigError(
             f"launched as {launched} processes, but the Trainer runs them as independent single processes "
-            "(no GPU found): pass --use_cpu true to train across CPU processes (gloo)."
+            "(no GPU found); check that the launcher set MASTER_ADDR/MASTER_PORT, or pass --use_cpu true to "
+            "train across CPU processes (gloo)."
         )
     # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
     engine_env = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
@@ -252,7 +253,13 @@ def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
         argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``.
         overrides: flags as keyword arguments (``max_steps=10``), appended after ``argv``.
     """
+    from cnclip_lora.distributed import adopt_new_process_group, group_exists
+
     argv = list(argv or [])
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
-    return run_training(*parse_train_args(argv))
+    existed = group_exists()
+    try:
+        return run_training(*parse_train_args(argv))
+    finally:
+        adopt_new_process_group(existed)  # a group the launch made us join is destroyed at exit
