@@ -78,8 +78,25 @@ class RetrievalArguments:
         default="val", metadata={"help": "evaluate: 'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
     )
     answers: str | None = field(default=None, metadata={"help": "evaluate --split test: answers CSV (query,path); default DATA_DIR/test_answers.csv."})
-    val_size: float = field(default=0.1, metadata={"help": "evaluate --split val: the split used in training."})
-    split_seed: int = field(default=42, metadata={"help": "evaluate --split val: the seed used in training."})
+    val_size: float | None = field(
+        default=None,
+        metadata={"help": "evaluate --split val: held-out share or count. Default: the adapter's recorded training "
+                          "split (0.1 without a record); a different value needs --allow_different_split."},
+    )
+    split_seed: int | None = field(
+        default=None, metadata={"help": "evaluate --split val: split seed. Default: the adapter's recorded one (42 without)."}
+    )
+    allow_different_split: bool = field(
+        default=False,
+        metadata={"help": "evaluate --split val: accept a split other than the adapter's training split (its "
+                          "held-out recall then includes trained-on images)."},
+    )
+    allow_different_base: bool = field(
+        default=False,
+        metadata={"help": "Use the adapter on a base with the same architecture but other weights or vocabulary "
+                          "than it was trained on (a re-saved or converted copy of that base; a deliberate "
+                          "transfer experiment). Off: such a pair is refused, since its rankings are silently wrong."},
+    )
 
     def __post_init__(self) -> None:
         if self.assign not in ASSIGN_METHODS:
@@ -118,11 +135,15 @@ def load_retrieval_model(
     adapter_revision: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    allow_different_base: bool = False,
 ) -> tuple[Any, Any, Preprocessing, str | None]:
     """Base model with the adapter merged in, its processor, the recorded preprocessing, and the
     adapter's local folder (``None`` without adapter).
 
     Without an adapter, preprocessing is the checkpoint's own with no flip (zero-shot baseline).
+    With one, the base must be the one it was trained on
+    (:func:`cnclip_lora.base_identity.check_base_identity`; ``allow_different_base`` relaxes
+    same-architecture differences).
     """
     import torch
 
@@ -135,7 +156,14 @@ def load_retrieval_model(
 
         from cnclip_lora.hub import resolve_adapter
 
+        from cnclip_lora.base_identity import base_identity, check_base_identity, recorded_base_identity
+
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
+        check_base_identity(
+            recorded_base_identity(adapter_dir),
+            base_identity(model, processor.tokenizer, model_name_or_path, model_revision),
+            adapter=adapter, allow_different_base=allow_different_base,
+        )
         with quiet_peft_wrapping():
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         preprocessing = Preprocessing.load(adapter_dir) or preprocessing
@@ -253,7 +281,27 @@ def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray,
 
 
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
-    return load_competition_data(args.data_dir, val_size=args.val_size, seed=args.split_seed, **kwargs)
+    from cnclip_lora.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+
+    val_size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
+    seed = DEFAULT_SPLIT_SEED if args.split_seed is None else args.split_seed
+    return load_competition_data(args.data_dir, val_size=val_size, seed=seed, **kwargs)
+
+
+def _training_split(args: RetrievalArguments) -> dict[str, Any] | None:
+    """The adapter's recorded split, with ``args.val_size``/``split_seed`` filled in from it
+    (explicit different values refused unless ``--allow_different_split``)."""
+    from cnclip_lora.split_record import recorded_split, resolve_split
+
+    recorded = None
+    if args.adapter:
+        from cnclip_lora.hub import resolve_adapter
+
+        recorded = recorded_split(resolve_adapter(args.adapter, revision=args.adapter_revision))
+    args.val_size, args.split_seed = resolve_split(args.val_size, args.split_seed, recorded,
+                                                   allow_different_split=args.allow_different_split,
+                                                   adapter=args.adapter)
+    return recorded
 
 
 def retrieve(args: RetrievalArguments) -> RetrievalResult:
@@ -271,6 +319,7 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
         args.model_name_or_path, args.adapter, model_revision=args.model_revision,
         adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+        allow_different_base=args.allow_different_base,
     )
     names = list(data.gallery["path"])
     gallery_paths = [str(Path(data.image_dir) / p) for p in names]
@@ -301,10 +350,15 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     ``--split val``: the held-out training pairs against held-out + non-train images (the
     competition protocol). ``--split test``: test queries against the gallery, with an answers file.
     """
+    recorded = _training_split(args) if args.split == "val" else None
     data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
     if args.split == "val":
+        from cnclip_lora.split_record import check_held_out
+
         if len(data.val) == 0:
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
+        check_held_out(recorded, data.val["path"], data_dir=args.data_dir,
+                       allow_different_split=args.allow_different_split, adapter=args.adapter)
         titles = list(data.val["title"])
         labels = [int(x) for x in data.val["label"]]
         names = list(data.val_gallery["path"])
@@ -323,6 +377,7 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
         args.model_name_or_path, args.adapter, model_revision=args.model_revision,
         adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+        allow_different_base=args.allow_different_base,
     )
     gallery_paths = [str(Path(data.image_dir) / p) for p in names]
     queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)

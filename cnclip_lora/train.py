@@ -130,6 +130,11 @@ def run_training(
     if data.report.truncated_titles:
         logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
                     data.report.truncated_titles, len(data.train), data_args.max_length)
+    from cnclip_lora.base_identity import BASE_RECORD_KEY, base_identity
+    from cnclip_lora.split_record import SPLIT_RECORD_KEY, split_record
+
+    # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
+    identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
     lora_kwargs = lora_args.apply_lora_kwargs()
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
@@ -137,6 +142,7 @@ def run_training(
     preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip)
     record = {
         "base_model": model_args.model_name_or_path,
+        BASE_RECORD_KEY: identity,
         "data": {
             "data_dir": str(data_args.data_dir),
             "n_train": len(data.train),
@@ -145,6 +151,8 @@ def run_training(
             "skipped_rows": data.report.skipped_rows,
             "truncated_titles": data.report.truncated_titles,
         },
+        # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.split_record).
+        SPLIT_RECORD_KEY: split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
         "lora": {
             "r": lora_args.lora_r,
             "alpha": lora_args.lora_alpha,
