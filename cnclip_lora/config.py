@@ -211,6 +211,11 @@ class CnClipTrainingArguments(TrainingArguments):
         _use_cpu_for_cpu_only_launch(self)
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        elif self.dataloader_persistent_workers and self.dataloader_num_workers == 0:
+            # A recipe written for a GPU box (workers + persistent) run with --dataloader_num_workers 0:
+            # there are no workers to keep, and torch's DataLoader would refuse the combination.
+            logger.info("--dataloader_persistent_workers ignored: there are no workers (--dataloader_num_workers 0).")
+            self.dataloader_persistent_workers = False
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the
         # user's --accelerator_config says otherwise. A blocking copy waits for the GPU to finish
         # the previous step, so the next step's Python (the Trainer's walks over every module,
@@ -221,6 +226,7 @@ class CnClipTrainingArguments(TrainingArguments):
         if given is None or isinstance(given, dict):
             self.accelerator_config = {"non_blocking": True, **(given or {})}
         super().__post_init__()
+        _drop_missing_report_backends(self)
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.
             os.environ.setdefault("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
@@ -252,6 +258,26 @@ def _use_cpu_for_cpu_only_launch(args: TrainingArguments) -> None:
         logger.info("launched as %d processes on a machine without GPUs: training across them on CPU "
                     "with the gloo backend (same as --use_cpu true).", world)
         args.use_cpu = True
+
+
+def _drop_missing_report_backends(args: TrainingArguments) -> None:
+    """Drop ``--report_to`` backends that are not installed, with one warning, at parse time.
+
+    The Trainer would raise for them only when it is built, i.e. after the (possibly multi-GB)
+    model was downloaded and loaded. Logging is optional: training proceeds without it.
+    """
+    from transformers.integrations import get_available_reporting_integrations
+
+    requested = [r for r in (args.report_to or []) if r not in ("none", "all")]
+    if not requested:
+        return
+    available = set(get_available_reporting_integrations())
+    missing = [r for r in requested if r not in available]
+    if missing:
+        logger.warning("--report_to %s: not installed (pip install %s), so training runs without it.",
+                       ",".join(missing), " ".join(missing))
+        kept = [r for r in args.report_to if r not in missing]
+        args.report_to = kept  # [] = no logging backend (what "none" becomes after parsing)
 
 
 def _config_file_to_argv(path: Path) -> list[str]:
