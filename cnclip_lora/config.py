@@ -195,6 +195,13 @@ class CnClipTrainingArguments(TrainingArguments):
             "(N processes x B behave like one batch of N*B). No effect in one process."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an --output_dir that holds another run's adapter or checkpoints, deleting "
+            "them first (other files are kept). Without it such a folder is refused, so runs never mix."
+        },
+    )
     eval_max_queries: int | None = field(
         default=None, metadata={"help": "Evaluate on at most N held-out titles (all by default)."}
     )

@@ -79,6 +79,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         base.update(_scores(RetrievalArguments, split="test", **common))
 
     flags = dict(DEMO_TRAIN_FLAGS)
+    flags["overwrite_output_dir"] = "true"  # the demo's own folder: a rerun replaces the previous demo run
     if args.num_train_epochs is not None:
         flags["num_train_epochs"] = args.num_train_epochs
     if args.max_steps is not None:

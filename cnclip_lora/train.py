@@ -100,6 +100,13 @@ def run_training(
 ) -> TrainResult:
     """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
     _check_launch(training_args)
+    # 0. The output folder: never mix this run with another one's adapter and checkpoints.
+    from cnclip_lora.io_utils import resolve_resume_checkpoint
+    from cnclip_lora.run_folder import check_output_dir, remove_previous_run, requested_settings
+
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args.output_dir, requested_settings(model_args, data_args, lora_args),
+                     resume=resume, overwrite=training_args.overwrite_output_dir)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
@@ -135,6 +142,10 @@ def run_training(
 
     # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
     identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
+    if resume is not None:  # the architecture was compared up front; the weights need the loaded model
+        from cnclip_lora.base_identity import check_base_identity, recorded_base_identity
+
+        check_base_identity(recorded_base_identity(resume), identity, adapter=resume)
     lora_kwargs = lora_args.apply_lora_kwargs()
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
@@ -188,7 +199,24 @@ def run_training(
         record=record,
         eval_pixel_cache=eval_pixel_cache,
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.overwrite_output_dir and training_args.process_index == 0:
+        remove_previous_run(training_args.output_dir)  # only now that the new run has passed its checks
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        from transformers.trainer_callback import ProgressCallback
+
+        from cnclip_lora.errors import TrainingInterrupted
+
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the message
+            bar = getattr(callback, "training_bar", None) if isinstance(callback, ProgressCallback) else None
+            if bar is not None:
+                bar.close()
+        from cnclip_lora.run_folder import resume_hint
+
+        raise TrainingInterrupted(
+            f"training stopped at step {trainer.state.global_step}; {resume_hint(training_args.output_dir)}"
+        ) from None
     trainer.save_model()
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.train)
