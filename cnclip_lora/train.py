@@ -76,9 +76,8 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
     if launched > 1 and training_args.world_size == 1:
         # Seen with torchrun on a machine without GPUs: each process would train alone on all the data.
         raise ConfigError(
-            f"launched as {launched} processes, but the Trainer runs them as independent single processes "
-            "(no GPU found); check that the launcher set MASTER_ADDR/MASTER_PORT, or pass --use_cpu true to "
-            "train across CPU processes (gloo)."
+            f"launched as {launched} processes, but the Trainer runs them as independent single processes; "
+            "check that the launcher set MASTER_ADDR/MASTER_PORT/RANK/LOCAL_RANK."
         )
     # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
     engine_env = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
