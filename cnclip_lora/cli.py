@@ -312,6 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnClipLoraError as err:  # DataError's message already lists its problems: print it once
         print(f"cnclip-lora {command}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"cnclip-lora {command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # no traceback; TrainingInterrupted says how to resume
+        print(f"cnclip-lora {command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ after it override the file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from transformers import HfArgumentParser, TrainingArguments
 from cnclip_lora.collate import TITLE_NORMALIZATIONS
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FLIP_MODES",
@@ -222,6 +225,13 @@ class CnClipTrainingArguments(TrainingArguments):
             "(N processes x B behave like one batch of N*B). No effect in one process."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an --output_dir that holds another run's adapter or checkpoints, deleting "
+            "them first (other files are kept). Without it such a folder is refused, so runs never mix."
+        },
+    )
     eval_max_queries: int | None = field(
         default=None, metadata={"help": "Evaluate on at most N held-out titles (all by default)."}
     )
@@ -278,8 +288,14 @@ class CnClipTrainingArguments(TrainingArguments):
                 f"--contrastive_mini_batch_size must be a positive integer (rows per chunk), got {m!r}; "
                 "leave it unset for the plain step."
             )
+        _use_cpu_for_cpu_only_launch(self)
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        elif self.dataloader_persistent_workers and self.dataloader_num_workers == 0:
+            # A recipe written for a GPU box (workers + persistent) run with --dataloader_num_workers 0:
+            # there are no workers to keep, and torch's DataLoader would refuse the combination.
+            logger.info("--dataloader_persistent_workers ignored: there are no workers (--dataloader_num_workers 0).")
+            self.dataloader_persistent_workers = False
         # Asynchronous host -> device batch copies (from the pinned DataLoader memory) unless the
         # user's --accelerator_config says otherwise. A blocking copy waits for the GPU to finish
         # the previous step, so the next step's Python (the Trainer's walks over every module,
@@ -294,9 +310,58 @@ class CnClipTrainingArguments(TrainingArguments):
         if chose_non_blocking and not self.dataloader_pin_memory:
             # --use_cpu turns pinning off: our default then does nothing but draw the Trainer's warning.
             self.accelerator_config.non_blocking = False
+        _drop_missing_report_backends(self)
         if self.torch_compile:
             # Read by accelerate's TorchDynamoPlugin when the Trainer builds its Accelerator.
             os.environ.setdefault("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "true")
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("xpu", "mps", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None) or getattr(getattr(torch, "backends", None), name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return True
+        except Exception:  # a backend stub that cannot answer counts as absent
+            continue
+    return False
+
+
+def _use_cpu_for_cpu_only_launch(args: TrainingArguments) -> None:
+    """Under a multi-process launch (torchrun, accelerate) on a machine without accelerators,
+    train across the processes on CPU with gloo, as accelerate's MULTI_CPU and plain DDP do.
+
+    Without this the Trainer would find no backend and let every process train alone on all data.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not args.use_cpu and not _has_accelerator():
+        logger.info("launched as %d processes on a machine without GPUs: training across them on CPU "
+                    "with the gloo backend (same as --use_cpu true).", world)
+        args.use_cpu = True
+
+
+def _drop_missing_report_backends(args: TrainingArguments) -> None:
+    """Drop ``--report_to`` backends that are not installed, with one warning, at parse time.
+
+    The Trainer would raise for them only when it is built, i.e. after the (possibly multi-GB)
+    model was downloaded and loaded. Logging is optional: training proceeds without it.
+    """
+    from transformers.integrations import get_available_reporting_integrations
+
+    requested = [r for r in (args.report_to or []) if r not in ("none", "all")]
+    if not requested:
+        return
+    available = set(get_available_reporting_integrations())
+    missing = [r for r in requested if r not in available]
+    if missing:
+        logger.warning("--report_to %s: not installed (pip install %s), so training runs without it.",
+                       ",".join(missing), " ".join(missing))
+        kept = [r for r in args.report_to if r not in missing]
+        args.report_to = kept  # [] = no logging backend (what "none" becomes after parsing)
 
 
 def _config_file_to_argv(path: Path) -> list[str]:

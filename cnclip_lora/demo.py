@@ -11,7 +11,11 @@ import argparse
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_TRAIN_FLAGS", "add_demo_arguments", "run_demo"]
+__all__ = ["DEMO_MODEL", "DEMO_TRAIN_FLAGS", "add_demo_arguments", "run_demo"]
+
+#: The demo's tiny model: 4 layers per tower learn the synthetic shop data clearly in the budget
+#: below, where 2 (the test suite's size) barely move. Tests keep the smaller default.
+DEMO_MODEL = {"num_layers": 4}
 
 #: The demo's training budget. A higher learning rate than the seed's 4e-5 because the tiny
 #: model starts from random weights, not from a pretrained checkpoint.
@@ -22,7 +26,8 @@ DEMO_TRAIN_FLAGS = {
     "warmup_steps": 10,
     "lora_r": 32,
     "lora_alpha": 64,
-    "flip": "always",
+    # No flip: with a flip at training only (the augmentation), the tiny model learns less in this budget.
+    "flip": "none",
     "logging_steps": 20,
     "save_strategy": "no",
     "eval_strategy": "no",
@@ -62,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model_dir = workdir / "tiny-model"
     if not (model_dir / "config.json").is_file():
         print(f"[demo] building the tiny Chinese-CLIP model in {model_dir}")
-        make_tiny_model(model_dir, seed=0)
+        make_tiny_model(model_dir, seed=0, **DEMO_MODEL)
     adapter_dir = workdir / "adapter"
     cache = str(workdir / "cache")
     has_answers = (data_dir / "test_answers.csv").is_file()
@@ -74,6 +79,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         base.update(_scores(RetrievalArguments, split="test", **common))
 
     flags = dict(DEMO_TRAIN_FLAGS)
+    flags["overwrite_output_dir"] = "true"  # the demo's own folder: a rerun replaces the previous demo run
     if args.num_train_epochs is not None:
         flags["num_train_epochs"] = args.num_train_epochs
     if args.max_steps is not None:

@@ -36,8 +36,11 @@ def process_info() -> tuple[int, int]:
     if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
+        from cnclip_lora.distributed import adopt_new_process_group
+
         # PartialState() alone finds no backend on a CPU-only machine and stays single-process.
         state = PartialState(cpu=not torch.cuda.is_available())
+        adopt_new_process_group(existed_before=False)  # ours: destroyed at exit
         return state.process_index, state.num_processes
     return 0, 1
 

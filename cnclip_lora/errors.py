@@ -29,3 +29,8 @@ class ConfigError(CnClipLoraError):
 
 class UnsafeArtifactError(CnClipLoraError):
     """A weights file in a format that can execute code on load (pickle) was refused."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says how to resume. Still a ``KeyboardInterrupt``, so
+    notebooks and callers that stop on Ctrl-C keep doing so."""

@@ -29,7 +29,7 @@ from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.io_utils import atomic_path, hash_file_stats
 from cnclip_lora.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
-from cnclip_lora.ranking import assign, rank
+from cnclip_lora.ranking import assign, assign_one_to_one, rank
 
 __all__ = [
     "RetrievalArguments",
@@ -64,11 +64,12 @@ class RetrievalArguments:
     adapter_revision: str | None = field(default=None, metadata={"help": "Hub revision of the adapter."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of the base model."})
     output: str | None = field(default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."})
-    top_k: int = field(default=10, metadata={"help": "Candidates kept per query (top-k file, Hungarian candidates)."})
+    top_k: int = field(default=10, metadata={"help": "Results kept per query in the top-k file (the one-to-one assignment looks beyond them)."})
     topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
     assign: str = field(
         default="argmax",
-        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query.", "choices": list(ASSIGN_METHODS)},
+        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
+                          "similarity over the whole gallery.", "choices": list(ASSIGN_METHODS)},
     )
     batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
     cache_dir: str | None = field(
@@ -89,8 +90,25 @@ class RetrievalArguments:
         default="val", metadata={"help": "evaluate: 'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
     )
     answers: str | None = field(default=None, metadata={"help": "evaluate --split test: answers CSV (query,path); default DATA_DIR/test_answers.csv."})
-    val_size: float = field(default=0.1, metadata={"help": "evaluate --split val: the split used in training."})
-    split_seed: int = field(default=42, metadata={"help": "evaluate --split val: the seed used in training."})
+    val_size: float | None = field(
+        default=None,
+        metadata={"help": "evaluate --split val: held-out share or count. Default: the adapter's recorded training "
+                          "split (0.1 without a record); a different value needs --allow_different_split."},
+    )
+    split_seed: int | None = field(
+        default=None, metadata={"help": "evaluate --split val: split seed. Default: the adapter's recorded one (42 without)."}
+    )
+    allow_different_split: bool = field(
+        default=False,
+        metadata={"help": "evaluate --split val: accept a split other than the adapter's training split (its "
+                          "held-out recall then includes trained-on images)."},
+    )
+    allow_different_base: bool = field(
+        default=False,
+        metadata={"help": "Use the adapter on a base with the same architecture but other weights or vocabulary "
+                          "than it was trained on (a re-saved or converted copy of that base; a deliberate "
+                          "transfer experiment). Off: such a pair is refused, since its rankings are silently wrong."},
+    )
 
     def __post_init__(self) -> None:
         if self.assign not in ASSIGN_METHODS:
@@ -134,11 +152,15 @@ def load_retrieval_model(
     adapter_revision: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    allow_different_base: bool = False,
 ) -> tuple[Any, Any, Preprocessing, str | None]:
     """Base model with the adapter merged in, its processor, the recorded preprocessing, and the
     adapter's local folder (``None`` without adapter).
 
     Without an adapter, preprocessing is the checkpoint's own with no flip (zero-shot baseline).
+    With one, the base must be the one it was trained on
+    (:func:`cnclip_lora.base_identity.check_base_identity`; ``allow_different_base`` relaxes
+    same-architecture differences).
     """
     import torch
 
@@ -152,7 +174,14 @@ def load_retrieval_model(
         from cnclip_lora.adapter_check import validate_adapter_folder
         from cnclip_lora.hub import resolve_adapter
 
+        from cnclip_lora.base_identity import base_identity, check_base_identity, recorded_base_identity
+
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
+        check_base_identity(
+            recorded_base_identity(adapter_dir),
+            base_identity(model, processor.tokenizer, model_name_or_path, model_revision),
+            adapter=adapter, allow_different_base=allow_different_base,
+        )
         validate_adapter_folder(adapter_dir, model)  # damaged, foreign or incomplete: refused before peft
         with quiet_peft_wrapping():
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -179,6 +208,7 @@ def _load_for_backend(args: RetrievalArguments) -> tuple[Any, Any, Preprocessing
     return load_retrieval_model(
         args.model_name_or_path, args.adapter, model_revision=args.model_revision,
         adapter_revision=args.adapter_revision, device=args.device, dtype=args.dtype,
+        allow_different_base=args.allow_different_base,
     )
 
 
@@ -410,7 +440,27 @@ def _check_sources(args: RetrievalArguments) -> None:
 
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
     _check_sources(args)
-    return load_competition_data(args.data_dir, val_size=args.val_size, seed=args.split_seed, **kwargs)
+    from cnclip_lora.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+
+    val_size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
+    seed = DEFAULT_SPLIT_SEED if args.split_seed is None else args.split_seed
+    return load_competition_data(args.data_dir, val_size=val_size, seed=seed, **kwargs)
+
+
+def _training_split(args: RetrievalArguments) -> dict[str, Any] | None:
+    """The adapter's recorded split, with ``args.val_size``/``split_seed`` filled in from it
+    (explicit different values refused unless ``--allow_different_split``)."""
+    from cnclip_lora.split_record import recorded_split, resolve_split
+
+    recorded = None
+    if args.adapter:
+        from cnclip_lora.hub import resolve_adapter
+
+        recorded = recorded_split(resolve_adapter(args.adapter, revision=args.adapter_revision))
+    args.val_size, args.split_seed = resolve_split(args.val_size, args.split_seed, recorded,
+                                                   allow_different_split=args.allow_different_split,
+                                                   adapter=args.adapter)
+    return recorded
 
 
 def retrieve(args: RetrievalArguments) -> RetrievalResult:
@@ -434,7 +484,10 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
     scores, indices = rank(queries, gallery, k=args.top_k, use_faiss=args.use_faiss,
                            **({"index_type": args.faiss_index} if args.use_faiss else {}))
-    chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
+    if args.assign == "hungarian":  # over the whole gallery, not only the top-k file's candidates
+        chosen = assign_one_to_one(queries, gallery)
+    else:
+        chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
     rank0 = process_info()[0] == 0
     if rank0 and args.output:
         write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])
@@ -455,10 +508,15 @@ def evaluate(args: RetrievalArguments) -> dict[str, float]:
     competition protocol). ``--split test``: test queries against the gallery, with an answers file.
     """
     check_device(args.device)
+    recorded = _training_split(args) if args.split == "val" else None
     data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
     if args.split == "val":
+        from cnclip_lora.split_record import check_held_out
+
         if len(data.val) == 0:
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
+        check_held_out(recorded, data.val["path"], data_dir=args.data_dir,
+                       allow_different_split=args.allow_different_split, adapter=args.adapter)
         titles = list(data.val["title"])
         labels = [int(x) for x in data.val["label"]]
         names = list(data.val_gallery["path"])

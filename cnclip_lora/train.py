@@ -80,8 +80,8 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
     if launched > 1 and training_args.world_size == 1:
         # Seen with torchrun on a machine without GPUs: each process would train alone on all the data.
         raise ConfigError(
-            f"launched as {launched} processes, but the Trainer runs them as independent single processes "
-            "(no GPU found): pass --use_cpu true to train across CPU processes (gloo)."
+            f"launched as {launched} processes, but the Trainer runs them as independent single processes; "
+            "check that the launcher set MASTER_ADDR/MASTER_PORT/RANK/LOCAL_RANK."
         )
     # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
     engine_env = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
@@ -95,7 +95,7 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
         )
 
 
-def check_output_dir(output_dir: str | os.PathLike | None) -> None:
+def check_output_path(output_dir: str | os.PathLike | None) -> None:
     """Refuse an ``--output_dir`` that is a file or lies under one, before any loading.
 
     Raises:
@@ -168,7 +168,14 @@ def run_training(
     _check_launch(training_args)
     # 0. A mistyped model path fails now, before seconds of data checks, and never as a Hub error.
     check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
-    check_output_dir(training_args.output_dir)
+    check_output_path(training_args.output_dir)
+    # 0. The output folder: never mix this run with another one's adapter and checkpoints.
+    from cnclip_lora.io_utils import resolve_resume_checkpoint
+    from cnclip_lora.run_folder import check_output_dir, remove_previous_run, requested_settings
+
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args.output_dir, requested_settings(model_args, data_args, lora_args),
+                     resume=resume, overwrite=training_args.overwrite_output_dir)
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
@@ -203,6 +210,15 @@ def run_training(
     if data.report.truncated_titles:
         logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
                     data.report.truncated_titles, len(data.train), data_args.max_length)
+    from cnclip_lora.base_identity import BASE_RECORD_KEY, base_identity
+    from cnclip_lora.split_record import SPLIT_RECORD_KEY, split_record
+
+    # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
+    identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
+    if resume is not None:  # the architecture was compared up front; the weights need the loaded model
+        from cnclip_lora.base_identity import check_base_identity, recorded_base_identity
+
+        check_base_identity(recorded_base_identity(resume), identity, adapter=resume)
     lora_kwargs = lora_args.apply_lora_kwargs()
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
@@ -211,6 +227,7 @@ def run_training(
                                   draft=data_args.fast_decode, title_normalization=data_args.title_normalization)
     record = {
         "base_model": model_args.model_name_or_path,
+        BASE_RECORD_KEY: identity,
         "data": {
             "data_dir": str(data_args.data_dir),
             "n_train": len(data.train),
@@ -219,6 +236,8 @@ def run_training(
             "skipped_rows": data.report.skipped_rows,
             "truncated_titles": data.report.truncated_titles,
         },
+        # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.split_record).
+        SPLIT_RECORD_KEY: split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
         "lora": {
             "r": lora_args.lora_r,
             "alpha": lora_args.lora_alpha,
@@ -258,7 +277,24 @@ def run_training(
         record=record,
         eval_pixel_cache=eval_pixel_cache,
     )
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.overwrite_output_dir and training_args.process_index == 0:
+        remove_previous_run(training_args.output_dir)  # only now that the new run has passed its checks
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        from transformers.trainer_callback import ProgressCallback
+
+        from cnclip_lora.errors import TrainingInterrupted
+
+        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the message
+            bar = getattr(callback, "training_bar", None) if isinstance(callback, ProgressCallback) else None
+            if bar is not None:
+                bar.close()
+        from cnclip_lora.run_folder import resume_hint
+
+        raise TrainingInterrupted(
+            f"training stopped at step {trainer.state.global_step}; {resume_hint(training_args.output_dir)}"
+        ) from None
     trainer.save_model()
     train_metrics = dict(train_output.metrics)
     train_metrics["train_samples"] = len(data.train)
@@ -347,7 +383,13 @@ def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
         argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``.
         overrides: flags as keyword arguments (``max_steps=10``), appended after ``argv``.
     """
+    from cnclip_lora.distributed import adopt_new_process_group, group_exists
+
     argv = list(argv or [])
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
-    return run_training(*parse_train_args(argv))
+    existed = group_exists()
+    try:
+        return run_training(*parse_train_args(argv))
+    finally:
+        adopt_new_process_group(existed)  # a group the launch made us join is destroyed at exit

@@ -84,6 +84,16 @@ def release_accelerate_preparation(model: torch.nn.Module | None) -> bool:
     return True
 
 
+def _checkpoint_step(folder: str) -> Any:
+    """The global step a checkpoint was saved at (its trainer_state.json), for the resume log line."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8")).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+
+
 class CnClipLoraTrainer(Trainer):
     """Trainer for Chinese-CLIP + LoRA on (title, image) pairs.
 
@@ -129,6 +139,8 @@ class CnClipLoraTrainer(Trainer):
         # `--resume_from_checkpoint true` arrives as a string, and the Trainer's own lookup would
         # pick a checkpoint a killed process left half-written: resolve to a complete one here.
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if resume is not None:
+            logger.info("resuming from %s (step %s)", resume, _checkpoint_step(resume))
         return super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
                              **kwargs)
 

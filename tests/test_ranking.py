@@ -11,7 +11,7 @@ import torch
 
 from cnclip_lora import ranking
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.ranking import assign, rank
+from cnclip_lora.ranking import DENSE_ONE_TO_ONE_BYTES, assign, assign_one_to_one, rank
 
 
 def _brute_topk(q, g, k, normalize=True):
@@ -335,3 +335,69 @@ def test_assign_errors():
     with pytest.raises(CnClipLoraError, match="query 1 has no valid candidate"):
         assign(np.array([[0.5], [-np.inf]]), np.array([[0], [-1]]))
     assert assign(np.zeros((0, 3)), np.zeros((0, 3), int), "hungarian").shape == (0,)
+
+
+# --- assign_one_to_one: never gives up while a one-to-one choice exists -----------------------
+
+
+def _hub_case(n_q: int = 150, n_g: int = 550, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every query's top-10 is the same 10 'hub' images (the issue's 150 queries x 550 images)."""
+    rng = np.random.default_rng(seed)
+    direction = rng.standard_normal(16)
+    gallery = 0.3 * rng.standard_normal((n_g, 16))
+    gallery[:10] += 3 * direction  # ten images close to every query
+    queries = direction + 0.05 * rng.standard_normal((n_q, 16))
+    _, top = rank(queries, gallery, 10)
+    assert (np.sort(top, axis=1) == np.arange(10)).all()
+    return queries, gallery
+
+
+def _dense_optimum(queries, gallery) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    gn = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    sims = qn @ gn.T
+    r, c = linear_sum_assignment(-sims)
+    return float(sims[r, c].sum())
+
+
+def _sim_total(queries, gallery, chosen) -> float:
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    gn = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    return float((qn * gn[chosen]).sum())
+
+
+def test_one_to_one_when_every_query_shares_the_same_top10():
+    queries, gallery = _hub_case()
+    with pytest.raises(CnClipLoraError):  # the candidate-list assignment gives up here ...
+        assign(*rank(queries, gallery, 10), "hungarian", n_gallery=len(gallery))
+    chosen = assign_one_to_one(queries, gallery)  # ... the whole-gallery one does not
+    assert len(set(chosen.tolist())) == 150
+    assert _sim_total(queries, gallery, chosen) == pytest.approx(_dense_optimum(queries, gallery), abs=1e-6)
+
+
+def test_one_to_one_above_the_dense_threshold_widens_until_complete():
+    queries, gallery = _hub_case(seed=1)
+    assert len(queries) * len(gallery) * 8 > 1024  # the limit below puts this case above the dense threshold
+    chosen = assign_one_to_one(queries, gallery, dense_limit_bytes=1024, start_k=4)
+    assert len(set(chosen.tolist())) == 150 and chosen.min() >= 0 and chosen.max() < len(gallery)
+    # Optimal over candidates that had to grow far beyond the shared top-10: within 0.1 % of the
+    # whole-matrix optimum (exact equality is only promised below the dense threshold).
+    assert _sim_total(queries, gallery, chosen) >= 0.999 * _dense_optimum(queries, gallery)
+    assert DENSE_ONE_TO_ONE_BYTES >= 500 * 9884 * 8  # the competition's size is solved densely
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_to_one_equals_dense_optimum_on_random_cases(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_q, n_g = int(rng.integers(2, 40)), int(rng.integers(40, 90))
+    queries, gallery = rng.standard_normal((n_q, 6)), rng.standard_normal((n_g, 6))
+    chosen = assign_one_to_one(queries, gallery)
+    assert len(set(chosen.tolist())) == n_q
+    assert _sim_total(queries, gallery, chosen) == pytest.approx(_dense_optimum(queries, gallery), abs=1e-9)
+
+
+def test_one_to_one_rejects_more_queries_than_images():
+    with pytest.raises(CnClipLoraError, match="3 queries but only 2 gallery images"):
+        assign_one_to_one(np.ones((3, 4)), np.ones((2, 4)))
