@@ -30,10 +30,10 @@ def _parse_arm(text: str) -> tuple[str, dict[str, str]]:
 
 
 def main() -> None:
-    from cnclip_lora.demo import DEMO_TRAIN_FLAGS
-    from cnclip_lora.retrieve import RetrievalArguments, evaluate
-    from cnclip_lora.tiny_model import make_tiny_model
-    from cnclip_lora.train import train
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate
+    from cnclip_lora.demo.tiny_model import make_tiny_model
+    from cnclip_lora.training.run import train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", action="append", default=None, help="NAME=flag=value,flag=value (repeatable)")

@@ -72,7 +72,7 @@ def main() -> None:
 
     from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     model_dir = make_tiny_model(Path(tempfile.mkdtemp(prefix="cnclip-overlap-")) / "tiny", image_size=64)
     model = ChineseCLIPModel.from_pretrained(model_dir).eval()

@@ -4,7 +4,7 @@ Variants (each in a fresh process, interleaved over ``--repeats``):
 
 * ``model_only[:NAME]``: the limit. ``get_image_embeds`` + L2 normalisation under
   ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
-* ``package[:NAME]``: :func:`cnclip_lora.embedding.embed_images`, exactly as ``retrieve`` calls
+* ``package[:NAME]``: :func:`cnclip_lora.retrieve.embed.embed_images`, exactly as ``retrieve`` calls
   it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
   (image processor per image), ``--keep_threads`` (embed_images may not lower torch's
   threads), ``--before`` (the first version of ``embed_images``: per-batch
@@ -77,7 +77,7 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
     import torch
 
     from cnclip_lora.collate import preprocess_images
-    from cnclip_lora.embedding import _map_embed, _normalise
+    from cnclip_lora.retrieve.embed import _map_embed, _normalise
     from cnclip_lora.modeling import get_image_embeds
 
     n_threads = num_threads or min(4, os.cpu_count() or 1)
@@ -102,7 +102,7 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
 
 def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     from cnclip_lora.collate import Preprocessing
-    from cnclip_lora.embedding import embed_images
+    from cnclip_lora.retrieve.embed import embed_images
 
     opts = _flags(flags)
     if opts["before"]:
@@ -196,7 +196,7 @@ def main() -> None:
         variants.append(("seed", a.seed_flags))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        from cnclip_lora.tiny_model import make_tiny_model
+        from cnclip_lora.demo.tiny_model import make_tiny_model
 
         model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=a.image_size, hidden_size=a.hidden,
                                         num_layers=a.layers, num_heads=max(1, a.hidden // 32)))

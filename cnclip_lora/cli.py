@@ -46,7 +46,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _cmd_train(argv: Sequence[str]) -> int:
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     result = train(argv) if "-h" not in argv and "--help" not in argv else _train_help()
     if result is not None and _is_main_process():
@@ -75,7 +75,7 @@ def _train_help() -> None:
 def _retrieval_args(argv: Sequence[str], prog: str):
     from transformers import HfArgumentParser
 
-    from cnclip_lora.retrieve import RetrievalArguments
+    from cnclip_lora.retrieve.run import RetrievalArguments
 
     parser = HfArgumentParser(RetrievalArguments, prog=prog)
     (args,) = parser.parse_args_into_dataclasses(args=list(argv))
@@ -83,7 +83,7 @@ def _retrieval_args(argv: Sequence[str], prog: str):
 
 
 def _cmd_retrieve(argv: Sequence[str]) -> int:
-    from cnclip_lora.retrieve import retrieve
+    from cnclip_lora.retrieve.run import retrieve
 
     args = _retrieval_args(argv, "cnclip-lora retrieve")
     result = retrieve(args)
@@ -96,7 +96,7 @@ def _cmd_retrieve(argv: Sequence[str]) -> int:
 
 
 def _cmd_evaluate(argv: Sequence[str]) -> int:
-    from cnclip_lora.retrieve import evaluate
+    from cnclip_lora.retrieve.run import evaluate
 
     metrics = evaluate(_retrieval_args(argv, "cnclip-lora evaluate"))
     if _is_main_process():
@@ -121,7 +121,7 @@ def _cmd_check_data(argv: Sequence[str]) -> int:
 
 
 def _cmd_make_demo_data(argv: Sequence[str]) -> int:
-    from cnclip_lora.demo_data import DOMAINS, make_demo_data
+    from cnclip_lora.demo.data import DOMAINS, make_demo_data
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-demo-data", description=COMMANDS["make-demo-data"])
     parser.add_argument("out_dir", help="folder to write the dataset into (created)")
@@ -142,7 +142,7 @@ def _cmd_make_demo_data(argv: Sequence[str]) -> int:
 
 
 def _cmd_make_tiny_model(argv: Sequence[str]) -> int:
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     parser = argparse.ArgumentParser(prog="cnclip-lora make-tiny-model", description=COMMANDS["make-tiny-model"])
     parser.add_argument("out_dir", help="folder to write the checkpoint into")
@@ -163,7 +163,7 @@ def _cmd_push(argv: Sequence[str]) -> int:
 
 
 def _cmd_demo(argv: Sequence[str]) -> int:
-    from cnclip_lora.demo import add_demo_arguments, run_demo
+    from cnclip_lora.demo.run import add_demo_arguments, run_demo
 
     parser = argparse.ArgumentParser(prog="cnclip-lora demo", description=COMMANDS["demo"])
     add_demo_arguments(parser)
@@ -172,7 +172,7 @@ def _cmd_demo(argv: Sequence[str]) -> int:
 
 
 def _cmd_export_onnx(argv: Sequence[str]) -> int:
-    from cnclip_lora.export_onnx import add_export_arguments, run_export
+    from cnclip_lora.retrieve.export_onnx import add_export_arguments, run_export
 
     parser = argparse.ArgumentParser(prog="cnclip-lora export-onnx", description=COMMANDS["export-onnx"])
     add_export_arguments(parser)
@@ -180,7 +180,7 @@ def _cmd_export_onnx(argv: Sequence[str]) -> int:
 
 
 def _cmd_cache(argv: Sequence[str]) -> int:
-    from cnclip_lora.caches import CACHE_KINDS, cache_root, cache_usage, clear_cache, human_bytes
+    from cnclip_lora.utils.caches import CACHE_KINDS, cache_root, cache_usage, clear_cache, human_bytes
 
     parser = argparse.ArgumentParser(prog="cnclip-lora cache", description=COMMANDS["cache"])
     parser.add_argument("--clear", nargs="*", choices=CACHE_KINDS, metavar="KIND",
@@ -223,7 +223,7 @@ def _cmd_convert_original(argv: Sequence[str]) -> int:
 def _cmd_report(argv: Sequence[str]) -> int:
     from transformers import HfArgumentParser
 
-    from cnclip_lora.report import ReportArguments, build_report
+    from cnclip_lora.retrieve.report import ReportArguments, build_report
 
     parser = HfArgumentParser(ReportArguments, prog="cnclip-lora report", description=COMMANDS["report"])
     (args,) = parser.parse_args_into_dataclasses(args=list(argv))
@@ -235,7 +235,7 @@ def _cmd_serve(argv: Sequence[str]) -> int:
     from transformers import HfArgumentParser
 
     from cnclip_lora.errors import ConfigError
-    from cnclip_lora.serve import ServeArguments, serve
+    from cnclip_lora.retrieve.serve import ServeArguments, serve
 
     parser = HfArgumentParser(ServeArguments, prog="cnclip-lora serve", description=COMMANDS["serve"])
     (args,) = parser.parse_args_into_dataclasses(args=list(argv))
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cnclip-lora: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     from cnclip_lora.errors import CnClipLoraError
-    from cnclip_lora.log_setup import pop_log_level, setup_logging
+    from cnclip_lora.utils.log_setup import pop_log_level, setup_logging
 
     # train's TrainingArguments has --log_level of its own; the other commands take it here.
     rest, log_level = pop_log_level(rest, keep=command == "train")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cnclip_lora.data import open_image
 from cnclip_lora.errors import CnClipLoraError
-from cnclip_lora.io_utils import atomic_write_text
+from cnclip_lora.utils.files import atomic_write_text
 
 __all__ = [
     "RECORD_FILE",
@@ -153,7 +153,7 @@ def preprocess_images(
 def decode_resized(paths: Sequence[str | os.PathLike], image_processor: Any, *, draft: bool = False) -> np.ndarray:
     """Open each image (upright RGB, unflipped) and squash-resize it as the processor would:
     ``uint8 [B, H, W, 3]``. This is the expensive half of :func:`preprocess_images`, and what
-    :mod:`cnclip_lora.pixel_cache` stores so that later epochs skip it.
+    :mod:`cnclip_lora.training.pixel_cache` stores so that later epochs skip it.
 
     Raises:
         ValueError: the processor does not squash-resize (see :func:`supports_uint8_path`).
@@ -427,7 +427,7 @@ class ImageTextCollator:
     draft: bool = False
     #: How titles reach the tokenizer (:data:`TITLE_NORMALIZATIONS`).
     title_normalization: str = "official"
-    #: A :class:`cnclip_lora.pixel_cache.PixelCache` of the rows' images: they are then taken
+    #: A :class:`cnclip_lora.training.pixel_cache.PixelCache` of the rows' images: they are then taken
     #: resized from it instead of being opened, and only flipped and normalised here.
     pixel_cache: Any = None
     #: Titles remembered after their first tokenisation (:class:`TitleTokenMemo`); 0 turns it off.

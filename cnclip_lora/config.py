@@ -111,7 +111,7 @@ class DataArguments:
         metadata={
             "help": "Decode and resize each training image once into a uint8 Arrow cache (datasets.map) and reuse "
             "it in every epoch and run: 'auto' (when training sees images more than once and the cache fits "
-            "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.pixel_cache.",
+            "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.training.pixel_cache.",
             "choices": ["auto", "true", "false"],
         },
     )
@@ -240,7 +240,7 @@ class CnClipTrainingArguments(TrainingArguments):
         metadata={
             "help": "Never put two captions of one image in the same (global) batch, where each would be the "
             "other's false negative. Default (unset): on when some image has several captions in train.csv; "
-            "true/false force it. See cnclip_lora.sampler.UniqueImageSampler."
+            "true/false force it. See cnclip_lora.training.sampler.UniqueImageSampler."
         },
     )
 

@@ -22,9 +22,9 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_downl
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import CnClipLoraError, UnsafeArtifactError
-from .model_card import write_model_card
-from .sources import hub_reachable, looks_local, not_found
+from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
+from cnclip_lora.model_card import write_model_card
+from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
 __all__ = [
     "ADAPTER_FILES",

@@ -18,8 +18,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import CnClipLoraError
-from .io_utils import atomic_write_text
+from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.utils.files import atomic_write_text
 
 __all__ = [
     "CARD_TAGS",

@@ -24,8 +24,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
-from .errors import ConfigError, UnsafeArtifactError
-from .sources import check_source
+from cnclip_lora.errors import ConfigError, UnsafeArtifactError
+from cnclip_lora.utils.sources import check_source
 
 __all__ = [
     "load_model_and_processor",

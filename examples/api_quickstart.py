@@ -9,9 +9,9 @@ the held-out split, then ranks the gallery for a few free-text queries.
 from pathlib import Path
 
 from cnclip_lora import RetrievalArguments, apply_lora, evaluate, load_retrieval_model, rank, train
-from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.modeling import load_model_and_processor
-from cnclip_lora.tiny_model import make_tiny_model
+from cnclip_lora.demo.tiny_model import make_tiny_model
 
 work = Path("demo_output/api-example")
 model_dir = make_tiny_model(work / "tiny-model", seed=0)

@@ -156,7 +156,7 @@ def _backend_probe(request: dict) -> dict:
 
     from cnclip_lora.collate import ImageTextCollator, Preprocessing, preprocess_images
     from cnclip_lora.modeling import load_model_and_processor
-    from cnclip_lora.retrieve import load_retrieval_model
+    from cnclip_lora.retrieve.run import load_retrieval_model
 
     plain = AutoImageProcessor.from_pretrained(request["model"])
     _, train_processor = load_model_and_processor(request["model"])

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from cnclip_lora.cli import main
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model
-from cnclip_lora.tiny_model import make_tiny_model
-from cnclip_lora.train import train
+from cnclip_lora.retrieve.run import RetrievalArguments, evaluate, load_retrieval_model
+from cnclip_lora.demo.tiny_model import make_tiny_model
+from cnclip_lora.training.run import train
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel
 
-from cnclip_lora.cached_step import cached_contrastive_step, model_embeddings
+from cnclip_lora.training.cached_step import cached_contrastive_step, model_embeddings
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.config import CnClipTrainingArguments
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.loss import ContrastiveLoss
+from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.modeling import apply_lora
-from cnclip_lora.train import train
+from cnclip_lora.training.run import train
 from dist_utils import needs_gloo, run_torchrun
 
 DROPOUT = 0.1
@@ -172,7 +172,7 @@ def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
     largest number of rows one forward pass saw)."""
     import importlib
 
-    train_mod = importlib.import_module("cnclip_lora.train")
+    train_mod = importlib.import_module("cnclip_lora.training.run")
     trainers: list = []
 
     class Recording(train_mod.CnClipLoraTrainer):
@@ -246,8 +246,8 @@ DIST_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from cnclip_lora.cached_step import cached_contrastive_step
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.cached_step import cached_contrastive_step
+    from cnclip_lora.training.loss import ContrastiveLoss
     sys.path.insert(0, sys.argv[4])  # the tests folder
     from test_cached_step import adamw_step, collated, dropout_model, lora_grads, lora_weights
 

@@ -49,7 +49,7 @@ def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no
     unless it sets non_blocking itself."""
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
     assert (args.accelerator_config.split_batches, args.accelerator_config.non_blocking) == (split, non_blocking)

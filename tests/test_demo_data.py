@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data generator (cnclip_lora.demo_data)."""
+"""Tests for the synthetic demo data generator (cnclip_lora.demo.data)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cnclip_lora import demo_data as dd
-from cnclip_lora.demo_data import DOMAINS, get_domain, make_demo_data
+from cnclip_lora.demo import data as dd
+from cnclip_lora.demo.data import DOMAINS, get_domain, make_demo_data
 from cnclip_lora.errors import ConfigError
 
 SMALL = dict(n_train=20, n_queries=10, n_distractors=15)

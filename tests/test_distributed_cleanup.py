@@ -8,8 +8,8 @@ import pytest
 import torch
 from dist_utils import needs_gloo
 
-from cnclip_lora.distributed import adopt_new_process_group, group_exists, release_process_group
-from cnclip_lora.embedding import process_info
+from cnclip_lora.utils.distributed import adopt_new_process_group, group_exists, release_process_group
+from cnclip_lora.retrieve.embed import process_info
 
 
 def _free_port() -> int:

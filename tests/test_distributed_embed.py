@@ -24,8 +24,8 @@ SIZES = (7, 1)
 
 def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every distributed code path of embedding: texts and images at each size, and ``evaluate``."""
-    from cnclip_lora.embedding import embed_images, embed_texts
-    from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model
+    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate, load_retrieval_model
 
     model, processor, prep, _ = load_retrieval_model(str(model_dir), device="cpu")
     titles = [f"云思木想2019秋装新款{i}号连衣裙" for i in range(max(SIZES))]
@@ -49,7 +49,7 @@ def retrieve_argv(model_dir: Path, data_dir: Path, out_dir: Path, cache_dir: str
 
 def _worker(model_dir: str, data_dir: str, out_dir: str) -> None:
     from cnclip_lora.cli import main
-    from cnclip_lora.embedding import process_info
+    from cnclip_lora.retrieve.embed import process_info
 
     out = Path(out_dir)
     arrays, metrics = embed_all(Path(model_dir), Path(data_dir), out / "cache")

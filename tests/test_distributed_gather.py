@@ -19,13 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnclip_lora.loss import ContrastiveLoss, gathered_contrastive_loss
+from cnclip_lora.training.loss import ContrastiveLoss, gathered_contrastive_loss
 
 SCRIPT = textwrap.dedent(
     '''
     import json, os, sys
     import torch
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.loss import ContrastiveLoss
 
     GLOBAL_B, LOCAL_B = 8, 4
 

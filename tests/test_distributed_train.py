@@ -20,7 +20,7 @@ from dist_utils import needs_gloo, run_torchrun, stray_files
 from safetensors.torch import load_file
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.train import train
+from cnclip_lora.training.run import train
 
 PER_DEVICE = 4
 

@@ -12,11 +12,11 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`
 
 from cnclip_lora.cli import main
 from cnclip_lora.collate import RECORD_FILE, Preprocessing
-from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.export_onnx import TEXT_FILE, VISION_FILE, export_onnx, load_onnx_model
-from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model, retrieve
-from cnclip_lora.train import train
+from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx, load_onnx_model
+from cnclip_lora.retrieve.run import RetrievalArguments, evaluate, load_retrieval_model, retrieve
+from cnclip_lora.training.run import train
 
 # One character up to far past the 52-token limit (truncated), mixed scripts, so batches pad differently.
 TITLES = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import ChineseCLIPModel
 
-from cnclip_lora.flops import training_flops_per_sample
+from cnclip_lora.training.flops import training_flops_per_sample
 from cnclip_lora.modeling import apply_lora, h14_config
 
 
@@ -32,9 +32,9 @@ def test_vit_h14_lora_counts_match_the_architecture():
 
 
 def test_trainer_total_flos_counts_both_towers_per_sample(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
-    import cnclip_lora.flops as flops
+    import cnclip_lora.training.flops as flops
     from cnclip_lora.modeling import load_model_and_processor
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     walks = []
     real = flops._weights_by_tower

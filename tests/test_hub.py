@@ -536,7 +536,7 @@ def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fa
 
 
 def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_path, fake_hub, tiny_model_dir, demo_dir):
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     out = tmp_path / "run"
     argv = []

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnclip_lora.io_utils import atomic_path, atomic_write_text, default_file_mode, staged_dir
+from cnclip_lora.utils.files import atomic_path, atomic_write_text, default_file_mode, staged_dir
 
 
 class Boom(RuntimeError):
@@ -106,7 +106,7 @@ def _crash_halfway_to_csv(monkeypatch):
 
 
 def test_submission_and_topk_crash_leave_previous_files(tmp_path, monkeypatch):
-    from cnclip_lora.retrieve import write_submission, write_topk
+    from cnclip_lora.retrieve.run import write_submission, write_topk
 
     sub, topk = tmp_path / "submit.csv", tmp_path / "topk.csv"
     scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]], dtype=np.float32)
@@ -137,7 +137,7 @@ def test_adapter_save_crash_keeps_the_previous_adapter(tiny_model_dir, tmp_path,
 
     from cnclip_lora.config import CnClipTrainingArguments
     from cnclip_lora.modeling import apply_lora
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=2, alpha=4)
     args = CnClipTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
@@ -174,7 +174,7 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
     """datasets writes map caches to a temp file and moves it; a crash leaves no cache file."""
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    import cnclip_lora.embedding as embedding
+    import cnclip_lora.retrieve.embed as embedding
 
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer

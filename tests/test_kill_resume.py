@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.io_utils import checkpoint_problem, latest_complete_checkpoint, resolve_resume_checkpoint
+from cnclip_lora.utils.files import checkpoint_problem, latest_complete_checkpoint, resolve_resume_checkpoint
 
 MAX_STEPS, SAVE_STEPS, KILL_AFTER = 6, 2, 4
 
@@ -27,8 +27,8 @@ MAX_STEPS, SAVE_STEPS, KILL_AFTER = 6, 2, 4
 def workdir(tmp_path_factory) -> Path:
     """Tiny model + a 64-row training set where 16 images have a second caption (so the
     unique-image sampler is on and its replay on resume is tested too)."""
-    from cnclip_lora.demo_data import make_demo_data
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.data import make_demo_data
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     root = tmp_path_factory.mktemp("kill-resume")
     make_tiny_model(root / "model", seed=0)

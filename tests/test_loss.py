@@ -1,4 +1,4 @@
-"""Tests for cnclip_lora.loss: HF equivalence, simulated multi-process gather, padding masks."""
+"""Tests for cnclip_lora.training.loss: HF equivalence, simulated multi-process gather, padding masks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cnclip_lora.errors import CnClipLoraError
-from cnclip_lora.loss import ContrastiveLoss, gathered_contrastive_loss
+from cnclip_lora.training.loss import ContrastiveLoss, gathered_contrastive_loss
 
 
 def _tiny_chinese_clip():

@@ -108,7 +108,7 @@ def _images(root) -> list[str]:
 
 def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
     from cnclip_lora.convert import _CLIP_MEAN, _CLIP_STD
-    from cnclip_lora.pixel_cache import build_pixel_cache
+    from cnclip_lora.training.pixel_cache import build_pixel_cache
     from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
     paths = _images(tmp_path)
@@ -132,7 +132,7 @@ def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
 
 def test_converted_official_model_gives_official_embeddings(tmp_path):
     from cnclip_lora.convert import convert_original
-    from cnclip_lora.embedding import embed_images, embed_texts
+    from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.modeling import load_model_and_processor
 
     info = {"embed_dim": 32, "image_resolution": 64, "vision_layers": 2, "vision_width": 64, "vision_head_width": 32,

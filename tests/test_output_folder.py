@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from cnclip_lora.cli import main
-from cnclip_lora.io_utils import checkpoint_problem
-from cnclip_lora.train import train
+from cnclip_lora.utils.files import checkpoint_problem
+from cnclip_lora.training.run import train
 
 
 def _flags(model: Path, data: Path, out: Path, **extra) -> list[str]:
@@ -74,7 +74,7 @@ def test_other_lora_rank_in_a_used_folder_is_refused_before_data_or_model(tiny_m
 
 
 def test_other_base_in_a_used_folder_is_refused(demo_dir, used_folder, tmp_path, capsys):
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other-base", seed=0, image_size=32)
     code, err = _cli(_flags(other, demo_dir, used_folder), capsys)
@@ -119,7 +119,7 @@ def test_resume_with_other_lora_rank_is_one_line_naming_the_difference(tiny_mode
 
 
 def test_resume_with_other_base_is_refused(demo_dir, used_folder, tmp_path, capsys):
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other-base", seed=0, image_size=32)
     code, err = _cli(_flags(other, demo_dir, used_folder, max_steps=4, resume_from_checkpoint="true"), capsys)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cnclip_lora.pixel_cache as pixel_cache_mod
+import cnclip_lora.training.pixel_cache as pixel_cache_mod
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import load_model_and_processor
-from cnclip_lora.pixel_cache import build_pixel_cache, pixel_cache_bytes, should_cache
+from cnclip_lora.training.pixel_cache import build_pixel_cache, pixel_cache_bytes, should_cache
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_crop_processors_cannot_be_forced_to_cache():
 
 
 def test_training_builds_the_cache_once_and_records_it(tiny_model_dir, demo_dir, tmp_path):
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True,
                   per_device_train_batch_size=8, num_train_epochs=2, val_size=0, save_strategy="no",
@@ -140,12 +140,12 @@ def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_d
     uncached runs train on identical batches, so adapters and metrics agree exactly."""
     from safetensors.torch import load_file
 
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True, seed=0,
                   per_device_train_batch_size=8, num_train_epochs=2, val_size=8, eval_strategy="epoch",
                   save_strategy="no", cache_dir=str(tmp_path / "pc"), check_images=False, learning_rate=1e-3)  # fmt: skip
-    import cnclip_lora.embedding as embedding
+    import cnclip_lora.retrieve.embed as embedding
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("evaluation decoded images although the gallery is cached")
@@ -169,7 +169,7 @@ def test_unwritable_cache_folder_runs_uncached_or_fails_early_when_named(tiny_mo
     user named, or a cache they required, stops before training with the folder in the message."""
     import datasets
 
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")

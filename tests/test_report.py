@@ -13,7 +13,7 @@ from serve_utils import make_random_adapter
 
 from cnclip_lora.cli import main
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.report import ModelRun, ReportArguments, render_report, training_curves_png, true_ranks
+from cnclip_lora.retrieve.report import ModelRun, ReportArguments, render_report, training_curves_png, true_ranks
 
 
 def test_true_ranks_match_a_full_sort():
@@ -88,7 +88,7 @@ def test_report_arguments_reject_bad_options(kwargs, match):
 
 def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install 'cnclip-lora[report]'")
-    from cnclip_lora.retrieve import RetrievalArguments, evaluate
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "r" / "report.html"

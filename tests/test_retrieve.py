@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnclip_lora.collate import Preprocessing, preprocess_images, tokenize_titles
-from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
-from cnclip_lora.retrieve import (
+from cnclip_lora.retrieve.run import (
     RetrievalArguments,
     embedding_fingerprint,
     evaluate,
@@ -23,7 +23,7 @@ from cnclip_lora.retrieve import (
     retrieve,
     write_submission,
 )
-from cnclip_lora.train import train
+from cnclip_lora.training.run import train
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_default_embedding_cache_is_shared_across_working_directories(tiny_model
     working directory, and a run from another directory reuses them (by absolute image paths)."""
     import datasets
 
-    from cnclip_lora.caches import cache_usage
+    from cnclip_lora.utils.caches import cache_usage
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     relative_data = os.path.relpath(demo_dir, tmp_path / "a")

@@ -36,7 +36,7 @@ from cnclip_lora.cli import main
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
 from cnclip_lora.errors import ConfigError, DataError
-from cnclip_lora.retrieve import write_submission
+from cnclip_lora.retrieve.run import write_submission
 
 
 
@@ -261,7 +261,7 @@ def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_pa
     from transformers import AutoProcessor, ChineseCLIPModel
 
     from cnclip_lora.collate import Preprocessing
-    from cnclip_lora.embedding import embed_images
+    from cnclip_lora.retrieve.embed import embed_images
 
     root = make_dataset_dir(tmp_path)
     image_dir = root / "image"
@@ -481,7 +481,7 @@ def test_adapter_targeting_modules_the_base_lacks_is_refused(copy_adapter, base)
 
 
 def test_adapter_for_a_base_of_another_size_is_refused(adapter_dir, tmp_path, make_dataset_dir, capsys):
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     wider = make_tiny_model(tmp_path / "wider", seed=0, hidden_size=64)
     root = make_dataset_dir(tmp_path)
@@ -548,7 +548,7 @@ def no_model_load(monkeypatch):
 
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("cnclip_lora.train"), "load_model_and_processor", refuse)
+    monkeypatch.setattr(importlib.import_module("cnclip_lora.training.run"), "load_model_and_processor", refuse)
 
 
 def _train(capsys, model, root, out, *extra):

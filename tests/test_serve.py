@@ -17,7 +17,7 @@ from serve_utils import chromium_driver, http, make_random_adapter, save_screens
 pytest.importorskip("fastapi", reason="FastAPI not installed: pip install 'cnclip-lora[serve]'")
 pytest.importorskip("uvicorn", reason="uvicorn not installed: pip install 'cnclip-lora[serve]'")
 
-from cnclip_lora.serve import MicroBatcher  # noqa: E402
+from cnclip_lora.retrieve.serve import MicroBatcher  # noqa: E402
 
 SHOTS = os.environ.get("CNCLIP_SCREENSHOT_DIR")  # set to write the README screenshots
 
@@ -52,9 +52,9 @@ def _search(server, q: str, k: int = 5):
 
 def test_search_ranks_like_retrieve(served, tiny_model_dir):
     """The service's ranking equals embedding the query with the package's own functions."""
-    from cnclip_lora.embedding import embed_texts
-    from cnclip_lora.ranking import rank
-    from cnclip_lora.retrieve import RetrievalArguments, embed_gallery, load_retrieval_model
+    from cnclip_lora.retrieve.embed import embed_texts
+    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.retrieve.run import RetrievalArguments, embed_gallery, load_retrieval_model
 
     server, gallery, adapter = served
     query = "云思木想2019秋装新款高领长袖T恤女"
@@ -164,7 +164,7 @@ def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
     calls: list[list[str]] = []
 
     def fn(queries: list[str], k: int) -> list:
-        from cnclip_lora.serve import QueryResult
+        from cnclip_lora.retrieve.serve import QueryResult
 
         calls.append(list(queries))
         return [QueryResult(q, False, 1, list(range(k)), [1.0] * k) for q in queries]

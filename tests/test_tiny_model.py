@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, BertTokenizer
 
-from cnclip_lora.tiny_model import TINY_MAX_POSITIONS, build_tiny_vocab, make_tiny_model
+from cnclip_lora.demo.tiny_model import TINY_MAX_POSITIONS, build_tiny_vocab, make_tiny_model
 
 TITLE = "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723"
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])

@@ -11,9 +11,9 @@ from peft import PeftModel
 from transformers import AutoProcessor, ChineseCLIPModel
 
 from cnclip_lora.collate import ImageTextCollator
-from cnclip_lora.loss import ContrastiveLoss
+from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
-from cnclip_lora.train import train
+from cnclip_lora.training.run import train
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}
 
@@ -153,7 +153,7 @@ def _capture_trainers(monkeypatch) -> list:
     """Make ``train()`` build a recording subclass of ``CnClipLoraTrainer``; returns its instances."""
     import importlib
 
-    train_mod = importlib.import_module("cnclip_lora.train")  # the module (the package exports a function of that name)
+    train_mod = importlib.import_module("cnclip_lora.training.run")  # the module (the package exports a function of that name)
     trainers: list = []
 
     class Recording(train_mod.CnClipLoraTrainer):
@@ -213,7 +213,7 @@ def _trainer_after_one_backward(model_dir: Path, data_dir: Path, out: Path, **ar
     import pandas as pd
 
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     processor = AutoProcessor.from_pretrained(model_dir)
     model = apply_lora(ChineseCLIPModel.from_pretrained(model_dir), r=4, alpha=8)
@@ -277,7 +277,7 @@ def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_d
     import logging
     import math
 
-    train_mod = importlib.import_module("cnclip_lora.train")
+    train_mod = importlib.import_module("cnclip_lora.training.run")
     trainers: list = []
 
     class Diverging(train_mod.CnClipLoraTrainer):
@@ -290,7 +290,7 @@ def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_d
             return loss * float("nan") if self.state.global_step == 1 else loss
 
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
-    with caplog.at_level(logging.WARNING, logger="cnclip_lora.trainer"):
+    with caplog.at_level(logging.WARNING, logger="cnclip_lora.training.trainer"):
         train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=3, val_size=0))
     losses = [entry["loss"] for entry in trainers[0].state.log_history if "loss" in entry]
     assert len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[1])
@@ -302,7 +302,7 @@ def test_evaluating_a_diverged_model_names_the_divergence(tiny_model_dir, demo_d
 
     from cnclip_lora.errors import CnClipLoraError
 
-    train_mod = importlib.import_module("cnclip_lora.train")
+    train_mod = importlib.import_module("cnclip_lora.training.run")
 
     class Diverging(train_mod.CnClipLoraTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -320,7 +320,7 @@ def test_a_model_reused_by_a_second_trainer_runs_that_trainers_precision(tiny_mo
     import pandas as pd
 
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)

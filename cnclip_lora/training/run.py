@@ -3,7 +3,7 @@
 The same function serves ``cnclip-lora train``, ``accelerate launch -m cnclip_lora train``,
 ``torchrun -m cnclip_lora train`` and notebooks::
 
-    from cnclip_lora import train
+    from cnclip_lora.training import train
     result = train(["--model_name_or_path", "tiny", "--data_dir", "xfdata", "--output_dir", "out",
                     "--max_steps", "50"])
 """
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from transformers import set_seed
 
-from cnclip_lora.caches import usable_cache_dir
+from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.collate import ImageTextCollator, Preprocessing, prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
@@ -32,13 +32,13 @@ from cnclip_lora.config import (
 from cnclip_lora.data import CompetitionData, count_truncated, load_competition_data
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
-from cnclip_lora.pixel_cache import build_pixel_cache, should_cache
-from cnclip_lora.trainer import CnClipLoraTrainer, RetrievalEvalSet
+from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
+from cnclip_lora.training.trainer import CnClipLoraTrainer, RetrievalEvalSet
 
 __all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
 
 from cnclip_lora.model_card import write_model_card
-from cnclip_lora.sources import check_source
+from cnclip_lora.utils.sources import check_source
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def run_training(
     check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
     check_output_path(training_args.output_dir)
     # 0. The output folder: never mix this run with another one's adapter and checkpoints.
-    from cnclip_lora.io_utils import resolve_resume_checkpoint
-    from cnclip_lora.run_folder import check_output_dir, remove_previous_run, requested_settings
+    from cnclip_lora.utils.files import resolve_resume_checkpoint
+    from cnclip_lora.training.output_dir import check_output_dir, remove_previous_run, requested_settings
 
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir, requested_settings(model_args, data_args, lora_args),
@@ -290,7 +290,7 @@ def run_training(
             bar = getattr(callback, "training_bar", None) if isinstance(callback, ProgressCallback) else None
             if bar is not None:
                 bar.close()
-        from cnclip_lora.run_folder import resume_hint
+        from cnclip_lora.training.output_dir import resume_hint
 
         raise TrainingInterrupted(
             f"training stopped at step {trainer.state.global_step}; {resume_hint(training_args.output_dir)}"
@@ -383,7 +383,7 @@ def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
         argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``.
         overrides: flags as keyword arguments (``max_steps=10``), appended after ``argv``.
     """
-    from cnclip_lora.distributed import adopt_new_process_group, group_exists
+    from cnclip_lora.utils.distributed import adopt_new_process_group, group_exists
 
     argv = list(argv or [])
     for key, value in overrides.items():

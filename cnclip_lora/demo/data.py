@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 from PIL import Image, ImageDraw, ImageFilter
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.io_utils import atomic_path, atomic_write_text
+from cnclip_lora.utils.files import atomic_path, atomic_write_text
 
 __all__ = [
     "DOMAINS",

@@ -3,7 +3,7 @@
 Only what differs from ``transformers.Trainer`` is overridden:
 
 * ``compute_loss``: symmetric contrastive loss over the batch's text/image embeddings
-  (:class:`cnclip_lora.loss.ContrastiveLoss`, gathered across processes), plus in-batch
+  (:class:`cnclip_lora.training.loss.ContrastiveLoss`, gathered across processes), plus in-batch
   text-to-image accuracy, logged next to the loss.
 * ``evaluate``: full-gallery Recall@1/5/10 and MR on the held-out split with the competition's
   gallery protocol. Like sentence-transformers' trainer, it returns ``eval_*`` metrics through the
@@ -14,11 +14,11 @@ Only what differs from ``transformers.Trainer`` is overridden:
   preprocessing record.
 * ``_clip_grad_norm`` / ``_get_grad_norm``: over the LoRA parameters only, found once, instead
   of walking every frozen weight each step (same norm).
-* ``floating_point_ops``: ``total_flos`` from :mod:`cnclip_lora.flops` (per tower, LoRA-aware),
+* ``floating_point_ops``: ``total_flos`` from :mod:`cnclip_lora.training.flops` (per tower, LoRA-aware),
   computed once per input shape instead of walking the model every step.
 * ``training_step``: with ``--contrastive_mini_batch_size`` the cached-gradient step
-  (:mod:`cnclip_lora.cached_step`); otherwise the Trainer's own.
-* ``_get_train_sampler``: :class:`cnclip_lora.sampler.UniqueImageSampler` when an image has
+  (:mod:`cnclip_lora.training.cached_step`); otherwise the Trainer's own.
+* ``_get_train_sampler``: :class:`cnclip_lora.training.sampler.UniqueImageSampler` when an image has
   several captions (``--unique_images_per_batch``), so no batch holds an image twice.
 * ``train``: ``--resume_from_checkpoint true`` resumes from the newest *complete* checkpoint.
 * ``__init__``: a model an earlier Trainer already prepared is released first
@@ -39,14 +39,14 @@ import torch
 from transformers import Trainer
 
 from cnclip_lora.collate import Preprocessing, write_record
-from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.flops import batch_shape_tokens, training_flops_per_sample
-from cnclip_lora.io_utils import atomic_write_text, resolve_resume_checkpoint, staged_dir
-from cnclip_lora.loss import ContrastiveLoss
+from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
+from cnclip_lora.utils.files import atomic_write_text, resolve_resume_checkpoint, staged_dir
+from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.model_card import write_model_card
-from cnclip_lora.ranking import rank
-from cnclip_lora.sampler import unique_image_sampler_for
+from cnclip_lora.retrieve.search import rank
+from cnclip_lora.training.sampler import unique_image_sampler_for
 
 __all__ = ["RetrievalEvalSet", "CnClipLoraTrainer", "release_accelerate_preparation"]
 
@@ -102,7 +102,7 @@ class CnClipLoraTrainer(Trainer):
             disables retrieval evaluation.
         preprocessing: recorded in the output folder so retrieval replays it.
         record: extra sections for ``cnclip_lora.json`` (data description, LoRA settings).
-        eval_pixel_cache: a :class:`cnclip_lora.pixel_cache.PixelCache` of the evaluation gallery
+        eval_pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` of the evaluation gallery
             (keyed by ``retrieval_eval.gallery_paths``), so repeated evaluations do not decode again.
         All other arguments are ``transformers.Trainer``'s.
     """
@@ -145,7 +145,7 @@ class CnClipLoraTrainer(Trainer):
                              **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
-        # Two captions of one image in a batch are each other's false negatives (cnclip_lora.sampler).
+        # Two captions of one image in a batch are each other's false negatives (cnclip_lora.training.sampler).
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         mode = getattr(self.args, "unique_images_per_batch", None)
         if self.args.train_sampling_strategy != "random":
@@ -184,12 +184,12 @@ class CnClipLoraTrainer(Trainer):
         return self._cached_training_step(model, inputs, mini_batch_size)
 
     def _cached_training_step(self, model: torch.nn.Module, inputs: dict[str, Any], mini_batch_size: int) -> torch.Tensor:
-        """``training_step`` through :func:`cnclip_lora.cached_step.cached_contrastive_step`: the
+        """``training_step`` through :func:`cnclip_lora.training.cached_step.cached_contrastive_step`: the
         Trainer's scaling (accumulation steps, mixed precision via ``accelerator.backward``), once
         per accumulation step, each step one cached big batch."""
         import functools
 
-        from cnclip_lora.cached_step import cached_contrastive_step
+        from cnclip_lora.training.cached_step import cached_contrastive_step
 
         if self.is_deepspeed_enabled:
             raise ConfigError("--contrastive_mini_batch_size does not work with DeepSpeed (its engine owns the "
@@ -249,7 +249,7 @@ class CnClipLoraTrainer(Trainer):
         return self._once_per_model("trainable", model, lambda: [p for p in model.parameters() if p.requires_grad])
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
-        """Model FLOPs of this training batch (:mod:`cnclip_lora.flops`), for ``total_flos``.
+        """Model FLOPs of this training batch (:mod:`cnclip_lora.training.flops`), for ``total_flos``.
 
         The Trainer's default multiplies the title length by every weight of both towers, ignores
         the images, and walks all modules on every step (~15 % of a small model's step time);
@@ -309,7 +309,7 @@ class CnClipLoraTrainer(Trainer):
                                   batch_size=batch_size, pixel_cache=self.eval_pixel_cache)  # fmt: skip
         finally:
             model.train(was_training)
-        from cnclip_lora.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating
+        from cnclip_lora.retrieve.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating
 
         if not (np.isfinite(text).all() and np.isfinite(images).all()):
             raise CnClipLoraError(

@@ -1,7 +1,7 @@
 """Process groups this package creates, and their clean release at exit.
 
 A ``torchrun`` launch of ``retrieve``/``evaluate`` joins a process group inside the package
-(:func:`cnclip_lora.embedding.process_info`), and ``train`` makes the Trainer join one. A group
+(:func:`cnclip_lora.retrieve.embed.process_info`), and ``train`` makes the Trainer join one. A group
 left alive at interpreter exit is torn down by static destructors while gloo's threads still run,
 which can abort a rank (``terminate called without an active exception``) after all its work:
 a finished job reported as failed. Each group the package created is therefore destroyed at

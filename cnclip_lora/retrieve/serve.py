@@ -105,7 +105,7 @@ class SearchEngine:
         from cnclip_lora.collate import tokenize_titles
         from cnclip_lora.data import normalize_title
         from cnclip_lora.modeling import get_text_embeds
-        from cnclip_lora.ranking import rank
+        from cnclip_lora.retrieve.search import rank
 
         texts = [normalize_title(q) for q in queries]
         device = next(self.model.parameters()).device
@@ -190,7 +190,7 @@ def _cut(result: QueryResult, k: int) -> QueryResult:
 
 def load_engine(args: ServeArguments) -> SearchEngine:
     """Load the model once and embed the gallery through retrieve's embedding cache."""
-    from cnclip_lora.retrieve import RetrievalArguments, embed_gallery, load_retrieval_model
+    from cnclip_lora.retrieve.run import RetrievalArguments, embed_gallery, load_retrieval_model
 
     if args.image_dir:
         image_dir = Path(args.image_dir)

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .loss import ContrastiveLoss, LossOutput
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.training.loss import ContrastiveLoss, LossOutput
 
 __all__ = ["cached_contrastive_step", "model_embeddings", "split_batch"]
 

@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 
-from cnclip_lora.caches import default_cache_dir
+from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.collate import _squash_plan, decode_resized, supports_uint8_path
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.io_utils import hash_file_stats
+from cnclip_lora.utils.files import hash_file_stats
 
 __all__ = ["CACHE_MODES", "PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
 

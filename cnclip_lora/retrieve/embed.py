@@ -36,7 +36,7 @@ def process_info() -> tuple[int, int]:
     if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        from cnclip_lora.distributed import adopt_new_process_group
+        from cnclip_lora.utils.distributed import adopt_new_process_group
 
         # PartialState() alone finds no backend on a CPU-only machine and stays single-process.
         state = PartialState(cpu=not torch.cuda.is_available())
@@ -144,7 +144,7 @@ def embed_texts(
     Args:
         model: a ChineseCLIPModel (plain, PEFT-wrapped or merged); put in eval mode here.
         fingerprint: with ``cache_dir``, names the cache file; must change whenever the model or
-            the inputs change (see :func:`cnclip_lora.retrieve.embedding_fingerprint`).
+            the inputs change (see :func:`cnclip_lora.retrieve.run.embedding_fingerprint`).
         title_normalization: how titles reach the tokenizer (the recorded
             :attr:`Preprocessing.title_normalization`).
         pad_to_max_length: pad every batch to ``max_length`` (a compiled model's static shape)
@@ -186,7 +186,7 @@ def embed_images(
 
     Args:
         num_threads: decoding threads; default half the cores, 1 to 4.
-        pixel_cache: a :class:`cnclip_lora.pixel_cache.PixelCache` holding ``paths`` (as given):
+        pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` holding ``paths`` (as given):
             their resized pixels are read from it instead of decoding (the Trainer's evaluation
             embeds the same validation gallery at every evaluation).
     """

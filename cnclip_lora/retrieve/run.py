@@ -21,15 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cnclip_lora.caches import usable_cache_dir
+from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.collate import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
-from cnclip_lora.embedding import embed_images, embed_texts, process_info
+from cnclip_lora.retrieve.embed import embed_images, embed_texts, process_info
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.io_utils import atomic_path, hash_file_stats
-from cnclip_lora.metrics import recall_at_k
+from cnclip_lora.utils.files import atomic_path, hash_file_stats
+from cnclip_lora.retrieve.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
-from cnclip_lora.ranking import assign, assign_one_to_one, rank
+from cnclip_lora.retrieve.search import assign, assign_one_to_one, rank
 
 __all__ = [
     "RetrievalArguments",
@@ -201,7 +201,7 @@ def load_retrieval_model(
 def _load_for_backend(args: RetrievalArguments) -> tuple[Any, Any, Preprocessing, str | None]:
     """:func:`load_retrieval_model`, or the onnxruntime model of an export folder (``--backend onnx``)."""
     if args.backend == "onnx":
-        from cnclip_lora.export_onnx import load_onnx_model
+        from cnclip_lora.retrieve.export_onnx import load_onnx_model
 
         model, processor, preprocessing = load_onnx_model(args.model_name_or_path, device=args.device)
         return model, processor, preprocessing, None
@@ -431,7 +431,7 @@ def check_output_paths(args: RetrievalArguments) -> None:
 def _check_sources(args: RetrievalArguments) -> None:
     """A mistyped model or adapter path fails before the data checks, and never as a Hub error."""
     from cnclip_lora.hub import resolve_adapter
-    from cnclip_lora.sources import check_source
+    from cnclip_lora.utils.sources import check_source
 
     check_source(args.model_name_or_path, option="--model_name_or_path", revision=args.model_revision)
     if args.adapter:

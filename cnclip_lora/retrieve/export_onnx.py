@@ -144,7 +144,7 @@ def export_onnx(
         raise ConfigError(f"export-onnx: {out} already exists and is not empty; pass --overwrite to replace it.")
     _require("onnx")  # the TorchScript exporter needs it to write the file
     from cnclip_lora.collate import RECORD_FILE, Preprocessing, write_record
-    from cnclip_lora.retrieve import load_retrieval_model
+    from cnclip_lora.retrieve.run import load_retrieval_model
 
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
         model_name_or_path, adapter, model_revision=model_revision, adapter_revision=adapter_revision,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import CnClipLoraError, ConfigError
-from .ranking import rank
+from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.retrieve.search import rank
 
 __all__ = ["recall_at_k", "retrieval_metrics"]
 

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .errors import CnClipLoraError, ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
 
 __all__ = ["rank", "assign", "assign_one_to_one", "DENSE_ONE_TO_ONE_BYTES"]
 

@@ -156,7 +156,7 @@ def settings_differences(recorded: dict[str, Any], requested: dict[str, Any], wh
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
-    from cnclip_lora.io_utils import _checkpoints as sorted_checkpoints
+    from cnclip_lora.utils.files import _checkpoints as sorted_checkpoints
 
     try:
         return sorted_checkpoints(output_dir)
@@ -245,7 +245,7 @@ def remove_previous_run(output_dir: str | os.PathLike) -> list[Path]:
 
 def resume_hint(output_dir: str | os.PathLike) -> str:
     """How to continue an interrupted run in ``output_dir``: the flag, and the checkpoint it would use."""
-    from cnclip_lora.io_utils import latest_complete_checkpoint
+    from cnclip_lora.utils.files import latest_complete_checkpoint
 
     latest, _ = latest_complete_checkpoint(output_dir)
     if latest is None:

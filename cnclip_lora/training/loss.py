@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import CnClipLoraError
+from cnclip_lora.errors import CnClipLoraError
 
 __all__ = ["ContrastiveLoss", "LossOutput", "gathered_contrastive_loss"]
 

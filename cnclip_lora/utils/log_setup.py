@@ -55,7 +55,7 @@ def setup_logging(level: str | None = None) -> None:
         level: A :data:`LOG_LEVELS` name. The package logs at INFO by default and libraries at
             WARNING; an explicit level applies to both. Non-main processes never go below WARNING.
     """
-    from .errors import ConfigError
+    from cnclip_lora.errors import ConfigError
 
     if level is not None and level != "passive" and level not in LOG_LEVELS:
         raise ConfigError(f"--log_level must be one of {', '.join([*LOG_LEVELS, 'passive'])}; got {level!r}.")

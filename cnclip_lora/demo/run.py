@@ -46,17 +46,17 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _scores(args_cls, **kwargs) -> dict[str, float]:
-    from cnclip_lora.retrieve import evaluate
+    from cnclip_lora.retrieve.run import evaluate
 
     return evaluate(args_cls(**kwargs))
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Run the demo; returns ``{"base": metrics, "tuned": metrics}`` and prints a table."""
-    from cnclip_lora.demo_data import make_demo_data
-    from cnclip_lora.retrieve import RetrievalArguments, retrieve
-    from cnclip_lora.tiny_model import make_tiny_model
-    from cnclip_lora.train import train
+    from cnclip_lora.demo.data import make_demo_data
+    from cnclip_lora.retrieve.run import RetrievalArguments, retrieve
+    from cnclip_lora.demo.tiny_model import make_tiny_model
+    from cnclip_lora.training.run import train
 
     start = time.time()
     data_dir = Path(args.data_dir)
@@ -107,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def _write_report(model_dir: Path, data_dir: Path, adapter_dir: Path, cache: str, output: Path) -> Path:
     """The HTML report of the held-out split, base vs fine-tuned (embeddings come from the cache)."""
-    from cnclip_lora.report import ReportArguments, build_report
+    from cnclip_lora.retrieve.report import ReportArguments, build_report
 
     return build_report(ReportArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
                                         adapter=str(adapter_dir), compare_base=True, output=str(output),

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cnclip_lora.errors import ConfigError, CnClipLoraError
-from cnclip_lora.io_utils import atomic_path
+from cnclip_lora.utils.files import atomic_path
 
 __all__ = ["ReportArguments", "ModelRun", "build_report", "render_report", "training_curves_png"]
 
@@ -96,7 +96,7 @@ def true_ranks(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int], 
 
 def split_metrics(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
     """t2i and i2t R@1/5/10 + MR with the gallery size, as ``evaluate`` reports them."""
-    from cnclip_lora.metrics import retrieval_metrics
+    from cnclip_lora.retrieve.metrics import retrieval_metrics
 
     out = retrieval_metrics(queries, gallery, list(labels), prefix="t2i_")
     captions: dict[int, set[int]] = {}
@@ -111,8 +111,8 @@ def split_metrics(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int
 
 def _run_model(args: ReportArguments, adapter: str | None, name: str, titles: list[str], labels: list[int],
                gallery_paths: list[str]) -> ModelRun:
-    from cnclip_lora.ranking import rank
-    from cnclip_lora.retrieve import RetrievalArguments, embed_titles_and_gallery, load_retrieval_model
+    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.retrieve.run import RetrievalArguments, embed_titles_and_gallery, load_retrieval_model
 
     rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=adapter,
                                batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device,
@@ -310,7 +310,7 @@ def _curves(args: ReportArguments) -> tuple[bytes | None, str]:
 
 def build_report(args: ReportArguments) -> Path:
     """Score the labelled split with each model and write the HTML report (atomically)."""
-    from cnclip_lora.retrieve import RetrievalArguments, labelled_split
+    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_split
 
     split = labelled_split(RetrievalArguments(
         model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, split=args.split, answers=args.answers,

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ConfigError, CnClipLoraError
+from cnclip_lora.errors import ConfigError, CnClipLoraError
 
 __all__ = ["HubSource", "check_source", "hub_reachable", "looks_local", "nearest_existing", "not_found"]
 

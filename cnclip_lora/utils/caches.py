@@ -3,8 +3,8 @@
 Both caches live under one root, ``datasets``' cache folder (``HF_DATASETS_CACHE``, by default
 ``~/.cache/huggingface/datasets``) + ``cnclip_lora/``, because both are ``datasets.map`` results:
 
-* ``pixels/``: decoded, resized training and validation images (:mod:`cnclip_lora.pixel_cache`);
-* ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve`).
+* ``pixels/``: decoded, resized training and validation images (:mod:`cnclip_lora.training.pixel_cache`);
+* ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve.run`).
 
 Their file names are fingerprints of everything that affects the content (model identity, adapter
 weights, file sizes and mtimes, preprocessing), so one cache serves every working directory and
