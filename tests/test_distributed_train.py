@@ -51,7 +51,8 @@ def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_mode
     assert "--use_cpu" not in flags and flags.count("true") == 0
     log = run_torchrun(["-m", "cnclip_lora", "train", *flags, *cache], cwd=tmp_path)
     if not torch.cuda.is_available():
-        assert log.count("training across them on CPU with the gloo backend") == 2, log[-3000:]
+        # said once: under torchrun only rank 0 logs at info
+        assert log.count("training across them on CPU with the gloo backend") == 1, log[-3000:]
     # Each rank destroyed the group it joined: no abort at exit, no leaked-group warning.
     assert "terminate called" not in log and "destroy_process_group" not in log
     out1 = tmp_path / "one"
