@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-Data fixtures (used by tests/test_data.py and any test that needs a data folder):
+Data fixtures (used by tests/data/test_data.py and any test that needs a data folder):
 ``make_dataset_dir`` builds a tiny competition-layout folder with PIL-made images.
 """
 

@@ -302,7 +302,7 @@ def test_two_processes_with_cached_steps_equal_one_process_with_the_whole_batch(
     script = tmp_path / "dist_cached.py"
     script.write_text(DIST_SCRIPT)
     out = tmp_path / "rank0.pt"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     run_torchrun([script, tiny_model_dir, demo_dir, out, repo / "tests"], cwd=repo)
     got = torch.load(out, weights_only=True)
 

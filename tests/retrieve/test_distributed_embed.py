@@ -1,6 +1,6 @@
 """Sharded embedding and retrieval under torchrun (two CPU processes, gloo) == one process.
 
-This file is also the worker script: ``torchrun tests/test_distributed_embed.py MODEL DATA OUT``
+This file is also the worker script: ``torchrun tests/retrieve/test_distributed_embed.py MODEL DATA OUT``
 runs :func:`embed_all` on every rank, so both sides of each comparison run the same code, then
 ``cnclip-lora retrieve`` through the CLI's ``main`` (what ``python -m cnclip_lora`` calls); one
 launch serves both tests, since starting two processes costs more than the work itself.
@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+# Also run as a torchrun worker script: the shared test helpers live one folder up.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dist_utils import needs_gloo, run_torchrun, stray_files
 
 SIZES = (7, 1)

@@ -19,7 +19,7 @@ from transformers import ChineseCLIPConfig, ChineseCLIPModel
 from cnclip_lora.collate import preprocess_images, tokenize_titles
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 
-VOCAB = Path(__file__).resolve().parents[2] / "shared" / "vocab" / "bert-base-chinese-vocab.txt"
+VOCAB = Path(__file__).resolve().parents[3] / "shared" / "vocab" / "bert-base-chinese-vocab.txt"
 TITLE = "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
