@@ -31,21 +31,28 @@ def test_vit_h14_lora_counts_match_the_architecture():
     assert f["total"] / 1e9 == pytest.approx(770.8, abs=0.1)  # the figure quoted in benchmarks/RESULTS.md
 
 
-def test_trainer_total_flos_counts_both_towers_per_sample(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
-    import cnclip_lora.training.flops as flops
-    from cnclip_lora.modeling import load_model_and_processor
+def _train_flos(tiny_model_dir, demo_dir, out, *extra: str) -> float:
     from cnclip_lora.training.run import train
 
-    walks = []
-    real = flops._weights_by_tower
-    monkeypatch.setattr(flops, "_weights_by_tower", lambda model: walks.append(1) or real(model))
-
     result = train(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir",
-                    str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "8", "--lora_r", "8",
-                    "--lora_alpha", "16", "--use_cpu", "true", "--val_size", "0", "--save_strategy", "no"])  # fmt: skip
-    assert len(walks) == 1  # the model is walked once per input shape, not on every step
-    state = json.loads((result.output_dir / "trainer_state.json").read_text())
+                    str(out), "--max_steps", "3", "--per_device_train_batch_size", "8", "--lora_r", "8",
+                    "--lora_alpha", "16", "--use_cpu", "true", "--val_size", "0", "--save_strategy", "no", *extra])  # fmt: skip
+    return json.loads((result.output_dir / "trainer_state.json").read_text())["total_flos"]
+
+
+def test_trainer_total_flos_counts_both_towers_per_sample(tiny_model_dir, demo_dir, tmp_path):
+    from cnclip_lora.modeling import load_model_and_processor
+
     model, _ = load_model_and_processor(str(tiny_model_dir))
     model = apply_lora(model, r=8, alpha=16)
-    per_sample = training_flops_per_sample(model, model.config, text_tokens=52)["total"]
-    assert state["total_flos"] == pytest.approx(3 * 8 * per_sample, rel=1e-6)
+
+    def per_sample(tokens: int) -> float:
+        return training_flops_per_sample(model, model.config, text_tokens=tokens)["total"]
+
+    # Fixed 52-token padding: every step is the same shape, so the total is exact.
+    fixed = _train_flos(tiny_model_dir, demo_dir, tmp_path / "fixed", "--pad_to_max_length", "true")
+    assert fixed == pytest.approx(3 * 8 * per_sample(52), rel=1e-6)
+    # Per-batch padding: each step counts the width it ran (a multiple of 8, at most 52), so the
+    # total lies between the narrowest and the fixed width, and below the fixed total.
+    dynamic = _train_flos(tiny_model_dir, demo_dir, tmp_path / "dynamic")
+    assert 3 * 8 * per_sample(8) <= dynamic < fixed
