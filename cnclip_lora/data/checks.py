@@ -167,7 +167,8 @@ def _walk_image_dir(image_dir: Path, root: Path) -> tuple[list[str], dict[str, t
         for d in list(dirnames):
             if os.path.islink(os.path.join(dirpath, d)) and not d.startswith("."):
                 name = (rel / d).as_posix() if rel.parts else d
-                refused[name] = ("special file", "is a linked folder, which is not followed; copy its images into image/")
+                why = "is a linked folder, which is not followed; copy its images into image/"
+                refused[name] = ("special file", why)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             rel_name = (rel / name).as_posix() if rel.parts else name

@@ -44,6 +44,15 @@ def _dataset(columns: dict[str, list], types: dict[str, datasets.Value]) -> data
     return datasets.Dataset.from_dict(columns, features=datasets.Features(types))
 
 
+def _pairs(rows: list[tuple[str, str, int]], label_of: dict[str, int] | None = None) -> datasets.Dataset:
+    """``(title, path, row)`` rows as a Dataset; with ``label_of``, each row's ``label`` is its image's index."""
+    columns = {"title": [t for t, _, _ in rows], "path": [p for _, p, _ in rows], "row": [r for _, _, r in rows]}
+    types = {"title": _STR, "path": _STR, "row": _INT}
+    if label_of is not None:
+        columns["label"], types["label"] = [label_of[p] for _, p, _ in rows], _INT
+    return _dataset(columns, types)
+
+
 def load_competition_data(
     data_dir: str | os.PathLike,
     *,
@@ -102,29 +111,11 @@ def load_competition_data(
     held = set(scan.held_out)
     val_gallery = scan.held_out + [p for p in scan.gallery if p not in held] if held else []
     val_index = {p: i for i, p in enumerate(val_gallery)}
-    train_rows = [r for r in scan.train if r[1] not in held]
-    val_rows = [r for r in scan.train if r[1] in held]
-    pair_types = {"title": _STR, "path": _STR, "row": _INT}
     return CompetitionData(
         root=scan.root,
         image_dir=scan.image_dir,
-        train=_dataset(
-            {
-                "title": [t for t, _, _ in train_rows],
-                "path": [p for _, p, _ in train_rows],
-                "row": [r for _, _, r in train_rows],
-            },
-            pair_types,
-        ),
-        val=_dataset(
-            {
-                "title": [t for t, _, _ in val_rows],
-                "path": [p for _, p, _ in val_rows],
-                "row": [r for _, _, r in val_rows],
-                "label": [val_index[p] for _, p, _ in val_rows],
-            },
-            {**pair_types, "label": _INT},
-        ),
+        train=_pairs([r for r in scan.train if r[1] not in held]),
+        val=_pairs([r for r in scan.train if r[1] in held], label_of=val_index),
         queries=_dataset(
             {"title": scan.queries, "query": list(range(len(scan.queries)))}, {"title": _STR, "query": _INT}
         ),

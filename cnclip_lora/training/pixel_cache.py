@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 
-from cnclip_lora.utils.caches import default_cache_dir
-from cnclip_lora.images import decode_resized, squash_plan, supports_uint8_path
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.images import decode_resized, squash_plan, supports_uint8_path
+from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.utils.files import hash_file_stats
 
 __all__ = ["CACHE_MODES", "PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
