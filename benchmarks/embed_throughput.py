@@ -44,9 +44,9 @@ def _flags(flags: list[str]) -> dict[str, Any]:
         elif f == "--keep_threads":
             out["keep_threads"] = True
         elif f == "--no_batched_resize":
-            import cnclip_lora.collate as collate
+            import cnclip_lora.images as images
 
-            collate._squash_plan = lambda image_processor: None
+            images.squash_plan = lambda image_processor: None
         elif f in ("--threads", "--decode_threads"):
             out[f[2:]] = int(next(it))
         else:
@@ -76,7 +76,7 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
     import datasets
     import torch
 
-    from cnclip_lora.collate import preprocess_images
+    from cnclip_lora.images import preprocess_images
     from cnclip_lora.retrieve.embed import _map_embed, _normalise
     from cnclip_lora.modeling import get_image_embeds
 
@@ -125,7 +125,7 @@ def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
 def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.collate import preprocess_images
+    from cnclip_lora.images import preprocess_images
     from cnclip_lora.modeling import get_image_embeds
 
     opts = _flags(flags)

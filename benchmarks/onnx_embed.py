@@ -58,7 +58,8 @@ def _load(a: argparse.Namespace, backend: str):
 def child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.collate import preprocess_images, tokenize_titles
+    from cnclip_lora.collate import tokenize_titles
+    from cnclip_lora.images import preprocess_images
     from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 

@@ -49,9 +49,9 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
 def _disable_batched_resize() -> None:
     """Make ``preprocess_images`` call the image processor per image, as before the batched path
     (DataLoader workers fork after this, so they inherit it)."""
-    import cnclip_lora.collate as collate
+    import cnclip_lora.images as images
 
-    collate._squash_plan = lambda image_processor: None
+    images.squash_plan = lambda image_processor: None
 
 
 def _pop_pseudo_flags(flags: list[str]) -> tuple[list[str], dict[str, Any]]:

@@ -11,12 +11,9 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from cnclip_lora.collate import (
-    _squash_plan,
-    load_image,
     RECORD_FILE,
     ImageTextCollator,
     Preprocessing,
-    preprocess_images,
     TitleTokenMemo,
     tokenize_titles,
     write_record,
@@ -60,13 +57,6 @@ def test_long_titles_are_truncated_to_max_length(processor):
     assert enc["attention_mask"][1].sum() < 52   # the short one is padded
 
 
-def test_flip_always_mirrors_pixels_and_none_does_not(processor, asym_image):
-    plain = preprocess_images([asym_image], processor.image_processor, flips=False)
-    flipped = preprocess_images([asym_image], processor.image_processor, flips=True)
-    assert torch.allclose(flipped, torch.flip(plain, dims=[-1]), atol=1e-5)
-    assert not torch.allclose(flipped, plain, atol=1e-2)
-
-
 def test_random_flip_follows_torch_seed(processor, asym_image, tmp_path):
     rows = [{"title": "红色", "path": asym_image.name}] * 16
     collate = ImageTextCollator(processor, tmp_path, flip="random")
@@ -100,36 +90,6 @@ def test_collator_names_a_missing_image(processor, tmp_path):
 
     with pytest.raises(DataError, match="nope.jpg"):
         ImageTextCollator(processor, tmp_path, flip="none")([{"title": "t", "path": "nope.jpg"}])
-# --- to append to tests/test_collate.py (helper F: batched squash path in preprocess_images) ---
-
-
-@pytest.mark.parametrize("draft", [True, False])
-def test_batched_path_equals_the_checkpoint_processor(processor, tmp_path, draft):
-    """The batched resize/rescale/normalise must give the processor's own pixels (float32 within 1e-5),
-    for odd sizes, PNG and JPEG, flipped or not."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, (w, h) in enumerate([(224, 224), (300, 180), (50, 90), (1000, 20)]):
-        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        for ext in ("png", "jpg"):
-            Image.fromarray(arr).save(tmp_path / f"{i}.{ext}")
-            paths.append(tmp_path / f"{i}.{ext}")
-    image_processor = processor.image_processor
-    assert _squash_plan(image_processor) is not None  # the tiny checkpoint is squash-resize, like the Hub's
-    fast = preprocess_images(paths, image_processor, flips=True, draft=draft)
-    size = 64 if draft else None
-    ref = image_processor(images=[load_image(p, flip=True, draft_size=size) for p in paths], return_tensors="pt")
-    assert fast.dtype == ref["pixel_values"].dtype
-    torch.testing.assert_close(fast, ref["pixel_values"], rtol=0, atol=1e-5)
-
-
-def test_crop_processors_use_the_processor_itself():
-    """Class defaults (shortest-edge resize + centre crop) are not the squash case: no batched path."""
-    from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
-
-    assert _squash_plan(ChineseCLIPImageProcessorPil()) is None
-
-
 def _tokens_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 

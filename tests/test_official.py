@@ -23,12 +23,10 @@ from official_ref import SHARED_VOCAB, child_env, reference_available, run_refer
 
 from cnclip_lora.collate import (
     Preprocessing,
-    decode_resized,
-    pixel_values_from_uint8,
-    preprocess_images,
     tokenize_titles,
     write_record,
 )
+from cnclip_lora.images import decode_resized, pixel_values_from_uint8, preprocess_images
 
 _missing = reference_available() or (None if SHARED_VOCAB.is_file() else f"{SHARED_VOCAB} is missing")
 pytestmark = pytest.mark.skipif(_missing is not None, reason=str(_missing))

@@ -17,7 +17,8 @@ import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.collate import Preprocessing, pixel_values_from_uint8, preprocess_images, tokenize_titles
+from cnclip_lora.collate import Preprocessing, tokenize_titles
+from cnclip_lora.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
 __all__ = ["embed_texts", "embed_images", "process_info"]

@@ -3,7 +3,7 @@
 Why: the seed decoded and resized every JPEG again in every epoch (30 epochs over 5,000 images),
 work that keeps a GPU waiting and, on a small CPU machine, competes with the model for cores.
 Decoding and resizing do not depend on the epoch; only the flip (random mode) and the
-normalisation are redone per batch, by the same :func:`cnclip_lora.collate.pixel_values_from_uint8`
+normalisation are redone per batch, by the same :func:`cnclip_lora.images.pixel_values_from_uint8`
 that finishes uncached images, so cached and uncached batches are identical (tested).
 
 The cache is a ``datasets.map`` result in ``cache_dir``, named by a fingerprint of the image
@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import datasets
 import numpy as np
 
-from cnclip_lora.utils.caches import default_cache_dir
-from cnclip_lora.collate import _squash_plan, decode_resized, supports_uint8_path
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.images import decode_resized, squash_plan, supports_uint8_path
+from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.utils.files import hash_file_stats
 
 __all__ = ["CACHE_MODES", "PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
@@ -63,7 +63,7 @@ class PixelCache:
 
 def pixel_cache_bytes(n_images: int, image_processor: Any) -> int:
     """Disk the cache of ``n_images`` distinct images takes (0 when the processor cannot use one)."""
-    plan = _squash_plan(image_processor)
+    plan = squash_plan(image_processor)
     return 0 if plan is None else n_images * plan.height * plan.width * 3
 
 
@@ -97,7 +97,7 @@ def should_cache(mode: str, *, n_images: int, epochs: float, image_processor: An
 
 def cache_fingerprint(image_dir: str | os.PathLike, paths: Sequence[str], image_processor: Any, draft: bool) -> str:
     """Any change of an image file (size, mtime), of the resize or of the format gives a new key."""
-    plan = _squash_plan(image_processor)
+    plan = squash_plan(image_processor)
     assert plan is not None
     payload = {"v": FORMAT_VERSION, "size": [plan.height, plan.width], "resample": plan.resample, "draft": draft}
     h = hashlib.sha256(json.dumps(payload, sort_keys=True).encode())
@@ -129,7 +129,7 @@ def build_pixel_cache(
     fingerprint = cache_fingerprint(image_dir, unique, image_processor, draft)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     cache_file = str(Path(cache_dir) / f"pixels-{fingerprint}.arrow")
-    plan = _squash_plan(image_processor)
+    plan = squash_plan(image_processor)
     shape = (plan.height, plan.width, 3)
     # A flat fixed-length list: Arrow stores it as one contiguous buffer (Array3D would add an
     # offset per pixel row and column, more than the pixels themselves), read back as one array.
