@@ -164,13 +164,10 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
 
 def _check_recorded_towers(folder: Path, counts: dict[str, int]) -> None:
     """The per-tower module counts training recorded must be what the file holds."""
-    record_path = folder / "cnclip_lora.json"
-    if not record_path.is_file():
-        return
-    try:
-        recorded = json.loads(record_path.read_text(encoding="utf-8")).get("lora", {}).get("adapted_modules")
-    except (ValueError, AttributeError):
-        return  # the record's own validity is the preprocessing loader's concern
+    from cnclip_lora.record import RECORD_FILE, RunRecord
+
+    record = RunRecord.load(folder)
+    recorded = record.lora.adapted_modules if record is not None and record.lora is not None else None
     if not isinstance(recorded, dict):
         return
     for tower in ("text", "vision"):
@@ -178,6 +175,6 @@ def _check_recorded_towers(folder: Path, counts: dict[str, int]) -> None:
         if isinstance(want, int) and want != have:
             raise AdapterError(
                 f"{folder / WEIGHTS_FILE}: training recorded {want} adapted {tower}-tower module(s) in "
-                f"{record_path.name}, but the adapter holds {have}; the folder mixes files of different runs or "
+                f"{RECORD_FILE}, but the adapter holds {have}; the folder mixes files of different runs or "
                 "is incomplete."
             )

@@ -11,7 +11,7 @@ The layout is the iFLYTEK 2024 one (REFERENCE.md §1)::
 Everything is checked before any model is loaded, and every problem is collected, so a
 user fixes a broken folder in one pass instead of one crash per epoch. Titles are kept as
 written (only surrounding whitespace is stripped, which no tokenization sees): how they reach
-the tokenizer is a recorded preprocessing choice (:func:`cnclip_lora.collate.prepare_titles`).
+the tokenizer is a recorded preprocessing choice (:func:`cnclip_lora.text.prepare_titles`).
 :func:`normalize_title` decides only what counts as empty or duplicate. Images go through
 :func:`open_image` everywhere, so training and retrieval can never disagree about them.
 """
@@ -257,7 +257,7 @@ def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batc
     a user sees how much text is cut and can raise ``--max_length``.
 
     Args:
-        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.collate.prepare_titles`).
+        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.text.prepare_titles`).
         tokenizer: The checkpoint's tokenizer.
         max_length: The training/retrieval title length in tokens.
         batch_size: Titles tokenised per call (bounds memory on huge sets).

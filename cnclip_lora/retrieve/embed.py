@@ -17,7 +17,10 @@ import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.collate import Preprocessing, pixel_values_from_uint8, preprocess_images, tokenize_titles
+from cnclip_lora.collate import pixel_values_from_uint8, preprocess_images
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, TitleNormalization
+from cnclip_lora.record import Preprocessing
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
 __all__ = ["embed_texts", "embed_images", "process_info"]
@@ -132,11 +135,11 @@ def embed_texts(
     tokenizer: Any,
     titles: Sequence[str],
     *,
-    max_length: int = 52,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
-    title_normalization: str = "official",
+    title_normalization: str = TitleNormalization.OFFICIAL,
     pad_to_max_length: bool = False,
 ) -> np.ndarray:
     """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).
