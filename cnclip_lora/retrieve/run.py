@@ -24,7 +24,8 @@ import pandas as pd
 from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.record import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
-from cnclip_lora.retrieve.embed import embed_images, embed_texts, process_info
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.utils.distributed import is_main_process, join_launch_group
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.options import Assign, Backend, FaissIndex, choices, parse_choice
 from cnclip_lora.utils.files import atomic_path, hash_file_stats
@@ -188,7 +189,7 @@ def load_retrieval_model(
             processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(adapter_dir), adapter_dir)
     torch_dtype = _resolve_dtype(dtype)
     if device is None:
-        process_info()  # joins a launcher's process group, which pins this process to its own GPU
+        join_launch_group()  # joins a launcher's process group, which pins this process to its own GPU
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
     model.eval()
@@ -485,7 +486,7 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
         chosen = assign_one_to_one(queries, gallery)
     else:
         chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
-    rank0 = process_info()[0] == 0
+    rank0 = is_main_process()
     if rank0 and args.output:
         write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])
     if rank0 and args.topk_output:
