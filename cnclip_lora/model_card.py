@@ -19,6 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.options import TOWERS, tower_of
 from cnclip_lora.record import DataSummary, RunRecord
 from cnclip_lora.utils.files import atomic_write_text
 
@@ -119,7 +120,7 @@ def summarize_lora_weights(adapter_file: str | os.PathLike) -> dict[str, dict[st
     from safetensors import safe_open
 
     towers: dict[str, dict[str, Any]] = {
-        tower: {"modules": 0, "parameters": 0, "targets": Counter()} for tower in ("text", "vision", "other")
+        tower: {"modules": 0, "parameters": 0, "targets": Counter()} for tower in (*TOWERS, "other")
     }
     modules: dict[str, str] = {}
     try:
@@ -128,8 +129,7 @@ def summarize_lora_weights(adapter_file: str | os.PathLike) -> dict[str, dict[st
             for key in handle.keys():
                 module, is_lora, _ = key.partition(".lora_")
                 module = module.removeprefix("base_model.model.")
-                tower = module.split(".", 1)[0].removesuffix("_model")
-                tower = tower if tower in ("text", "vision") else "other"
+                tower = tower_of(module)
                 towers[tower]["parameters"] += math.prod(handle.get_slice(key).get_shape())
                 if is_lora:
                     modules[module] = tower
@@ -191,7 +191,7 @@ def _lora_section(adapter_config: dict[str, Any], weights: dict[str, dict[str, A
             continue
         per_target = ", ".join(f"`{name}` × {count}" for name, count in sorted(info["targets"].items())) or "none"
         lines.append(f"| {tower} | {info['modules']} | {per_target} | {info['parameters']:,} |")
-    frozen = [tower for tower in ("text", "vision") if not weights[tower]["modules"]]
+    frozen = [tower for tower in TOWERS if not weights[tower]["modules"]]
     if frozen:
         lines += ["", f"No LoRA module in the {' and '.join(frozen)} tower: it is the unchanged base tower."]
     return lines

@@ -1,12 +1,14 @@
-"""Option vocabularies and shared defaults, each spelled once.
+"""Option vocabularies, shared defaults and the tower rule, each spelled once.
 
 Every choice a user can name on the command line, in a recipe or in :func:`cnclip_lora.train`
 (flip rule, pixel cache mode, assignment method, FAISS index, title normalisation, retrieval
 backend) is a ``str`` enum here, and the modules that act on a choice compare with its members.
 A member *is* its string (``Flip.ALWAYS == "always"``), so records, YAML recipes and argparse
-keep plain strings. This module imports nothing beyond the standard library, so the CLI can
-offer the choices without importing torch or transformers; :mod:`cnclip_lora.config` re-exports
-it beside the arguments dataclasses.
+keep plain strings. :func:`tower_of` is the one rule that assigns a module, parameter or
+adapter-tensor name to its tower (LoRA placement checks, per-tower counts, the model card).
+This module imports nothing beyond the standard library, so the CLI and the model card use it
+without importing torch or transformers; :mod:`cnclip_lora.config` re-exports the vocabularies
+beside the arguments dataclasses.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ __all__ = [
     "FaissIndex",
     "Flip",
     "TitleNormalization",
+    "TOWERS",
     "choices",
     "parse_choice",
+    "tower_of",
 ]
 
 #: Title length in tokens: the seed recipe's 52 (truncation; batches are padded up to at most this).
@@ -81,6 +85,21 @@ class Backend(_Choice):
 
     TORCH = "torch"
     ONNX = "onnx"
+
+
+#: The two encoders of Chinese-CLIP; a name in neither is ``"other"`` (projections, ``logit_scale``).
+TOWERS = ("text", "vision")
+
+
+def tower_of(name: str) -> str:
+    """``"text"``, ``"vision"`` or ``"other"`` for a module, parameter or adapter-tensor name, with or
+    without PEFT's ``base_model.model.`` prefix (``text_model``/``vision_model`` anywhere in its path)."""
+    parts = name.split(".")
+    if "text_model" in parts:
+        return "text"
+    if "vision_model" in parts:
+        return "vision"
+    return "other"
 
 
 def choices(enum: type[_Choice]) -> list[str]:
