@@ -23,7 +23,7 @@ from transformers import set_seed
 from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.options import CacheImages
-from cnclip_lora.record import DataSummary, LoraSummary, Preprocessing, RunRecord, SplitRecord
+from cnclip_lora.record import DataSummary, LoraSummary, Preprocessing, RunRecord
 from cnclip_lora.text import prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
