@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.options import DEFAULT_MAX_LENGTH
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip
 
 __all__ = [
     "TEXT_FILE",
@@ -166,7 +166,7 @@ def export_onnx(
         if record is not None and record.is_file():
             shutil.copy2(record, staging / RECORD_FILE)
         else:  # base model alone: its own preprocessing, no flip (what retrieval uses without adapter)
-            RunRecord(preprocessing if adapter_dir else Preprocessing(train_flip="none")).save(staging)
+            RunRecord(preprocessing if adapter_dir else Preprocessing(train_flip=Flip.NONE)).save(staging)
         info = {"base_model": model_name_or_path, "model_revision": model_revision, "adapter": adapter,
                 "adapter_revision": adapter_revision, "opset": opset, "exporter": "torchscript",
                 "projection_dim": int(model.config.projection_dim), "image_size": size,
@@ -271,7 +271,7 @@ def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tup
         providers.insert(0, "CUDAExecutionProvider")
     model = OnnxChineseCLIP(folder, providers=providers)
     processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
-    preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip="none")
+    preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip=Flip.NONE)
     return model, processor, preprocessing
 
 

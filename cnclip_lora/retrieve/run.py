@@ -27,7 +27,7 @@ from cnclip_lora.data import CompetitionData, load_competition_data, submission_
 from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.utils.distributed import is_main_process, join_launch_group
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.options import Assign, Backend, FaissIndex, choices, parse_choice
+from cnclip_lora.options import Assign, Backend, FaissIndex, Flip, choices, parse_choice
 from cnclip_lora.utils.files import atomic_path, hash_file_stats
 from cnclip_lora.retrieve.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
@@ -163,7 +163,7 @@ def load_retrieval_model(
     import torch
 
     model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
-    preprocessing = Preprocessing(train_flip="none")
+    preprocessing = Preprocessing(train_flip=Flip.NONE)
     adapter_dir: str | None = None
     if adapter:
         from peft import PeftModel
