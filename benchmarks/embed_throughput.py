@@ -101,7 +101,7 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
 
 
 def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
-    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.record import Preprocessing
     from cnclip_lora.retrieve.embed import embed_images
 
     opts = _flags(flags)

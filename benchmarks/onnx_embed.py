@@ -58,8 +58,8 @@ def _load(a: argparse.Namespace, backend: str):
 def child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.collate import tokenize_titles
     from cnclip_lora.images import preprocess_images
+    from cnclip_lora.text import tokenize_titles
     from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
@@ -154,7 +154,7 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
     """Tiny model, a random (non-zero) LoRA adapter on both towers, and its ONNX export."""
     import torch
 
-    from cnclip_lora.collate import Preprocessing, write_record
+    from cnclip_lora.record import Preprocessing, RunRecord
     from cnclip_lora.retrieve.export_onnx import export_onnx
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
     from cnclip_lora.demo.tiny_model import make_tiny_model
@@ -170,7 +170,7 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
                 param.normal_(0, 0.02)
     adapter_dir = tmp / "adapter"
     peft_model.save_pretrained(adapter_dir)
-    write_record(adapter_dir, Preprocessing(train_flip="none"))
+    RunRecord(Preprocessing(train_flip="none")).save(adapter_dir)
     export_dir = tmp / "onnx"
     export_onnx(str(model_dir), export_dir, str(adapter_dir))
     return str(model_dir), str(adapter_dir), str(export_dir)

@@ -39,7 +39,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LoraArguments": ("cnclip_lora.config", "LoraArguments"),
     "CnClipTrainingArguments": ("cnclip_lora.config", "CnClipTrainingArguments"),
     "RetrievalArguments": ("cnclip_lora.retrieve.run", "RetrievalArguments"),
-    "Preprocessing": ("cnclip_lora.collate", "Preprocessing"),
+    "Preprocessing": ("cnclip_lora.record", "Preprocessing"),
+    "RunRecord": ("cnclip_lora.record", "RunRecord"),
     "ImageTextCollator": ("cnclip_lora.collate", "ImageTextCollator"),
     "load_model_and_processor": ("cnclip_lora.modeling", "load_model_and_processor"),
     "apply_lora": ("cnclip_lora.modeling", "apply_lora"),
@@ -61,7 +62,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from cnclip_lora.collate import ImageTextCollator, Preprocessing
+    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.record import Preprocessing, RunRecord
     from cnclip_lora.config import CnClipTrainingArguments, DataArguments, LoraArguments, ModelArguments
     from cnclip_lora.data import check_data, load_competition_data
     from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError

@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from cnclip_lora.utils.distributed import is_main_process
+
 __all__ = ["main"]
 
 COMMANDS: dict[str, str] = {
@@ -30,15 +32,8 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _is_main_process() -> bool:
-    """Under torchrun/accelerate every process runs the command; only rank 0 reports."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _print_metrics(metrics: dict) -> None:
-    if not _is_main_process():
+    if not is_main_process():
         return
     width = max((len(k) for k in metrics), default=0)
     for key, value in metrics.items():
@@ -49,7 +44,7 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from cnclip_lora.training.run import train
 
     result = train(argv) if "-h" not in argv and "--help" not in argv else _train_help()
-    if result is not None and _is_main_process():
+    if result is not None and is_main_process():
         print(f"adapter saved to {result.output_dir}")
         if result.eval_metrics:
             _print_metrics(result.eval_metrics)
@@ -87,9 +82,9 @@ def _cmd_retrieve(argv: Sequence[str]) -> int:
 
     args = _retrieval_args(argv, "cnclip-lora retrieve")
     result = retrieve(args)
-    if args.output and _is_main_process():
+    if args.output and is_main_process():
         print(f"submission written to {args.output}")
-    if args.topk_output and _is_main_process():
+    if args.topk_output and is_main_process():
         print(f"top-{args.top_k} written to {args.topk_output}")
     _print_metrics(result.metrics)
     return 0
@@ -99,7 +94,7 @@ def _cmd_evaluate(argv: Sequence[str]) -> int:
     from cnclip_lora.retrieve.run import evaluate
 
     metrics = evaluate(_retrieval_args(argv, "cnclip-lora evaluate"))
-    if _is_main_process():
+    if is_main_process():
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0
 

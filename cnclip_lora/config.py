@@ -24,23 +24,36 @@ from typing import Any, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from cnclip_lora.collate import TITLE_NORMALIZATIONS
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import (
+    DEFAULT_MAX_LENGTH,
+    Assign,
+    Backend,
+    CacheImages,
+    FaissIndex,
+    Flip,
+    TitleNormalization,
+    choices,
+    parse_choice,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FLIP_MODES",
+    "DEFAULT_MAX_LENGTH",
+    "Assign",
+    "Backend",
+    "CacheImages",
+    "FaissIndex",
+    "Flip",
+    "TitleNormalization",
     "ModelArguments",
     "DataArguments",
     "LoraArguments",
     "CnClipTrainingArguments",
     "parse_train_args",
 ]
-
-FLIP_MODES = ("always", "random", "none")
-
 
 @dataclass
 class ModelArguments:
@@ -71,7 +84,10 @@ class DataArguments:
         default=False, metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."}
     )
     check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
-    max_length: int = field(default=52, metadata={"help": "Title length in tokens (the seed's 52); longer titles are truncated."})
+    max_length: int = field(
+        default=DEFAULT_MAX_LENGTH,
+        metadata={"help": f"Title length in tokens (the seed's {DEFAULT_MAX_LENGTH}); longer titles are truncated."},
+    )
     pad_to_max_length: bool | None = field(
         default=None,
         metadata={
@@ -81,22 +97,22 @@ class DataArguments:
         },
     )
     flip: str = field(
-        default="random",
+        default=Flip.RANDOM,
         metadata={
             "help": "Horizontal flip of training images: 'random' (p=0.5 augmentation, no flip at retrieval, as "
             "the model was pretrained and is evaluated), 'none', or 'always' (the seed's recipe: retrieval then "
             "flips every gallery image too).",
-            "choices": list(FLIP_MODES),
+            "choices": choices(Flip),
         },
     )
     title_normalization: str = field(
-        default="official",
+        default=TitleNormalization.OFFICIAL,
         metadata={
             "help": "How titles reach the tokenizer: 'official' (Chinese-CLIP's own text path: lower-case, curly "
             "double quotes to \", BERT tokenization; the ids the checkpoints were trained on) or 'nfkc' (also fold "
             "full-width letters, digits and punctuation to ASCII, control characters to spaces). Recorded with "
             "the adapter and replayed at retrieval.",
-            "choices": list(TITLE_NORMALIZATIONS),
+            "choices": choices(TitleNormalization),
         },
     )
     fast_decode: bool = field(
@@ -107,12 +123,12 @@ class DataArguments:
         },
     )
     cache_images: str = field(
-        default="auto",
+        default=CacheImages.AUTO,
         metadata={
             "help": "Decode and resize each training image once into a uint8 Arrow cache (datasets.map) and reuse "
             "it in every epoch and run: 'auto' (when training sees images more than once and the cache fits "
             "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.training.pixel_cache.",
-            "choices": ["auto", "true", "false"],
+            "choices": choices(CacheImages),
         },
     )
     image_cache_max_gb: float = field(default=20.0, metadata={"help": "Largest pixel cache 'auto' builds (GB)."})
@@ -122,13 +138,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.cache_images not in ("auto", "true", "false"):
-            raise ConfigError(f"--cache_images must be auto, true or false; got {self.cache_images!r}.")
-        if self.flip not in FLIP_MODES:
-            raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
-        if self.title_normalization not in TITLE_NORMALIZATIONS:
-            raise ConfigError(f"--title_normalization must be one of {', '.join(TITLE_NORMALIZATIONS)}; "
-                              f"got {self.title_normalization!r}.")
+        self.cache_images = parse_choice(CacheImages, self.cache_images, "--cache_images")
+        self.flip = parse_choice(Flip, self.flip, "--flip")
+        self.title_normalization = parse_choice(TitleNormalization, self.title_normalization, "--title_normalization")
         if self.max_length < 2:
             raise ConfigError(f"--max_length must be at least 2 (CLS + SEP); got {self.max_length}.")
         parse_val_size(self.val_size)  # fail at parse time, with the data layer's own rule and message

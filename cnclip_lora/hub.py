@@ -24,11 +24,11 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.model_card import write_model_card
+from cnclip_lora.utils.files import is_pickle, pickled_files
 from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
 __all__ = [
     "ADAPTER_FILES",
-    "PICKLE_SUFFIXES",
     "add_push_arguments",
     "adapter_files",
     "check_adapter_dir",
@@ -57,9 +57,6 @@ ADAPTER_FILES = (
     "training_args.json",
     "README.md",
 )
-
-# Formats that run code when loaded (torch.load / pickle).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 _CONVERT_HINT = (
     "Only safetensors adapters are accepted. If you trust the file, convert it once: load the state dict with "
@@ -111,7 +108,7 @@ def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> 
     if not folder.is_dir():
         raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
     if not (folder / "adapter_model.safetensors").is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+        pickles = pickled_files(folder)
         if pickles:
             raise UnsafeArtifactError(
                 f"Adapter {name!r} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
@@ -205,7 +202,7 @@ def _remote_pickles(repo_id: str, revision: str | None, token: str | None) -> li
         files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
     except _transport_errors():
         return []  # offline or unreachable: the generic message still holds
-    return sorted(f for f in files if "/" not in f and Path(f).suffix.lower() in PICKLE_SUFFIXES)
+    return sorted(f for f in files if "/" not in f and is_pickle(f))
 
 
 def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | None = None) -> Path:

@@ -21,12 +21,9 @@ from PIL import Image
 
 from official_ref import SHARED_VOCAB, child_env, reference_available, run_reference
 
-from cnclip_lora.collate import (
-    Preprocessing,
-    tokenize_titles,
-    write_record,
-)
 from cnclip_lora.images import decode_resized, pixel_values_from_uint8, preprocess_images
+from cnclip_lora.record import Preprocessing, RunRecord
+from cnclip_lora.text import tokenize_titles
 
 _missing = reference_available() or (None if SHARED_VOCAB.is_file() else f"{SHARED_VOCAB} is missing")
 pytestmark = pytest.mark.skipif(_missing is not None, reason=str(_missing))
@@ -183,7 +180,7 @@ def test_retrieval_pixels_equal_training_with_torchvision_importable(tmp_path, t
     adapter = tmp_path / "adapter"
     apply_lora(model, r=2, alpha=4).save_pretrained(adapter)
     processor.save_pretrained(adapter)
-    write_record(adapter, Preprocessing(train_flip="none"))
+    RunRecord(Preprocessing(train_flip="none")).save(adapter)
     meta = run_reference({"op": "backend_probe", "model": str(tiny_model_dir), "adapter": str(adapter),
                           "image_dir": str(tmp_path), "names": [p.rsplit("/", 1)[1] for p in paths]}, tmp_path)["meta"]
     assert meta["plain_backend"] == "torchvision", json.dumps(meta)  # the simulation really has torchvision

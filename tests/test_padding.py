@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoProcessor, HfArgumentParser
 
-from cnclip_lora.collate import ImageTextCollator, tokenize_titles
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.config import CnClipTrainingArguments, DataArguments
 from cnclip_lora.retrieve.embed import embed_texts
 from cnclip_lora.modeling import load_model_and_processor

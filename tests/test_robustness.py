@@ -31,7 +31,9 @@ import torch
 from PIL import Image
 
 from cnclip_lora.cli import main
-from cnclip_lora.collate import ImageTextCollator, Preprocessing, tokenize_titles
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.record import Preprocessing
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.data import (
     MAX_PIXELS_ENV,
     check_data,

@@ -260,7 +260,7 @@ def test_garbage_png_exif_chunk_is_used_unrotated_not_rejected(tmp_path):
 def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_path, make_dataset_dir, tiny_model_dir):
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.record import Preprocessing
     from cnclip_lora.retrieve.embed import embed_images
 
     root = make_dataset_dir(tmp_path)
@@ -398,14 +398,14 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A genuine LoRA adapter of the tiny model on both towers, with the training record."""
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.collate import Preprocessing, write_record
+    from cnclip_lora.record import LoraSummary, Preprocessing, RunRecord
     from cnclip_lora.modeling import apply_lora, count_lora_modules
 
     torch.manual_seed(0)
     model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
     out = tmp_path_factory.mktemp("adapter") / "adapter"
     model.save_pretrained(out)
-    write_record(out, Preprocessing(train_flip="none"), lora={"adapted_modules": count_lora_modules(model)})
+    RunRecord(Preprocessing(train_flip="none"), lora=LoraSummary(adapted_modules=count_lora_modules(model))).save(out)
     return out
 
 

@@ -80,7 +80,7 @@ def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batc
     a user sees how much text is cut and can raise ``--max_length``.
 
     Args:
-        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.collate.prepare_titles`).
+        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.text.prepare_titles`).
         tokenizer: The checkpoint's tokenizer.
         max_length: The training/retrieval title length in tokens.
         batch_size: Titles tokenised per call (bounds memory on huge sets).

@@ -17,33 +17,14 @@ import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.collate import Preprocessing, tokenize_titles
 from cnclip_lora.images import pixel_values_from_uint8, preprocess_images
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, TitleNormalization
+from cnclip_lora.record import Preprocessing
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
+from cnclip_lora.utils.distributed import join_launch_group, rank_and_world
 
-__all__ = ["embed_texts", "embed_images", "process_info"]
-
-
-def process_info() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` for a plain single process.
-
-    Under a launcher (``torchrun``, ``accelerate launch``: ``WORLD_SIZE`` > 1) whose process
-    group nobody has initialised yet (retrieval runs outside the Trainer), this joins it through
-    ``accelerate.PartialState``, which also pins each process to its own GPU; without that every
-    process would embed everything alone. Gloo is used on machines without CUDA.
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    if torch.distributed.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        from cnclip_lora.utils.distributed import adopt_new_process_group
-
-        # PartialState() alone finds no backend on a CPU-only machine and stays single-process.
-        state = PartialState(cpu=not torch.cuda.is_available())
-        adopt_new_process_group(existed_before=False)  # ours: destroyed at exit
-        return state.process_index, state.num_processes
-    return 0, 1
+__all__ = ["embed_texts", "embed_images"]
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -80,7 +61,8 @@ def _map_embed(
     concatenating them in rank order restores the input order; every process, even one with no
     items, reaches the gather, so they all run the same collectives in the same order.
     """
-    rank, world_size = process_info()
+    join_launch_group()  # under torchrun: each process embeds its shard, then all gather
+    rank, world_size = rank_and_world(group_only=True)
     shard = dataset
     if world_size > 1:
         per, extra = divmod(len(dataset), world_size)
@@ -133,11 +115,11 @@ def embed_texts(
     tokenizer: Any,
     titles: Sequence[str],
     *,
-    max_length: int = 52,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
-    title_normalization: str = "official",
+    title_normalization: str = TitleNormalization.OFFICIAL,
     pad_to_max_length: bool = False,
 ) -> np.ndarray:
     """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip
 
 __all__ = [
     "TEXT_FILE",
@@ -92,7 +93,7 @@ def _example_text(tokenizer: Any) -> dict[str, torch.Tensor]:
     """Two titles of different lengths: the traced graph must keep the padding mask (with an
     all-ones mask transformers may skip building one, and the graph would ignore padding)."""
     enc = tokenizer(["红色条纹T恤", "云思木想2019秋装新款高领弹力修身长袖T恤女"], padding=True, truncation=True,
-                    max_length=52, return_tensors="pt")
+                    max_length=DEFAULT_MAX_LENGTH, return_tensors="pt")
     if "token_type_ids" not in enc:
         enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
     return {k: enc[k] for k in TEXT_INPUTS}
@@ -143,7 +144,7 @@ def export_onnx(
     if not overwrite and not _empty_or_absent(out):
         raise ConfigError(f"export-onnx: {out} already exists and is not empty; pass --overwrite to replace it.")
     _require("onnx")  # the TorchScript exporter needs it to write the file
-    from cnclip_lora.collate import RECORD_FILE, Preprocessing, write_record
+    from cnclip_lora.record import RECORD_FILE, Preprocessing, RunRecord
     from cnclip_lora.retrieve.run import load_retrieval_model
 
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
@@ -165,7 +166,7 @@ def export_onnx(
         if record is not None and record.is_file():
             shutil.copy2(record, staging / RECORD_FILE)
         else:  # base model alone: its own preprocessing, no flip (what retrieval uses without adapter)
-            write_record(staging, preprocessing if adapter_dir else Preprocessing(train_flip="none"))
+            RunRecord(preprocessing if adapter_dir else Preprocessing(train_flip=Flip.NONE)).save(staging)
         info = {"base_model": model_name_or_path, "model_revision": model_revision, "adapter": adapter,
                 "adapter_revision": adapter_revision, "opset": opset, "exporter": "torchscript",
                 "projection_dim": int(model.config.projection_dim), "image_size": size,
@@ -258,8 +259,8 @@ def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tup
     """
     from transformers import ChineseCLIPProcessor
 
-    from cnclip_lora.collate import Preprocessing
     from cnclip_lora.modeling import pin_pil_image_processor
+    from cnclip_lora.record import Preprocessing
 
     providers = ["CPUExecutionProvider"]
     if device and device.startswith("cuda"):
@@ -270,7 +271,7 @@ def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tup
         providers.insert(0, "CUDAExecutionProvider")
     model = OnnxChineseCLIP(folder, providers=providers)
     processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
-    preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip="none")
+    preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip=Flip.NONE)
     return model, processor, preprocessing
 
 

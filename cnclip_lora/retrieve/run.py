@@ -22,10 +22,12 @@ import numpy as np
 import pandas as pd
 
 from cnclip_lora.utils.caches import usable_cache_dir
-from cnclip_lora.collate import Preprocessing
+from cnclip_lora.record import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
-from cnclip_lora.retrieve.embed import embed_images, embed_texts, process_info
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.utils.distributed import is_main_process, join_launch_group
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.options import Assign, Backend, FaissIndex, Flip, choices, parse_choice
 from cnclip_lora.utils.files import atomic_path, hash_file_stats
 from cnclip_lora.retrieve.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
@@ -50,10 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ASSIGN_METHODS = ("argmax", "hungarian")
-BACKENDS = ("torch", "onnx")
-
-
 @dataclass
 class RetrievalArguments:
     model_name_or_path: str = field(metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder)."})
@@ -67,9 +65,9 @@ class RetrievalArguments:
     top_k: int = field(default=10, metadata={"help": "Results kept per query in the top-k file (the one-to-one assignment looks beyond them)."})
     topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
     assign: str = field(
-        default="argmax",
+        default=Assign.ARGMAX,
         metadata={"help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
-                          "similarity over the whole gallery.", "choices": list(ASSIGN_METHODS)},
+                          "similarity over the whole gallery.", "choices": choices(Assign)},
     )
     batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
     cache_dir: str | None = field(
@@ -78,13 +76,14 @@ class RetrievalArguments:
                           "HF_DATASETS_CACHE/cnclip_lora/embeddings (see `cnclip-lora cache`); '' disables."},
     )
     use_faiss: bool = field(default=False, metadata={"help": "Rank with a FAISS inner-product index (faiss extra)."})
-    faiss_index: str = field(default="flat", metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster)."})
+    faiss_index: str = field(default=FaissIndex.FLAT, metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster).",
+                                                                "choices": choices(FaissIndex)})
     device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
     dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
     backend: str = field(
-        default="torch",
+        default=Backend.TORCH,
         metadata={"help": "torch: the checkpoint (+ merged adapter). onnx: onnxruntime over a `cnclip-lora export-onnx` "
-                          "folder given as --model_name_or_path (onnx extra).", "choices": list(BACKENDS)},
+                          "folder given as --model_name_or_path (onnx extra).", "choices": choices(Backend)},
     )
     split: str = field(
         default="val", metadata={"help": "evaluate: 'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
@@ -111,15 +110,14 @@ class RetrievalArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.assign not in ASSIGN_METHODS:
-            raise ConfigError(f"--assign must be one of {', '.join(ASSIGN_METHODS)}; got {self.assign!r}.")
+        self.assign = parse_choice(Assign, self.assign, "--assign")
+        self.faiss_index = parse_choice(FaissIndex, self.faiss_index, "--faiss_index")
         if self.top_k < 1:
             raise ConfigError(f"--top_k must be >= 1; got {self.top_k}.")
         if self.topk_output and not self.top_k:
             raise ConfigError("--topk_output needs --top_k.")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}.")
-        if self.backend == "onnx" and (self.adapter or self.dtype):
+        self.backend = parse_choice(Backend, self.backend, "--backend")
+        if self.backend == Backend.ONNX and (self.adapter or self.dtype):
             raise ConfigError("--backend onnx takes an export folder as --model_name_or_path, with the adapter already "
                               "merged and float32 weights: drop --adapter/--dtype (or export again with that adapter).")
 
@@ -165,7 +163,7 @@ def load_retrieval_model(
     import torch
 
     model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
-    preprocessing = Preprocessing(train_flip="none")
+    preprocessing = Preprocessing(train_flip=Flip.NONE)
     adapter_dir: str | None = None
     if adapter:
         from peft import PeftModel
@@ -191,7 +189,7 @@ def load_retrieval_model(
             processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(adapter_dir), adapter_dir)
     torch_dtype = _resolve_dtype(dtype)
     if device is None:
-        process_info()  # joins a launcher's process group, which pins this process to its own GPU
+        join_launch_group()  # joins a launcher's process group, which pins this process to its own GPU
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device)
     model.eval()
@@ -200,7 +198,7 @@ def load_retrieval_model(
 
 def _load_for_backend(args: RetrievalArguments) -> tuple[Any, Any, Preprocessing, str | None]:
     """:func:`load_retrieval_model`, or the onnxruntime model of an export folder (``--backend onnx``)."""
-    if args.backend == "onnx":
+    if args.backend == Backend.ONNX:
         from cnclip_lora.retrieve.export_onnx import load_onnx_model
 
         model, processor, preprocessing = load_onnx_model(args.model_name_or_path, device=args.device)
@@ -472,7 +470,7 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     data = _load_data(args, skip_bad_rows=True)  # training rows don't matter here; queries must be clean
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
-    if args.assign == "hungarian" and len(data.queries) > len(data.gallery):
+    if args.assign == Assign.HUNGARIAN and len(data.queries) > len(data.gallery):
         raise CnClipLoraError(
             f"--assign hungarian needs at least as many gallery images as queries: {len(data.queries)} queries, "
             f"{len(data.gallery)} images; use --assign argmax."
@@ -484,11 +482,11 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
     scores, indices = rank(queries, gallery, k=args.top_k, use_faiss=args.use_faiss,
                            **({"index_type": args.faiss_index} if args.use_faiss else {}))
-    if args.assign == "hungarian":  # over the whole gallery, not only the top-k file's candidates
+    if args.assign == Assign.HUNGARIAN:  # over the whole gallery, not only the top-k file's candidates
         chosen = assign_one_to_one(queries, gallery)
     else:
         chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
-    rank0 = process_info()[0] == 0
+    rank0 = is_main_process()
     if rank0 and args.output:
         write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])
     if rank0 and args.topk_output:

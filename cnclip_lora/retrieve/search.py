@@ -20,12 +20,11 @@ near-ties between *different* vectors may order differently with other chunk siz
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.options import Assign, FaissIndex, parse_choice
 
 __all__ = ["rank", "assign", "assign_one_to_one", "DENSE_ONE_TO_ONE_BYTES"]
 
@@ -263,9 +262,9 @@ def _rank_faiss(
     n_g, dim = g.shape
     kk = min(k, n_g)
     step = chunk_size or 65536
-    if index_type == "flat":
+    if index_type == FaissIndex.FLAT:
         index = faiss.IndexFlatIP(dim)
-    elif index_type == "hnsw":
+    elif index_type == FaissIndex.HNSW:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = max(ef_search or 128, kk)
@@ -295,7 +294,7 @@ def rank(
     chunk_size: int | None = None,
     query_chunk_size: int | None = None,
     use_faiss: bool = False,
-    index_type: Literal["flat", "hnsw", "ivf"] = "flat",
+    index_type: FaissIndex | str = FaissIndex.FLAT,
     normalize: bool = True,
     nprobe: int | None = None,
     ef_search: int | None = None,
@@ -342,8 +341,7 @@ def rank(
     if q.shape[0] == 0:
         kk = min(k, g.shape[0])
         return np.zeros((0, kk), dtype=np.float32), np.zeros((0, kk), dtype=np.int64)
-    if index_type not in ("flat", "hnsw", "ivf"):
-        raise ConfigError(f"index_type must be 'flat', 'hnsw' or 'ivf', got {index_type!r}")
+    index_type = parse_choice(FaissIndex, index_type, "index_type")
     if use_faiss:
         return _rank_faiss(q, g, k, normalize, index_type, chunk_size, nprobe, ef_search)
     with torch.no_grad():
@@ -364,7 +362,7 @@ def _best_per_row(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
 def assign(
     scores,
     indices,
-    method: Literal["argmax", "hungarian"] = "argmax",
+    method: Assign | str = Assign.ARGMAX,
     n_gallery: int | None = None,
 ) -> np.ndarray:
     """Pick one gallery item per query from its ranked candidates.
@@ -391,8 +389,7 @@ def assign(
         raise CnClipLoraError(
             f"scores {scores.shape} and indices {indices.shape} must be 2-D arrays of the same shape"
         )
-    if method not in ("argmax", "hungarian"):
-        raise ConfigError(f"assignment method must be 'argmax' or 'hungarian', got {method!r}")
+    method = parse_choice(Assign, method, "assignment method")
     n_q = scores.shape[0]
     if n_q == 0:
         return np.zeros(0, dtype=np.int64)

@@ -102,7 +102,7 @@ class SearchEngine:
         """Embed all ``queries`` in one forward pass and rank the gallery; k is capped at its size."""
         import torch
 
-        from cnclip_lora.collate import tokenize_titles
+        from cnclip_lora.text import tokenize_titles
         from cnclip_lora.data import normalize_title
         from cnclip_lora.modeling import get_text_embeds
         from cnclip_lora.retrieve.search import rank

@@ -19,17 +19,16 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from cnclip_lora.options import TOWERS, tower_of
+
 __all__ = ["batch_shape_tokens", "training_flops_per_sample"]
-
-TOWERS = {"text": "text_model.", "vision": "vision_model."}
-
 
 def _weights_by_tower(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{tower: (frozen linear/conv weights, LoRA weights)}``, one walk over the modules."""
     counts = {tower: [0, 0] for tower in TOWERS}
     for name, module in model.named_modules():
-        tower = next((t for t, prefix in TOWERS.items() if prefix in name), None)
-        if tower is None:
+        tower = tower_of(name)
+        if tower not in counts:
             continue
         if isinstance(module, LoraLayer):
             counts[tower][1] += sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.utils.distributed import rank_and_world
 
 __all__ = ["ContrastiveLoss", "LossOutput", "gathered_contrastive_loss"]
 
@@ -144,12 +145,6 @@ def gathered_contrastive_loss(
     )
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class ContrastiveLoss(torch.nn.Module):
     """CLIP loss over embeddings, gathered across processes so negatives come from the global batch.
 
@@ -188,7 +183,7 @@ class ContrastiveLoss(torch.nn.Module):
         self.max_scale = max_scale
 
     def _rank_world(self) -> tuple[int, int]:
-        dist_rank, dist_world = _dist_info()
+        dist_rank, dist_world = rank_and_world(group_only=True)
         rank = dist_rank if self.rank is None else self.rank
         world = dist_world if self.world_size is None else self.world_size
         return rank, world

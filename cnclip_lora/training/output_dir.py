@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
 
 __all__ = ["requested_settings", "recorded_settings", "settings_differences", "previous_run_files",
            "check_output_dir", "remove_previous_run", "resume_hint"]
 
 logger = logging.getLogger(__name__)
 
-_RECORD = "cnclip_lora.json"
 _ADAPTER_CONFIG = "adapter_config.json"
 #: Files a training run writes at the top of its output folder (besides the processor files, which
 #: the next run rewrites anyway). Anything else in the folder is not ours and is left alone.
-RUN_FILES = ("adapter_model.safetensors", _ADAPTER_CONFIG, _RECORD, "training_args.json", "trainer_state.json",
+RUN_FILES = ("adapter_model.safetensors", _ADAPTER_CONFIG, RECORD_FILE, "training_args.json", "trainer_state.json",
              "all_results.json", "train_results.json", "eval_results.json")
 _DEFAULT_TARGETS = None  # "Q/K/V of both towers", however the record spells it
 
@@ -92,25 +92,27 @@ def recorded_settings(folder: str | os.PathLike) -> dict[str, Any] | None:
     back to PEFT's ``adapter_config.json`` (rank, alpha and dropout only).
     """
     folder = Path(folder)
-    record = _read_json(folder / _RECORD)
+    try:
+        record = RunRecord.load(folder)
+    except RecordError:  # unreadable: compared by PEFT's config below; the folder is still another run's
+        record = None
     out: dict[str, Any] = {}
     if record is not None:
-        lora = record.get("lora") if isinstance(record.get("lora"), dict) else {}
-        for key, name in (("r", "lora_r"), ("alpha", "lora_alpha"), ("dropout", "lora_dropout")):
-            if key in lora:
-                out[name] = lora[key]
-        if "targets" in lora:
-            out["lora_target_modules"] = _targets(lora["targets"])
-        split = record.get("split")
-        if isinstance(split, dict) and "val_size" in split:
-            out["val_size"] = split["val_size"]
-            out["split_seed"] = split.get("split_seed")
-        identity = record.get("base_identity")
-        if isinstance(identity, dict) and isinstance(identity.get("architecture"), dict):
+        lora = record.lora or LoraSummary()
+        for value, name in ((lora.r, "lora_r"), (lora.alpha, "lora_alpha"), (lora.dropout, "lora_dropout")):
+            if value is not None:
+                out[name] = value
+        if lora.targets is not None:
+            out["lora_target_modules"] = _targets(lora.targets)
+        if record.split is not None and record.split.val_size is not None:
+            out["val_size"] = record.split.val_size
+            out["split_seed"] = record.split.split_seed
+        identity = record.base_identity
+        if identity is not None and isinstance(identity.get("architecture"), dict):
             out["base architecture"] = identity["architecture"]
             out["base_model"] = identity.get("name")
-        elif record.get("base_model"):
-            out["base_model"] = record["base_model"]
+        elif record.base_model:
+            out["base_model"] = record.base_model
     if "lora_r" not in out:
         adapter = _read_json(folder / _ADAPTER_CONFIG)
         if adapter is not None:

@@ -28,13 +28,13 @@ import numpy as np
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.images import decode_resized, squash_plan, supports_uint8_path
 from cnclip_lora.utils.caches import default_cache_dir
+from cnclip_lora.options import CacheImages, parse_choice
 from cnclip_lora.utils.files import hash_file_stats
 
-__all__ = ["CACHE_MODES", "PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
+__all__ = ["PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_MODES = ("auto", "true", "false")
 FORMAT_VERSION = 1
 #: ``auto`` caches when the pixels take at most this much disk (override: --image_cache_max_gb).
 DEFAULT_MAX_GB = 20.0
@@ -74,19 +74,18 @@ def should_cache(mode: str, *, n_images: int, epochs: float, image_processor: An
     ``true`` always (an error when the processor crops, which the uint8 path cannot replay);
     ``false`` never.
     """
-    if mode not in CACHE_MODES:
-        raise ConfigError(f"--cache_images must be one of {', '.join(CACHE_MODES)}; got {mode!r}.")
-    if mode == "false":
+    mode = parse_choice(CacheImages, mode, "--cache_images")
+    if mode == CacheImages.FALSE:
         return False, "--cache_images false"
     if not supports_uint8_path(image_processor):
-        if mode == "true":
+        if mode == CacheImages.TRUE:
             raise ConfigError(
                 "--cache_images true needs the checkpoint's squash resize (no centre crop, no padding, PIL "
                 "backend); this image processor crops or pads, so images are decoded per batch. Use auto or false."
             )
         return False, "the image processor crops or pads (no uint8 path)"
     size_gb = pixel_cache_bytes(n_images, image_processor) / 1e9
-    if mode == "true":
+    if mode == CacheImages.TRUE:
         return True, f"--cache_images true ({size_gb:.2f} GB)"
     if epochs <= 1:
         return False, f"auto: training reads each image at most once ({epochs:.2f} epochs)"

@@ -21,7 +21,10 @@ import torch
 from transformers import set_seed
 
 from cnclip_lora.utils.caches import usable_cache_dir
-from cnclip_lora.collate import ImageTextCollator, Preprocessing, prepare_titles
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.options import CacheImages
+from cnclip_lora.record import DataSummary, LoraSummary, Preprocessing, RunRecord
+from cnclip_lora.text import prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
     DataArguments,
@@ -210,8 +213,8 @@ def run_training(
     if data.report.truncated_titles:
         logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
                     data.report.truncated_titles, len(data.train), data_args.max_length)
-    from cnclip_lora.base_identity import BASE_RECORD_KEY, base_identity
-    from cnclip_lora.split_record import SPLIT_RECORD_KEY, split_record
+    from cnclip_lora.base_identity import base_identity
+    from cnclip_lora.split_record import split_record
 
     # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
     identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
@@ -225,27 +228,28 @@ def run_training(
 
     preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip,
                                   draft=data_args.fast_decode, title_normalization=data_args.title_normalization)
-    record = {
-        "base_model": model_args.model_name_or_path,
-        BASE_RECORD_KEY: identity,
-        "data": {
-            "data_dir": str(data_args.data_dir),
-            "n_train": len(data.train),
-            "n_val": len(data.val),
-            "val_gallery_size": len(data.val_gallery),
-            "skipped_rows": data.report.skipped_rows,
-            "truncated_titles": data.report.truncated_titles,
-        },
+    record = RunRecord(
+        preprocessing=preprocessing,
+        base_model=model_args.model_name_or_path,
+        base_identity=identity,
+        data=DataSummary(
+            data_dir=str(data_args.data_dir),
+            n_train=len(data.train),
+            n_val=len(data.val),
+            val_gallery_size=len(data.val_gallery),
+            skipped_rows=data.report.skipped_rows,
+            truncated_titles=data.report.truncated_titles,
+        ),
         # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.split_record).
-        SPLIT_RECORD_KEY: split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
-        "lora": {
-            "r": lora_args.lora_r,
-            "alpha": lora_args.lora_alpha,
-            "dropout": lora_args.lora_dropout,
-            "targets": lora_kwargs["targets"] or "default: Q/K/V of both towers",
-            "adapted_modules": lora_counts,
-        },
-    }
+        split=split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
+        lora=LoraSummary(
+            r=lora_args.lora_r,
+            alpha=lora_args.lora_alpha,
+            dropout=lora_args.lora_dropout,
+            targets=lora_kwargs["targets"] or "default: Q/K/V of both towers",
+            adapted_modules=lora_counts,
+        ),
+    )
 
     # 3. Hub pushes are ours, not the Trainer's: it would upload the whole folder (checkpoints,
     # pickled arguments) at every save; we upload the adapter set once at the end.
@@ -256,9 +260,9 @@ def run_training(
         logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
 
     pad_to_max_length = static_title_padding(data_args.pad_to_max_length, training_args)
-    record["data"]["title_padding"] = "max_length" if pad_to_max_length else "longest, multiple of 8"
+    record.data.title_padding = "max_length" if pad_to_max_length else "longest, multiple of 8"
     pixel_cache, eval_pixel_cache = _pixel_caches(data, eval_set, data_args, training_args, processor)
-    record["data"]["pixel_cache"] = pixel_cache is not None
+    record.data.pixel_cache = pixel_cache is not None
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
@@ -273,7 +277,6 @@ def run_training(
         ),
         processing_class=processor,
         retrieval_eval=eval_set,
-        preprocessing=preprocessing,
         record=record,
         eval_pixel_cache=eval_pixel_cache,
     )
@@ -347,7 +350,7 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
     use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
                             epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
     if use:
-        cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == "true")
+        cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == CacheImages.TRUE)
         if cache_dir is None:
             use, why = False, f"{why}, but its folder cannot be written (warning above)"
     logger.info("pixel cache %s: %s", "on" if use else "off", why)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from transformers import Trainer
 
-from cnclip_lora.collate import Preprocessing, write_record
+from cnclip_lora.record import Preprocessing, RunRecord
 from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
@@ -100,8 +100,9 @@ class CnClipLoraTrainer(Trainer):
     Args:
         retrieval_eval: the held-out titles and their gallery (absolute image paths); ``None``
             disables retrieval evaluation.
-        preprocessing: recorded in the output folder so retrieval replays it.
-        record: extra sections for ``cnclip_lora.json`` (data description, LoRA settings).
+        record: the run record written beside every saved adapter (``cnclip_lora.json``); its
+            preprocessing is what evaluation replays and retrieval will replay. Default: a record
+            with the default :class:`~cnclip_lora.record.Preprocessing` only.
         eval_pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` of the evaluation gallery
             (keyed by ``retrieval_eval.gallery_paths``), so repeated evaluations do not decode again.
         All other arguments are ``transformers.Trainer``'s.
@@ -111,8 +112,7 @@ class CnClipLoraTrainer(Trainer):
         self,
         *args: Any,
         retrieval_eval: RetrievalEvalSet | None = None,
-        preprocessing: Preprocessing | None = None,
-        record: dict[str, Any] | None = None,
+        record: RunRecord | None = None,
         eval_pixel_cache: Any = None,
         **kwargs: Any,
     ):
@@ -123,8 +123,7 @@ class CnClipLoraTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.retrieval_eval = retrieval_eval
         self.eval_pixel_cache = eval_pixel_cache
-        self.preprocessing = preprocessing or Preprocessing()
-        self.record = record or {}
+        self.record = record if record is not None else RunRecord()
         self.contrastive_loss = ContrastiveLoss(gather=getattr(self.args, "gather_loss", True))
         # Our loss is already a per-batch mean, so the Trainer must divide it by the
         # gradient-accumulation steps; ChineseCLIPModel.forward takes **kwargs, which would
@@ -133,6 +132,11 @@ class CnClipLoraTrainer(Trainer):
         # [correct, total] since the last log, kept on the model's device: converting to Python
         # numbers every step would force a GPU sync and stall kernel launches.
         self._acc_counts: torch.Tensor | None = None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How this run prepares inputs (the record's), replayed by evaluation."""
+        return self.record.preprocessing
 
     # ------------------------------------------------------------------ training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -341,5 +345,5 @@ class CnClipLoraTrainer(Trainer):
             (staging / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
         (out / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
         atomic_write_text(out / "training_args.json", self.args.to_json_string())
-        write_record(out, self.preprocessing, **self.record)
+        self.record.save(out)
         write_model_card(out)  # every saved adapter (checkpoints too) carries the package's card, not peft's template

@@ -1,7 +1,8 @@
-"""Process groups this package creates, and their clean release at exit.
+"""This process's rank, the process groups this package creates, and their clean release at exit.
 
-A ``torchrun`` launch of ``retrieve``/``evaluate`` joins a process group inside the package
-(:func:`cnclip_lora.retrieve.embed.process_info`), and ``train`` makes the Trainer join one. A group
+:func:`rank_and_world` is the one answer to "which process am I": it reads, never creates, and
+imports nothing heavy (the CLI asks it before torch is loaded). A ``torchrun`` launch of
+``retrieve``/``evaluate`` joins a process group inside the package (:func:`join_launch_group`), and ``train`` makes the Trainer join one. A group
 left alive at interpreter exit is torn down by static destructors while gloo's threads still run,
 which can abort a rank (``terminate called without an active exception``) after all its work:
 a finished job reported as failed. Each group the package created is therefore destroyed at
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 from datetime import timedelta
 
-import torch
-
-__all__ = ["group_exists", "adopt_new_process_group", "release_process_group"]
+__all__ = ["rank_and_world", "is_main_process", "join_launch_group", "group_exists", "adopt_new_process_group",
+           "release_process_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +30,53 @@ _EXIT_BARRIER_TIMEOUT = timedelta(seconds=60)
 
 
 def group_exists() -> bool:
-    """Whether the default ``torch.distributed`` process group is initialised."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    """Whether the default ``torch.distributed`` process group is initialised (``False`` before torch is imported:
+    no group can exist then)."""
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None)
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world(*, group_only: bool = False) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: the process group's when one exists, else the launcher's
+    (``RANK``/``WORLD_SIZE`` set by ``torchrun``, ``accelerate launch``), else ``(0, 1)``.
+
+    Args:
+        group_only: answer from the process group alone, ``(0, 1)`` without one: the world that
+            collective operations (gathers) can actually reach.
+
+    Reads only: it neither joins a group nor imports torch.
+    """
+    if group_exists():
+        dist = sys.modules["torch"].distributed
+        return dist.get_rank(), dist.get_world_size()
+    if group_only:
+        return 0, 1
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: under a launcher every process runs the command, and only this one reports."""
+    return rank_and_world()[0] == 0
+
+
+def join_launch_group() -> None:
+    """Join the launcher's process group when launched as several processes and none exists yet.
+
+    Retrieval runs outside the Trainer, so nothing else would: without a group every process
+    would embed everything alone. ``accelerate.PartialState`` joins it and pins each process to
+    its own GPU; gloo is used on machines without CUDA. The group is the package's (released at
+    exit, see :func:`adopt_new_process_group`). No-op in a single process or when a group exists.
+    """
+    import torch
+
+    if group_exists() or not torch.distributed.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    from accelerate import PartialState
+
+    # PartialState() alone finds no backend on a CPU-only machine and stays single-process.
+    PartialState(cpu=not torch.cuda.is_available())
+    adopt_new_process_group(existed_before=False)  # ours: destroyed at exit
 
 
 def adopt_new_process_group(existed_before: bool) -> None:
@@ -58,6 +105,8 @@ def release_process_group() -> bool:
         _owned = False
         return False
     _owned = False
+    import torch
+
     dist = torch.distributed
     try:
         if dist.get_backend() == "gloo":

@@ -29,7 +29,28 @@ __all__ = [
     "latest_complete_checkpoint",
     "resolve_resume_checkpoint",
     "hash_file_stats",
+    "PICKLE_SUFFIXES",
+    "is_pickle",
+    "pickled_files",
 ]
+
+#: The one pickle policy: weight files in these formats unpickle on load (``torch.load``, ``pickle``),
+#: so they can execute code. The package never reads or downloads them; base checkpoints and
+#: adapters must be safetensors.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".pth")
+
+
+def is_pickle(name: str | os.PathLike) -> bool:
+    """Whether a file name is in a format that can execute code when loaded (:data:`PICKLE_SUFFIXES`)."""
+    return Path(name).suffix.lower() in PICKLE_SUFFIXES
+
+
+def pickled_files(folder: str | os.PathLike) -> list[str]:
+    """Sorted names of the pickle-format files at the top of ``folder`` (``[]`` if it is not a folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and is_pickle(p.name))
 
 def hash_file_stats(h: Any, paths: Iterable[str]) -> None:
     """Feed each path with its size and mtime into the hash ``h`` (a cache key that changes when a

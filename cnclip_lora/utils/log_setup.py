@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
+
+from cnclip_lora.utils.distributed import is_main_process
 
 __all__ = ["LOG_LEVELS", "pop_log_level", "setup_logging"]
 
@@ -20,10 +21,6 @@ LOG_LEVELS = {"debug": logging.DEBUG, "detail": logging.DEBUG, "info": logging.I
               "error": logging.ERROR, "critical": logging.CRITICAL}
 _LIBRARIES = ("transformers", "huggingface_hub", "datasets", "accelerate", "peft", "faiss", "httpx")
 _MARK = "_cnclip_lora_handler"
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def pop_log_level(argv: list[str], *, keep: bool = False) -> tuple[list[str], str | None]:
@@ -62,7 +59,7 @@ def setup_logging(level: str | None = None) -> None:
     explicit = LOG_LEVELS.get(level or "passive")
     package = explicit if explicit is not None else logging.INFO
     libraries = explicit if explicit is not None else logging.WARNING
-    if not _is_main_process():
+    if not is_main_process():
         package, libraries = max(package, logging.WARNING), max(libraries, logging.WARNING)
 
     for module in ("transformers.utils.logging", "huggingface_hub.utils.logging", "datasets.utils.logging"):

@@ -52,11 +52,11 @@ def retrieve_argv(model_dir: Path, data_dir: Path, out_dir: Path, cache_dir: str
 
 def _worker(model_dir: str, data_dir: str, out_dir: str) -> None:
     from cnclip_lora.cli import main
-    from cnclip_lora.retrieve.embed import process_info
+    from cnclip_lora.utils.distributed import rank_and_world
 
     out = Path(out_dir)
     arrays, metrics = embed_all(Path(model_dir), Path(data_dir), out / "cache")
-    rank, world = process_info()
+    rank, world = rank_and_world(group_only=True)  # the group the embedding joined
     np.savez(out / f"rank{rank}.npz", **arrays)
     (out / f"rank{rank}.json").write_text(json.dumps({"world": world, "metrics": metrics}))
     code = main(retrieve_argv(Path(model_dir), Path(data_dir), out / "submission", str(out / "retrieve-cache")))

@@ -101,8 +101,8 @@ def test_final_metrics_are_saved_and_include_gallery_size(trained):
 
 
 def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(trained, tiny_model_dir, demo_dir):
-    from cnclip_lora.collate import tokenize_titles
     from cnclip_lora.images import preprocess_images
+    from cnclip_lora.text import tokenize_titles
 
     processor = AutoProcessor.from_pretrained(trained.output_dir)
     base = ChineseCLIPModel.from_pretrained(tiny_model_dir)

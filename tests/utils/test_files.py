@@ -198,3 +198,17 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
     assert list(cache.glob("embed-*.arrow"))
     direct = embedding.embed_texts(model, tokenizer, titles, batch_size=4)
     np.testing.assert_allclose(first, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".PTH"])
+def test_base_checkpoints_and_adapters_refuse_the_same_pickle_formats(tmp_path, suffix):
+    """One pickle policy: a folder whose only weights are pickled is refused as a base and as an adapter."""
+    from cnclip_lora.errors import UnsafeArtifactError
+    from cnclip_lora.hub import check_adapter_dir
+    from cnclip_lora.modeling import load_model_and_processor
+
+    (tmp_path / f"weights{suffix}").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(UnsafeArtifactError, match=f"weights\\{suffix}"):
+        check_adapter_dir(tmp_path)
+    with pytest.raises(UnsafeArtifactError, match=f"weights\\{suffix}"):
+        load_model_and_processor(str(tmp_path))
