@@ -7,7 +7,8 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 * training: :func:`train` / :func:`run_training`, :class:`CnClipLoraTrainer`, the arguments dataclasses,
   :class:`ImageTextCollator`, :class:`ContrastiveLoss`
 * retrieval: ``from cnclip_lora.retrieve import retrieve``; :func:`load_retrieval_model`,
-  :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`, :func:`assign`
+  :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`,
+  :func:`assign`
 * metrics: :func:`recall_at_k`; ``cnclip_lora.retrieve.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
 

@@ -28,8 +28,9 @@ print("held-out metrics after training:", result.eval_metrics)
 
 # 3. Evaluate base vs tuned with the competition's gallery protocol.
 for adapter in (None, str(work / "adapter")):
-    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=adapter, data_dir="xfdata",
-                                          split="val", cache_dir=str(work / "cache"), device="cpu"))
+    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=adapter,
+                                                    data_dir="xfdata",
+                                                    split="val", cache_dir=str(work / "cache"), device="cpu"))
     print("adapter" if adapter else "base   ", {k: v for k, v in metrics.items() if "t2i" in k or "gallery" in k})
 
 # 4. Free-text queries against the gallery, with the preprocessing recorded at training time.

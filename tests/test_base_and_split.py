@@ -113,8 +113,9 @@ def test_evaluate_val_uses_the_recorded_split(split_adapter, tiny_model_dir, dem
     record = json.loads((split_adapter / "cnclip_lora.json").read_text())["split"]
     assert record["val_size"] == 20 and record["split_seed"] == 7 and record["n_held_out_images"] == 20
     metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir))
-    default_split = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
-                                                cache_dir="", device="cpu"))
+    default_split = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
+                                                          data_dir=str(demo_dir),
+                                                          cache_dir="", device="cpu"))
     # Queries = captions of the 20 held-out images (one caption each in the demo data), not the default 10 %.
     assert metrics["val_queries"] == 20
     assert default_split["val_queries"] != 20
@@ -125,7 +126,8 @@ def test_evaluate_val_refuses_another_split_unless_asked(split_adapter, tiny_mod
         evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=0.1))
     with pytest.raises(ConfigError, match=r"--split_seed 42 \(trained with 7\)"):
         evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, split_seed=42))
-    metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=10, allow_different_split=True))
+    metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=10,
+                                       allow_different_split=True))
     assert metrics["val_queries"] == 10
 
 

@@ -263,7 +263,8 @@ def run_training(
         evaluator = val_evaluator(data, processor, preprocessing, batch_size=training_args.per_device_eval_batch_size,
                                   pad_to_max_length=pad_to_max_length).first(training_args.eval_max_queries)
     elif training_args.eval_strategy != "no":
-        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
+        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.",
+                       training_args.eval_strategy)
 
     pixel_cache, eval_pixel_cache = _pixel_caches(data, evaluator, data_args, training_args, processor)
     record["data"]["pixel_cache"] = pixel_cache is not None

@@ -281,8 +281,8 @@ class CnClipLoraTrainer(Trainer):
         """``Trainer.evaluate`` with the retrieval evaluator's metrics merged in.
 
         With an ``eval_dataset`` this is the Trainer's own evaluation loop over it, the evaluator's
-        metrics added in :meth:`evaluation_loop` (per dataset when it is a dict of them). Without one only the evaluator
-        runs, timed, logged and handed to the callbacks exactly as ``Trainer.evaluate`` does, so
+        metrics added in :meth:`evaluation_loop` (per dataset when it is a dict of them). Without one
+        only the evaluator runs, timed, logged and handed to the callbacks as ``Trainer.evaluate`` does, so
         ``eval_runtime``, ``metric_for_best_model``, ``load_best_model_at_end`` and early stopping
         behave as usual.
         """

@@ -39,8 +39,9 @@ def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[st
         out[f"text{n}"] = embed_texts(model, processor.tokenizer, titles[:n], max_length=prep.max_length, batch_size=2,
                                       cache_dir=cache_dir, fingerprint=f"text{n}")
         out[f"image{n}"] = embed_images(model, processor.image_processor, paths[:n], preprocessing=prep, batch_size=2)
-    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir), split="val",
-                                          val_size=4, cache_dir="", device="cpu"))
+    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
+                                                    split="val",
+                                                    val_size=4, cache_dir="", device="cpu"))
     return out, metrics
 
 

@@ -100,7 +100,8 @@ def test_retrieve_and_evaluate_with_the_onnx_backend_rank_like_torch(export_dir,
     assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
     ev_ref = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
                                          split="test", **common))
-    ev_got = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx", split="test", **common))
+    ev_got = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx", split="test",
+                                                   **common))
     assert ev_got == ev_ref
 
 

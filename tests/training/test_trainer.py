@@ -108,7 +108,8 @@ def test_trainer_evaluation_equals_cnclip_lora_evaluate(trained, tiny_model_dir,
     the same evaluator on the same split: equal numbers."""
     from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
 
-    cli = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(trained.output_dir),
+    cli = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
+                                                adapter=str(trained.output_dir),
                                                 data_dir=str(demo_dir), device="cpu", cache_dir=""))
     keys = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")] + ["gallery_size", "queries"]
     assert {k: trained.eval_metrics[f"eval_{k}"] for k in keys} == pytest.approx({k: cli[f"val_{k}"] for k in keys})
@@ -129,14 +130,14 @@ def _direct_trainer(tiny_model_dir, demo_dir, out, evaluator_queries=8, callback
     frame = pd.read_csv(demo_dir / "train.csv", sep="\t")
     held = frame.tail(evaluator_queries)
     gallery = sorted({str(demo_dir / "image" / p) for p in held["path"]})
-    evaluator = RetrievalEvaluator(list(held["title"]), [gallery.index(str(demo_dir / "image" / p)) for p in held["path"]],
-                                   gallery, processor, Preprocessing())
+    labels = [gallery.index(str(demo_dir / "image" / p)) for p in held["path"]]
+    evaluator = RetrievalEvaluator(list(held["title"]), labels, gallery, processor, Preprocessing())
     args = CnClipTrainingArguments(**{
         "output_dir": str(out), "use_cpu": True, "report_to": "none", "per_device_train_batch_size": 8,
         "learning_rate": 1e-3, "logging_steps": 1, "dataloader_num_workers": 0, "seed": 0, **arg_overrides})
     return CnClipLoraTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_pandas(frame.head(32)),
-                             data_collator=ImageTextCollator(processor, demo_dir / "image"), processing_class=processor,
-                             evaluator=evaluator, callbacks=callbacks)
+                             data_collator=ImageTextCollator(processor, demo_dir / "image"),
+                             processing_class=processor, evaluator=evaluator, callbacks=callbacks)
 
 
 def test_early_stopping_and_best_model_work_with_only_an_evaluator(tiny_model_dir, demo_dir, tmp_path):
