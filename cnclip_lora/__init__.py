@@ -7,7 +7,8 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 * training: :func:`train` / :func:`run_training`, :class:`CnClipLoraTrainer`, the arguments dataclasses,
   :class:`ImageTextCollator`, :class:`ContrastiveLoss`
 * retrieval: ``from cnclip_lora.retrieve import retrieve``; :func:`load_retrieval_model`,
-  :func:`evaluate_retrieval`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`, :func:`assign`
+  :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`,
+  :func:`assign`
 * metrics: :func:`recall_at_k`; ``cnclip_lora.retrieve.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
 
@@ -49,7 +50,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CnClipLoraTrainer": ("cnclip_lora.training.trainer", "CnClipLoraTrainer"),
     "ContrastiveLoss": ("cnclip_lora.training.loss", "ContrastiveLoss"),
     "load_retrieval_model": ("cnclip_lora.retrieve.run", "load_retrieval_model"),
-    "evaluate_retrieval": ("cnclip_lora.retrieve.run", "evaluate"),
+    "evaluate_retrieval": ("cnclip_lora.retrieve.run", "evaluate_retrieval"),
+    "RetrievalEvaluator": ("cnclip_lora.retrieve.evaluator", "RetrievalEvaluator"),
     "embed_texts": ("cnclip_lora.retrieve.embed", "embed_texts"),
     "embed_images": ("cnclip_lora.retrieve.embed", "embed_images"),
     "rank": ("cnclip_lora.retrieve.search", "rank"),
@@ -71,8 +73,8 @@ if TYPE_CHECKING:
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
     from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.retrieve.metrics import recall_at_k
-    from cnclip_lora.retrieve.run import RetrievalArguments, load_retrieval_model
-    from cnclip_lora.retrieve.run import evaluate as evaluate_retrieval
+    from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
     from cnclip_lora.retrieve.search import assign, rank
     from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.training.run import run_training, train

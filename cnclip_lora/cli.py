@@ -91,9 +91,9 @@ def _cmd_retrieve(argv: Sequence[str]) -> int:
 
 
 def _cmd_evaluate(argv: Sequence[str]) -> int:
-    from cnclip_lora.retrieve.run import evaluate
+    from cnclip_lora.retrieve.run import evaluate_retrieval
 
-    metrics = evaluate(_retrieval_args(argv, "cnclip-lora evaluate"))
+    metrics = evaluate_retrieval(_retrieval_args(argv, "cnclip-lora evaluate"))
     if is_main_process():
         print(json.dumps(metrics, indent=2, ensure_ascii=False))
     return 0

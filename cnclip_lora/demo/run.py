@@ -46,9 +46,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _scores(args_cls, **kwargs) -> dict[str, float]:
-    from cnclip_lora.retrieve.run import evaluate
+    from cnclip_lora.retrieve.run import evaluate_retrieval
 
-    return evaluate(args_cls(**kwargs))
+    return evaluate_retrieval(args_cls(**kwargs))
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:

@@ -4,6 +4,12 @@ assign, write the submission; evaluation, the HTML report, the search service an
 ``from cnclip_lora.retrieve import retrieve`` is the retrieval entry point.
 """
 
-from cnclip_lora.retrieve.run import RetrievalArguments, RetrievalResult, evaluate, load_retrieval_model, retrieve
+from cnclip_lora.retrieve.run import (
+    RetrievalArguments,
+    RetrievalResult,
+    evaluate_retrieval,
+    load_retrieval_model,
+    retrieve,
+)
 
-__all__ = ["RetrievalArguments", "RetrievalResult", "evaluate", "load_retrieval_model", "retrieve"]
+__all__ = ["RetrievalArguments", "RetrievalResult", "evaluate_retrieval", "load_retrieval_model", "retrieve"]

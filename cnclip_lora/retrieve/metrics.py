@@ -1,9 +1,10 @@
 """Retrieval metrics: Recall@K and their mean (MR), in percent, as the field reports them.
 
 ``recall_at_k`` works on rankings (gallery indices per query), so the ranking method
-(exact, faiss, chunk sizes) never changes how a hit is counted. ``RetrievalRecall`` wraps
-it as an ``evaluate.Metric`` defined here, because ``evaluate.load("recall")`` needs the Hub
-(and is classification recall anyway).
+(exact, faiss, chunk sizes) never changes how a hit is counted. It is the computation behind the
+``evaluate.Metric`` :class:`cnclip_lora.retrieve.recall_metric.RetrievalRecall` (``evaluate.load("recall")``
+needs the Hub and is classification recall anyway), through which every part of the package scores:
+:class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator` ranks and prefixes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.retrieve.search import rank
 
-__all__ = ["recall_at_k", "retrieval_metrics"]
+__all__ = ["recall_at_k"]
 
 Positive = int | set[int] | frozenset[int] | Sequence[int]
 
@@ -89,41 +89,4 @@ def recall_at_k(
     first = _first_hit(ranked.astype(np.int64, copy=False), positives)
     out = {f"R@{k}": float(100.0 * np.mean(first < k)) for k in ks}
     out["MR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
-    return out
-
-
-def retrieval_metrics(
-    query_embeds,
-    gallery_embeds,
-    positives: Sequence[Positive],
-    *,
-    prefix: str = "t2i_",
-    ks: Sequence[int] = (1, 5, 10),
-    chunk_size: int | None = None,
-    use_faiss: bool = False,
-    normalize: bool = True,
-) -> dict[str, float]:
-    """Rank a gallery for each query and report prefixed recalls, with the gallery size.
-
-    Recall depends on the gallery size, so it travels with the numbers.
-
-    Args:
-        query_embeds: ``[Q, D]`` query embeddings (texts for text->image).
-        gallery_embeds: ``[G, D]`` gallery embeddings.
-        positives: per query, the correct gallery index or a set of them.
-        prefix: key prefix, e.g. ``"t2i_"`` or ``"i2t_"``.
-        ks: recall cut-offs.
-        chunk_size: passed to :func:`rank`.
-        use_faiss: passed to :func:`rank`.
-        normalize: passed to :func:`rank`.
-
-    Returns:
-        ``{f"{prefix}R@1": ..., f"{prefix}MR": ..., f"{prefix}gallery_size": G}``.
-    """
-    ks = _check_ks(ks)
-    _, indices = rank(
-        query_embeds, gallery_embeds, max(ks), chunk_size=chunk_size, use_faiss=use_faiss, normalize=normalize
-    )
-    out = {f"{prefix}{name}": value for name, value in recall_at_k(indices, positives, ks=ks).items()}
-    out[f"{prefix}gallery_size"] = int(np.shape(gallery_embeds)[0])
     return out

@@ -19,12 +19,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from cnclip_lora.errors import ConfigError, CnClipLoraError
 from cnclip_lora.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    from cnclip_lora.retrieve.run import LabelledSplit
 
 __all__ = ["ReportArguments", "ModelRun", "build_report", "render_report", "training_curves_png"]
 
@@ -94,35 +97,23 @@ def true_ranks(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int], 
     return out
 
 
-def split_metrics(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
-    """t2i and i2t R@1/5/10 + MR with the gallery size, as ``evaluate`` reports them."""
-    from cnclip_lora.retrieve.metrics import retrieval_metrics
-
-    out = retrieval_metrics(queries, gallery, list(labels), prefix="t2i_")
-    captions: dict[int, set[int]] = {}
-    for qi, gi in enumerate(labels):
-        captions.setdefault(int(gi), set()).add(qi)
-    image_ids = sorted(captions)
-    i2t = retrieval_metrics(gallery[image_ids], queries, [captions[g] for g in image_ids], prefix="i2t_")
-    out.update({k: v for k, v in i2t.items() if not k.endswith("gallery_size")})
-    out["queries"] = len(labels)
-    return out
-
-
-def _run_model(args: ReportArguments, adapter: str | None, name: str, titles: list[str], labels: list[int],
-               gallery_paths: list[str]) -> ModelRun:
+def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
     from cnclip_lora.retrieve.search import rank
-    from cnclip_lora.retrieve.run import RetrievalArguments, embed_titles_and_gallery, load_retrieval_model
+    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_evaluator, load_retrieval_model
 
     rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=adapter,
                                batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device,
-                               dtype=args.dtype)
+                               dtype=args.dtype, split=args.split)
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
         args.model_name_or_path, adapter, device=args.device, dtype=args.dtype)
-    queries, gallery = embed_titles_and_gallery(rargs, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
+    # The evaluator `cnclip-lora evaluate` and the Trainer score with; bare metric names for the table.
+    evaluator = labelled_evaluator(rargs, split, model, processor, preprocessing, adapter_dir)
+    evaluator.name = ""
+    queries, gallery = evaluator.embed(model)
     del model
-    scores, indices = rank(queries, gallery, k=min(args.top_k, len(gallery_paths)))
-    return ModelRun(name, split_metrics(queries, gallery, labels), true_ranks(queries, gallery, labels), scores, indices)
+    metrics = evaluator.score(queries, gallery)
+    scores, indices = rank(queries, gallery, k=min(args.top_k, len(split.names)))
+    return ModelRun(name, metrics, true_ranks(queries, gallery, split.labels), scores, indices)
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -212,7 +203,7 @@ def _metrics_table(runs: Sequence[ModelRun]) -> str:
     rows = []
     for run in runs:
         cells = "".join(f"<td>{run.metrics[f'{d}_{m}']:.1f}</td>" for d, m in cols)
-        rows.append(f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['t2i_gallery_size'])}</td>"
+        rows.append(f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['gallery_size'])}</td>"
                     f"<td>{int(run.metrics['queries'])}</td></tr>")
     return (f'<table class="metrics" id="metrics"><tr><th>model</th>{head}<th>gallery</th><th>queries</th></tr>'
             + "".join(rows) + "</table>")
@@ -317,13 +308,12 @@ def build_report(args: ReportArguments) -> Path:
         val_size=args.val_size, split_seed=args.split_seed))
     if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
         raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
-    paths = [str(split.image_dir / n) for n in split.names]
     main_name = "tuned" if args.adapter else "base"
-    runs = [_run_model(args, args.adapter, main_name, split.titles, split.labels, paths)]
+    runs = [_run_model(args, args.adapter, main_name, split)]
     if args.compare_base:
-        runs.append(_run_model(args, None, "base", split.titles, split.labels, paths))
+        runs.append(_run_model(args, None, "base", split))
     elif args.baseline_adapter:
-        runs.append(_run_model(args, args.baseline_adapter, "baseline", split.titles, split.labels, paths))
+        runs.append(_run_model(args, args.baseline_adapter, "baseline", split))
     curves, note = _curves(args)
     page = render_report(titles=split.titles, labels=split.labels, names=split.names, image_dir=split.image_dir,
                          runs=runs, split=args.split, max_queries=args.max_queries, thumb_size=args.thumb_size,

@@ -25,11 +25,11 @@ from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.record import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
 from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.retrieve.evaluator import RetrievalEvaluator, prefixed_recall
 from cnclip_lora.utils.distributed import is_main_process, join_launch_group
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.options import Assign, Backend, FaissIndex, Flip, choices, parse_choice
 from cnclip_lora.utils.files import atomic_path, hash_file_stats
-from cnclip_lora.retrieve.metrics import recall_at_k
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
 from cnclip_lora.retrieve.search import assign, assign_one_to_one, rank
 
@@ -39,15 +39,15 @@ __all__ = [
     "load_retrieval_model",
     "embedding_fingerprint",
     "retrieve",
-    "evaluate",
+    "evaluate_retrieval",
     "write_submission",
     "write_topk",
     "check_device",
     "check_output_paths",
     "embed_gallery",
-    "embed_titles_and_gallery",
     "LabelledSplit",
     "labelled_split",
+    "labelled_evaluator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,26 +269,22 @@ def _fingerprint_args(args: RetrievalArguments, model: Any, preprocessing: Prepr
                 model_commit=getattr(getattr(model, "config", None), "_commit_hash", None))
 
 
+def _embedding_cache_dir(args: RetrievalArguments) -> str | None:
+    return None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
+
+
 def embed_gallery(
     args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
     gallery_paths: Sequence[str],
 ) -> np.ndarray:
     """Gallery embeddings through the same cache (and key) as ``retrieve``/``evaluate``: a service
     over a gallery that ``retrieve`` already embedded starts without re-embedding it."""
-    cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
+    cache_dir = _embedding_cache_dir(args)
     common = _fingerprint_args(args, model, preprocessing, adapter_dir)
     return embed_images(
         model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
         cache_dir=cache_dir, fingerprint=embedding_fingerprint("image", items=gallery_paths, **common) if cache_dir else None,
     )
-
-
-def embed_titles_and_gallery(
-    args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
-    titles: Sequence[str], gallery_paths: Sequence[str],
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(query embeddings, gallery embeddings)`` through retrieve's embedding cache."""
-    return _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
 
 
 @dataclass
@@ -321,11 +317,28 @@ def labelled_split(args: RetrievalArguments) -> LabelledSplit:
     return LabelledSplit(titles, labels, list(data.gallery["path"]), Path(data.image_dir))
 
 
+def labelled_evaluator(
+    args: RetrievalArguments, split: LabelledSplit, model: Any, processor: Any, preprocessing: Preprocessing,
+    adapter_dir: str | None,
+) -> RetrievalEvaluator:
+    """The evaluator of ``split`` for this loaded model, its embeddings under retrieve's cache keys;
+    metrics are named after ``--split`` (``val_t2i_R@1``)."""
+    gallery_paths = [str(split.image_dir / n) for n in split.names]
+    cache_dir = _embedding_cache_dir(args)
+    keys = None
+    if cache_dir:
+        common = _fingerprint_args(args, model, preprocessing, adapter_dir)
+        keys = (embedding_fingerprint("text", items=split.titles, **common),
+                embedding_fingerprint("image", items=gallery_paths, **common))
+    return RetrievalEvaluator(split.titles, split.labels, gallery_paths, processor, preprocessing, name=args.split,
+                              batch_size=args.batch_size, cache_dir=cache_dir, cache_keys=keys)
+
+
 def _embed_split(
     args: RetrievalArguments, model: Any, processor: Any, preprocessing: Preprocessing, adapter_dir: str | None,
     titles: Sequence[str], gallery_paths: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
+    cache_dir = _embedding_cache_dir(args)
     common = _fingerprint_args(args, model, preprocessing, adapter_dir)
     gallery = embed_images(
         model, processor.image_processor, gallery_paths, preprocessing=preprocessing, batch_size=args.batch_size,
@@ -494,55 +507,26 @@ def retrieve(args: RetrievalArguments) -> RetrievalResult:
     metrics: dict[str, float] = {"gallery_size": len(names), "queries": len(titles)}
     if data.answers is not None:
         labels = [int(x) for x in data.answers.sort_values("query")["label"]]
-        metrics.update({f"test_t2i_{k}": v for k, v in recall_at_k(indices, labels).items()})
+        metrics.update(prefixed_recall(indices, labels, "test_t2i_"))
         metrics["test_assigned_acc"] = float(np.mean(chosen == np.asarray(labels)) * 100)
     return RetrievalResult(chosen, scores, indices, names, metrics)
 
 
-def evaluate(args: RetrievalArguments) -> dict[str, float]:
+def evaluate_retrieval(args: RetrievalArguments) -> dict[str, float]:
     """Text-to-image and image-to-text R@1/5/10 + MR on a labelled set, with its gallery size.
 
     ``--split val``: the held-out training pairs against held-out + non-train images (the
-    competition protocol). ``--split test``: test queries against the gallery, with an answers file.
+    competition protocol; the adapter's recorded split). ``--split test``: test queries against the
+    gallery, with an answers file. Scored by :class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator`,
+    the object the Trainer evaluates with.
     """
     check_device(args.device)
     recorded = _training_split(args) if args.split == "val" else None
-    data = _load_data(args, skip_bad_rows=True, require_queries=args.split == "test", answers_file=args.answers)
+    split = labelled_split(args)
     if args.split == "val":
         from cnclip_lora.split_record import check_held_out
 
-        if len(data.val) == 0:
-            raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
-        check_held_out(recorded, data.val["path"], data_dir=args.data_dir,
+        check_held_out(recorded, [split.names[i] for i in split.labels], data_dir=args.data_dir,
                        allow_different_split=args.allow_different_split, adapter=args.adapter)
-        titles = list(data.val["title"])
-        labels = [int(x) for x in data.val["label"]]
-        names = list(data.val_gallery["path"])
-    else:
-        answers = data.answers
-        if answers is None:
-            raise ConfigError(
-                f"--split test needs answers: {Path(args.data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
-            )
-        titles = list(data.queries["title"])
-        answers = answers.sort_values("query")
-        labels = [int(x) for x in answers["label"]]
-        names = list(data.gallery["path"])
-        if len(labels) != len(titles):
-            raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
     model, processor, preprocessing, adapter_dir = _load_for_backend(args)
-    gallery_paths = [str(Path(data.image_dir) / p) for p in names]
-    queries, gallery = _embed_split(args, model, processor, preprocessing, adapter_dir, titles, gallery_paths)
-    metrics: dict[str, float] = {}
-    _, t2i = rank(queries, gallery, k=10)
-    metrics.update({f"{args.split}_t2i_{k}": round(v, 4) for k, v in recall_at_k(t2i, labels).items()})
-    # Image-to-text over the images that have captions: an image's positives are all its titles.
-    captions: dict[int, set[int]] = {}
-    for qi, gi in enumerate(labels):
-        captions.setdefault(gi, set()).add(qi)
-    image_ids = sorted(captions)
-    _, i2t = rank(gallery[image_ids], queries, k=10)
-    metrics.update({f"{args.split}_i2t_{k}": round(v, 4) for k, v in recall_at_k(i2t, [captions[g] for g in image_ids]).items()})
-    metrics[f"{args.split}_gallery_size"] = len(names)
-    metrics[f"{args.split}_queries"] = len(titles)
-    return metrics
+    return labelled_evaluator(args, split, model, processor, preprocessing, adapter_dir)(model)

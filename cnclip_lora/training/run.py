@@ -36,9 +36,10 @@ from cnclip_lora.data import CompetitionData, count_truncated, load_competition_
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
-from cnclip_lora.training.trainer import CnClipLoraTrainer, RetrievalEvalSet
+from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+from cnclip_lora.training.trainer import CnClipLoraTrainer
 
-__all__ = ["TrainResult", "train", "val_eval_set", "run_training"]
+__all__ = ["TrainResult", "train", "val_evaluator", "run_training"]
 
 from cnclip_lora.model_card import write_model_card
 from cnclip_lora.utils.sources import check_source
@@ -56,20 +57,23 @@ class TrainResult:
     pushed_to: str | None = None
 
 
-def val_eval_set(data: CompetitionData) -> RetrievalEvalSet:
-    """The held-out titles against the validation gallery (held-out images + non-train images)."""
+def val_evaluator(data: CompetitionData, processor: Any, preprocessing: Preprocessing,
+                  **kwargs: Any) -> RetrievalEvaluator:
+    """The held-out titles against the validation gallery (held-out images + non-train images),
+    the split ``cnclip-lora evaluate --split val`` scores (:func:`cnclip_lora.retrieve.run.labelled_split`).
+
+    Args:
+        kwargs: further :class:`RetrievalEvaluator` fields (batch size, title padding).
+    """
     image_dir = Path(data.image_dir)
-    return RetrievalEvalSet(
+    return RetrievalEvaluator(
         titles=list(data.val["title"]),
         labels=[int(x) for x in data.val["label"]],
         gallery_paths=[str(image_dir / p) for p in data.val_gallery["path"]],
+        processor=processor,
+        preprocessing=preprocessing,
+        **kwargs,
     )
-
-
-def _limit_queries(eval_set: RetrievalEvalSet, limit: int | None) -> RetrievalEvalSet:
-    if limit is None or limit >= len(eval_set):
-        return eval_set
-    return RetrievalEvalSet(eval_set.titles[:limit], eval_set.labels[:limit], eval_set.gallery_paths)
 
 
 def _check_launch(training_args: CnClipTrainingArguments) -> None:
@@ -255,30 +259,33 @@ def run_training(
     # pickled arguments) at every save; we upload the adapter set once at the end.
     push = training_args.push_to_hub
     training_args.push_to_hub = False
-    eval_set = _limit_queries(val_eval_set(data), training_args.eval_max_queries) if len(data.val) else None
-    if eval_set is None and training_args.eval_strategy != "no":
-        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy)
-
     pad_to_max_length = static_title_padding(data_args.pad_to_max_length, training_args)
     record.data.title_padding = "max_length" if pad_to_max_length else "longest, multiple of 8"
-    pixel_cache, eval_pixel_cache = _pixel_caches(data, eval_set, data_args, training_args, processor)
+    evaluator = None
+    if len(data.val):
+        # The training batches' padding rule: a compiled model keeps its static shape.
+        evaluator = val_evaluator(data, processor, preprocessing, batch_size=training_args.per_device_eval_batch_size,
+                                  pad_to_max_length=pad_to_max_length).first(training_args.eval_max_queries)
+    elif training_args.eval_strategy != "no":
+        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.",
+                       training_args.eval_strategy)
+
+    pixel_cache, eval_pixel_cache = _pixel_caches(data, evaluator, data_args, training_args, processor)
     record.data.pixel_cache = pixel_cache is not None
+    if evaluator is not None:
+        evaluator.pixel_cache = eval_pixel_cache
     trainer = CnClipLoraTrainer(
         model=model,
         args=training_args,
         train_dataset=data.train,
-        # Scored by retrieval over the validation gallery (see CnClipLoraTrainer.evaluate); passed so
-        # the Trainer's eval_strategy checks see the held-out split.
-        eval_dataset=data.val if eval_set is not None else None,
         data_collator=ImageTextCollator(
             processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache,
             draft=data_args.fast_decode, title_normalization=data_args.title_normalization,
             pad_to_max_length=pad_to_max_length,
         ),
         processing_class=processor,
-        retrieval_eval=eval_set,
+        evaluator=evaluator,
         record=record,
-        eval_pixel_cache=eval_pixel_cache,
     )
     if training_args.overwrite_output_dir and training_args.process_index == 0:
         remove_previous_run(training_args.output_dir)  # only now that the new run has passed its checks
@@ -306,7 +313,7 @@ def run_training(
     trainer.save_state()
 
     eval_metrics: dict[str, float] = {}
-    if eval_set is not None:
+    if evaluator is not None:
         eval_metrics = trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics)
 
@@ -338,7 +345,7 @@ def planned_epochs(training_args: CnClipTrainingArguments, n_train: int) -> floa
     return float(training_args.num_train_epochs)
 
 
-def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data_args: DataArguments,
+def _pixel_caches(data: CompetitionData, evaluator: RetrievalEvaluator | None, data_args: DataArguments,
                   training_args: CnClipTrainingArguments, processor: Any) -> tuple[Any, Any]:  # fmt: skip
     """``(training images, validation gallery)`` decoded-once pixel caches, each ``None`` when off.
 
@@ -360,9 +367,9 @@ def _pixel_caches(data: CompetitionData, eval_set: RetrievalEvalSet | None, data
         train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=cache_dir,
                                         draft=data_args.fast_decode)
         eval_cache = None
-        if eval_set is not None and training_args.eval_strategy != "no":
+        if evaluator is not None and training_args.eval_strategy != "no":
             # Gallery paths already include the image folder: keyed as given, relative to ".".
-            eval_cache = build_pixel_cache(".", eval_set.gallery_paths, processor.image_processor,
+            eval_cache = build_pixel_cache(".", evaluator.gallery_paths, processor.image_processor,
                                            cache_dir=cache_dir, draft=data_args.fast_decode)  # fmt: skip
     return train_cache, eval_cache
 

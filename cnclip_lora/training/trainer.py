@@ -5,10 +5,11 @@ Only what differs from ``transformers.Trainer`` is overridden:
 * ``compute_loss``: symmetric contrastive loss over the batch's text/image embeddings
   (:class:`cnclip_lora.training.loss.ContrastiveLoss`, gathered across processes), plus in-batch
   text-to-image accuracy, logged next to the loss.
-* ``evaluate``: full-gallery Recall@1/5/10 and MR on the held-out split with the competition's
-  gallery protocol. Like sentence-transformers' trainer, it returns ``eval_*`` metrics through the
-  normal callback path, so ``metric_for_best_model="eval_t2i_MR"``, ``load_best_model_at_end`` and
-  ``EarlyStoppingCallback`` work unchanged.
+* ``evaluate`` / ``evaluation_loop``: the :class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator`'s
+  full-gallery Recall@1/5/10 and MR merged into the standard ``Trainer.evaluate`` result (as
+  sentence-transformers' trainer does), with ``eval_runtime``, the ``on_evaluate`` callbacks, so
+  ``metric_for_best_model="eval_t2i_MR"``, ``load_best_model_at_end`` and ``EarlyStoppingCallback``
+  work unchanged; no ``eval_dataset`` is needed.
 * ``_save``: PEFT adapter-only saving is the Trainer's own; this stages it so files appear
   atomically, swaps the pickled ``training_args.bin`` for ``training_args.json`` and writes the
   preprocessing record.
@@ -30,41 +31,29 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import speed_metrics
 
 from cnclip_lora.record import Preprocessing, RunRecord
-from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
 from cnclip_lora.utils.files import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.model_card import write_model_card
-from cnclip_lora.retrieve.search import rank
+from cnclip_lora.retrieve.evaluator import NonFiniteEmbeddingsError, RetrievalEvaluator
 from cnclip_lora.training.sampler import unique_image_sampler_for
 
-__all__ = ["RetrievalEvalSet", "CnClipLoraTrainer", "release_accelerate_preparation"]
+__all__ = ["CnClipLoraTrainer", "release_accelerate_preparation"]
 
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_PICKLE = "training_args.bin"
-
-
-@dataclass
-class RetrievalEvalSet:
-    """A labelled retrieval task: ``titles[i]``'s image is ``gallery_paths[labels[i]]``."""
-
-    titles: list[str]
-    labels: list[int]
-    gallery_paths: list[str]
-
-    def __len__(self) -> int:
-        return len(self.titles)
+_EVALUATOR_ONLY = "evaluator"  # stands in for eval_dataset during Trainer.__init__'s argument checks only
 
 
 def release_accelerate_preparation(model: torch.nn.Module | None) -> bool:
@@ -98,31 +87,34 @@ class CnClipLoraTrainer(Trainer):
     """Trainer for Chinese-CLIP + LoRA on (title, image) pairs.
 
     Args:
-        retrieval_eval: the held-out titles and their gallery (absolute image paths); ``None``
-            disables retrieval evaluation.
+        evaluator: scores the model at each evaluation (the held-out titles against their
+            gallery); ``None`` disables retrieval evaluation.
         record: the run record written beside every saved adapter (``cnclip_lora.json``); its
             preprocessing is what evaluation replays and retrieval will replay. Default: a record
             with the default :class:`~cnclip_lora.record.Preprocessing` only.
-        eval_pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` of the evaluation gallery
-            (keyed by ``retrieval_eval.gallery_paths``), so repeated evaluations do not decode again.
         All other arguments are ``transformers.Trainer``'s.
     """
 
     def __init__(
         self,
         *args: Any,
-        retrieval_eval: RetrievalEvalSet | None = None,
+        evaluator: RetrievalEvaluator | None = None,
         record: RunRecord | None = None,
-        eval_pixel_cache: Any = None,
         **kwargs: Any,
     ):
         model = kwargs.get("model", args[0] if args else None)
         if release_accelerate_preparation(model):
             logger.info("The model was prepared by an earlier Trainer: released it so this run's "
                         "precision and compilation settings apply.")
+        # transformers refuses an eval_strategy without an eval_dataset; the evaluator is what is
+        # evaluated here, so (like sentence-transformers) the check sees a marker, removed right after.
+        evaluator_only = evaluator is not None and kwargs.get("eval_dataset") is None and len(args) < 5
+        if evaluator_only:
+            kwargs["eval_dataset"] = _EVALUATOR_ONLY
         super().__init__(*args, **kwargs)
-        self.retrieval_eval = retrieval_eval
-        self.eval_pixel_cache = eval_pixel_cache
+        if evaluator_only:
+            self.eval_dataset = None
+        self.evaluator = evaluator
         self.record = record if record is not None else RunRecord()
         self.contrastive_loss = ContrastiveLoss(gather=getattr(self.args, "gather_loss", True))
         # Our loss is already a per-batch mean, so the Trainer must divide it by the
@@ -290,44 +282,49 @@ class CnClipLoraTrainer(Trainer):
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        if self.retrieval_eval is None or len(self.retrieval_eval) == 0:
+        """``Trainer.evaluate`` with the retrieval evaluator's metrics merged in.
+
+        With an ``eval_dataset`` this is the Trainer's own evaluation loop over it, the evaluator's
+        metrics added in :meth:`evaluation_loop` (per dataset when it is a dict of them). Without one
+        only the evaluator runs, timed, logged and handed to the callbacks as ``Trainer.evaluate`` does, so
+        ``eval_runtime``, ``metric_for_best_model``, ``load_best_model_at_end`` and early stopping
+        behave as usual.
+        """
+        if eval_dataset is not None or self.eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.evaluator is None or len(self.evaluator) == 0:
             return {}
-        metrics = self.retrieval_metrics(self.retrieval_eval, metric_key_prefix=metric_key_prefix)
+        self._memory_tracker.start()
+        start_time = time.time()
+        metrics = self.evaluator_metrics(metric_key_prefix)
+        num_samples = len(self.evaluator) + len(self.evaluator.gallery_paths)
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
         return metrics
 
-    def retrieval_metrics(self, eval_set: RetrievalEvalSet, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Text-to-image Recall@1/5/10 + MR of the current model over ``eval_set``'s gallery."""
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        batch_size = self.args.per_device_eval_batch_size
-        tokenizer = self.processing_class.tokenizer
-        image_processor = self.processing_class.image_processor
-        try:
-            # The training batches' padding rule: a compiled model keeps its static shape.
-            text = embed_texts(model, tokenizer, eval_set.titles, max_length=self.preprocessing.max_length,
-                               batch_size=batch_size, title_normalization=self.preprocessing.title_normalization,
-                               pad_to_max_length=bool(getattr(self.data_collator, "pad_to_max_length", False)))
-            images = embed_images(model, image_processor, eval_set.gallery_paths, preprocessing=self.preprocessing,
-                                  batch_size=batch_size, pixel_cache=self.eval_pixel_cache)  # fmt: skip
-        finally:
-            model.train(was_training)
-        from cnclip_lora.retrieve.recall_metric import RetrievalRecall  # evaluate is slow to import: only when evaluating
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.evaluator is not None and len(self.evaluator):
+            output.metrics.update(self.evaluator_metrics(metric_key_prefix))
+        return output
 
-        if not (np.isfinite(text).all() and np.isfinite(images).all()):
+    def evaluator_metrics(self, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The evaluator's metrics of the current model, keyed ``{metric_key_prefix}_t2i_R@1`` and so on."""
+        model = self.accelerator.unwrap_model(self.model)
+        try:
+            metrics = self.evaluator(model)
+        except NonFiniteEmbeddingsError:
             raise CnClipLoraError(
                 f"evaluation at step {self.state.global_step}: the model's embeddings contain NaN or infinite "
                 "values, so training has diverged (the logged loss shows from which step); lower --learning_rate "
                 "or check the data, and restart from a checkpoint before the divergence."
-            )
-        _, indices = rank(text, images, k=10)
-        # keep_in_memory: every process computes it, and evaluate's cache files would collide.
-        scores = RetrievalRecall(keep_in_memory=True).compute(predictions=indices.tolist(), references=[[l] for l in eval_set.labels])
-        metrics = {f"{metric_key_prefix}_t2i_{k}": round(float(v), 4) for k, v in scores.items()}
-        metrics[f"{metric_key_prefix}_gallery_size"] = len(eval_set.gallery_paths)
-        metrics[f"{metric_key_prefix}_queries"] = len(eval_set.titles)
-        return metrics
+            ) from None
+        prefix = f"{metric_key_prefix}_"
+        return {key if key.startswith(prefix) else prefix + key: value for key, value in metrics.items()}
 
     # -------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -28,7 +28,7 @@ SIZES = (7, 1)
 def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every distributed code path of embedding: texts and images at each size, and ``evaluate``."""
     from cnclip_lora.retrieve.embed import embed_images, embed_texts
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate, load_retrieval_model
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
 
     model, processor, prep, _ = load_retrieval_model(str(model_dir), device="cpu")
     titles = [f"云思木想2019秋装新款{i}号连衣裙" for i in range(max(SIZES))]
@@ -39,8 +39,9 @@ def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[st
         out[f"text{n}"] = embed_texts(model, processor.tokenizer, titles[:n], max_length=prep.max_length, batch_size=2,
                                       cache_dir=cache_dir, fingerprint=f"text{n}")
         out[f"image{n}"] = embed_images(model, processor.image_processor, paths[:n], preprocessing=prep, batch_size=2)
-    metrics = evaluate(RetrievalArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir), split="val",
-                                          val_size=4, cache_dir="", device="cpu"))
+    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
+                                                    split="val",
+                                                    val_size=4, cache_dir="", device="cpu"))
     return out, metrics
 
 

@@ -15,7 +15,7 @@ from cnclip_lora.record import RECORD_FILE, Preprocessing
 from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx, load_onnx_model
-from cnclip_lora.retrieve.run import RetrievalArguments, evaluate, load_retrieval_model, retrieve
+from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model, retrieve
 from cnclip_lora.training.run import train
 
 # One character up to far past the 52-token limit (truncated), mixed scripts, so batches pad differently.
@@ -98,9 +98,10 @@ def test_retrieve_and_evaluate_with_the_onnx_backend_rank_like_torch(export_dir,
     np.testing.assert_array_equal(got.indices[:, 0], ref.indices[:, 0])
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
     assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
-    ev_ref = evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
+    ev_ref = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
                                          split="test", **common))
-    ev_got = evaluate(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx", split="test", **common))
+    ev_got = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx", split="test",
+                                                   **common))
     assert ev_got == ev_ref
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.retrieve.metrics import recall_at_k, retrieval_metrics
+from cnclip_lora.retrieve.metrics import recall_at_k
 from cnclip_lora.retrieve.recall_metric import RetrievalRecall
 from cnclip_lora.retrieve.search import rank
 
@@ -126,25 +126,3 @@ def test_evaluate_metric_with_ties_resolved_by_rank():
     assert got == pytest.approx(_naive_recall(indices, positives))
     # The first ten queries' targets are duplicates of lower-indexed images, which rank first.
     assert got["R@1"] == pytest.approx(50.0) and got["R@5"] == pytest.approx(100.0)
-
-
-# --- retrieval_metrics ----------------------------------------------------------------
-
-
-def test_retrieval_metrics_prefixed_keys_and_gallery_size():
-    rng = np.random.default_rng(6)
-    gallery = rng.standard_normal((25, 16))
-    perm = rng.permutation(25)[:12]
-    queries = gallery[perm] + 0.3 * rng.standard_normal((12, 16))
-    got = retrieval_metrics(queries, gallery, perm.tolist(), prefix="i2t_")
-    assert set(got) == {"i2t_R@1", "i2t_R@5", "i2t_R@10", "i2t_MR", "i2t_gallery_size"}
-    assert got["i2t_gallery_size"] == 25
-    _, indices = rank(queries, gallery, 10)
-    want = _naive_recall(indices, perm.tolist())
-    assert got["i2t_R@1"] == pytest.approx(want["R@1"]) and got["i2t_MR"] == pytest.approx(want["MR"])
-
-
-def test_retrieval_metrics_perfect_and_small_gallery():
-    gallery = np.eye(4, dtype=np.float32)
-    got = retrieval_metrics(gallery * 2.0, gallery, [0, 1, 2, 3])
-    assert got == {"t2i_R@1": 100.0, "t2i_R@5": 100.0, "t2i_R@10": 100.0, "t2i_MR": 100.0, "t2i_gallery_size": 4}

@@ -36,7 +36,7 @@ def _images(tmp_path: Path, n: int) -> list[str]:
 
 def _run(name: str, ranks: list[int], top: list[list[int]]) -> ModelRun:
     metrics = {f"{d}_{m}": 50.0 for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")}
-    metrics.update(t2i_gallery_size=4, queries=len(ranks))
+    metrics.update(gallery_size=4, queries=len(ranks))
     top_arr = np.asarray(top)
     return ModelRun(name, metrics, np.asarray(ranks), np.linspace(0.9, 0.1, top_arr.size).reshape(top_arr.shape), top_arr)
 
@@ -88,7 +88,7 @@ def test_report_arguments_reject_bad_options(kwargs, match):
 
 def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install 'cnclip-lora[report]'")
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "r" / "report.html"
@@ -98,7 +98,7 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
     assert str(out) in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     for name, adapter_arg in (("tuned", str(adapter)), ("base", None)):
-        ref = evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
+        ref = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
                                           adapter=adapter_arg, device="cpu", cache_dir=""))
         row = re.search(rf"<tr><th>{name}</th>(.*?)</tr>", page).group(1)
         cells = [float(c) for c in re.findall(r"<td>([\d.]+)</td>", row)]

@@ -20,7 +20,7 @@ from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_a
 from cnclip_lora.retrieve.run import (
     RetrievalArguments,
     embedding_fingerprint,
-    evaluate,
+    evaluate_retrieval,
     load_retrieval_model,
     retrieve,
     write_submission,
@@ -152,8 +152,9 @@ def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, dem
 
 def test_evaluate_reports_both_directions_with_gallery_size(tiny_model_dir, demo_dir, tmp_path):
     for split in ("val", "test"):
-        metrics = evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split=split,
-                                              cache_dir="", device="cpu"))
+        metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
+                                                        data_dir=str(demo_dir), split=split,
+                                                        cache_dir="", device="cpu"))
         for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_MR", "i2t_R@1", "i2t_MR", "gallery_size"):
             assert f"{split}_{key}" in metrics
         assert metrics[f"{split}_t2i_R@1"] <= metrics[f"{split}_t2i_R@5"] <= metrics[f"{split}_t2i_R@10"]
@@ -193,13 +194,14 @@ def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_def
     common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="test", cache_dir="", device="cpu")
     elsewhere = tmp_path / "answers.csv"
     shutil.copy(demo_dir / "test_answers.csv", elsewhere)
-    assert evaluate(RetrievalArguments(answers=str(elsewhere), **common)) == evaluate(RetrievalArguments(**common))
+    elsewhere_metrics = evaluate_retrieval(RetrievalArguments(answers=str(elsewhere), **common))
+    assert elsewhere_metrics == evaluate_retrieval(RetrievalArguments(**common))
     train_image = pd.read_csv(demo_dir / "train.csv", sep="\t")["path"][0]
     elsewhere.write_text(f"query,path\n0,{train_image}\n", encoding="utf-8")
     with pytest.raises(DataError, match="answers.csv"):
-        evaluate(RetrievalArguments(answers=str(elsewhere), **common))
+        evaluate_retrieval(RetrievalArguments(answers=str(elsewhere), **common))
     with pytest.raises(DataError, match="answers file not found"):
-        evaluate(RetrievalArguments(answers=str(tmp_path / "missing.csv"), **common))
+        evaluate_retrieval(RetrievalArguments(answers=str(tmp_path / "missing.csv"), **common))
 
 
 def test_default_embedding_cache_is_shared_across_working_directories(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
@@ -216,8 +218,9 @@ def test_default_embedding_cache_is_shared_across_working_directories(tiny_model
         (tmp_path / cwd).mkdir(parents=True)
         monkeypatch.chdir(tmp_path / cwd)
         data = relative_data if cwd == "a" else str(demo_dir)  # same images, named two ways
-        runs.append(evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=data, split="val",
-                                                device="cpu")))  # fmt: skip
+        runs.append(evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=data,
+                                                          split="val",
+                                                          device="cpu")))  # fmt: skip
         assert not list((tmp_path / cwd).iterdir())  # nothing written where the command ran
     usage = {u.kind: u for u in cache_usage()}
     assert usage["embeddings"].path == tmp_path / "hf" / "cnclip_lora" / "embeddings"
@@ -244,8 +247,8 @@ def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker / "hf"))
     args = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="val", device="cpu")
     with caplog.at_level("WARNING"):
-        metrics = evaluate(RetrievalArguments(**args))
+        metrics = evaluate_retrieval(RetrievalArguments(**args))
     assert metrics["val_gallery_size"] > 0
     assert any("cannot write the embeddings cache" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="cannot write the embeddings cache in .*not-a-folder/mine"):
-        evaluate(RetrievalArguments(**args, cache_dir=str(blocker / "mine")))
+        evaluate_retrieval(RetrievalArguments(**args, cache_dir=str(blocker / "mine")))

@@ -98,6 +98,74 @@ def test_final_metrics_are_saved_and_include_gallery_size(trained):
         assert key in results, key
     assert results["eval_gallery_size"] > 8
     assert 0 <= results["eval_t2i_MR"] <= 100
+    # merged into the standard Trainer.evaluate result: timed like any evaluation, both directions
+    assert results["eval_runtime"] > 0 and "eval_samples_per_second" in results
+    assert 0 <= results["eval_i2t_MR"] <= 100
+
+
+def test_trainer_evaluation_equals_cnclip_lora_evaluate(trained, tiny_model_dir, demo_dir):
+    """The end-of-training metrics and `cnclip-lora evaluate --split val` on the saved adapter are
+    the same evaluator on the same split: equal numbers."""
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+
+    cli = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
+                                                adapter=str(trained.output_dir),
+                                                data_dir=str(demo_dir), device="cpu", cache_dir=""))
+    keys = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")] + ["gallery_size", "queries"]
+    assert {k: trained.eval_metrics[f"eval_{k}"] for k in keys} == pytest.approx({k: cli[f"val_{k}"] for k in keys})
+
+
+def _direct_trainer(tiny_model_dir, demo_dir, out, evaluator_queries=8, callbacks=None, **arg_overrides):
+    """A CnClipLoraTrainer built by hand with only an evaluator to evaluate with (no eval_dataset)."""
+    import datasets
+    import pandas as pd
+
+    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
+    frame = pd.read_csv(demo_dir / "train.csv", sep="\t")
+    held = frame.tail(evaluator_queries)
+    gallery = sorted({str(demo_dir / "image" / p) for p in held["path"]})
+    labels = [gallery.index(str(demo_dir / "image" / p)) for p in held["path"]]
+    evaluator = RetrievalEvaluator(list(held["title"]), labels, gallery, processor, Preprocessing())
+    args = CnClipTrainingArguments(**{
+        "output_dir": str(out), "use_cpu": True, "report_to": "none", "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3, "logging_steps": 1, "dataloader_num_workers": 0, "seed": 0, **arg_overrides})
+    return CnClipLoraTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_pandas(frame.head(32)),
+                             data_collator=ImageTextCollator(processor, demo_dir / "image"),
+                             processing_class=processor, evaluator=evaluator, callbacks=callbacks)
+
+
+def test_early_stopping_and_best_model_work_with_only_an_evaluator(tiny_model_dir, demo_dir, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    stop = EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1000.0)  # no gain is enough
+    trainer = _direct_trainer(tiny_model_dir, demo_dir, tmp_path / "es", callbacks=[stop], max_steps=8,
+                              eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                              metric_for_best_model="eval_t2i_MR", load_best_model_at_end=True)
+    assert trainer.eval_dataset is None
+    trainer.train()
+    assert trainer.state.global_step == 2  # first evaluation sets the best, the second runs out of patience
+    evals = [e for e in trainer.state.log_history if "eval_t2i_MR" in e]
+    assert [e["step"] for e in evals] == [1, 2]
+    assert all(e["eval_runtime"] > 0 and "eval_i2t_R@1" in e for e in evals)
+    assert trainer.state.best_metric == evals[0]["eval_t2i_MR"]
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")
+
+
+def test_an_eval_dataset_is_evaluated_by_the_trainer_with_the_evaluator_merged(tiny_model_dir, demo_dir, tmp_path):
+    import datasets
+    import pandas as pd
+
+    trainer = _direct_trainer(tiny_model_dir, demo_dir, tmp_path / "ds", max_steps=1, per_device_eval_batch_size=8)
+    pairs = datasets.Dataset.from_pandas(pd.read_csv(demo_dir / "train.csv", sep="\t").tail(16))
+    metrics = trainer.evaluate(eval_dataset=pairs)
+    assert metrics["eval_samples_per_second"] > 0 and metrics["eval_runtime"] > 0
+    assert metrics["eval_t2i_MR"] == trainer.evaluate()["eval_t2i_MR"]  # same model, same evaluator
 
 
 def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(trained, tiny_model_dir, demo_dir):
