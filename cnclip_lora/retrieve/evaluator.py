@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnclip_lora.collate import Preprocessing
+from cnclip_lora.record import Preprocessing
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
 __all__ = ["RetrievalEvaluator", "NonFiniteEmbeddingsError", "prefixed_recall"]

@@ -83,7 +83,7 @@ def test_called_with_a_model_embeds_like_the_embedding_functions(tiny_model_dir,
     import pandas as pd
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.record import Preprocessing
     from cnclip_lora.retrieve.embed import embed_images, embed_texts
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)

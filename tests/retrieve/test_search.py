@@ -326,7 +326,7 @@ def test_assign_errors():
     scores3, indices3 = np.array([[0.9], [0.8], [0.7]]), np.array([[0], [0], [1]])
     with pytest.raises(CnClipLoraError, match="no one-to-one assignment exists"):
         assign(np.hstack([scores3, [[-np.inf], [-np.inf], [0.1]]]), np.hstack([indices3, [[-1], [-1], [2]]]), "hungarian")
-    with pytest.raises(ConfigError, match="'argmax' or 'hungarian'"):
+    with pytest.raises(ConfigError, match="must be one of argmax, hungarian; got 'greedy'"):
         assign(scores, indices, "greedy")
     with pytest.raises(CnClipLoraError, match="same shape"):
         assign(np.ones((2, 3)), np.ones((2, 2), int))

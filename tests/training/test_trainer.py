@@ -120,7 +120,7 @@ def _direct_trainer(tiny_model_dir, demo_dir, out, evaluator_queries=8, callback
     import datasets
     import pandas as pd
 
-    from cnclip_lora.collate import Preprocessing
+    from cnclip_lora.record import Preprocessing
     from cnclip_lora.config import CnClipTrainingArguments
     from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
     from cnclip_lora.training.trainer import CnClipLoraTrainer
