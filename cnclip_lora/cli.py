@@ -40,6 +40,8 @@ class Command:
 
     name: ClassVar[str]
     help: ClassVar[str]
+    #: True for a verb that never uses torch, transformers, datasets or the Hub: it starts without them.
+    light: ClassVar[bool] = False
 
     def parser(self) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=f"cnclip-lora {self.name}", description=self.help)
@@ -91,7 +93,10 @@ class DataclassCommand(Command):
                                 description=self.help)  # fmt: skip
 
     def parse(self, argv: Sequence[str]) -> Any:
-        (parsed,) = self.parser().parse_args_into_dataclasses(args=list(argv))
+        parser = self.parser()
+        parsed, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+        if remaining:  # argparse's own message and exit status 2, as for the other verbs
+            parser.error(f"unrecognized arguments: {' '.join(remaining)}")
         return self.arguments_class()(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)})
 
 
@@ -176,6 +181,7 @@ class EvaluateCommand(DataclassCommand):
 
 class CheckDataCommand(Command):
     name = "check-data"
+    light = True
     help = "validate a data folder in the competition layout and print a summary"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -196,6 +202,7 @@ class CheckDataCommand(Command):
 
 class MakeDemoDataCommand(Command):
     name = "make-demo-data"
+    light = True
     help = "write a synthetic dataset in the competition layout"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -448,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # train's TrainingArguments has --log_level of its own; the other commands take it here.
     rest, log_level = pop_log_level(rest, keep=command == "train")
     try:
-        setup_logging(log_level)
+        setup_logging(log_level, libraries_too=not COMMANDS[command].light)
     except CnClipLoraError as err:
         print(f"cnclip-lora {command}: {err}", file=sys.stderr)
         return 2
