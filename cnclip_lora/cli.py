@@ -72,7 +72,8 @@ def _restricted(cls: type, exclude: frozenset[str]) -> type:
 
     hints = get_type_hints(cls)
     kept = [
-        (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
+        (f.name, hints[f.name],
+         dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
         for f in dataclasses.fields(cls) if f.init and f.name not in exclude
     ]  # fmt: skip
     return dataclasses.make_dataclass(cls.__name__, kept)
@@ -187,7 +188,8 @@ class CheckDataCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("data_dir", help="folder in the competition layout (train.csv, test_query.csv, image/)")
         parser.add_argument("--val_size", type=float, default=0.1, help="held-out share (0<x<1) or count")
-        parser.add_argument("--split_seed", type=int, default=42, help="seed of the train/validation split (as in train)")
+        parser.add_argument("--split_seed", type=int, default=42,
+                            help="seed of the train/validation split (as in train)")  # fmt: skip
         parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
         parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
 
@@ -260,15 +262,17 @@ class PushCommand(Command):
             help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a token on the command line "
             "is visible in the process list and shell history.",
         )
-        parser.add_argument("--revision", default=None, help="Branch to commit to, created if missing (default: main).")
+        parser.add_argument("--revision", default=None,
+                            help="Branch to commit to, created if missing (default: main).")  # fmt: skip
         parser.add_argument("--license", default=None, help="License id for the model card metadata, e.g. apache-2.0.")
         parser.add_argument("--commit_message", default=None, help="Commit summary.")
 
     def run(self, args: argparse.Namespace) -> int:
         from cnclip_lora.hub import push_adapter
 
-        print(push_adapter(args.output_dir, args.repo_id, private=args.private, token=args.token,
-                           revision=args.revision, commit_message=args.commit_message, license=args.license))  # fmt: skip
+        url = push_adapter(args.output_dir, args.repo_id, private=args.private, token=args.token,
+                           revision=args.revision, commit_message=args.commit_message, license=args.license)
+        print(url)
         return 0
 
 
@@ -277,7 +281,8 @@ class DemoCommand(Command):
     help = "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data_dir", default="xfdata", help="competition-layout data (default: the committed sample)")
+        parser.add_argument("--data_dir", default="xfdata",
+                            help="competition-layout data (default: the committed sample)")  # fmt: skip
         parser.add_argument("--workdir", default="demo_output", help="tiny model, adapter and caches go here")
         parser.add_argument("--output", default="prediction_result/submit.csv", help="the submission file")
         parser.add_argument("--num_train_epochs", type=float, default=None, help="override the demo's epoch budget")
@@ -298,18 +303,21 @@ class ExportOnnxCommand(Command):
         from cnclip_lora.retrieve.export_onnx import DEFAULT_OPSET
 
         parser.add_argument("out_dir", help="folder to write (text_model.onnx, vision_model.onnx, processor, record)")
-        parser.add_argument("--model_name_or_path", required=True, help="base Chinese-CLIP checkpoint (Hub id or folder)")
+        parser.add_argument("--model_name_or_path", required=True,
+                            help="base Chinese-CLIP checkpoint (Hub id or folder)")  # fmt: skip
         parser.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id, merged into the weights")
         parser.add_argument("--model_revision", default=None, help="Hub branch, tag or commit of the base checkpoint")
         parser.add_argument("--adapter_revision", default=None, help="Hub branch, tag or commit of the adapter")
-        parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default: %(default)s)")
+        parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                            help="ONNX opset version (default: %(default)s)")  # fmt: skip
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
     def run(self, args: argparse.Namespace) -> int:
         from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx
 
         out = export_onnx(args.model_name_or_path, args.out_dir, args.adapter, model_revision=args.model_revision,
-                          adapter_revision=args.adapter_revision, opset=args.opset, overwrite=args.overwrite)  # fmt: skip
+                          adapter_revision=args.adapter_revision, opset=args.opset,
+                          overwrite=args.overwrite)  # fmt: skip
         print(f"ONNX export written to {out}: {TEXT_FILE}, {VISION_FILE}, processor and record")
         return 0
 
@@ -345,10 +353,12 @@ class ConvertOriginalCommand(Command):
         from cnclip_lora.convert import TEXT_MODELS, VISION_MODELS
 
         parser.add_argument("ckpt", help="checkpoint written by the official training (a dict with a state_dict)")
-        parser.add_argument("out_dir", help="new folder for config.json, model.safetensors, processor and tokenizer files")
+        parser.add_argument("out_dir",
+                            help="new folder for config.json, model.safetensors, processor and tokenizer files")
         parser.add_argument("--vision_model", help=f"official vision config name: {', '.join(VISION_MODELS)}")
         parser.add_argument("--text_model", help=f"official text config name: {', '.join(TEXT_MODELS)}")
-        parser.add_argument("--model_info", help="instead of the names: the merged model config as JSON (official keys)")
+        parser.add_argument("--model_info",
+                            help="instead of the names: the merged model config as JSON (official keys)")
         parser.add_argument("--vocab", help="vocab.txt the model was trained with (default: the installed cn_clip's)")
 
     def run(self, args: argparse.Namespace) -> int:

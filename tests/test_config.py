@@ -75,14 +75,16 @@ def test_target_modules_are_split_on_commas(tmp_path):
 
 def test_yaml_recipe_is_read_and_later_flags_override(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n" % tmp_path)
+    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n"
+                      % tmp_path)
     _, _, lora, args = parse_train_args([str(recipe), "--num_train_epochs", "5"])
     assert lora.lora_r == 8
     assert args.num_train_epochs == 5
 
 
 def test_shipped_vit_h14_recipe_parses():
-    model, data, lora, args = parse_train_args([str(ROOT / "examples" / "vit-h14-seed-recipe.yaml"), "--bf16", "false"])
+    recipe = ROOT / "examples" / "vit-h14-seed-recipe.yaml"
+    model, data, lora, args = parse_train_args([str(recipe), "--bf16", "false"])
     assert model.model_name_or_path == "OFA-Sys/chinese-clip-vit-huge-patch14"
     assert (lora.lora_r, lora.lora_alpha, data.max_length) == (64, 96, 52)
     assert args.activation_checkpointing is True

@@ -88,7 +88,7 @@ def run_demo(
         flags["max_steps"] = max_steps
     print(f"[demo] fine-tuning LoRA adapters -> {adapter_dir}")
     train_start = time.time()
-    train(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(adapter_dir)], **flags)
+    train(model_name_or_path=str(model_dir), data_dir=str(data_dir), output_dir=str(adapter_dir), **flags)
     train_time = time.time() - train_start
 
     tuned_args = dict(common, adapter=str(adapter_dir))
@@ -102,7 +102,8 @@ def run_demo(
 
     _print_table(base, tuned)
     print(f"\nreport: {report_path} (base vs fine-tuned, open it in a browser)")
-    print(f"\nsubmission: {output} ({len(result.assignment)} queries, gallery {result.metrics['gallery_size']} images)")
+    gallery = result.metrics["gallery_size"]
+    print(f"\nsubmission: {output} ({len(result.assignment)} queries, gallery {gallery} images)")
     print(f"time: {time.time() - start:.0f} s in all, {train_time:.0f} s training (CPU)")
     return {"base": base, "tuned": tuned}
 
