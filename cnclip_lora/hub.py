@@ -12,7 +12,6 @@ this module carries a token.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -29,12 +28,10 @@ from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
 __all__ = [
     "ADAPTER_FILES",
-    "add_push_arguments",
     "adapter_files",
     "check_adapter_dir",
     "push_adapter",
     "resolve_adapter",
-    "run_push",
 ]
 
 logger = logging.getLogger(__name__)
@@ -258,34 +255,3 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
                 f"which can execute code when loaded; they were not downloaded. {_CONVERT_HINT}"
             )
     return check_adapter_dir(folder, source=adapter)
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``cnclip-lora push`` options to ``parser``."""
-    parser.add_argument("output_dir", help="Training output directory holding adapter_model.safetensors.")
-    parser.add_argument("--repo_id", required=True, help="Target Hub model repo, 'user/name'.")
-    parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo keeps its visibility).")
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a token on the command line "
-        "is visible in the process list and shell history.",
-    )
-    parser.add_argument("--revision", default=None, help="Branch to commit to, created if missing (default: main).")
-    parser.add_argument("--license", default=None, help="License id for the model card metadata, e.g. apache-2.0.")
-    parser.add_argument("--commit_message", default=None, help="Commit summary.")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    """Run ``cnclip-lora push`` from parsed arguments; prints the commit URL."""
-    url = push_adapter(
-        args.output_dir,
-        args.repo_id,
-        private=args.private,
-        token=args.token,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        license=args.license,
-    )
-    print(url)
-    return 0

@@ -35,7 +35,7 @@ from cnclip_lora.adapter_check import AdapterError, validate_adapter_folder
 from cnclip_lora.cli import main
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
-from cnclip_lora.errors import ConfigError, DataError
+from cnclip_lora.errors import DataError
 from cnclip_lora.retrieve.run import write_submission
 
 

@@ -7,11 +7,10 @@ pipeline learns; they say nothing about real checkpoints (see README for the rea
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-__all__ = ["DEMO_MODEL", "DEMO_TRAIN_FLAGS", "add_demo_arguments", "run_demo"]
+__all__ = ["DEMO_MODEL", "DEMO_TRAIN_FLAGS", "run_demo"]
 
 #: The demo's tiny model: 4 layers per tower learn the synthetic shop data clearly in the budget
 #: below, where 2 (the test suite's size) barely move. Tests keep the smaller default.
@@ -37,30 +36,33 @@ DEMO_TRAIN_FLAGS = {
 }
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data_dir", default="xfdata", help="competition-layout data (default: the committed sample)")
-    parser.add_argument("--workdir", default="demo_output", help="tiny model, adapter and caches go here")
-    parser.add_argument("--output", default="prediction_result/submit.csv", help="the submission file")
-    parser.add_argument("--num_train_epochs", type=float, default=None, help="override the demo's epoch budget")
-    parser.add_argument("--max_steps", type=int, default=None, help="override the demo's budget with a step count")
-
-
 def _scores(args_cls, **kwargs) -> dict[str, float]:
     from cnclip_lora.retrieve.run import evaluate_retrieval
 
     return evaluate_retrieval(args_cls(**kwargs))
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Run the demo; returns ``{"base": metrics, "tuned": metrics}`` and prints a table."""
+def run_demo(
+    data_dir: str | Path = "xfdata",
+    workdir: str | Path = "demo_output",
+    output: str = "prediction_result/submit.csv",
+    num_train_epochs: float | None = None,
+    max_steps: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run the demo; returns ``{"base": metrics, "tuned": metrics}`` and prints a table.
+
+    ``data_dir`` is written with the synthetic sample when it has no train.csv; ``workdir`` holds
+    the tiny model, the adapter and the caches; ``num_train_epochs`` / ``max_steps`` replace the
+    demo's training budget.
+    """
     from cnclip_lora.demo.data import make_demo_data
     from cnclip_lora.retrieve.run import RetrievalArguments, retrieve
     from cnclip_lora.demo.tiny_model import make_tiny_model
     from cnclip_lora.training.run import train
 
     start = time.time()
-    data_dir = Path(args.data_dir)
-    workdir = Path(args.workdir)
+    data_dir = Path(data_dir)
+    workdir = Path(workdir)
     if not (data_dir / "train.csv").is_file():
         print(f"[demo] {data_dir} has no train.csv: writing the synthetic sample there")
         make_demo_data(data_dir)
@@ -79,28 +81,29 @@ def run_demo(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         base.update(_scores(RetrievalArguments, split="test", **common))
 
     flags = dict(DEMO_TRAIN_FLAGS)
-    flags["overwrite_output_dir"] = "true"  # the demo's own folder: a rerun replaces the previous demo run
-    if args.num_train_epochs is not None:
-        flags["num_train_epochs"] = args.num_train_epochs
-    if args.max_steps is not None:
-        flags["max_steps"] = args.max_steps
+    flags["overwrite_output_dir"] = True  # the demo's own folder: a rerun replaces the previous demo run
+    if num_train_epochs is not None:
+        flags["num_train_epochs"] = num_train_epochs
+    if max_steps is not None:
+        flags["max_steps"] = max_steps
     print(f"[demo] fine-tuning LoRA adapters -> {adapter_dir}")
     train_start = time.time()
-    train(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(adapter_dir)], **flags)
+    train(model_name_or_path=str(model_dir), data_dir=str(data_dir), output_dir=str(adapter_dir), **flags)
     train_time = time.time() - train_start
 
     tuned_args = dict(common, adapter=str(adapter_dir))
     tuned = _scores(RetrievalArguments, split="val", **tuned_args)
     if has_answers:
         tuned.update(_scores(RetrievalArguments, split="test", **tuned_args))
-    result = retrieve(RetrievalArguments(output=args.output, topk_output=str(Path(args.output).with_name("topk.csv")),
+    result = retrieve(RetrievalArguments(output=output, topk_output=str(Path(output).with_name("topk.csv")),
                                          top_k=10, **tuned_args))
 
     report_path = _write_report(model_dir, data_dir, adapter_dir, cache, workdir / "report.html")
 
     _print_table(base, tuned)
     print(f"\nreport: {report_path} (base vs fine-tuned, open it in a browser)")
-    print(f"\nsubmission: {args.output} ({len(result.assignment)} queries, gallery {result.metrics['gallery_size']} images)")
+    gallery = result.metrics["gallery_size"]
+    print(f"\nsubmission: {output} ({len(result.assignment)} queries, gallery {gallery} images)")
     print(f"time: {time.time() - start:.0f} s in all, {train_time:.0f} s training (CPU)")
     return {"base": base, "tuned": tuned}
 

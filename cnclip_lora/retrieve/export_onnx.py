@@ -16,7 +16,6 @@ TorchScript exporter works offline with torch alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -39,8 +38,6 @@ __all__ = [
     "is_onnx_export",
     "OnnxChineseCLIP",
     "load_onnx_model",
-    "add_export_arguments",
-    "run_export",
 ]
 
 logger = logging.getLogger(__name__)
@@ -273,20 +270,3 @@ def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tup
     processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
     preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip=Flip.NONE)
     return model, processor, preprocessing
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out_dir", help="folder to write (text_model.onnx, vision_model.onnx, processor, record)")
-    parser.add_argument("--model_name_or_path", required=True, help="base Chinese-CLIP checkpoint (Hub id or folder)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id, merged into the weights")
-    parser.add_argument("--model_revision", default=None)
-    parser.add_argument("--adapter_revision", default=None)
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    out = export_onnx(args.model_name_or_path, args.out_dir, args.adapter, model_revision=args.model_revision,
-                      adapter_revision=args.adapter_revision, opset=args.opset, overwrite=args.overwrite)
-    print(f"ONNX export written to {out}: {TEXT_FILE}, {VISION_FILE}, processor and record")
-    return 0

@@ -387,19 +387,19 @@ def static_title_padding(requested: bool | None, training_args: Any) -> bool:
 
 
 def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
-    """Parse training flags (or a YAML/JSON file) and run training.
+    """Parse training flags (or a YAML/JSON recipe) and run training.
 
     Args:
-        argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``.
-        overrides: flags as keyword arguments (``max_steps=10``), appended after ``argv``.
+        argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``;
+            a first entry ending in .yaml/.yml/.json is a recipe, which the flags after it override.
+        overrides: options as Python values, which win over ``argv`` and the recipe:
+            ``max_steps=10``, ``bf16=True``, ``lora_target_modules=["query", "value"]``,
+            ``accelerator_config={"split_batches": True}``.
     """
     from cnclip_lora.utils.distributed import adopt_new_process_group, group_exists
 
-    argv = list(argv or [])
-    for key, value in overrides.items():
-        argv += [f"--{key}", str(value)]
     existed = group_exists()
     try:
-        return run_training(*parse_train_args(argv))
+        return run_training(*parse_train_args(list(argv or []), overrides))
     finally:
         adopt_new_process_group(existed)  # a group the launch made us join is destroyed at exit

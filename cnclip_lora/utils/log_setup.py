@@ -45,12 +45,14 @@ def pop_log_level(argv: list[str], *, keep: bool = False) -> tuple[list[str], st
     return out, level
 
 
-def setup_logging(level: str | None = None) -> None:
+def setup_logging(level: str | None = None, *, libraries_too: bool = True) -> None:
     """Configure logging once (calling again replaces the earlier set-up, never adds a handler).
 
     Args:
         level: A :data:`LOG_LEVELS` name. The package logs at INFO by default and libraries at
             WARNING; an explicit level applies to both. Non-main processes never go below WARNING.
+        libraries_too: Import transformers, huggingface_hub and datasets now, to take their own
+            handlers off. False for commands that never use them (importing them costs seconds).
     """
     from cnclip_lora.errors import ConfigError
 
@@ -62,7 +64,8 @@ def setup_logging(level: str | None = None) -> None:
     if not is_main_process():
         package, libraries = max(package, logging.WARNING), max(libraries, logging.WARNING)
 
-    for module in ("transformers.utils.logging", "huggingface_hub.utils.logging", "datasets.utils.logging"):
+    library_loggers = ("transformers.utils.logging", "huggingface_hub.utils.logging", "datasets.utils.logging")
+    for module in library_loggers if libraries_too else ():
         try:  # each installs its handler on import: import first, so the handler can be taken off below
             importlib.import_module(module)
         except ImportError:

@@ -105,8 +105,9 @@ def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_m
     shutil.copytree(adapter_dir, copy)
     image_copy = tmp_path / "img.jpg"
     shutil.copy(demo_dir / "image" / _gallery(demo_dir)[0], image_copy)
-    key = lambda a: embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
-                                         adapter_dir=str(a), items=[str(image_copy)], preprocessing=Preprocessing())
+    def key(a):
+        return embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
+                                     adapter_dir=str(a), items=[str(image_copy)], preprocessing=Preprocessing())
     before = key(copy)
     assert key(copy) == before
     weights = load_file(copy / "adapter_model.safetensors")

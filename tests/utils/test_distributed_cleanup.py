@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import torch
 from dist_utils import needs_gloo
 
