@@ -181,6 +181,15 @@ def _walk_image_dir(image_dir: Path, root: Path) -> tuple[list[str], dict[str, t
     return sorted(usable), refused
 
 
+def readable_image_files(folder: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The one rule for what is read from an image folder: ``(usable names, refused entries)``.
+
+    Usable: regular files under ``folder`` (links only when they resolve to a regular file inside
+    ``root``, by default ``folder`` itself); refused: everything else, with the reason.
+    """
+    return _walk_image_dir(Path(folder), Path(root if root is not None else folder))
+
+
 def _clean_path(raw: str) -> tuple[str | None, str | None]:
     """Return ``(relative_posix_path, None)`` or ``(None, why_it_is_invalid)``."""
     value = raw.strip().replace("\\", "/")

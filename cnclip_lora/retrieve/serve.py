@@ -27,12 +27,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.images import IMAGE_EXTENSIONS
 
 __all__ = ["ServeArguments", "SearchEngine", "MicroBatcher", "load_engine", "create_app", "serve", "gallery_from_folder"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -68,9 +68,16 @@ def gallery_from_folder(image_dir: str | os.PathLike) -> list[str]:
     folder = Path(image_dir)
     if not folder.is_dir():
         raise ConfigError(f"--image_dir {image_dir}: not a folder.")
-    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    from cnclip_lora.data.checks import readable_image_files
+
+    # The data checks' rule: regular files only, no link leading out of the folder, every Pillow format.
+    usable, refused = readable_image_files(folder)
+    names = [n for n in usable if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
+    if refused:
+        logger.warning("--image_dir %s: %d entries are not served: %s", image_dir, len(refused),
+                       "; ".join(f"{name} {why}" for name, (_, why) in sorted(refused.items())[:5]))
     if not names:
-        raise CnClipLoraError(f"--image_dir {image_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        raise CnClipLoraError(f"--image_dir {image_dir}: no readable image files.")
     return names
 
 

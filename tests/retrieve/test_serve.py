@@ -157,7 +157,8 @@ def test_image_endpoint_serves_a_gallery_image(served):
 def test_health(served):
     server, gallery, _ = served
     code, body = _get(server, "/health")
-    assert code == 200 and json.loads(body)["gallery_size"] == len(list(gallery.iterdir()))
+    # The symlink leading out of the gallery is not part of it (the data checks' rule): never embedded or ranked.
+    assert code == 200 and json.loads(body)["gallery_size"] == len([p for p in gallery.iterdir() if not p.is_symlink()])
 
 
 def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
@@ -199,9 +200,14 @@ def test_search_page_in_chromium(served, tmp_path):
         driver.find_element(By.ID, "k").clear()
         driver.find_element(By.ID, "k").send_keys("8")
         driver.find_element(By.ID, "go").click()
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-done") == "1")
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"))
+        WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-done") == "1")
+        # Wait until every image finished (loaded or failed), then require that all loaded: a broken
+        # image fails here with its URL instead of as a timeout.
+        WebDriverWait(driver, 120).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#grid img')].every(i => i.complete)"))
+        broken = driver.execute_script(
+            "return [...document.querySelectorAll('#grid img')].filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+        assert broken == [], broken
         cards = driver.find_elements(By.CSS_SELECTOR, "#grid .card")
         assert len(cards) == 8
         scores = [float(c.find_element(By.CLASS_NAME, "score").text) for c in cards]

@@ -47,6 +47,9 @@ def _command(root: Path, out: Path, *extra: str) -> list[str]:
         "per_device_train_batch_size": 4, "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8,
         "val_size": 0, "dataloader_num_workers": 0, "seed": 0, "use_cpu": "true", "report_to": "none",
         "logging_steps": 1, "check_images": "false",
+        # Random flips are drawn afresh after a resume (like any augmentation outside the saved RNG
+        # state); without them the resumed run must match the uninterrupted one exactly.
+        "flip": "none",
     }
     argv = [sys.executable, "-m", "cnclip_lora", "train"]
     for key, value in flags.items():
