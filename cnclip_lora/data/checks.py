@@ -181,7 +181,9 @@ def _walk_image_dir(image_dir: Path, root: Path) -> tuple[list[str], dict[str, t
     return sorted(usable), refused
 
 
-def readable_image_files(folder: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[list[str], dict[str, tuple[str, str]]]:
+def readable_image_files(
+    folder: str | os.PathLike, root: str | os.PathLike | None = None
+) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """The one rule for what is read from an image folder: ``(usable names, refused entries)``.
 
     Usable: regular files under ``folder`` (links only when they resolve to a regular file inside

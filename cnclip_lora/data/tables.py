@@ -38,7 +38,7 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
         except UnicodeDecodeError as exc:
             raise _FileProblem(
                 f"not valid UTF-16 ({exc.reason}); re-save the file as UTF-8", _line_of(raw, exc.start)
-            )
+            ) from None
     try:
         text = raw.decode("utf-8-sig")
         encoding = "utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8"
@@ -51,14 +51,14 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
                 "mostly UTF-8 but contains bytes that are not (the file is damaged); "
                 "fix or delete that line and re-save the file as UTF-8",
                 _line_of(raw, exc.start),
-            )
+            ) from None
         try:
             text, encoding = raw.decode("gb18030"), "gb18030"
         except UnicodeDecodeError as exc2:
             raise _FileProblem(
                 "cannot be decoded as UTF-8 or GBK/GB18030; re-save the file as UTF-8",
                 _line_of(raw, exc2.start),
-            )
+            ) from None
     if "\x00" in text:
         raise _FileProblem(
             "contains NUL characters (UTF-16 without a byte-order mark, or a binary file); "

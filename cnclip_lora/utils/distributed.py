@@ -2,7 +2,8 @@
 
 :func:`rank_and_world` is the one answer to "which process am I": it reads, never creates, and
 imports nothing heavy (the CLI asks it before torch is loaded). A ``torchrun`` launch of
-``retrieve``/``evaluate`` joins a process group inside the package (:func:`join_launch_group`), and ``train`` makes the Trainer join one. A group
+``retrieve``/``evaluate`` joins a process group inside the package (:func:`join_launch_group`), and
+``train`` makes the Trainer join one. A group
 left alive at interpreter exit is torn down by static destructors while gloo's threads still run,
 which can abort a rank (``terminate called without an active exception``) after all its work:
 a finished job reported as failed. Each group the package created is therefore destroyed at
