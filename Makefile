@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnclip-installed
 
-.PHONY: demo test install clean chromium
+.PHONY: demo test lint install clean chromium
 
 install: $(STAMP)
 
@@ -32,7 +32,11 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    chromium chromium-driver fonts-noto-cjk || echo "chromium not installed: the browser tests will be skipped"; }
 
-test: $(STAMP) chromium
+# Lint first (seconds): the configuration is pyproject.toml's [tool.ruff].
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) chromium lint
 	$(PY) -m pytest -q
 
 clean:

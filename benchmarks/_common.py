@@ -112,7 +112,7 @@ def print_table(rows: list[list[Any]], header: list[str]) -> str:
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write results atomically (a crash never leaves half a JSON file)."""
-    from cnclip_lora.io_utils import atomic_write_text
+    from cnclip_lora.utils.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,10 +40,10 @@ def child(variant: str, args: argparse.Namespace) -> None:
     import torch
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.cached_step import cached_contrastive_step
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.cached_step import cached_contrastive_step
+    from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.modeling import apply_lora
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     torch.set_num_threads(args.threads)
     mode, batch_size = variant.split("@")

@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def decode(chunk: list[str], image_processor: Any) -> np.ndarray:
-    from cnclip_lora.collate import decode_resized
+    from cnclip_lora.images import decode_resized
 
     return decode_resized(chunk, image_processor, draft=True)
 
 
 def overlapped(model, image_processor, chunks: list[list[str]], executor: Executor, threads: int) -> float:
     """images/s with batch i+1 decoding in ``executor`` while batch i is finished and embedded."""
-    from cnclip_lora.collate import pixel_values_from_uint8
+    from cnclip_lora.images import pixel_values_from_uint8
     from cnclip_lora.modeling import get_image_embeds
 
     torch.set_num_threads(threads)
@@ -50,7 +50,7 @@ def overlapped(model, image_processor, chunks: list[list[str]], executor: Execut
 
 
 def model_only(model, image_processor, chunks: list[list[str]], threads: int) -> float:
-    from cnclip_lora.collate import pixel_values_from_uint8
+    from cnclip_lora.images import pixel_values_from_uint8
     from cnclip_lora.modeling import get_image_embeds
 
     torch.set_num_threads(threads)
@@ -72,7 +72,7 @@ def main() -> None:
 
     from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     model_dir = make_tiny_model(Path(tempfile.mkdtemp(prefix="cnclip-overlap-")) / "tiny", image_size=64)
     model = ChineseCLIPModel.from_pretrained(model_dir).eval()

@@ -4,7 +4,7 @@
 
 ``clothing`` is the committed ``xfdata/``; every other domain is generated with
 ``make-demo-data --domain NAME --seed 7``. Each run trains the demo's tiny model with the demo's
-flags (:data:`cnclip_lora.demo.DEMO_TRAIN_FLAGS`, only ``--flip`` changed) and scores the held-out
+flags (:data:`cnclip_lora.demo.run.DEMO_TRAIN_FLAGS`, only ``--flip`` changed) and scores the held-out
 split (val_size 0.1, split_seed 42). Prints a Markdown table for the README.
 """
 
@@ -21,11 +21,11 @@ def main() -> None:
     parser.add_argument("--flips", nargs="+", default=["none", "random", "always"])
     args = parser.parse_args()
 
-    from cnclip_lora.demo import DEMO_TRAIN_FLAGS
-    from cnclip_lora.demo_data import make_demo_data
-    from cnclip_lora.retrieve import RetrievalArguments, evaluate
-    from cnclip_lora.tiny_model import make_tiny_model
-    from cnclip_lora.train import train
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS
+    from cnclip_lora.demo.data import make_demo_data
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+    from cnclip_lora.demo.tiny_model import make_tiny_model
+    from cnclip_lora.training.run import train
 
     work = Path(args.workdir)
     model_dir = work / "tiny-model"
@@ -40,8 +40,9 @@ def main() -> None:
             out = work / f"{domain}-{flip}"
             flags = {**DEMO_TRAIN_FLAGS, "flip": flip}
             train(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)], **flags)
-            m = evaluate(RetrievalArguments(model_name_or_path=str(model_dir), adapter=str(out), data_dir=str(data_dir),
-                                            split="val", cache_dir="", device="cpu"))
+            m = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=str(out),
+                                                      data_dir=str(data_dir),
+                                                      split="val", cache_dir="", device="cpu"))
             rows.append((domain, flip, m))
             print(f"[flip] {domain} {flip}: {m}", flush=True)
     print("\n| domain | gallery | flip | R@1 | R@5 | R@10 | MR |")

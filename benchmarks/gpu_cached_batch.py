@@ -2,7 +2,7 @@
 
 Model-only (synthetic tensors already on the device, AdamW fused), activation checkpointing on
 unless ``--no_checkpointing``: the plain step at ``--plain_batches`` (default 256) and the cached
-step (:func:`cnclip_lora.cached_step.cached_contrastive_step`) at ``--batches`` x ``--mini_batches``.
+step (:func:`cnclip_lora.training.cached_step.cached_contrastive_step`) at ``--batches`` x ``--mini_batches``.
 Reports samples/s and peak device memory per run; an out-of-memory run is recorded, not fatal.
 
     bash benchmarks/gpu_cached_run.sh              # on the device: B 1024, 4096 x M 128, 256 vs plain 256
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(model, config, batch: int, mini: int | None, steps: int, warmup: int, device, amp: bool, vocab: int) -> dict:
     import torch
 
-    from cnclip_lora.cached_step import cached_contrastive_step
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.cached_step import cached_contrastive_step
+    from cnclip_lora.training.loss import ContrastiveLoss
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=4e-5, fused=device.type == "cuda")

@@ -3,7 +3,7 @@
 Everything in one run, on one card, inside a time budget (``--budget_s``; parts that would not
 fit are skipped and say so):
 
-1. synthesise 224-px JPEGs (:func:`cnclip_lora.demo_data.make_demo_data`) so decoding is real;
+1. synthesise 224-px JPEGs (:func:`cnclip_lora.demo.data.make_demo_data`) so decoding is real;
 2. build ViT-H/14 from its configuration (:func:`cnclip_lora.modeling.h14_config`) with random
    weights (no download), bf16 weights, SDPA attention, LoRA r=64/alpha=96 on Q/K/V of both towers
    (:func:`cnclip_lora.modeling.apply_lora`; the LoRA weights stay float32 for the optimizer);
@@ -16,7 +16,7 @@ fit are skipped and say so):
    PIL open + flip + ``processor(text=, images=)`` per batch, ``model(..., return_loss=True)``,
    ``torch.optim.AdamW`` (gradient checkpointing only if fp32 would not fit otherwise).
 
-MFU counts model FLOPs only (:mod:`cnclip_lora.flops`; recomputation under checkpointing is not credited), per sample:
+MFU counts model FLOPs only (:mod:`cnclip_lora.training.flops`; recomputation under checkpointing is not credited), per sample:
 
 * frozen linear/conv weights ``N`` applied to ``T`` tokens: ``2*N*T`` forward + ``2*N*T`` for
   the input gradients in backward (no weight gradients): ``4*N*T``;
@@ -62,8 +62,8 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- FLOPs
 def flops_per_sample(model, config, text_tokens: int = TEXT_TOKENS) -> dict[str, float]:
-    """Model FLOPs of one training sample (:mod:`cnclip_lora.flops`, the formula above), in GFLOP."""
-    from cnclip_lora.flops import training_flops_per_sample
+    """Model FLOPs of one training sample (:mod:`cnclip_lora.training.flops`, the formula above), in GFLOP."""
+    from cnclip_lora.training.flops import training_flops_per_sample
 
     f = training_flops_per_sample(model, config, text_tokens)
     out = {k: v for k, v in f.items() if k.endswith(("_params", "_tokens"))}
@@ -88,7 +88,7 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 def build_data(root: Path, n_images: int, image_size: int) -> list[dict[str, str]]:
     import pandas as pd
 
-    from cnclip_lora.demo_data import make_demo_data
+    from cnclip_lora.demo.data import make_demo_data
 
     make_demo_data(root, seed=0, n_train=n_images, n_queries=2, n_distractors=0, image_size=image_size)
     return pd.read_csv(root / "train.csv", sep="\t", dtype=str).to_dict("records")
@@ -99,7 +99,7 @@ def build_model(smoke: bool, device, dtype, vocab_size: int):
     from transformers import ChineseCLIPModel
 
     from cnclip_lora.modeling import apply_lora, h14_config
-    from cnclip_lora.tiny_model import tiny_config
+    from cnclip_lora.demo.tiny_model import tiny_config
 
     config = tiny_config(vocab_size, image_size=64) if smoke else h14_config()
     # The tiny tokenizer's vocabulary is a little larger than ViT-H's 21,128: keep every id valid.
@@ -172,7 +172,7 @@ def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: 
     """
     import torch
 
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.loss import ContrastiveLoss
 
     forward_model = model
     if compiled:
@@ -334,7 +334,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
 
     from cnclip_lora.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.trainer import CnClipLoraTrainer, release_accelerate_preparation
+    from cnclip_lora.training.trainer import CnClipLoraTrainer, release_accelerate_preparation
 
     times: list[float] = []
 
@@ -366,7 +366,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             **({"unique_images_per_batch": False} if "unique_images_per_batch" in fields else {}),
             **extra_args,
         )  # fmt: skip
-        from cnclip_lora.train import static_title_padding
+        from cnclip_lora.training.run import static_title_padding
 
         pad_to_max_length = static_title_padding(pad_to_max_length, args)
         trainer = CnClipLoraTrainer(
@@ -399,7 +399,7 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     import torch
     from PIL import Image
 
-    from cnclip_lora.trainer import release_accelerate_preparation
+    from cnclip_lora.training.trainer import release_accelerate_preparation
 
     # True fp32 as the seed ran it (torch's defaults): no TF32 for matmuls, whatever an earlier part
     # of this run switched on (TrainingArguments(torch_compile=True) enables TF32 process-wide).
@@ -486,7 +486,7 @@ def main() -> None:
     import torch
     from transformers import ChineseCLIPProcessor
 
-    from cnclip_lora.tiny_model import build_tiny_vocab, make_tiny_model
+    from cnclip_lora.demo.tiny_model import build_tiny_vocab, make_tiny_model
 
     if a.smoke:
         a.steps, a.warmup, a.seed_steps, a.n_images = 2, 1, 1, 16
@@ -505,7 +505,7 @@ def main() -> None:
     results["transformers"] = transformers.__version__
 
     def save() -> None:
-        from cnclip_lora.io_utils import atomic_write_text
+        from cnclip_lora.utils.files import atomic_write_text
 
         a.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(a.out, json.dumps(results, indent=2) + "\n")
@@ -563,7 +563,7 @@ def main() -> None:
     def pixel_cache() -> Any:
         """Built once, timed: the decode-once cache ``cnclip-lora train`` builds (cache_images auto)."""
         if "cache" not in cache:
-            from cnclip_lora.pixel_cache import build_pixel_cache
+            from cnclip_lora.training.pixel_cache import build_pixel_cache
 
             t0 = time.perf_counter()
             cache["cache"] = build_pixel_cache(image_dir, [r["path"] for r in rows], processor.image_processor,

@@ -2,10 +2,10 @@
 
 Variants (each in a fresh process, interleaved over ``--repeats``), per tower:
 
-* ``torch:text`` / ``torch:image``: :func:`cnclip_lora.embedding.embed_texts` / ``embed_images``
+* ``torch:text`` / ``torch:image``: :func:`cnclip_lora.retrieve.embed.embed_texts` / ``embed_images``
   on the merged PyTorch model, exactly as ``retrieve`` calls them (no cache).
 * ``onnx:text`` / ``onnx:image``: the same functions on
-  :class:`cnclip_lora.export_onnx.OnnxChineseCLIP` (what ``retrieve --backend onnx`` runs).
+  :class:`cnclip_lora.retrieve.export_onnx.OnnxChineseCLIP` (what ``retrieve --backend onnx`` runs).
 * ``--model_only``: adds ``torch_model:*`` / ``onnx_model:*``, the engines alone on inputs
   tokenised / preprocessed before the clock starts.
 
@@ -46,10 +46,10 @@ def _paths(data: Path, n: int) -> list[str]:
 
 def _load(a: argparse.Namespace, backend: str):
     if backend == "onnx":
-        from cnclip_lora.export_onnx import load_onnx_model
+        from cnclip_lora.retrieve.export_onnx import load_onnx_model
 
         return load_onnx_model(a.export)
-    from cnclip_lora.retrieve import load_retrieval_model
+    from cnclip_lora.retrieve.run import load_retrieval_model
 
     model, processor, prep, _ = load_retrieval_model(a.model, a.adapter, device="cpu")
     return model, processor, prep
@@ -58,8 +58,9 @@ def _load(a: argparse.Namespace, backend: str):
 def child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.collate import preprocess_images, tokenize_titles
-    from cnclip_lora.embedding import embed_images, embed_texts
+    from cnclip_lora.images import preprocess_images
+    from cnclip_lora.text import tokenize_titles
+    from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
     kind, tower = a.child.split(":")
@@ -153,10 +154,10 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
     """Tiny model, a random (non-zero) LoRA adapter on both towers, and its ONNX export."""
     import torch
 
-    from cnclip_lora.collate import Preprocessing, write_record
-    from cnclip_lora.export_onnx import export_onnx
+    from cnclip_lora.record import Preprocessing, RunRecord
+    from cnclip_lora.retrieve.export_onnx import export_onnx
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     model_dir = make_tiny_model(tmp / "tiny", image_size=a.image_size, hidden_size=a.hidden, num_layers=a.layers,
                                 num_heads=max(1, a.hidden // 32))
@@ -169,7 +170,7 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
                 param.normal_(0, 0.02)
     adapter_dir = tmp / "adapter"
     peft_model.save_pretrained(adapter_dir)
-    write_record(adapter_dir, Preprocessing(train_flip="none"))
+    RunRecord(Preprocessing(train_flip="none")).save(adapter_dir)
     export_dir = tmp / "onnx"
     export_onnx(str(model_dir), export_dir, str(adapter_dir))
     return str(model_dir), str(adapter_dir), str(export_dir)

@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--batch_wait_ms", type=float, default=5.0)
     args = parser.parse_args()
 
-    from cnclip_lora.demo_data import make_demo_data
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.data import make_demo_data
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

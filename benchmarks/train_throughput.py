@@ -8,7 +8,7 @@ Three kinds of variant, each in a fresh process, interleaved over ``--repeats``:
   to a multiple of 8 (pseudo flag ``--fixed_padding``: to 52).
 * ``seed``: the seed's loop. Main-process PIL open + flip + ``processor(text=, images=)`` per
   batch, fp32, no workers, ``model(..., return_loss=True).loss``, ``torch.optim.AdamW``.
-* ``pipeline[:NAME]``: the real :func:`cnclip_lora.train.train` path (``CnClipLoraTrainer`` +
+* ``pipeline[:NAME]``: the real :func:`cnclip_lora.training.run.train` path (``CnClipLoraTrainer`` +
   ``ImageTextCollator``, the package's defaults), plus the flags given for that variant; a
   callback timestamps every optimizer step. Benchmark-only pseudo flags: ``--no_draft``
   (collator decodes JPEGs at full size), ``--no_token_memo`` (every batch's titles are
@@ -49,9 +49,9 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
 def _disable_batched_resize() -> None:
     """Make ``preprocess_images`` call the image processor per image, as before the batched path
     (DataLoader workers fork after this, so they inherit it)."""
-    import cnclip_lora.collate as collate
+    import cnclip_lora.images as images
 
-    collate._squash_plan = lambda image_processor: None
+    images.squash_plan = lambda image_processor: None
 
 
 def _pop_pseudo_flags(flags: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -83,7 +83,7 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     flags, extra = _pop_pseudo_flags(flags)
     if extra["threads"]:
         torch.set_num_threads(extra["threads"])
-    train_mod = importlib.import_module("cnclip_lora.train")
+    train_mod = importlib.import_module("cnclip_lora.training.run")
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -123,7 +123,7 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
 
     from cnclip_lora.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.loss import ContrastiveLoss
+    from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
 
     _, extra = _pop_pseudo_flags(flags)
@@ -233,7 +233,7 @@ def main() -> None:
               "--warmup", str(a.warmup), "--lora_r", str(a.lora_r)]  # fmt: skip
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        from cnclip_lora.tiny_model import make_tiny_model
+        from cnclip_lora.demo.tiny_model import make_tiny_model
 
         model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=64))
         for rep in range(a.repeats):

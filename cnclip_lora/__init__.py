@@ -4,47 +4,93 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 
 * data: :func:`load_competition_data`, :func:`check_data`
 * model: :func:`load_model_and_processor`, :func:`apply_lora`
-* training: :func:`train`, :class:`CnClipLoraTrainer`, :class:`ImageTextCollator`, :class:`ContrastiveLoss`
-* retrieval: :func:`load_retrieval_model`, :func:`retrieve`, :func:`evaluate`, :func:`rank`, :func:`assign`
-* metrics: :func:`recall_at_k`; ``cnclip_lora.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
+* training: :func:`train` / :func:`run_training`, :class:`CnClipLoraTrainer`, the arguments dataclasses,
+  :class:`ImageTextCollator`, :class:`ContrastiveLoss`
+* retrieval: ``from cnclip_lora.retrieve import retrieve``; :func:`load_retrieval_model`,
+  :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`,
+  :func:`assign`
+* metrics: :func:`recall_at_k`; ``cnclip_lora.retrieve.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
+
+Importing the package is light (no torch, no transformers): each name is imported from its module
+on first use (PEP 562), so ``cnclip-lora --help``, ``check-data`` and ``make-demo-data`` start fast.
 """
 
-from cnclip_lora.collate import ImageTextCollator, Preprocessing
-from cnclip_lora.data import check_data, load_competition_data
-from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
-from cnclip_lora.hub import push_adapter, resolve_adapter
-from cnclip_lora.loss import ContrastiveLoss
-from cnclip_lora.metrics import recall_at_k
-from cnclip_lora.modeling import apply_lora, load_model_and_processor
-from cnclip_lora.ranking import assign, rank
-from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model, retrieve
-from cnclip_lora.train import train
-from cnclip_lora.trainer import CnClipLoraTrainer
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CnClipLoraError",
-    "CnClipLoraTrainer",
-    "ConfigError",
-    "ContrastiveLoss",
-    "DataError",
-    "ImageTextCollator",
-    "Preprocessing",
-    "RetrievalArguments",
-    "UnsafeArtifactError",
-    "apply_lora",
-    "assign",
-    "check_data",
-    "evaluate",
-    "load_competition_data",
-    "load_model_and_processor",
-    "load_retrieval_model",
-    "push_adapter",
-    "rank",
-    "recall_at_k",
-    "resolve_adapter",
-    "retrieve",
-    "train",
-]
+try:
+    __version__ = version("cnclip-lora")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+#: public name -> (module, attribute in it)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "CnClipLoraError": ("cnclip_lora.errors", "CnClipLoraError"),
+    "ConfigError": ("cnclip_lora.errors", "ConfigError"),
+    "DataError": ("cnclip_lora.errors", "DataError"),
+    "UnsafeArtifactError": ("cnclip_lora.errors", "UnsafeArtifactError"),
+    "check_data": ("cnclip_lora.data", "check_data"),
+    "load_competition_data": ("cnclip_lora.data", "load_competition_data"),
+    "ModelArguments": ("cnclip_lora.config", "ModelArguments"),
+    "DataArguments": ("cnclip_lora.config", "DataArguments"),
+    "LoraArguments": ("cnclip_lora.config", "LoraArguments"),
+    "CnClipTrainingArguments": ("cnclip_lora.config", "CnClipTrainingArguments"),
+    "RetrievalArguments": ("cnclip_lora.retrieve.run", "RetrievalArguments"),
+    "Preprocessing": ("cnclip_lora.record", "Preprocessing"),
+    "RunRecord": ("cnclip_lora.record", "RunRecord"),
+    "ImageTextCollator": ("cnclip_lora.collate", "ImageTextCollator"),
+    "load_model_and_processor": ("cnclip_lora.modeling", "load_model_and_processor"),
+    "apply_lora": ("cnclip_lora.modeling", "apply_lora"),
+    "train": ("cnclip_lora.training.run", "train"),
+    "run_training": ("cnclip_lora.training.run", "run_training"),
+    "CnClipLoraTrainer": ("cnclip_lora.training.trainer", "CnClipLoraTrainer"),
+    "ContrastiveLoss": ("cnclip_lora.training.loss", "ContrastiveLoss"),
+    "load_retrieval_model": ("cnclip_lora.retrieve.run", "load_retrieval_model"),
+    "evaluate_retrieval": ("cnclip_lora.retrieve.run", "evaluate_retrieval"),
+    "RetrievalEvaluator": ("cnclip_lora.retrieve.evaluator", "RetrievalEvaluator"),
+    "embed_texts": ("cnclip_lora.retrieve.embed", "embed_texts"),
+    "embed_images": ("cnclip_lora.retrieve.embed", "embed_images"),
+    "rank": ("cnclip_lora.retrieve.search", "rank"),
+    "assign": ("cnclip_lora.retrieve.search", "assign"),
+    "recall_at_k": ("cnclip_lora.retrieve.metrics", "recall_at_k"),
+    "push_adapter": ("cnclip_lora.hub", "push_adapter"),
+    "resolve_adapter": ("cnclip_lora.hub", "resolve_adapter"),
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.record import Preprocessing, RunRecord
+    from cnclip_lora.config import CnClipTrainingArguments, DataArguments, LoraArguments, ModelArguments
+    from cnclip_lora.data import check_data, load_competition_data
+    from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
+    from cnclip_lora.hub import push_adapter, resolve_adapter
+    from cnclip_lora.modeling import apply_lora, load_model_and_processor
+    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.retrieve.metrics import recall_at_k
+    from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
+    from cnclip_lora.retrieve.search import assign, rank
+    from cnclip_lora.training.loss import ContrastiveLoss
+    from cnclip_lora.training.run import run_training, train
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: import a public name's module on first access, then cache the name here."""
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'cnclip_lora' has no attribute {name!r}") from None
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

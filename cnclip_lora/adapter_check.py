@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.options import tower_of
 
 __all__ = ["AdapterError", "validate_adapter_folder"]
 
@@ -29,11 +30,6 @@ _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>
 
 class AdapterError(CnClipLoraError):
     """An adapter folder that is damaged, made for another model, or incomplete."""
-
-
-def _tower(name: str) -> str:
-    parts = name.split(".")
-    return "text" if "text_model" in parts else "vision" if "vision_model" in parts else "other"
 
 
 def _read_config(folder: Path) -> Any:
@@ -140,7 +136,7 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
         )
     missing = [f"{n}.lora_{p}.weight" for n in targeted for p in "AB" if p not in found.get(n, {})]
     if missing:
-        per_tower = Counter(_tower(m) for m in missing)
+        per_tower = Counter(tower_of(m) for m in missing)
         towers = ", ".join(f"{count} on the {tower} tower" for tower, count in sorted(per_tower.items()))
         raise AdapterError(
             f"{weights}: {len(missing)} LoRA tensor(s) that adapter_config.json calls for are missing ({towers}; "
@@ -157,20 +153,17 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
                 f"{layer.in_features} -> {layer.out_features}; the adapter was made for a base model of another size."
             )
 
-    counts = dict(Counter(_tower(n) for n in targeted))
+    counts = dict(Counter(tower_of(n) for n in targeted))
     _check_recorded_towers(folder, counts)
     return counts
 
 
 def _check_recorded_towers(folder: Path, counts: dict[str, int]) -> None:
     """The per-tower module counts training recorded must be what the file holds."""
-    record_path = folder / "cnclip_lora.json"
-    if not record_path.is_file():
-        return
-    try:
-        recorded = json.loads(record_path.read_text(encoding="utf-8")).get("lora", {}).get("adapted_modules")
-    except (ValueError, AttributeError):
-        return  # the record's own validity is the preprocessing loader's concern
+    from cnclip_lora.record import RECORD_FILE, RunRecord
+
+    record = RunRecord.load(folder)
+    recorded = record.lora.adapted_modules if record is not None and record.lora is not None else None
     if not isinstance(recorded, dict):
         return
     for tower in ("text", "vision"):
@@ -178,6 +171,6 @@ def _check_recorded_towers(folder: Path, counts: dict[str, int]) -> None:
         if isinstance(want, int) and want != have:
             raise AdapterError(
                 f"{folder / WEIGHTS_FILE}: training recorded {want} adapted {tower}-tower module(s) in "
-                f"{record_path.name}, but the adapter holds {have}; the folder mixes files of different runs or "
+                f"{RECORD_FILE}, but the adapter holds {have}; the folder mixes files of different runs or "
                 "is incomplete."
             )

@@ -3,7 +3,7 @@
 LoRA weights are deltas on one particular base: on another base (other weights, another image
 size, another vocabulary) they load without complaint and give wrong rankings. Training records
 the base's identity in ``cnclip_lora.json``; :func:`check_base_identity` compares it with the
-loaded base in the one adapter-loading path (:func:`cnclip_lora.retrieve.load_retrieval_model`,
+loaded base in the one adapter-loading path (:func:`cnclip_lora.retrieve.run.load_retrieval_model`,
 used by ``retrieve``, ``evaluate`` and adapters from the Hub).
 
 The identity is cheap to compute for any model size: the architecture fields of the config, a
@@ -24,12 +24,10 @@ from typing import Any
 
 from cnclip_lora.errors import ConfigError
 
-__all__ = ["base_identity", "check_base_identity", "recorded_base_identity", "BASE_RECORD_KEY"]
+__all__ = ["base_identity", "check_base_identity", "recorded_base_identity"]
 
 logger = logging.getLogger(__name__)
 
-#: Section of ``cnclip_lora.json`` holding the identity.
-BASE_RECORD_KEY = "base_identity"
 _ARCH_FIELDS = {
     "text": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "max_position_embeddings"),
@@ -106,16 +104,15 @@ def base_identity(model: Any, tokenizer: Any, model_name_or_path: str, revision:
 
 
 def recorded_base_identity(adapter_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The identity recorded with an adapter; ``None`` for an adapter without one (older runs)."""
-    path = Path(adapter_dir) / "cnclip_lora.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # a damaged record is reported where the preprocessing is read
-    identity = record.get(BASE_RECORD_KEY) if isinstance(record, dict) else None
-    return identity if isinstance(identity, dict) else None
+    """The identity recorded with an adapter; ``None`` for an adapter without one (older runs).
+
+    Raises:
+        cnclip_lora.record.RecordError: the adapter's record is damaged.
+    """
+    from cnclip_lora.record import RunRecord
+
+    record = RunRecord.load(adapter_dir)
+    return record.base_identity if record is not None else None
 
 
 def _describe(arch: dict[str, Any]) -> str:

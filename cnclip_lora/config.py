@@ -15,32 +15,50 @@ after it override the file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
-from cnclip_lora.collate import TITLE_NORMALIZATIONS
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import (
+    DEFAULT_MAX_LENGTH,
+    Assign,
+    Backend,
+    CacheImages,
+    FaissIndex,
+    Flip,
+    TitleNormalization,
+    choices,
+    parse_choice,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FLIP_MODES",
+    "DEFAULT_MAX_LENGTH",
+    "Assign",
+    "Backend",
+    "CacheImages",
+    "FaissIndex",
+    "Flip",
+    "TitleNormalization",
     "ModelArguments",
     "DataArguments",
     "LoraArguments",
     "CnClipTrainingArguments",
+    "TRAIN_ARGUMENT_TYPES",
     "parse_train_args",
+    "read_recipe",
+    "train_argument_parser",
 ]
-
-FLIP_MODES = ("always", "random", "none")
-
 
 @dataclass
 class ModelArguments:
@@ -71,7 +89,10 @@ class DataArguments:
         default=False, metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."}
     )
     check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
-    max_length: int = field(default=52, metadata={"help": "Title length in tokens (the seed's 52); longer titles are truncated."})
+    max_length: int = field(
+        default=DEFAULT_MAX_LENGTH,
+        metadata={"help": f"Title length in tokens (the seed's {DEFAULT_MAX_LENGTH}); longer titles are truncated."},
+    )
     pad_to_max_length: bool | None = field(
         default=None,
         metadata={
@@ -81,22 +102,22 @@ class DataArguments:
         },
     )
     flip: str = field(
-        default="random",
+        default=Flip.RANDOM,
         metadata={
             "help": "Horizontal flip of training images: 'random' (p=0.5 augmentation, no flip at retrieval, as "
             "the model was pretrained and is evaluated), 'none', or 'always' (the seed's recipe: retrieval then "
             "flips every gallery image too).",
-            "choices": list(FLIP_MODES),
+            "choices": choices(Flip),
         },
     )
     title_normalization: str = field(
-        default="official",
+        default=TitleNormalization.OFFICIAL,
         metadata={
             "help": "How titles reach the tokenizer: 'official' (Chinese-CLIP's own text path: lower-case, curly "
             "double quotes to \", BERT tokenization; the ids the checkpoints were trained on) or 'nfkc' (also fold "
             "full-width letters, digits and punctuation to ASCII, control characters to spaces). Recorded with "
             "the adapter and replayed at retrieval.",
-            "choices": list(TITLE_NORMALIZATIONS),
+            "choices": choices(TitleNormalization),
         },
     )
     fast_decode: bool = field(
@@ -107,12 +128,12 @@ class DataArguments:
         },
     )
     cache_images: str = field(
-        default="auto",
+        default=CacheImages.AUTO,
         metadata={
             "help": "Decode and resize each training image once into a uint8 Arrow cache (datasets.map) and reuse "
             "it in every epoch and run: 'auto' (when training sees images more than once and the cache fits "
-            "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.pixel_cache.",
-            "choices": ["auto", "true", "false"],
+            "--image_cache_max_gb), 'true', 'false' (decode per batch). See cnclip_lora.training.pixel_cache.",
+            "choices": choices(CacheImages),
         },
     )
     image_cache_max_gb: float = field(default=20.0, metadata={"help": "Largest pixel cache 'auto' builds (GB)."})
@@ -122,13 +143,9 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.cache_images not in ("auto", "true", "false"):
-            raise ConfigError(f"--cache_images must be auto, true or false; got {self.cache_images!r}.")
-        if self.flip not in FLIP_MODES:
-            raise ConfigError(f"--flip must be one of {', '.join(FLIP_MODES)}; got {self.flip!r}.")
-        if self.title_normalization not in TITLE_NORMALIZATIONS:
-            raise ConfigError(f"--title_normalization must be one of {', '.join(TITLE_NORMALIZATIONS)}; "
-                              f"got {self.title_normalization!r}.")
+        self.cache_images = parse_choice(CacheImages, self.cache_images, "--cache_images")
+        self.flip = parse_choice(Flip, self.flip, "--flip")
+        self.title_normalization = parse_choice(TitleNormalization, self.title_normalization, "--title_normalization")
         if self.max_length < 2:
             raise ConfigError(f"--max_length must be at least 2 (CLS + SEP); got {self.max_length}.")
         parse_val_size(self.val_size)  # fail at parse time, with the data layer's own rule and message
@@ -139,11 +156,13 @@ class LoraArguments:
     lora_r: int = field(default=64, metadata={"help": "LoRA rank (the seed used 64)."})
     lora_alpha: int = field(default=96, metadata={"help": "LoRA alpha (the seed used 96; scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
-    lora_target_modules: str | None = field(
+    # A list from a YAML recipe or a Python call; a comma-separated string on the command line.
+    lora_target_modules: list[str] | str | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated module names or suffixes to adapt. Default: Q/K/V of every layer of both "
-            "towers, derived from the loaded config. An entry that matches nothing is an error."
+            "help": "Comma-separated module names or suffixes to adapt (a list in a recipe or in train()). Default: "
+            "Q/K/V of every layer of both towers, derived from the loaded config. An entry that matches nothing "
+            "is an error."
         },
     )
 
@@ -152,12 +171,19 @@ class LoraArguments:
             raise ConfigError(f"--lora_r must be >= 1; got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"--lora_dropout must be in [0, 1); got {self.lora_dropout}.")
+        targets = self.lora_target_modules
+        if isinstance(targets, (list, tuple)) and not all(isinstance(t, str) for t in targets):
+            raise ConfigError(f"--lora_target_modules must be module names; got {targets!r}.")
+        if targets is not None and not isinstance(targets, (str, list, tuple)):
+            raise ConfigError(f"--lora_target_modules must be a comma-separated string or a list; got {targets!r}.")
 
     def apply_lora_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`cnclip_lora.apply_lora`."""
         targets = None
         if self.lora_target_modules:
-            targets = [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
+            given = self.lora_target_modules
+            entries = given.split(",") if isinstance(given, str) else [p for t in given for p in t.split(",")]
+            targets = [t.strip() for t in entries if t.strip()] or None
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "targets": targets}
 
 
@@ -240,7 +266,7 @@ class CnClipTrainingArguments(TrainingArguments):
         metadata={
             "help": "Never put two captions of one image in the same (global) batch, where each would be the "
             "other's false negative. Default (unset): on when some image has several captions in train.csv; "
-            "true/false force it. See cnclip_lora.sampler.UniqueImageSampler."
+            "true/false force it. See cnclip_lora.training.sampler.UniqueImageSampler."
         },
     )
 
@@ -364,36 +390,106 @@ def _drop_missing_report_backends(args: TrainingArguments) -> None:
         args.report_to = kept  # [] = no logging backend (what "none" becomes after parsing)
 
 
-def _config_file_to_argv(path: Path) -> list[str]:
-    """Turn a YAML/JSON mapping into ``--key value`` flags so later flags can override it."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+TRAIN_ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments)
 
-        data = yaml.safe_load(text)
+
+def train_argument_parser(**kwargs: Any) -> HfArgumentParser:
+    """The parser of every training option (``kwargs`` go to argparse: ``prog``, ``description``)."""
+    return HfArgumentParser(TRAIN_ARGUMENT_TYPES, **kwargs)
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A YAML/JSON recipe as a mapping of option names to values (as the file types them).
+
+    Raises:
+        ConfigError: The file is missing, does not parse, or is not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except ValueError as err:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - yaml.YAMLError does not derive from ValueError
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, found {type(data).__name__}.")
-    argv: list[str] = []
-    for key, value in data.items():
+    return data
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Option name (as a flag without dashes, either spelling) -> the action that stores it."""
+    names: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # argparse keeps no public list of its actions
+        if isinstance(action, argparse._StoreFalseAction):  # --no_X: the key X says it
+            continue
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                names[flag[2:]] = action
+    return names
+
+
+def _typed_values(values: Mapping[str, Any], options: dict[str, argparse.Action], source: str) -> dict[str, Any]:
+    """``{option: value}`` with each value typed as the option's flag would be; ``None`` = the default.
+
+    Real Python values (lists, dicts, bools, numbers) are kept as given, so a list of LoRA targets or
+    an ``accelerator_config`` dict reach the dataclasses intact; strings are converted by the flag's
+    own type (``"true"`` -> ``True``, ``"4e-5"`` -> ``4e-05``), as on the command line.
+
+    Raises:
+        ConfigError: An unknown option, a value of the wrong kind, or a value outside the option's choices.
+    """
+    typed: dict[str, Any] = {}
+    for key, value in values.items():
+        action = options.get(str(key))
+        if action is None or action.dest == "help":
+            raise ConfigError(f"{source}: unknown option {key!r} (see `cnclip-lora train --help`).")
         if value is None:
             continue
-        if isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *[str(v) for v in value]]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        elif isinstance(value, bool):
-            argv += [f"--{key}", "true" if value else "false"]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+        convert = action.type if callable(action.type) else None
+        many = action.nargs in ("+", "*")
+        try:
+            if isinstance(value, str) and convert is not None:
+                value = [convert(value)] if many else convert(value)
+            elif isinstance(value, (list, tuple)) and many and convert is not None:
+                value = [convert(v) if isinstance(v, str) else v for v in value]
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise ConfigError(f"{source}: {key} {value!r}: {err}") from None
+        if convert is string_to_bool and type(value) is int and value in (0, 1):
+            value = bool(value)  # as the flag reads "1" / "0"
+        items = value if many and isinstance(value, list) else [value]
+        for item in items:
+            _check_kind(item, convert, action.choices, f"{source}: {key}")
+        if convert is float and not many:
+            value = float(value)  # an int from YAML/Python for a float option, typed as the flag would be
+        typed[action.dest] = value
+    return typed
+
+
+def _check_kind(value: Any, convert: Any, choices: Any, where: str) -> None:
+    """A number for a number option, a bool for a bool option, one of the choices where there are some."""
+    kinds = {int: (int,), float: (int, float), string_to_bool: (bool,)}.get(convert)
+    if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+        raise ConfigError(f"{where} must be {'true or false' if bool in kinds else 'a number'}; got {value!r}.")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where} {value!r} is not one of {', '.join(map(str, choices))}.")
 
 
 def parse_train_args(
     argv: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments]:
-    """Parse training flags; a first argument ending in .yaml/.yml/.json is read as a config file.
+    """Parse training flags; a first argument ending in .yaml/.yml/.json is read as a recipe.
+
+    Precedence, lowest first: each option's default, the recipe, the flags in ``argv``, then
+    ``overrides`` (Python values, e.g. ``{"lora_target_modules": ["query", "value"]}``). The
+    recipe and the overrides are applied as typed values, not turned back into flag strings.
 
     Raises:
         ConfigError: an option value that cannot work, or an unknown option.
@@ -401,15 +497,19 @@ def parse_train_args(
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_argument_parser()
+    options = _options(parser)
+    recipe: dict[str, Any] = {}
     if argv and Path(argv[0]).suffix.lower() in {".yaml", ".yml", ".json"}:
-        config_path = Path(argv[0])
-        if not config_path.is_file():
-            raise ConfigError(f"config file {config_path} does not exist.")
-        argv = _config_file_to_argv(config_path) + argv[1:]
-    parser = HfArgumentParser((ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments))
-    model_args, data_args, lora_args, training_args, remaining = parser.parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True
-    )
+        recipe = _typed_values(read_recipe(Path(argv[0])), options, source=argv[0])
+        argv = argv[1:]
+    given = _typed_values(overrides or {}, options, source="train()")
+    for action in options.values():
+        if action.dest in recipe or action.dest in given:
+            action.required = False  # supplied by the recipe or the call, not missing
+    parser.set_defaults(**recipe)
+    namespace, remaining = parser.parse_known_args(argv)
     if remaining:
         raise ConfigError(f"unknown option(s): {' '.join(remaining)} (see `cnclip-lora train --help`).")
+    model_args, data_args, lora_args, training_args = parser.parse_dict({**vars(namespace), **given})
     return model_args, data_args, lora_args, training_args

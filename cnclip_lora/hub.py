@@ -12,7 +12,6 @@ this module carries a token.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
@@ -22,19 +21,17 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_downl
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import CnClipLoraError, UnsafeArtifactError
-from .model_card import write_model_card
-from .sources import hub_reachable, looks_local, not_found
+from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
+from cnclip_lora.model_card import write_model_card
+from cnclip_lora.utils.files import is_pickle, pickled_files
+from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
 __all__ = [
     "ADAPTER_FILES",
-    "PICKLE_SUFFIXES",
-    "add_push_arguments",
     "adapter_files",
     "check_adapter_dir",
     "push_adapter",
     "resolve_adapter",
-    "run_push",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,9 +54,6 @@ ADAPTER_FILES = (
     "training_args.json",
     "README.md",
 )
-
-# Formats that run code when loaded (torch.load / pickle).
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 _CONVERT_HINT = (
     "Only safetensors adapters are accepted. If you trust the file, convert it once: load the state dict with "
@@ -111,7 +105,7 @@ def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> 
     if not folder.is_dir():
         raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
     if not (folder / "adapter_model.safetensors").is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+        pickles = pickled_files(folder)
         if pickles:
             raise UnsafeArtifactError(
                 f"Adapter {name!r} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
@@ -205,7 +199,7 @@ def _remote_pickles(repo_id: str, revision: str | None, token: str | None) -> li
         files = HfApi(token=token).list_repo_files(repo_id, revision=revision)
     except _transport_errors():
         return []  # offline or unreachable: the generic message still holds
-    return sorted(f for f in files if "/" not in f and Path(f).suffix.lower() in PICKLE_SUFFIXES)
+    return sorted(f for f in files if "/" not in f and is_pickle(f))
 
 
 def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | None = None) -> Path:
@@ -261,34 +255,3 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
                 f"which can execute code when loaded; they were not downloaded. {_CONVERT_HINT}"
             )
     return check_adapter_dir(folder, source=adapter)
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``cnclip-lora push`` options to ``parser``."""
-    parser.add_argument("output_dir", help="Training output directory holding adapter_model.safetensors.")
-    parser.add_argument("--repo_id", required=True, help="Target Hub model repo, 'user/name'.")
-    parser.add_argument("--private", action="store_true", help="Create the repo private (an existing repo keeps its visibility).")
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="Hub token with write access. Prefer HF_TOKEN or `hf auth login`: a token on the command line "
-        "is visible in the process list and shell history.",
-    )
-    parser.add_argument("--revision", default=None, help="Branch to commit to, created if missing (default: main).")
-    parser.add_argument("--license", default=None, help="License id for the model card metadata, e.g. apache-2.0.")
-    parser.add_argument("--commit_message", default=None, help="Commit summary.")
-
-
-def run_push(args: argparse.Namespace) -> int:
-    """Run ``cnclip-lora push`` from parsed arguments; prints the commit URL."""
-    url = push_adapter(
-        args.output_dir,
-        args.repo_id,
-        private=args.private,
-        token=args.token,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        license=args.license,
-    )
-    print(url)
-    return 0

@@ -18,8 +18,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .errors import CnClipLoraError
-from .io_utils import atomic_write_text
+from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.options import TOWERS, tower_of
+from cnclip_lora.record import DataSummary, RunRecord
+from cnclip_lora.utils.files import atomic_write_text
 
 __all__ = [
     "CARD_TAGS",
@@ -118,7 +120,7 @@ def summarize_lora_weights(adapter_file: str | os.PathLike) -> dict[str, dict[st
     from safetensors import safe_open
 
     towers: dict[str, dict[str, Any]] = {
-        tower: {"modules": 0, "parameters": 0, "targets": Counter()} for tower in ("text", "vision", "other")
+        tower: {"modules": 0, "parameters": 0, "targets": Counter()} for tower in (*TOWERS, "other")
     }
     modules: dict[str, str] = {}
     try:
@@ -127,8 +129,7 @@ def summarize_lora_weights(adapter_file: str | os.PathLike) -> dict[str, dict[st
             for key in handle.keys():
                 module, is_lora, _ = key.partition(".lora_")
                 module = module.removeprefix("base_model.model.")
-                tower = module.split(".", 1)[0].removesuffix("_model")
-                tower = tower if tower in ("text", "vision") else "other"
+                tower = tower_of(module)
                 towers[tower]["parameters"] += math.prod(handle.get_slice(key).get_shape())
                 if is_lora:
                     modules[module] = tower
@@ -190,47 +191,48 @@ def _lora_section(adapter_config: dict[str, Any], weights: dict[str, dict[str, A
             continue
         per_target = ", ".join(f"`{name}` × {count}" for name, count in sorted(info["targets"].items())) or "none"
         lines.append(f"| {tower} | {info['modules']} | {per_target} | {info['parameters']:,} |")
-    frozen = [tower for tower in ("text", "vision") if not weights[tower]["modules"]]
+    frozen = [tower for tower in TOWERS if not weights[tower]["modules"]]
     if frozen:
         lines += ["", f"No LoRA module in the {' and '.join(frozen)} tower: it is the unchanged base tower."]
     return lines
 
 
-def _preprocessing_section(record: dict[str, Any]) -> list[str]:
-    pre = record.get("preprocessing") or {}
-    if not pre:
+def _preprocessing_section(record: RunRecord | None) -> list[str]:
+    if record is None:
         return ["## Preprocessing", "", "No preprocessing record (`cnclip_lora.json`) in this folder."]
-    flip = {True: "flipped left-right", False: "not flipped"}
+    pre = record.preprocessing
     return [
         "## Preprocessing",
         "",
-        f"- titles tokenised with `max_length={pre.get('max_length')}` (truncated and padded)",
-        f"- training images: flip rule `{pre.get('train_flip')}`",
-        f"- retrieval images (gallery): {flip.get(pre.get('inference_flip'), pre.get('inference_flip'))}",
-        f"- EXIF orientation applied before resizing: {pre.get('exif_transpose')}",
-        *([f"- JPEG draft (reduced-scale) decoding: {pre['draft']}"] if "draft" in pre else []),
+        f"- titles prepared `{pre.title_normalization}`, tokenised with `max_length={pre.max_length}` "
+        "(truncated and padded)",
+        f"- training images: flip rule `{pre.train_flip}`",
+        f"- retrieval images (gallery): {'flipped left-right' if pre.inference_flip else 'not flipped'}",
+        f"- EXIF orientation applied before resizing: {pre.exif_transpose}",
+        f"- JPEG draft (reduced-scale) decoding: {pre.draft}",
         "",
         "Embed galleries with the same rule as in training: `load_retrieval_model` returns it as `preprocessing`.",
     ]
 
 
-def _data_section(record: dict[str, Any], description: str | None) -> list[str]:
-    data = record.get("data") or {}
+def _data_section(data: DataSummary | None, description: str | None) -> list[str]:
     lines = ["## Training data", ""]
     lines.append(
         description
         or "Chinese product titles paired with product photos, in the iFLYTEK 2024 image-text retrieval"
         " layout (`train.csv` + `image/`)."
     )
-    if data:
+    if data is not None:
         # Only the folder name: a full local path says nothing to readers and leaks a home layout.
-        data_dir = Path(str(data.get("data_dir", ""))).name or "n/a"
+        data_dir = Path(str(data.data_dir or "")).name or "n/a"
+        shown = {k: "n/a" if v is None else v for k, v in
+                 (("n_train", data.n_train), ("n_val", data.n_val), ("gallery", data.val_gallery_size))}
         lines += [
             "",
             f"- data folder: `{data_dir}`",
-            f"- training pairs: {data.get('n_train', 'n/a')}",
-            f"- validation queries (held out from training): {data.get('n_val', 'n/a')}",
-            f"- validation gallery: {data.get('val_gallery_size', 'n/a')} images",
+            f"- training pairs: {shown['n_train']}",
+            f"- validation queries (held out from training): {shown['n_val']}",
+            f"- validation gallery: {shown['gallery']} images",
         ]
     return lines
 
@@ -315,17 +317,19 @@ def build_model_card(
     if not folder.is_dir():
         raise CnClipLoraError(f"Output directory {folder} does not exist or is not a directory.")
     adapter_config = _read_json(folder / "adapter_config.json") or {}
-    record = _read_json(folder / "cnclip_lora.json") or {}
+    record = RunRecord.load(folder)
+    data = record.data if record is not None else None
     metrics = read_metrics(folder)
     groups = retrieval_metrics(metrics)
-    val_gallery = (record.get("data") or {}).get("val_gallery_size")
+    val_gallery = data.val_gallery_size if data is not None else None
     if "eval" in groups and groups["eval"]["gallery_size"] is None and isinstance(val_gallery, int):
         groups["eval"]["gallery_size"] = val_gallery  # metrics without the size: the run's record has it
     weights_file = folder / "adapter_model.safetensors"
     weights = summarize_lora_weights(weights_file) if weights_file.is_file() else None
 
     # A run may record a local copy of a Hub model in one place and its Hub id in the other: prefer the id.
-    candidates = [b for b in (adapter_config.get("base_model_name_or_path"), record.get("base_model")) if b]
+    recorded_base = record.base_model if record is not None else None
+    candidates = [b for b in (adapter_config.get("base_model_name_or_path"), recorded_base) if b]
     base = next((b for b in candidates if _is_hub_id(b)), candidates[0] if candidates else None)
     base_on_hub = _is_hub_id(base)
     base_label = base if base_on_hub else (Path(base).name if base else "unknown")
@@ -374,7 +378,7 @@ def build_model_card(
         "",
         *_preprocessing_section(record),
         "",
-        *_data_section(record, dataset_description),
+        *_data_section(data, dataset_description),
         "",
         *_evaluation_section(groups, metrics),
         "",
@@ -382,7 +386,7 @@ def build_model_card(
             shown_base,
             repo_id or _PLACEHOLDER_REPO,
             any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")),
-            (record.get("preprocessing") or {}).get("inference_flip") is True,
+            record is not None and record.preprocessing.inference_flip,
         ),
         "",
     ]

@@ -24,8 +24,10 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
-from .errors import ConfigError, UnsafeArtifactError
-from .sources import check_source
+from cnclip_lora.errors import ConfigError, UnsafeArtifactError
+from cnclip_lora.options import TOWERS, tower_of
+from cnclip_lora.utils.files import is_pickle, pickled_files
+from cnclip_lora.utils.sources import check_source
 
 __all__ = [
     "load_model_and_processor",
@@ -41,9 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TOWERS = ("text", "vision")
-# Formats that unpickle on load, i.e. can run arbitrary code.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _CONVERT_HINT = (
     "Convert it once, in an environment you trust: "
     "`ChineseCLIPModel.from_pretrained(src, use_safetensors=False).save_pretrained(dst)` writes "
@@ -54,14 +53,14 @@ _CONVERT_HINT = (
 def _refuse_pickled_weights(path: Path) -> None:
     """Raise if a local checkpoint offers only pickle-based weights."""
     if path.is_file():
-        if path.suffix.lower() in _PICKLE_SUFFIXES:
+        if is_pickle(path):
             raise UnsafeArtifactError(
                 f"refusing to load {str(path)!r}: pickled weights can execute code when loaded. {_CONVERT_HINT}"
             )
         raise ConfigError(f"model path {str(path)!r} is a file; pass the checkpoint folder or a Hub model id")
     if not path.is_dir() or any(path.glob("*.safetensors")):
         return
-    pickled = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+    pickled = pickled_files(path)
     if pickled:
         raise UnsafeArtifactError(
             f"checkpoint folder {str(path)!r} has only pickled weights ({', '.join(pickled)}) and no "
@@ -135,7 +134,7 @@ def pin_pil_image_processor(processor: Any, model_name_or_path: str, **kwargs: A
     machines) and PIL otherwise (this project's CPU machines). Their resize arithmetic differs,
     so an adapter trained on one machine and used for retrieval on another would see other
     pixels: the train/test mismatch this package exists to prevent. PIL is the checkpoints'
-    original implementation and the one the batched/cached path in :mod:`cnclip_lora.collate`
+    original implementation and the one the batched/cached path in :mod:`cnclip_lora.images`
     reproduces.
     """
     image_processor = getattr(processor, "image_processor", None)
@@ -192,16 +191,6 @@ def default_lora_targets(config: ChineseCLIPConfig) -> list[str]:
         for proj in ("q", "k", "v")
     ]
     return text + vision
-
-
-def _tower_of(name: str) -> str:
-    """Return "text", "vision" or "other" for a module/parameter name (any PEFT prefix)."""
-    parts = name.split(".")
-    if "text_model" in parts:
-        return "text"
-    if "vision_model" in parts:
-        return "vision"
-    return "other"
 
 
 def _parse_targets(targets: list[str] | str | None, config: ChineseCLIPConfig) -> list[str]:
@@ -313,7 +302,7 @@ def apply_lora(
     missing = [name for name in resolved if name not in adapted]
     counts = count_lora_modules(peft_model)
     for tower in TOWERS:
-        if any(_tower_of(name) == tower for name in resolved) and counts[tower] == 0:
+        if any(tower_of(name) == tower for name in resolved) and counts[tower] == 0:
             raise ConfigError(f"lora targets: the {tower} tower was targeted but no LoRA module was created")
     if missing:
         raise ConfigError(f"lora targets: no LoRA module was created for {', '.join(missing[:5])}")
@@ -331,7 +320,7 @@ def count_lora_modules(peft_model: nn.Module) -> dict[str, int]:
     """Count modules carrying LoRA adapters per tower: ``{"text": n, "vision": n}``."""
     counts = dict.fromkeys(TOWERS, 0)
     for name, module in peft_model.named_modules():
-        tower = _tower_of(name)
+        tower = tower_of(name)
         if isinstance(module, LoraLayer) and tower in counts:
             counts[tower] += 1
     return counts
@@ -345,7 +334,7 @@ def trainable_parameters_by_tower(model: nn.Module) -> dict[str, int]:
     counts = dict.fromkeys((*TOWERS, "other"), 0)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            counts[_tower_of(name)] += param.numel()
+            counts[tower_of(name)] += param.numel()
     return counts
 
 

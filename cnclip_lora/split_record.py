@@ -10,17 +10,15 @@ refuses a different split (or changed data giving another held-out list) unless 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.record import RunRecord, SplitRecord
 
-__all__ = ["SPLIT_RECORD_KEY", "DEFAULT_VAL_SIZE", "DEFAULT_SPLIT_SEED", "split_record", "held_out_fingerprint",
+__all__ = ["DEFAULT_VAL_SIZE", "DEFAULT_SPLIT_SEED", "split_record", "held_out_fingerprint",
            "recorded_split", "resolve_split", "check_held_out"]
 
-SPLIT_RECORD_KEY = "split"
 #: Training's defaults (``DataArguments``), used when nothing is recorded or given.
 DEFAULT_VAL_SIZE = 0.1
 DEFAULT_SPLIT_SEED = 42
@@ -32,26 +30,24 @@ def held_out_fingerprint(held_out_paths: Any) -> str:
     return hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
 
 
-def split_record(val_size: float | int, split_seed: int, held_out_paths: Any) -> dict[str, Any]:
+def split_record(val_size: float | int, split_seed: int, held_out_paths: Any) -> SplitRecord:
     """The ``split`` section of ``cnclip_lora.json``."""
     from cnclip_lora.data import parse_val_size
 
     names = sorted({str(p) for p in held_out_paths})
-    return {"val_size": parse_val_size(val_size), "split_seed": split_seed, "n_held_out_images": len(names),
-            "held_out_sha256": held_out_fingerprint(names)}
+    return SplitRecord(val_size=parse_val_size(val_size), split_seed=split_seed, n_held_out_images=len(names),
+                       held_out_sha256=held_out_fingerprint(names))
 
 
-def recorded_split(adapter_dir: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The split recorded with an adapter, or ``None`` (no adapter, or one from before splits were recorded)."""
-    if adapter_dir is None:
-        return None
-    path = Path(adapter_dir) / "cnclip_lora.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    split = record.get(SPLIT_RECORD_KEY) if isinstance(record, dict) else None
-    return split if isinstance(split, dict) and "val_size" in split else None
+def recorded_split(adapter_dir: str | os.PathLike | None) -> SplitRecord | None:
+    """The split recorded with an adapter, or ``None`` (no adapter, or one from before splits were recorded).
+
+    Raises:
+        cnclip_lora.record.RecordError: the adapter's record is damaged.
+    """
+    record = RunRecord.load(adapter_dir) if adapter_dir is not None else None
+    split = record.split if record is not None else None
+    return split if split is not None and split.val_size is not None else None
 
 
 def _same_size(a: Any, b: Any) -> bool:
@@ -68,7 +64,7 @@ def _show(size: Any) -> str:
         return str(size)
 
 
-def resolve_split(val_size: float | None, split_seed: int | None, recorded: dict[str, Any] | None,
+def resolve_split(val_size: float | None, split_seed: int | None, recorded: SplitRecord | None,
                   *, allow_different_split: bool = False, adapter: str | None = None) -> tuple[float, int]:
     """``(val_size, split_seed)`` for ``evaluate --split val``: the recorded ones unless given.
 
@@ -78,7 +74,8 @@ def resolve_split(val_size: float | None, split_seed: int | None, recorded: dict
     if recorded is None:
         return (DEFAULT_VAL_SIZE if val_size is None else val_size,
                 DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
-    rec_size, rec_seed = recorded["val_size"], int(recorded.get("split_seed", DEFAULT_SPLIT_SEED))
+    rec_size = recorded.val_size
+    rec_seed = int(DEFAULT_SPLIT_SEED if recorded.split_seed is None else recorded.split_seed)
     diffs = []
     if val_size is not None and not _same_size(val_size, rec_size):
         diffs.append(f"--val_size {_show(val_size)} (trained with {_show(rec_size)})")
@@ -93,20 +90,20 @@ def resolve_split(val_size: float | None, split_seed: int | None, recorded: dict
     return (rec_size if val_size is None else val_size, rec_seed if split_seed is None else int(split_seed))
 
 
-def check_held_out(recorded: dict[str, Any] | None, held_out_paths: Any, *, data_dir: str,
+def check_held_out(recorded: SplitRecord | None, held_out_paths: Any, *, data_dir: str,
                    allow_different_split: bool = False, adapter: str | None = None) -> None:
     """Refuse a held-out list other than training's (e.g. train.csv changed since).
 
     Raises:
         ConfigError: the lists differ and ``allow_different_split`` is off.
     """
-    if recorded is None or allow_different_split or not recorded.get("held_out_sha256"):
+    if recorded is None or allow_different_split or not recorded.held_out_sha256:
         return
     names = sorted({str(p) for p in held_out_paths})
-    if held_out_fingerprint(names) != recorded["held_out_sha256"]:
+    if held_out_fingerprint(names) != recorded.held_out_sha256:
         raise ConfigError(
             f"{data_dir}: the held-out images ({len(names)}) differ from those adapter {adapter} was validated on "
-            f"({recorded.get('n_held_out_images')}) with the same split settings: train.csv or the images changed "
+            f"({recorded.n_held_out_images}) with the same split settings: train.csv or the images changed "
             f"since training, so some held-out images may have been trained on. Pass --allow_different_split "
             f"true to evaluate anyway."
         )

@@ -8,10 +8,10 @@ the held-out split, then ranks the gallery for a few free-text queries.
 
 from pathlib import Path
 
-from cnclip_lora import RetrievalArguments, apply_lora, evaluate, load_retrieval_model, rank, train
-from cnclip_lora.embedding import embed_images, embed_texts
+from cnclip_lora import RetrievalArguments, apply_lora, evaluate_retrieval, load_retrieval_model, rank, train
+from cnclip_lora.retrieve.embed import embed_images, embed_texts
 from cnclip_lora.modeling import load_model_and_processor
-from cnclip_lora.tiny_model import make_tiny_model
+from cnclip_lora.demo.tiny_model import make_tiny_model
 
 work = Path("demo_output/api-example")
 model_dir = make_tiny_model(work / "tiny-model", seed=0)
@@ -28,8 +28,9 @@ print("held-out metrics after training:", result.eval_metrics)
 
 # 3. Evaluate base vs tuned with the competition's gallery protocol.
 for adapter in (None, str(work / "adapter")):
-    metrics = evaluate(RetrievalArguments(model_name_or_path=str(model_dir), adapter=adapter, data_dir="xfdata",
-                                          split="val", cache_dir=str(work / "cache"), device="cpu"))
+    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=adapter,
+                                                    data_dir="xfdata",
+                                                    split="val", cache_dir=str(work / "cache"), device="cpu"))
     print("adapter" if adapter else "base   ", {k: v for k, v in metrics.items() if "t2i" in k or "gallery" in k})
 
 # 4. Free-text queries against the gallery, with the preprocessing recorded at training time.

@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-Data fixtures (used by tests/test_data.py and any test that needs a data folder):
+Data fixtures (used by tests/data/test_data.py and any test that needs a data folder):
 ``make_dataset_dir`` builds a tiny competition-layout folder with PIL-made images.
 """
 
@@ -82,7 +82,7 @@ def make_dataset_dir():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Chinese-CLIP checkpoint folder laid out like the Hub's."""
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     return Path(make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0))
 
@@ -90,7 +90,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset in the competition layout (with test_answers.csv)."""
-    from cnclip_lora.demo_data import make_demo_data
+    from cnclip_lora.demo.data import make_demo_data
 
     root = tmp_path_factory.mktemp("demo-data") / "xfdata"
     make_demo_data(root, seed=1, n_train=64, n_queries=12, n_distractors=20)

@@ -154,9 +154,11 @@ def _backend_probe(request: dict) -> dict:
     import torch
     from transformers import AutoImageProcessor
 
-    from cnclip_lora.collate import ImageTextCollator, Preprocessing, preprocess_images
+    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.images import preprocess_images
+    from cnclip_lora.record import Preprocessing
     from cnclip_lora.modeling import load_model_and_processor
-    from cnclip_lora.retrieve import load_retrieval_model
+    from cnclip_lora.retrieve.run import load_retrieval_model
 
     plain = AutoImageProcessor.from_pretrained(request["model"])
     _, train_processor = load_model_and_processor(request["model"])

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from cnclip_lora.cli import main
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.retrieve import RetrievalArguments, evaluate, load_retrieval_model
-from cnclip_lora.tiny_model import make_tiny_model
-from cnclip_lora.train import train
+from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
+from cnclip_lora.demo.tiny_model import make_tiny_model
+from cnclip_lora.training.run import train
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_a_base_of_another_architecture_is_refused_naming_both(split_adapter, ti
     other = other_bases["other_image_size"]
     for allow in (False, True):  # no flag makes a different architecture usable
         with pytest.raises(ConfigError, match=r"trained on .*model.*at 64px.*img32.*at 32px.*different architecture"):
-            evaluate(_args(other, split_adapter, demo_dir, allow_different_base=allow))
+            evaluate_retrieval(_args(other, split_adapter, demo_dir, allow_different_base=allow))
 
 
 def test_same_architecture_other_weights_is_refused_unless_allowed(split_adapter, other_bases, demo_dir, tmp_path,
@@ -112,9 +112,10 @@ def test_changed_weights_are_caught(split_adapter, tiny_model_dir, tmp_path):
 def test_evaluate_val_uses_the_recorded_split(split_adapter, tiny_model_dir, demo_dir):
     record = json.loads((split_adapter / "cnclip_lora.json").read_text())["split"]
     assert record["val_size"] == 20 and record["split_seed"] == 7 and record["n_held_out_images"] == 20
-    metrics = evaluate(_args(tiny_model_dir, split_adapter, demo_dir))
-    default_split = evaluate(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
-                                                cache_dir="", device="cpu"))
+    metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir))
+    default_split = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
+                                                          data_dir=str(demo_dir),
+                                                          cache_dir="", device="cpu"))
     # Queries = captions of the 20 held-out images (one caption each in the demo data), not the default 10 %.
     assert metrics["val_queries"] == 20
     assert default_split["val_queries"] != 20
@@ -122,10 +123,11 @@ def test_evaluate_val_uses_the_recorded_split(split_adapter, tiny_model_dir, dem
 
 def test_evaluate_val_refuses_another_split_unless_asked(split_adapter, tiny_model_dir, demo_dir):
     with pytest.raises(ConfigError, match=r"--val_size 0.1 \(trained with 20\)"):
-        evaluate(_args(tiny_model_dir, split_adapter, demo_dir, val_size=0.1))
+        evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=0.1))
     with pytest.raises(ConfigError, match=r"--split_seed 42 \(trained with 7\)"):
-        evaluate(_args(tiny_model_dir, split_adapter, demo_dir, split_seed=42))
-    metrics = evaluate(_args(tiny_model_dir, split_adapter, demo_dir, val_size=10, allow_different_split=True))
+        evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, split_seed=42))
+    metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=10,
+                                       allow_different_split=True))
     assert metrics["val_queries"] == 10
 
 
@@ -135,4 +137,4 @@ def test_evaluate_val_refuses_changed_data(split_adapter, tiny_model_dir, demo_d
     lines = (data / "train.csv").read_text(encoding="utf-8").splitlines()
     (data / "train.csv").write_text("\n".join(lines[:-6]) + "\n", encoding="utf-8")  # six pairs fewer
     with pytest.raises(ConfigError, match="held-out images .* differ"):
-        evaluate(_args(tiny_model_dir, split_adapter, data))
+        evaluate_retrieval(_args(tiny_model_dir, split_adapter, data))

@@ -127,3 +127,41 @@ def test_cache_command_lists_and_clears_only_what_it_is_told(tmp_path, monkeypat
     with pytest.raises(SystemExit) as exit_:  # argparse: not a cache kind
         main(["cache", "--clear", "models"])
     assert exit_.value.code == 2 and "invalid choice: 'models'" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_help():
+    from cnclip_lora.cli import COMMANDS
+
+    missing = [f"{name} {action.option_strings or action.dest}"
+               for name, command in COMMANDS.items() for action in command.parser()._actions
+               if not action.help or action.help == "==SUPPRESS=="]  # fmt: skip
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "command, foreign",
+    [("retrieve", ["--split", "val"]), ("retrieve", ["--allow_different_split"]), ("retrieve", ["--val_size", "0.2"]),
+     ("evaluate", ["--output", "x.csv"]), ("evaluate", ["--assign", "hungarian"]), ("evaluate", ["--top_k", "5"])],
+)  # fmt: skip
+def test_retrieve_and_evaluate_refuse_each_others_options(command, foreign, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--model_name_or_path", "m", *foreign])
+    assert exit_.value.code == 2
+    assert foreign[0] in capsys.readouterr().err
+
+
+def test_retrieve_and_evaluate_help_lists_only_their_options(capsys):
+    for command, own, foreign in (("retrieve", "--topk_output", "--allow_different_split"),
+                                  ("evaluate", "--allow_different_split", "--topk_output")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert own in out and foreign not in out
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    result = _run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"cnclip-lora {version('cnclip-lora')}"

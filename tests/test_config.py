@@ -49,7 +49,7 @@ def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no
     unless it sets non_blocking itself."""
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
     assert (args.accelerator_config.split_batches, args.accelerator_config.non_blocking) == (split, non_blocking)
@@ -75,14 +75,16 @@ def test_target_modules_are_split_on_commas(tmp_path):
 
 def test_yaml_recipe_is_read_and_later_flags_override(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n" % tmp_path)
+    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n"
+                      % tmp_path)
     _, _, lora, args = parse_train_args([str(recipe), "--num_train_epochs", "5"])
     assert lora.lora_r == 8
     assert args.num_train_epochs == 5
 
 
 def test_shipped_vit_h14_recipe_parses():
-    model, data, lora, args = parse_train_args([str(ROOT / "examples" / "vit-h14-seed-recipe.yaml"), "--bf16", "false"])
+    recipe = ROOT / "examples" / "vit-h14-seed-recipe.yaml"
+    model, data, lora, args = parse_train_args([str(recipe), "--bf16", "false"])
     assert model.model_name_or_path == "OFA-Sys/chinese-clip-vit-huge-patch14"
     assert (lora.lora_r, lora.lora_alpha, data.max_length) == (64, 96, 52)
     assert args.activation_checkpointing is True
@@ -110,3 +112,76 @@ def test_bad_values_fail_naming_the_option(tmp_path, flags, match):
 def test_missing_recipe_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         parse_train_args([str(tmp_path / "nope.yaml")])
+
+
+def test_recipe_values_keep_their_types(tmp_path):
+    """A YAML list, a mapping and numbers arrive as values, not as re-parsed flag strings."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model_name_or_path: m\n"
+        f"output_dir: {tmp_path}\n"
+        "lora_target_modules: [query, value, q_proj]\n"
+        "accelerator_config: {split_batches: true}\n"
+        "learning_rate: 3e-5\n"  # YAML reads this spelling as a string: typed like the flag
+        "val_size: 500\n"
+        "pad_to_max_length: false\n",
+        encoding="utf-8",
+    )
+    _, data, lora, args = parse_train_args([str(recipe)])
+    assert lora.apply_lora_kwargs()["targets"] == ["query", "value", "q_proj"]
+    assert args.accelerator_config.split_batches is True
+    assert args.accelerator_config.non_blocking is True  # the package's default is still merged in
+    assert args.learning_rate == 3e-5 and isinstance(args.learning_rate, float)
+    assert data.val_size == 500.0 and isinstance(data.val_size, float)
+    assert data.pad_to_max_length is False
+
+
+def test_precedence_is_defaults_recipe_flags_then_python_overrides(tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text('{"model_name_or_path": "m", "output_dir": "%s", "lora_r": 8, "lora_alpha": 16, '
+                      '"num_train_epochs": 3}' % tmp_path, encoding="utf-8")  # fmt: skip
+    _, _, lora, args = parse_train_args([str(recipe), "--lora_r", "12", "--num_train_epochs", "5"],
+                                        {"num_train_epochs": 7, "bf16": False})  # fmt: skip
+    assert (lora.lora_r, lora.lora_alpha, args.num_train_epochs, args.bf16) == (12, 16, 7.0, False)
+
+
+def test_python_overrides_take_real_values_and_supply_required_options(tmp_path):
+    model, _, lora, args = parse_train_args(
+        [], {"model_name_or_path": "m", "output_dir": str(tmp_path), "lora_target_modules": ["query", "key"],
+             "accelerator_config": {"split_batches": True}, "report_to": ["none"], "use_cpu": True,
+             "overwrite_output_dir": "true"},  # a flag-style string still reads as the flag would
+    )  # fmt: skip
+    assert model.model_name_or_path == "m"
+    assert lora.apply_lora_kwargs()["targets"] == ["query", "key"]
+    assert args.accelerator_config.split_batches is True
+    assert args.use_cpu is True and args.overwrite_output_dir is True
+    assert args.report_to == []
+
+
+@pytest.mark.parametrize(
+    "recipe_text, match",
+    [
+        ("lora_rank: 8\n", "unknown option 'lora_rank'"),
+        ("lora_r: eight\n", "lora_r"),
+        ("lora_r: 8.5\n", "lora_r must be a number"),
+        ("bf16: maybe\n", "bf16"),
+        ("use_cpu: 2\n", "use_cpu must be true or false"),
+        ("flip: sometimes\n", "flip 'sometimes' is not one of"),
+        ("- model_name_or_path\n", "expected a mapping"),
+        ("lora_r: [8\n", "not valid YAML"),
+    ],
+)
+def test_bad_recipe_values_name_the_file_and_the_option(tmp_path, recipe_text, match):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"model_name_or_path: m\noutput_dir: {tmp_path}\n" + recipe_text
+                      if not recipe_text.startswith("-") else recipe_text, encoding="utf-8")  # fmt: skip
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_train_args([str(recipe)])
+    assert "bad.yaml" in str(info.value)
+
+
+def test_bad_python_override_is_a_config_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="max_steps must be a number"):
+        parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)], {"max_steps": [1, 2]})
+    with pytest.raises(ConfigError, match="unknown option 'max_step'"):
+        parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)], {"max_step": 1})

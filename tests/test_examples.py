@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers.integrations import get_available_reporting_integrations
 
 from cnclip_lora.config import parse_train_args
-from cnclip_lora.train import train
+from cnclip_lora.training.run import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "vit-h14-seed-recipe.yaml"
 

@@ -5,7 +5,6 @@ Every test name contains "hub" or "push": ``pytest -k "hub or push"`` selects th
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -19,14 +18,13 @@ import pytest
 from fake_hub import fake_hub  # noqa: F401 - a fixture, used by name
 from huggingface_hub import ModelCard
 
+from cnclip_lora.cli import main
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.hub import (
     ADAPTER_FILES,
-    add_push_arguments,
     check_adapter_dir,
     push_adapter,
     resolve_adapter,
-    run_push,
 )
 from cnclip_lora.model_card import build_model_card, summarize_lora_weights, write_model_card
 
@@ -326,19 +324,15 @@ def test_push_bare_name_goes_to_the_token_namespace(tmp_path, fake_hub):
 def test_push_cli_arguments(tmp_path, fake_hub, capsys):
     fake_hub.required_token = "hf_cli"
     run = make_light_run(tmp_path / "run", metrics=_random_metrics(seed=5, gallery_size=20))
-    parser = argparse.ArgumentParser(prog="cnclip-lora push")
-    add_push_arguments(parser)
-    args = parser.parse_args(
-        [str(run), "--repo_id", "user/cli", "--private", "--license", "mit", "--commit_message", "from cli"]
-        + ["--token", "hf_cli"]
-    )
-    assert run_push(args) == 0
+    argv = [str(run), "--repo_id", "user/cli", "--private", "--license", "mit", "--commit_message", "from cli"]
+    assert main(["push", *argv, "--token", "hf_cli"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"/user/cli/commit/{fake_hub.repos['user/cli'].branches['main']}")
     assert fake_hub.repos["user/cli"].private
     assert fake_hub.commits[0]["summary"] == "from cli"
     assert _card_yaml(fake_hub.files("user/cli")["README.md"].decode())["license"] == "mit"
-    with pytest.raises(SystemExit):
-        parser.parse_args([str(run)])  # --repo_id is required
+    with pytest.raises(SystemExit) as exit_:
+        main(["push", str(run)])  # --repo_id is required
+    assert exit_.value.code == 2 and "--repo_id" in capsys.readouterr().err
 
 
 # -- resolve ------------------------------------------------------------------------------
@@ -536,7 +530,7 @@ def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fa
 
 
 def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_path, fake_hub, tiny_model_dir, demo_dir):
-    from cnclip_lora.train import train
+    from cnclip_lora.training.run import train
 
     out = tmp_path / "run"
     argv = []

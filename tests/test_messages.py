@@ -12,7 +12,7 @@ from cnclip_lora.cli import main
 from cnclip_lora.data import check_data, load_competition_data
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
 from cnclip_lora.hub import resolve_adapter
-from cnclip_lora.sources import check_source
+from cnclip_lora.utils.sources import check_source
 
 from fake_hub import fake_hub  # noqa: F401  (fixture)
 from test_hub import make_light_run

@@ -22,7 +22,7 @@ from cnclip_lora.modeling import (
     resolve_lora_targets,
     trainable_parameters_by_tower,
 )
-from cnclip_lora.tiny_model import make_tiny_model
+from cnclip_lora.demo.tiny_model import make_tiny_model
 
 SIZE = 32
 TYPO = "vision_model.emcoder.layers.0.self_attn.q_proj"
@@ -260,7 +260,7 @@ def test_image_processor_is_pinned_to_pil_whatever_is_installed(tiny_model_dir, 
 
     from transformers import ChineseCLIPProcessor
 
-    from cnclip_lora.collate import supports_uint8_path
+    from cnclip_lora.images import supports_uint8_path
     from cnclip_lora.modeling import load_model_and_processor
 
     real = ChineseCLIPProcessor.from_pretrained.__func__
@@ -284,7 +284,7 @@ def test_wrapping_and_loading_adapters_raise_no_deprecation_noise(tiny_model_dir
     from transformers import ChineseCLIPModel
 
     from cnclip_lora.modeling import apply_lora
-    from cnclip_lora.retrieve import load_retrieval_model
+    from cnclip_lora.retrieve.run import load_retrieval_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

@@ -21,14 +21,9 @@ from PIL import Image
 
 from official_ref import SHARED_VOCAB, child_env, reference_available, run_reference
 
-from cnclip_lora.collate import (
-    Preprocessing,
-    decode_resized,
-    pixel_values_from_uint8,
-    preprocess_images,
-    tokenize_titles,
-    write_record,
-)
+from cnclip_lora.images import decode_resized, pixel_values_from_uint8, preprocess_images
+from cnclip_lora.record import Preprocessing, RunRecord
+from cnclip_lora.text import tokenize_titles
 
 _missing = reference_available() or (None if SHARED_VOCAB.is_file() else f"{SHARED_VOCAB} is missing")
 pytestmark = pytest.mark.skipif(_missing is not None, reason=str(_missing))
@@ -108,7 +103,7 @@ def _images(root) -> list[str]:
 
 def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
     from cnclip_lora.convert import _CLIP_MEAN, _CLIP_STD
-    from cnclip_lora.pixel_cache import build_pixel_cache
+    from cnclip_lora.training.pixel_cache import build_pixel_cache
     from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
     paths = _images(tmp_path)
@@ -132,7 +127,7 @@ def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
 
 def test_converted_official_model_gives_official_embeddings(tmp_path):
     from cnclip_lora.convert import convert_original
-    from cnclip_lora.embedding import embed_images, embed_texts
+    from cnclip_lora.retrieve.embed import embed_images, embed_texts
     from cnclip_lora.modeling import load_model_and_processor
 
     info = {"embed_dim": 32, "image_resolution": 64, "vision_layers": 2, "vision_width": 64, "vision_head_width": 32,
@@ -185,7 +180,7 @@ def test_retrieval_pixels_equal_training_with_torchvision_importable(tmp_path, t
     adapter = tmp_path / "adapter"
     apply_lora(model, r=2, alpha=4).save_pretrained(adapter)
     processor.save_pretrained(adapter)
-    write_record(adapter, Preprocessing(train_flip="none"))
+    RunRecord(Preprocessing(train_flip="none")).save(adapter)
     meta = run_reference({"op": "backend_probe", "model": str(tiny_model_dir), "adapter": str(adapter),
                           "image_dir": str(tmp_path), "names": [p.rsplit("/", 1)[1] for p in paths]}, tmp_path)["meta"]
     assert meta["plain_backend"] == "torchvision", json.dumps(meta)  # the simulation really has torchvision

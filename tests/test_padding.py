@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import AutoProcessor, HfArgumentParser
 
-from cnclip_lora.collate import ImageTextCollator, tokenize_titles
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.config import CnClipTrainingArguments, DataArguments
-from cnclip_lora.embedding import embed_texts
+from cnclip_lora.retrieve.embed import embed_texts
 from cnclip_lora.modeling import load_model_and_processor
-from cnclip_lora.train import static_title_padding
+from cnclip_lora.training.run import static_title_padding
 
 TITLES = ["裙", "红色条纹T恤", "纯棉圆领短袖上衣", "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723",
           "夏季" * 40, "ab"]

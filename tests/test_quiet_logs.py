@@ -66,7 +66,7 @@ def test_train_and_retrieve_print_each_line_once(tmp_path, tiny_model_dir, demo_
 def test_replica_processes_log_warnings_only(tmp_path):
     code = (
         "import logging, os; os.environ['RANK']='1'\n"
-        "from cnclip_lora.log_setup import setup_logging\n"
+        "from cnclip_lora.utils.log_setup import setup_logging\n"
         "setup_logging('info'); setup_logging('info')\n"
         "logging.getLogger('cnclip_lora.x').info('hidden'); logging.getLogger('cnclip_lora.x').warning('shown')\n"
         "import transformers; transformers.utils.logging.get_logger('transformers.y').warning('lib')\n"

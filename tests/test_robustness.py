@@ -31,7 +31,9 @@ import torch
 from PIL import Image
 
 from cnclip_lora.cli import main
-from cnclip_lora.collate import ImageTextCollator, Preprocessing, tokenize_titles
+from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.record import Preprocessing
+from cnclip_lora.text import tokenize_titles
 from cnclip_lora.data import (
     MAX_PIXELS_ENV,
     check_data,
@@ -41,7 +43,7 @@ from cnclip_lora.data import (
     open_image,
 )
 from cnclip_lora.errors import ConfigError, DataError
-from cnclip_lora.sampler import UniqueImageSampler, has_duplicate_images, unique_image_sampler_for
+from cnclip_lora.training.sampler import UniqueImageSampler, has_duplicate_images, unique_image_sampler_for
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,7 @@ def _exif_rotated_pair(folder: Path) -> tuple[Path, Path]:
 def test_exif_rotation_is_applied_the_same_in_training_and_retrieval(tmp_path, processor, tiny_model_dir):
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.embedding import embed_images
+    from cnclip_lora.retrieve.embed import embed_images
 
     rotated, upright = _exif_rotated_pair(tmp_path)
     assert open_image(rotated).size == (96, 64)
@@ -317,7 +319,7 @@ def test_trainer_batches_hold_each_image_once(tiny_model_dir, processor, tmp_pat
     from transformers import ChineseCLIPModel
 
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.trainer import CnClipLoraTrainer
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     paths = [f"{i % 6}.jpg" for i in range(24)]  # every image has 4 captions
     dataset = datasets.Dataset.from_dict({"title": [f"t{i}" for i in range(24)], "path": paths})
@@ -400,7 +402,7 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
 
     from cnclip_lora import modeling
     from cnclip_lora.config import ModelArguments, parse_train_args
-    from cnclip_lora.retrieve import RetrievalArguments
+    from cnclip_lora.retrieve.run import RetrievalArguments
 
     assert inspect.signature(modeling.load_model_and_processor).parameters["trust_remote_code"].default is False
     assert parse_train_args(["--model_name_or_path", "m", "--use_cpu", "true"])[0].trust_remote_code is False
@@ -461,7 +463,7 @@ def test_check_data_reports_every_problem_with_counts(tmp_path, make_dataset_dir
 
 def test_sampler_logs_rows_it_leaves_out(caplog):
     dataset = datasets.Dataset.from_dict({"path": ["hot.jpg"] * 6 + [f"{i}.jpg" for i in range(12)]})
-    with caplog.at_level("WARNING", logger="cnclip_lora.sampler"):
+    with caplog.at_level("WARNING", logger="cnclip_lora.training.sampler"):
         sampler = unique_image_sampler_for(dataset, batch_size=2, world_size=2, seed=0, mode=None)
     assert sampler.num_unplaced == 2
     assert re.search(r"2 caption row\(s\) per epoch left out: .*\(max 6\) than an epoch has batches \(4\)", caplog.text)

@@ -35,8 +35,8 @@ from cnclip_lora.adapter_check import AdapterError, validate_adapter_folder
 from cnclip_lora.cli import main
 from cnclip_lora.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
-from cnclip_lora.errors import ConfigError, DataError
-from cnclip_lora.retrieve import write_submission
+from cnclip_lora.errors import DataError
+from cnclip_lora.retrieve.run import write_submission
 
 
 
@@ -260,8 +260,8 @@ def test_garbage_png_exif_chunk_is_used_unrotated_not_rejected(tmp_path):
 def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_path, make_dataset_dir, tiny_model_dir):
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    from cnclip_lora.collate import Preprocessing
-    from cnclip_lora.embedding import embed_images
+    from cnclip_lora.record import Preprocessing
+    from cnclip_lora.retrieve.embed import embed_images
 
     root = make_dataset_dir(tmp_path)
     image_dir = root / "image"
@@ -398,14 +398,14 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A genuine LoRA adapter of the tiny model on both towers, with the training record."""
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.collate import Preprocessing, write_record
+    from cnclip_lora.record import LoraSummary, Preprocessing, RunRecord
     from cnclip_lora.modeling import apply_lora, count_lora_modules
 
     torch.manual_seed(0)
     model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
     out = tmp_path_factory.mktemp("adapter") / "adapter"
     model.save_pretrained(out)
-    write_record(out, Preprocessing(train_flip="none"), lora={"adapted_modules": count_lora_modules(model)})
+    RunRecord(Preprocessing(train_flip="none"), lora=LoraSummary(adapted_modules=count_lora_modules(model))).save(out)
     return out
 
 
@@ -481,7 +481,7 @@ def test_adapter_targeting_modules_the_base_lacks_is_refused(copy_adapter, base)
 
 
 def test_adapter_for_a_base_of_another_size_is_refused(adapter_dir, tmp_path, make_dataset_dir, capsys):
-    from cnclip_lora.tiny_model import make_tiny_model
+    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     wider = make_tiny_model(tmp_path / "wider", seed=0, hidden_size=64)
     root = make_dataset_dir(tmp_path)
@@ -548,7 +548,7 @@ def no_model_load(monkeypatch):
 
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("cnclip_lora.train"), "load_model_and_processor", refuse)
+    monkeypatch.setattr(importlib.import_module("cnclip_lora.training.run"), "load_model_and_processor", refuse)
 
 
 def _train(capsys, model, root, out, *extra):

@@ -1,0 +1,127 @@
+"""The validated data folder as ``datasets.Dataset`` splits, ready for the collator, trainer and retrieval."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from cnclip_lora.data.checks import scan_folder
+from cnclip_lora.data.report import DataReport, error_message
+from cnclip_lora.errors import DataError
+
+__all__ = ["CompetitionData", "load_competition_data"]
+
+
+@dataclass
+class CompetitionData:
+    """The validated data folder, ready for the collator, trainer and retrieval.
+
+    ``train``/``val`` rows have ``title``, ``path`` (relative to ``image_dir``) and ``row``
+    (0-based data row in train.csv); ``val`` adds ``label``, the index of its image in
+    ``val_gallery``. ``answers`` (demo data only) has ``label`` = index into ``gallery``.
+    """
+
+    root: Path
+    image_dir: Path
+    train: datasets.Dataset
+    val: datasets.Dataset
+    queries: datasets.Dataset
+    gallery: datasets.Dataset
+    val_gallery: datasets.Dataset
+    sample_submit: pd.DataFrame | None
+    answers: pd.DataFrame | None
+    report: DataReport
+
+
+_STR, _INT = datasets.Value("string"), datasets.Value("int64")
+
+
+def _dataset(columns: dict[str, list], types: dict[str, datasets.Value]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(types))
+
+
+def _pairs(rows: list[tuple[str, str, int]], label_of: dict[str, int] | None = None) -> datasets.Dataset:
+    """``(title, path, row)`` rows as a Dataset; with ``label_of``, each row's ``label`` is its image's index."""
+    columns = {"title": [t for t, _, _ in rows], "path": [p for _, p, _ in rows], "row": [r for _, _, r in rows]}
+    types = {"title": _STR, "path": _STR, "row": _INT}
+    if label_of is not None:
+        columns["label"], types["label"] = [label_of[p] for _, p, _ in rows], _INT
+    return _dataset(columns, types)
+
+
+def load_competition_data(
+    data_dir: str | os.PathLike,
+    *,
+    val_size: float | int = 0.1,
+    seed: int = 42,
+    skip_bad_rows: bool = False,
+    check_images: bool = True,
+    require_queries: bool = True,
+    num_workers: int | None = None,
+    answers_file: str | os.PathLike | None = None,
+) -> CompetitionData:
+    """Validate a competition data folder and return its splits as ``datasets.Dataset``s.
+
+    Everything is checked before returning (and so before any model is loaded); all fatal
+    problems are raised together.
+
+    Args:
+        data_dir: Folder with ``train.csv``, ``test_query.csv``, ``image/`` and optionally
+            ``sample_submit.csv`` and ``test_answers.csv``.
+        val_size: Share of training *images* to hold out, in (0, 1), or a whole number of
+            images; 0 disables validation. All captions of an image land on the same side,
+            and the split depends only on ``(seed, val_size)`` and the set of usable images,
+            not on row order.
+        seed: Seed of the validation split.
+        skip_bad_rows: Skip bad training rows (empty title, bad path, missing or corrupt
+            image, duplicate) and corrupt gallery images instead of failing; every skip is
+            reported. Problems in ``test_query.csv``/``sample_submit.csv`` stay fatal.
+        check_images: Decode every training and gallery image (at reduced JPEG size). False
+            only checks that files exist, for speed on huge sets.
+        require_queries: Whether ``test_query.csv`` must exist (it is checked when present).
+        num_workers: Threads used to decode images (default: twice the CPU count, at most 16).
+        answers_file: An answers CSV (``query,path``) to use instead of ``test_answers.csv``,
+            validated like it (``cnclip-lora evaluate --split test --answers FILE``).
+
+    Returns:
+        A :class:`CompetitionData`.
+
+    Raises:
+        DataError: With ``.problems`` listing every fatal problem.
+        ConfigError: ``val_size`` is invalid or leaves no training image.
+    """
+    scan = scan_folder(
+        data_dir,
+        val_size=val_size,
+        seed=seed,
+        skip_bad_rows=skip_bad_rows,
+        check_images=check_images,
+        require_queries=require_queries,
+        num_workers=num_workers,
+        answers_file=answers_file,
+    )
+    report = scan.report
+    if not report.ok:
+        raise DataError(error_message(str(data_dir), report.problems), report.fatal_problems)
+
+    held = set(scan.held_out)
+    val_gallery = scan.held_out + [p for p in scan.gallery if p not in held] if held else []
+    val_index = {p: i for i, p in enumerate(val_gallery)}
+    return CompetitionData(
+        root=scan.root,
+        image_dir=scan.image_dir,
+        train=_pairs([r for r in scan.train if r[1] not in held]),
+        val=_pairs([r for r in scan.train if r[1] in held], label_of=val_index),
+        queries=_dataset(
+            {"title": scan.queries, "query": list(range(len(scan.queries)))}, {"title": _STR, "query": _INT}
+        ),
+        gallery=_dataset({"path": scan.gallery}, {"path": _STR}),
+        val_gallery=_dataset({"path": val_gallery}, {"path": _STR}),
+        sample_submit=scan.sample_submit,
+        answers=scan.answers,
+        report=report,
+    )

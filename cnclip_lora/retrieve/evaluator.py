@@ -1,0 +1,168 @@
+"""``RetrievalEvaluator``: one labelled retrieval task, scored the same way everywhere.
+
+In the pattern of sentence-transformers' ``InformationRetrievalEvaluator``: built once from the
+queries (titles), their labels, the gallery and the recorded preprocessing; called with a model, it
+embeds both sides and returns prefixed metrics. The Trainer's evaluation
+(:class:`cnclip_lora.training.trainer.CnClipLoraTrainer`), ``cnclip-lora evaluate``
+(:func:`cnclip_lora.retrieve.run.evaluate_retrieval`) and the HTML report all use this object, so a
+number means the same in each of them::
+
+    evaluator = RetrievalEvaluator(titles, labels, gallery_paths, processor, preprocessing, name="val")
+    metrics = evaluator(model)   # {"val_t2i_R@1": ..., "val_i2t_MR": ..., "val_gallery_size": ..., ...}
+
+Recall is computed by the one implementation, the ``evaluate.Metric``
+:class:`cnclip_lora.retrieve.recall_metric.RetrievalRecall`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from cnclip_lora.record import Preprocessing
+from cnclip_lora.errors import CnClipLoraError, ConfigError
+
+__all__ = ["RetrievalEvaluator", "NonFiniteEmbeddingsError", "prefixed_recall"]
+
+DEFAULT_KS = (1, 5, 10)
+
+
+class NonFiniteEmbeddingsError(CnClipLoraError):
+    """The model produced NaN or infinite embeddings (a diverged training run)."""
+
+
+def prefixed_recall(ranked: np.ndarray, positives: Sequence[int | set[int]], prefix: str,
+                    ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{f"{prefix}R@K": ..., f"{prefix}MR": ...}`` (percent, 4 decimals) of rankings ``[Q, k]``.
+
+    Through :class:`RetrievalRecall`, so the Trainer, ``evaluate``, ``retrieve`` and the report count
+    a hit the same way.
+    """
+    from cnclip_lora.retrieve.recall_metric import RetrievalRecall  # evaluate is slow to import: only when scoring
+
+    references = [[int(p)] if isinstance(p, (int, np.integer)) else sorted(int(i) for i in p) for p in positives]
+    # keep_in_memory: every process of a launch computes it, and evaluate's cache files would collide.
+    scores = RetrievalRecall(keep_in_memory=True).compute(predictions=np.asarray(ranked).tolist(),
+                                                          references=references, ks=tuple(ks))
+    return {f"{prefix}{name}": round(float(value), 4) for name, value in scores.items()}
+
+
+@dataclass
+class RetrievalEvaluator:
+    """Text-to-image and image-to-text Recall@K + MR of a model on a labelled gallery.
+
+    Args:
+        titles: the queries.
+        labels: ``labels[i]`` is the index in ``gallery_paths`` of ``titles[i]``'s image.
+        gallery_paths: image files, in gallery order.
+        processor: the ``ChineseCLIPProcessor`` (tokenizer + image processor) the model was trained with.
+        preprocessing: the recorded preprocessing (title length and normalisation, flip, decoding).
+        name: key prefix (``"val"`` gives ``val_t2i_R@1``); empty for bare keys. The Trainer adds its
+            own ``eval_`` prefix.
+        batch_size: embedding batch size.
+        pad_to_max_length: pad every title batch to ``max_length`` (a compiled model's static shape).
+        pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` holding ``gallery_paths``
+            (repeated evaluations during training then decode each image once).
+        cache_dir: embedding cache folder; used only with ``cache_keys``.
+        cache_keys: ``(text fingerprint, image fingerprint)`` naming the cached embeddings
+            (:func:`cnclip_lora.retrieve.run.embedding_fingerprint`); must change with the model, so
+            leave it unset when the model changes between calls (training).
+        ks: recall cut-offs.
+        i2t: also score image-to-text (each captioned image against all titles).
+    """
+
+    titles: list[str]
+    labels: list[int]
+    gallery_paths: list[str]
+    processor: Any
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    name: str = ""
+    batch_size: int = 64
+    pad_to_max_length: bool = False
+    pixel_cache: Any = None
+    cache_dir: str | os.PathLike | None = None
+    cache_keys: tuple[str, str] | None = None
+    ks: tuple[int, ...] = DEFAULT_KS
+    i2t: bool = True
+
+    #: the metric to select models by (``metric_for_best_model``), without the name prefix
+    primary_metric = "t2i_MR"
+
+    def __post_init__(self) -> None:
+        self.titles, self.gallery_paths = list(self.titles), [str(p) for p in self.gallery_paths]
+        self.labels = [int(x) for x in self.labels]
+        if len(self.labels) != len(self.titles):
+            raise ConfigError(f"RetrievalEvaluator: {len(self.labels)} labels for {len(self.titles)} titles.")
+        bad = [x for x in self.labels if not 0 <= x < len(self.gallery_paths)]
+        if bad:
+            raise ConfigError(f"RetrievalEvaluator: label {bad[0]} is outside the gallery of "
+                              f"{len(self.gallery_paths)} images.")
+        self.ks = tuple(self.ks)
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}_" if self.name else ""
+
+    def first(self, n: int | None) -> RetrievalEvaluator:
+        """The same task with only the first ``n`` queries (all of them for ``None``); same gallery."""
+        if n is None or n >= len(self):
+            return self
+        return replace(self, titles=self.titles[:n], labels=self.labels[:n], cache_keys=None)
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        """Embed the titles and the gallery with ``model`` and score them (:meth:`score`)."""
+        queries, gallery = self.embed(model)
+        return self.score(queries, gallery)
+
+    def embed(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(title embeddings [Q, D], gallery embeddings [G, D])``, L2-normalised; the model's
+        train/eval mode is restored afterwards."""
+        from cnclip_lora.retrieve.embed import embed_images, embed_texts
+
+        text_key, image_key = self.cache_keys if self.cache_keys and self.cache_dir else (None, None)
+        cache_dir = self.cache_dir if text_key else None
+        was_training = bool(getattr(model, "training", False))
+        try:
+            gallery = embed_images(model, self.processor.image_processor, self.gallery_paths,
+                                   preprocessing=self.preprocessing, batch_size=self.batch_size,
+                                   pixel_cache=self.pixel_cache, cache_dir=cache_dir, fingerprint=image_key)
+            queries = embed_texts(model, self.processor.tokenizer, self.titles,
+                                  max_length=self.preprocessing.max_length, batch_size=self.batch_size,
+                                  title_normalization=self.preprocessing.title_normalization,
+                                  pad_to_max_length=self.pad_to_max_length, cache_dir=cache_dir,
+                                  fingerprint=text_key)
+        finally:
+            if was_training:
+                model.train()
+        return queries, gallery
+
+    def score(self, queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
+        """Prefixed ``t2i_R@K``/``t2i_MR`` (and ``i2t_*``), ``gallery_size`` and ``queries`` of embeddings.
+
+        Raises:
+            NonFiniteEmbeddingsError: an embedding holds NaN or infinite values.
+        """
+        from cnclip_lora.retrieve.search import rank
+
+        if not (np.isfinite(queries).all() and np.isfinite(gallery).all()):
+            raise NonFiniteEmbeddingsError("the model's embeddings contain NaN or infinite values")
+        p = self.prefix
+        _, t2i = rank(queries, gallery, k=max(self.ks))
+        metrics = prefixed_recall(t2i, self.labels, f"{p}t2i_", self.ks)
+        if self.i2t:
+            # Image-to-text over the images that have captions: an image's positives are all its titles.
+            captions: dict[int, set[int]] = {}
+            for qi, gi in enumerate(self.labels):
+                captions.setdefault(gi, set()).add(qi)
+            image_ids = sorted(captions)
+            _, i2t = rank(gallery[image_ids], queries, k=max(self.ks))
+            metrics.update(prefixed_recall(i2t, [captions[g] for g in image_ids], f"{p}i2t_", self.ks))
+        metrics[f"{p}gallery_size"] = len(self.gallery_paths)
+        metrics[f"{p}queries"] = len(self.titles)
+        return metrics

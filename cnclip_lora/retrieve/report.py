@@ -1,0 +1,323 @@
+"""``cnclip-lora report``: one self-contained HTML page to look at retrieval results.
+
+For a labelled split (the held-out split, or test queries with an answers file) and one or two
+models, the page holds the metrics table, every query's top-k thumbnails with scores (true image
+marked, its rank under each model; worst first), the queries a second model fixed or broke, and
+the training curves from ``trainer_state.json``. Thumbnails and plots are embedded (base64), so
+the file opens offline from anywhere.
+
+    cnclip-lora report --model_name_or_path M --adapter out/ --compare_base --output report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from cnclip_lora.errors import ConfigError, CnClipLoraError
+from cnclip_lora.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    from cnclip_lora.retrieve.run import LabelledSplit
+
+__all__ = ["ReportArguments", "ModelRun", "build_report", "render_report", "training_curves_png"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportArguments:
+    model_name_or_path: str = field(metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder)."})
+    data_dir: str = field(default="xfdata", metadata={"help": "Folder in the competition layout."})
+    adapter: str | None = field(default=None, metadata={"help": "The model to inspect: a LoRA adapter (none = base)."})
+    baseline_adapter: str | None = field(
+        default=None, metadata={"help": "Compare with this second adapter (fixed/broken queries are relative to it)."}
+    )
+    compare_base: bool = field(default=False, metadata={"help": "Compare with the base model without adapter."})
+    output: str = field(default="report.html", metadata={"help": "The HTML file to write."})
+    split: str = field(
+        default="val", metadata={"help": "'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
+    )
+    answers: str | None = field(default=None, metadata={"help": "--split test: answers CSV; default DATA_DIR/test_answers.csv."})
+    val_size: float = field(default=0.1, metadata={"help": "--split val: the split used in training."})
+    split_seed: int = field(default=42, metadata={"help": "--split val: the seed used in training."})
+    top_k: int = field(default=5, metadata={"help": "Thumbnails shown per query and model."})
+    max_queries: int = field(default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."})
+    thumb_size: int = field(default=96, metadata={"help": "Thumbnail edge in pixels."})
+    training_dir: str | None = field(
+        default=None, metadata={"help": "Folder with trainer_state.json for the curves; default: the adapter folder."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache folder (as for retrieve); '' disables."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
+    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"--split must be val or test; got {self.split!r}.")
+        for name in ("top_k", "max_queries", "thumb_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if self.compare_base and self.baseline_adapter:
+            raise ConfigError("pass either --compare_base or --baseline_adapter, not both.")
+        if self.compare_base and not self.adapter:
+            raise ConfigError("--compare_base needs --adapter (otherwise both models are the base model).")
+        if not self.output.lower().endswith((".html", ".htm")):
+            raise ConfigError(f"--output must be an .html file; got {self.output!r}.")
+
+
+@dataclass
+class ModelRun:
+    """One model's results on the labelled split."""
+
+    name: str
+    metrics: dict[str, float]
+    ranks: np.ndarray                 # [Q] 1-based rank of each query's true image in the whole gallery
+    top_scores: np.ndarray            # [Q, k]
+    top_indices: np.ndarray           # [Q, k]
+
+
+def true_ranks(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int], block: int = 1024) -> np.ndarray:
+    """1-based rank of each query's true image among all gallery images (ties count against it)."""
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    out = np.empty(len(labels_arr), dtype=np.int64)
+    for start in range(0, len(labels_arr), block):
+        sims = queries[start:start + block] @ gallery.T
+        true = sims[np.arange(sims.shape[0]), labels_arr[start:start + block]]
+        out[start:start + block] = 1 + (sims > true[:, None]).sum(axis=1)
+    return out
+
+
+def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
+    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_evaluator, load_retrieval_model
+
+    rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=adapter,
+                               batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device,
+                               dtype=args.dtype, split=args.split)
+    model, processor, preprocessing, adapter_dir = load_retrieval_model(
+        args.model_name_or_path, adapter, device=args.device, dtype=args.dtype)
+    # The evaluator `cnclip-lora evaluate` and the Trainer score with; bare metric names for the table.
+    evaluator = labelled_evaluator(rargs, split, model, processor, preprocessing, adapter_dir)
+    evaluator.name = ""
+    queries, gallery = evaluator.embed(model)
+    del model
+    metrics = evaluator.score(queries, gallery)
+    scores, indices = rank(queries, gallery, k=min(args.top_k, len(split.names)))
+    return ModelRun(name, metrics, true_ranks(queries, gallery, split.labels), scores, indices)
+
+
+# ------------------------------------------------------------------------------------ rendering
+
+def _thumbnail(path: str, size: int, memo: dict[str, str]) -> str:
+    """``data:`` URI of a JPEG thumbnail (memoised: an image shown twice is encoded once)."""
+    if path not in memo:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                buf = io.BytesIO()
+                im.save(buf, "JPEG", quality=80)
+            memo[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        except OSError as err:
+            logger.warning("report: cannot read %s (%s); shown as a blank tile", path, err)
+            memo[path] = ""
+    return memo[path]
+
+
+def training_curves_png(state_file: str | os.PathLike) -> bytes | None:
+    """PNG of loss, ``t2i_acc`` and eval MR against step from ``trainer_state.json``; ``None``
+    when the file has none of them. Needs matplotlib (``pip install 'cnclip-lora[report]'``)."""
+    history = json.loads(Path(state_file).read_text(encoding="utf-8")).get("log_history", [])
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        for key, value in entry.items():
+            wanted = key in ("loss", "t2i_acc", "eval_loss") or (key.startswith("eval_") and key.endswith("MR"))
+            if wanted and isinstance(value, (int, float)):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(step)
+                ys.append(float(value))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [[k for k in series if "loss" in k], [k for k in series if k == "t2i_acc"],
+              [k for k in series if k.endswith("MR")]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.0), dpi=90, squeeze=False)
+    for ax, keys in zip(axes[0], groups):
+        for key in keys:
+            xs, ys = series[key]
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        ax.set_xlabel("step")
+        ax.set_title(", ".join(keys), fontsize=10)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+_CSS = """
+body{font-family:system-ui,'Noto Sans CJK SC',sans-serif;margin:1.5em;color:#222}
+table.metrics{border-collapse:collapse;margin-bottom:1em}
+table.metrics td,table.metrics th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+.query{border-top:1px solid #ddd;padding:8px 0}
+.title{font-weight:600}
+.ranks span{margin-right:1em}
+.row{display:flex;gap:6px;align-items:flex-start;margin:4px 0}
+.row .label{width:7em;font-size:12px;color:#555}
+figure{margin:0;text-align:center;font-size:11px}
+figure img{display:block;border:3px solid transparent}
+figure.true img{border-color:#1a9c3a}
+figure.true figcaption{color:#1a9c3a;font-weight:600}
+.truth img{border:3px dashed #1a9c3a}
+.good{color:#1a9c3a}.bad{color:#c0392b}
+"""
+
+
+def _metrics_table(runs: Sequence[ModelRun]) -> str:
+    cols = [("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MR"),
+            ("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MR")]
+    head = "".join(f"<th>{d} {m}</th>" for d, m in cols)
+    rows = []
+    for run in runs:
+        cells = "".join(f"<td>{run.metrics[f'{d}_{m}']:.1f}</td>" for d, m in cols)
+        rows.append(f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['gallery_size'])}</td>"
+                    f"<td>{int(run.metrics['queries'])}</td></tr>")
+    return (f'<table class="metrics" id="metrics"><tr><th>model</th>{head}<th>gallery</th><th>queries</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def _query_block(q: int, title: str, label: int, runs: Sequence[ModelRun], names: Sequence[str],
+                 paths: Sequence[str], size: int, memo: dict[str, str]) -> str:
+    ranks = "".join(f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
+                    f"<b>{int(r.ranks[q])}</b></span>" for r in runs)
+    truth = (f'<figure class="truth"><img class="thumb" src="{_thumbnail(paths[label], size, memo)}" '
+             f'width="{size}" alt="true image"><figcaption>true image</figcaption></figure>')
+    rows = []
+    for run in runs:
+        figs = []
+        for score, idx in zip(run.top_scores[q], run.top_indices[q]):
+            if idx < 0:
+                continue
+            cls = "true" if idx == label else "cand"
+            mark = "&#10003; " if idx == label else ""
+            figs.append(f'<figure class="{cls}"><img class="thumb" src="{_thumbnail(paths[idx], size, memo)}" '
+                        f'width="{size}" alt="{html.escape(names[idx])}" title="{html.escape(names[idx])}">'
+                        f"<figcaption>{mark}{score:.3f}</figcaption></figure>")
+        rows.append(f'<div class="row"><div class="label">{html.escape(run.name)} top-{len(figs)}</div>{"".join(figs)}</div>')
+    return (f'<div class="query" data-query="{q}"><div class="title">{html.escape(title)}</div>'
+            f'<div class="ranks">{ranks}</div><div class="row"><div class="label"></div>{truth}</div>{"".join(rows)}</div>')
+
+
+def render_report(
+    *,
+    titles: Sequence[str],
+    labels: Sequence[int],
+    names: Sequence[str],
+    image_dir: str | os.PathLike,
+    runs: Sequence[ModelRun],
+    split: str,
+    max_queries: int = 100,
+    thumb_size: int = 96,
+    curves_png: bytes | None = None,
+    curves_note: str = "",
+) -> str:
+    """The report page as one HTML string. ``runs[0]`` is the model inspected; ``runs[1]``, if
+    any, the baseline it is compared with (fixed = top-1 now, not under the baseline)."""
+    paths = [str(Path(image_dir) / n) for n in names]
+    memo: dict[str, str] = {}
+    main = runs[0]
+    parts = [f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Retrieval report: {html.escape(split)} split</h1>",
+             f"<p>{len(titles)} queries against a gallery of {len(names)} images. Ranks are 1-based over the whole "
+             f"gallery; the true image has a green frame.</p>",
+             "<h2>Metrics</h2>", _metrics_table(runs)]
+    if len(runs) > 1:
+        base = runs[1]
+        fixed = [q for q in range(len(titles)) if main.ranks[q] == 1 and base.ranks[q] > 1]
+        broken = [q for q in range(len(titles)) if main.ranks[q] > 1 and base.ranks[q] == 1]
+        for kind, qs, cls in (("fixed", fixed, "good"), ("broken", broken, "bad")):
+            qs = sorted(qs, key=lambda q: (-abs(int(main.ranks[q]) - int(base.ranks[q])), q))
+            what = (f"top-1 under {main.name}, not under {base.name}" if kind == "fixed"
+                    else f"top-1 under {base.name}, not under {main.name}")
+            parts.append(f'<h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
+                         f"({html.escape(what)}): {len(qs)}</h2>")
+            shown = qs[:max_queries]
+            if len(qs) > len(shown):
+                parts.append(f"<p>showing {len(shown)} of {len(qs)}</p>")
+            parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in shown)
+    order = sorted(range(len(titles)), key=lambda q: (-int(main.ranks[q]), q))[:max_queries]
+    parts.append(f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
+                 f"(showing {len(order)} of {len(titles)})</h2>")
+    parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in order)
+    parts.append("<h2>Training curves</h2>")
+    if curves_png:
+        parts.append(f'<img id="curves" alt="training curves" src="data:image/png;base64,'
+                     f'{base64.b64encode(curves_png).decode("ascii")}">')
+    else:
+        parts.append(f"<p id='no-curves'>{html.escape(curves_note or 'no training curves')}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _curves(args: ReportArguments) -> tuple[bytes | None, str]:
+    folder = args.training_dir or args.adapter
+    if not folder or not Path(folder).is_dir():
+        return None, "No training folder given (--training_dir): no curves."
+    state = Path(folder) / "trainer_state.json"
+    if not state.is_file():
+        return None, f"{state} not found: no curves."
+    try:
+        png = training_curves_png(state)
+    except ImportError:
+        return None, "matplotlib is not installed (pip install 'cnclip-lora[report]'): no curves."
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CnClipLoraError(f"{state}: not readable JSON ({err}).") from None
+    return png, "" if png else f"{state} logs no loss, t2i_acc or eval MR: no curves."
+
+
+def build_report(args: ReportArguments) -> Path:
+    """Score the labelled split with each model and write the HTML report (atomically)."""
+    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_split
+
+    split = labelled_split(RetrievalArguments(
+        model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, split=args.split, answers=args.answers,
+        val_size=args.val_size, split_seed=args.split_seed))
+    if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
+        raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
+    main_name = "tuned" if args.adapter else "base"
+    runs = [_run_model(args, args.adapter, main_name, split)]
+    if args.compare_base:
+        runs.append(_run_model(args, None, "base", split))
+    elif args.baseline_adapter:
+        runs.append(_run_model(args, args.baseline_adapter, "baseline", split))
+    curves, note = _curves(args)
+    page = render_report(titles=split.titles, labels=split.labels, names=split.names, image_dir=split.image_dir,
+                         runs=runs, split=args.split, max_queries=args.max_queries, thumb_size=args.thumb_size,
+                         curves_png=curves, curves_note=note)
+    with atomic_path(args.output) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return Path(args.output)

@@ -1,0 +1,106 @@
+"""Where cnclip-lora keeps what it can recompute, and how to see or clear it.
+
+Both caches live under one root, ``datasets``' cache folder (``HF_DATASETS_CACHE``, by default
+``~/.cache/huggingface/datasets``) + ``cnclip_lora/``, because both are ``datasets.map`` results:
+
+* ``pixels/``: decoded, resized training and validation images (:mod:`cnclip_lora.training.pixel_cache`);
+* ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve.run`).
+
+Their file names are fingerprints of everything that affects the content (model identity, adapter
+weights, file sizes and mtimes, preprocessing), so one cache serves every working directory and
+project without ever returning stale results. ``cnclip-lora cache`` lists and clears them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from cnclip_lora.errors import ConfigError
+
+__all__ = [
+    "CACHE_KINDS", "CacheUsage", "cache_root", "cache_usage", "clear_cache", "default_cache_dir", "human_bytes",
+    "usable_cache_dir",
+]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+#: The caches this package writes, each a sub-folder of :func:`cache_root`.
+CACHE_KINDS = ("pixels", "embeddings")
+
+
+def cache_root() -> Path:
+    """``HF_DATASETS_CACHE/cnclip_lora``: read at call time, so the environment variable set after
+    import (tests, notebooks) is honoured."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "cnclip_lora"
+
+
+def default_cache_dir(kind: str) -> Path:
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; one of {', '.join(CACHE_KINDS)}")
+    return cache_root() / kind
+
+
+def usable_cache_dir(requested: str | os.PathLike | None, kind: str, *, required: bool = False) -> Path | None:
+    """The folder to keep ``kind`` in, created and writable, or ``None`` to run without the cache.
+
+    A cache only saves time, so an unwritable *default* location (a read-only home, a shared
+    ``HF_DATASETS_CACHE``) is a warning and the work runs uncached. A folder the user named with
+    ``--cache_dir``, or a cache they required (``--cache_images true``), is an error naming the
+    folder, raised before any expensive work.
+    """
+    path = Path(requested) if requested else default_cache_dir(kind)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {path}")
+    except OSError as err:
+        fix = "choose a writable --cache_dir" if requested else "set HF_DATASETS_CACHE or --cache_dir to a writable folder"
+        if requested or required:
+            raise ConfigError(f"cannot write the {kind} cache in {path}: {err}; {fix}.") from err
+        logger.warning("cannot write the %s cache in %s (%s): continuing without it; %s.", kind, path, err, fix)
+        return None
+    return path
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    kind: str
+    path: Path
+    files: int
+    bytes: int
+
+
+def cache_usage() -> list[CacheUsage]:
+    """Files and bytes of each cache kind (0 where the folder does not exist yet)."""
+    usage = []
+    for kind in CACHE_KINDS:
+        path = default_cache_dir(kind)
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        usage.append(CacheUsage(kind, path, len(files), sum(p.stat().st_size for p in files)))
+    return usage
+
+
+def clear_cache(kinds: tuple[str, ...] = CACHE_KINDS) -> int:
+    """Delete the given cache folders; returns the bytes freed. Only this package's folders are
+    touched, never the rest of ``HF_DATASETS_CACHE``."""
+    freed = 0
+    for usage in cache_usage():
+        if usage.kind in kinds and usage.path.is_dir():
+            freed += usage.bytes
+            shutil.rmtree(usage.path)
+    return freed
+
+
+def human_bytes(n: float) -> str:
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            break
+        n /= 1024
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -1,0 +1,214 @@
+"""Atomic outputs: a crash mid-write never leaves a partial file at a final path.
+
+Covers the helpers themselves and every writer that uses them: submission, top-k file,
+adapter save (Trainer), and the embedding cache (datasets' own temp-file-and-move).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cnclip_lora.utils.files import atomic_path, atomic_write_text, default_file_mode, staged_dir
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_atomic_path_crash_keeps_the_old_file_and_cleans_up(tmp_path):
+    final = tmp_path / "submit.csv"
+    final.write_text("old\n")
+    with pytest.raises(Boom):
+        with atomic_path(final) as tmp:
+            tmp.write_text("half of the new conte")
+            assert not final.read_text().startswith("half")  # nothing visible before the rename
+            raise Boom
+    assert final.read_text() == "old\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_path_crash_without_old_file_leaves_nothing(tmp_path):
+    final = tmp_path / "sub" / "dir" / "topk.csv"
+    with pytest.raises(Boom):
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"partial")
+            raise Boom
+    assert not final.exists()
+    assert _leftovers(final.parent) == []
+
+
+def test_atomic_write_replaces_and_uses_umask_permissions(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        final = tmp_path / "a.json"
+        atomic_write_text(final, "{}\n")
+        assert final.read_text() == "{}\n"
+        # mkstemp's 0600 would make a shared submission unreadable to others.
+        assert stat.S_IMODE(final.stat().st_mode) == 0o644 == default_file_mode()
+        os.umask(0o077)
+        assert default_file_mode() == 0o600
+        atomic_write_text(tmp_path / "b.json", "x")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old_mask)
+
+
+def test_atomic_write_keeps_the_mode_of_the_replaced_file(tmp_path):
+    final = tmp_path / "a.txt"
+    final.write_text("old")
+    final.chmod(0o640)
+    atomic_write_text(final, "new")
+    assert final.read_text() == "new"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o640
+
+
+def test_staged_dir_moves_files_only_on_success(tmp_path):
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"old weights")
+    (out / "keep.txt").write_text("untouched")
+    with pytest.raises(Boom):
+        with staged_dir(out) as staging:
+            (staging / "adapter_model.safetensors").write_bytes(b"new wei")
+            raise Boom
+    assert (out / "adapter_model.safetensors").read_bytes() == b"old weights"
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_model.safetensors", "keep.txt"]
+
+    with staged_dir(out) as staging:
+        (staging / "adapter_model.safetensors").write_bytes(b"new weights")
+        (staging / "nested").mkdir()
+        (staging / "nested" / "x.json").write_text("{}")
+    assert (out / "adapter_model.safetensors").read_bytes() == b"new weights"
+    assert (out / "nested" / "x.json").read_text() == "{}"
+    assert (out / "keep.txt").read_text() == "untouched"
+    assert _leftovers(out) == []
+
+
+def _crash_halfway_to_csv(monkeypatch):
+    """Make DataFrame.to_csv write half of its output, then die."""
+    real = pd.DataFrame.to_csv
+
+    def half(self, path, *args, **kwargs):
+        real(self.iloc[: max(1, len(self) // 2)], path, *args, **kwargs)
+        raise Boom("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half)
+
+
+def test_submission_and_topk_crash_leave_previous_files(tmp_path, monkeypatch):
+    from cnclip_lora.retrieve.run import write_submission, write_topk
+
+    sub, topk = tmp_path / "submit.csv", tmp_path / "topk.csv"
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]], dtype=np.float32)
+    indices = np.array([[0, 1], [1, 0], [2, 1], [3, 2]])
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    write_submission(sub, None, ["q0", "q1", "q2", "q3"], names)
+    write_topk(topk, scores, indices, names)
+    before = sub.read_bytes(), topk.read_bytes()
+    _crash_halfway_to_csv(monkeypatch)
+    with pytest.raises(Boom):
+        write_submission(sub, None, ["q0", "q1", "q2", "q3"], names[::-1])
+    with pytest.raises(Boom):
+        write_topk(topk, scores[::-1], indices, names)
+    assert (sub.read_bytes(), topk.read_bytes()) == before
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    # ...and a first write that crashes leaves no file at all.
+    _crash_halfway_to_csv(monkeypatch)
+    with pytest.raises(Boom):
+        write_submission(tmp_path / "new.csv", None, ["q0"], ["a.jpg"])
+    assert not (tmp_path / "new.csv").exists()
+
+
+def test_adapter_save_crash_keeps_the_previous_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    import peft.peft_model
+    import torch
+    from transformers import AutoProcessor, ChineseCLIPModel
+
+    from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.modeling import apply_lora
+    from cnclip_lora.training.trainer import CnClipLoraTrainer
+
+    model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=2, alpha=4)
+    args = CnClipTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    trainer = CnClipLoraTrainer(model=model, args=args, processing_class=AutoProcessor.from_pretrained(tiny_model_dir))
+    trainer.save_model()
+    out = tmp_path / "out"
+    weights = out / "adapter_model.safetensors"
+    old = weights.read_bytes()
+    assert {"adapter_config.json", "cnclip_lora.json", "training_args.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "training_args.bin").exists()
+
+    real = peft.peft_model.safe_save_file
+
+    def die_mid_write(tensors, filename, *a, **k):
+        real(tensors, filename, *a, **k)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:100])  # truncated, as by a kill
+        raise Boom("killed while saving")
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(1.0)
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", die_mid_write)
+    with pytest.raises(Boom):
+        trainer.save_model()
+    assert weights.read_bytes() == old
+    assert _leftovers(out) == []
+    monkeypatch.undo()
+    trainer.save_model()
+    assert weights.read_bytes() != old
+
+
+def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """datasets writes map caches to a temp file and moves it; a crash leaves no cache file."""
+    from transformers import AutoProcessor, ChineseCLIPModel
+
+    import cnclip_lora.retrieve.embed as embedding
+
+    model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    titles = [f"标题{i}号" for i in range(12)]
+    cache = tmp_path / "cache"
+    real = embedding.tokenize_titles
+    calls = {"n": 0}
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Boom("killed while embedding")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embedding, "tokenize_titles", crash_on_second_batch)
+    with pytest.raises(Boom):
+        embedding.embed_texts(model, tokenizer, titles, batch_size=4, cache_dir=cache, fingerprint="f" * 32)
+    assert not list(cache.glob("embed-*.arrow")), "a partial cache would be served as a hit next time"
+    monkeypatch.undo()
+    first = embedding.embed_texts(model, tokenizer, titles, batch_size=4, cache_dir=cache, fingerprint="f" * 32)
+    assert list(cache.glob("embed-*.arrow"))
+    direct = embedding.embed_texts(model, tokenizer, titles, batch_size=4)
+    np.testing.assert_allclose(first, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".PTH"])
+def test_base_checkpoints_and_adapters_refuse_the_same_pickle_formats(tmp_path, suffix):
+    """One pickle policy: a folder whose only weights are pickled is refused as a base and as an adapter."""
+    from cnclip_lora.errors import UnsafeArtifactError
+    from cnclip_lora.hub import check_adapter_dir
+    from cnclip_lora.modeling import load_model_and_processor
+
+    (tmp_path / f"weights{suffix}").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(UnsafeArtifactError, match=f"weights\\{suffix}"):
+        check_adapter_dir(tmp_path)
+    with pytest.raises(UnsafeArtifactError, match=f"weights\\{suffix}"):
+        load_model_and_processor(str(tmp_path))
