@@ -248,7 +248,8 @@ DIST_SCRIPT = textwrap.dedent(
     import torch
     from cnclip_lora.training.cached_step import cached_contrastive_step
     from cnclip_lora.training.loss import ContrastiveLoss
-    sys.path.insert(0, sys.argv[4])  # the tests folder
+    # this test module's folder, and the tests folder above it (shared helpers such as dist_utils)
+    sys.path[:0] = [sys.argv[4], str(Path(sys.argv[4]).parent)]
     from test_cached_step import adamw_step, collated, dropout_model, lora_grads, lora_weights
 
     LOCAL_B, M, SEED = 5, 3, 11
@@ -303,7 +304,7 @@ def test_two_processes_with_cached_steps_equal_one_process_with_the_whole_batch(
     script.write_text(DIST_SCRIPT)
     out = tmp_path / "rank0.pt"
     repo = Path(__file__).resolve().parents[2]
-    run_torchrun([script, tiny_model_dir, demo_dir, out, repo / "tests"], cwd=repo)
+    run_torchrun([script, tiny_model_dir, demo_dir, out, Path(__file__).resolve().parent], cwd=repo)
     got = torch.load(out, weights_only=True)
 
     model = dropout_model(tiny_model_dir)
