@@ -143,7 +143,10 @@ def test_ctrl_c_says_how_to_resume_and_that_flag_resumes(tiny_model_dir, demo_di
     cmd = [sys.executable, "-m", "cnclip_lora", "train", *_flags(tiny_model_dir, demo_dir, out, max_steps=100000,
                                                                  save_total_limit=100)]
     log = open(tmp_path / "run.log", "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    # A shell that starts a job in the background (`cmd &`, as CI runners may) makes it ignore SIGINT, and
+    # children inherit that; a user's Ctrl-C reaches a process with the default handler, so restore it.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     try:
         while checkpoint_problem(out / "checkpoint-2") is not None:
