@@ -95,3 +95,24 @@ def demo_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-data") / "xfdata"
     make_demo_data(root, seed=1, n_train=64, n_queries=12, n_distractors=20)
     return root
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    """The tiny model's processor (tests of the input path)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def asym_image(tmp_path):
+    """An image whose left half differs from its right half, so a flip is visible."""
+    import numpy as np
+
+    arr = np.zeros((40, 40, 3), dtype=np.uint8)
+    arr[:, :20] = (250, 10, 10)
+    arr[:, 20:] = (10, 10, 250)
+    path = tmp_path / "asym.png"
+    Image.fromarray(arr).save(path)
+    return path

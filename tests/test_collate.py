@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from transformers import AutoProcessor
 
 from cnclip_lora.collate import (
     ImageTextCollator,
 )
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture
-def asym_image(tmp_path):
-    """An image whose left half differs from its right half, so a flip is visible."""
-    arr = np.zeros((40, 40, 3), dtype=np.uint8)
-    arr[:, :20] = (250, 10, 10)
-    arr[:, 20:] = (10, 10, 250)
-    path = tmp_path / "asym.png"
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def test_collator_returns_the_documented_batch(processor, demo_dir):

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor
 
 from cnclip_lora.errors import DataError
 from cnclip_lora.images import load_image, open_image, preprocess_images, supports_uint8_path
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
 
 
 def _jpeg_bytes(size=(64, 48), seed=0) -> bytes:
@@ -95,17 +89,6 @@ def test_open_image_failure_names_file(tmp_path):
         open_image(bad)
     with pytest.raises(DataError, match=r"gone\.jpg: file not found"):
         open_image(tmp_path / "gone.jpg")
-
-
-@pytest.fixture
-def asym_image(tmp_path):
-    """An image whose left half differs from its right half, so a flip is visible."""
-    arr = np.zeros((40, 40, 3), dtype=np.uint8)
-    arr[:, :20] = (250, 10, 10)
-    arr[:, 20:] = (10, 10, 250)
-    path = tmp_path / "asym.png"
-    Image.fromarray(arr).save(path)
-    return path
 
 
 def test_flip_always_mirrors_pixels_and_none_does_not(processor, asym_image):
