@@ -30,9 +30,8 @@ def _parse_arm(text: str) -> tuple[str, dict[str, str]]:
 
 
 def main() -> None:
-    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
-    from cnclip_lora.demo.tiny_model import make_tiny_model
     from cnclip_lora.training.run import train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,9 +41,7 @@ def main() -> None:
     parser.add_argument("--num_train_epochs", type=float, default=None, help="override the demo's epochs")
     args = parser.parse_args()
     workdir = Path(args.workdir)
-    model_dir = workdir / "tiny-model"
-    if not (model_dir / "config.json").is_file():
-        make_tiny_model(model_dir, seed=0)
+    model_dir = ensure_demo_model(workdir / "tiny-model")
     common = dict(model_name_or_path=str(model_dir), data_dir=args.data_dir, cache_dir=str(workdir / "cache"),
                   device="cpu")  # fmt: skip
     results = []

@@ -21,16 +21,13 @@ def main() -> None:
     parser.add_argument("--flips", nargs="+", default=["none", "random", "always"])
     args = parser.parse_args()
 
-    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.demo.data import make_demo_data
     from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
-    from cnclip_lora.demo.tiny_model import make_tiny_model
     from cnclip_lora.training.run import train
 
     work = Path(args.workdir)
-    model_dir = work / "tiny-model"
-    if not (model_dir / "config.json").is_file():
-        make_tiny_model(model_dir, seed=0)
+    model_dir = ensure_demo_model(work / "tiny-model")
     rows = []
     for domain in args.domains:
         data_dir = Path("xfdata") if domain == "clothing" else work / f"data-{domain}"
