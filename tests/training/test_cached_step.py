@@ -326,3 +326,21 @@ def test_two_processes_with_cached_steps_equal_one_process_with_the_whole_batch(
         torch.testing.assert_close(got["weights"][name], weight, **TOL, msg=name)
     assert got["plain_calls"] >= 1
     assert got["calls"] == got["plain_calls"]  # two chunks, yet one synchronised backward
+
+
+def test_trainer_cached_step_under_regional_torch_compile_equals_the_eager_plain_step(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch
+):
+    """``--torch_compile true`` (regional: accelerate's compile_regions) with the cached step: the two
+    passes per chunk run through the compiled layers and the update is still the plain step's.
+    ``aot_eager`` traces and partitions the graphs like inductor without needing a C++ toolchain."""
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", raising=False)
+    from torch._dynamo.utils import counters
+
+    plain = _run(tiny_model_dir, demo_dir, tmp_path / "plain", monkeypatch)
+    counters.clear()
+    compiled = _run(tiny_model_dir, demo_dir, tmp_path / "compiled", monkeypatch, contrastive_mini_batch_size=3,
+                    torch_compile=True, torch_compile_backend="aot_eager")  # fmt: skip
+    assert counters["stats"]["unique_graphs"] > 0  # the step really ran compiled graphs
+    assert compiled[-1] == 3
+    _assert_same_runs(compiled, plain)
