@@ -47,6 +47,7 @@ def ensure_demo_model(model_dir: str | Path) -> Path:
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
+        print(f"[demo] building the tiny Chinese-CLIP model in {model_dir}")
         make_tiny_model(model_dir, seed=0, **DEMO_MODEL)
     return model_dir
 
@@ -80,10 +81,7 @@ def run_demo(
     if not (data_dir / "train.csv").is_file():
         print(f"[demo] {data_dir} has no train.csv: writing the synthetic sample there")
         make_demo_data(data_dir)
-    model_dir = workdir / "tiny-model"
-    if not (model_dir / "config.json").is_file():
-        print(f"[demo] building the tiny Chinese-CLIP model in {model_dir}")
-    ensure_demo_model(model_dir)
+    model_dir = ensure_demo_model(workdir / "tiny-model")
     adapter_dir = workdir / "adapter"
     cache = str(workdir / "cache")
     has_answers = (data_dir / "test_answers.csv").is_file()
