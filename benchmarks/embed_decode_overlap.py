@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def decode(chunk: list[str], image_processor: Any) -> np.ndarray:
-    from cnclip_lora.images import decode_resized
+    from cnclip_lora.inputs.images import decode_resized
 
     return decode_resized(chunk, image_processor, draft=True)
 
 
 def overlapped(model, image_processor, chunks: list[list[str]], executor: Executor, threads: int) -> float:
     """images/s with batch i+1 decoding in ``executor`` while batch i is finished and embedded."""
-    from cnclip_lora.images import pixel_values_from_uint8
+    from cnclip_lora.inputs.images import pixel_values_from_uint8
     from cnclip_lora.modeling import get_image_embeds
 
     torch.set_num_threads(threads)
@@ -50,7 +50,7 @@ def overlapped(model, image_processor, chunks: list[list[str]], executor: Execut
 
 
 def model_only(model, image_processor, chunks: list[list[str]], threads: int) -> float:
-    from cnclip_lora.images import pixel_values_from_uint8
+    from cnclip_lora.inputs.images import pixel_values_from_uint8
     from cnclip_lora.modeling import get_image_embeds
 
     torch.set_num_threads(threads)

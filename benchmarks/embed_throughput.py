@@ -4,7 +4,7 @@ Variants (each in a fresh process, interleaved over ``--repeats``):
 
 * ``model_only[:NAME]``: the limit. ``get_image_embeds`` + L2 normalisation under
   ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
-* ``package[:NAME]``: :func:`cnclip_lora.retrieve.embed.embed_images`, exactly as ``retrieve`` calls
+* ``package[:NAME]``: :func:`cnclip_lora.inference.embed.embed_images`, exactly as ``retrieve`` calls
   it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
   (image processor per image), ``--keep_threads`` (embed_images may not lower torch's
   threads), ``--before`` (the first version of ``embed_images``: per-batch
@@ -44,7 +44,7 @@ def _flags(flags: list[str]) -> dict[str, Any]:
         elif f == "--keep_threads":
             out["keep_threads"] = True
         elif f == "--no_batched_resize":
-            import cnclip_lora.images as images
+            import cnclip_lora.inputs.images as images
 
             images.squash_plan = lambda image_processor: None
         elif f in ("--threads", "--decode_threads"):
@@ -76,8 +76,8 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
     import datasets
     import torch
 
-    from cnclip_lora.images import preprocess_images
-    from cnclip_lora.retrieve.embed import _map_embed, _normalise
+    from cnclip_lora.inputs.images import preprocess_images
+    from cnclip_lora.inference.embed import _map_embed, _normalise
     from cnclip_lora.modeling import get_image_embeds
 
     n_threads = num_threads or min(4, os.cpu_count() or 1)
@@ -101,8 +101,8 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
 
 
 def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
-    from cnclip_lora.record import Preprocessing
-    from cnclip_lora.retrieve.embed import embed_images
+    from cnclip_lora.adapter.record import Preprocessing
+    from cnclip_lora.inference.embed import embed_images
 
     opts = _flags(flags)
     if opts["before"]:
@@ -125,7 +125,7 @@ def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
 def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.images import preprocess_images
+    from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.modeling import get_image_embeds
 
     opts = _flags(flags)

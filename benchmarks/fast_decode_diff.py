@@ -81,7 +81,7 @@ def main() -> None:
     from transformers import AutoImageProcessor, ChineseCLIPModel
 
     from cnclip_lora.demo.tiny_model import make_tiny_model
-    from cnclip_lora.images import preprocess_images
+    from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.modeling import get_image_embeds
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cnclip-fast-decode-"))

@@ -332,7 +332,7 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
     import datasets
     from transformers import TrainerCallback
 
-    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
     from cnclip_lora.training.trainer import CnClipLoraTrainer, release_accelerate_preparation
 

@@ -2,7 +2,7 @@
 
 Variants (each in a fresh process, interleaved over ``--repeats``), per tower:
 
-* ``torch:text`` / ``torch:image``: :func:`cnclip_lora.retrieve.embed.embed_texts` / ``embed_images``
+* ``torch:text`` / ``torch:image``: :func:`cnclip_lora.inference.embed.embed_texts` / ``embed_images``
   on the merged PyTorch model, exactly as ``retrieve`` calls them (no cache).
 * ``onnx:text`` / ``onnx:image``: the same functions on
   :class:`cnclip_lora.retrieve.export_onnx.OnnxChineseCLIP` (what ``retrieve --backend onnx`` runs).
@@ -58,9 +58,9 @@ def _load(a: argparse.Namespace, backend: str):
 def child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from cnclip_lora.images import preprocess_images
-    from cnclip_lora.text import tokenize_titles
-    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.inputs.images import preprocess_images
+    from cnclip_lora.inputs.text import tokenize_titles
+    from cnclip_lora.inference.embed import embed_images, embed_texts
     from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
     kind, tower = a.child.split(":")
@@ -154,7 +154,7 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
     """Tiny model, a random (non-zero) LoRA adapter on both towers, and its ONNX export."""
     import torch
 
-    from cnclip_lora.record import Preprocessing, RunRecord
+    from cnclip_lora.adapter.record import Preprocessing, RunRecord
     from cnclip_lora.retrieve.export_onnx import export_onnx
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
     from cnclip_lora.demo.tiny_model import make_tiny_model

@@ -5,7 +5,7 @@ Variants (each in a fresh process so its peak RSS is its own; interleaved over `
 * ``floor``: one ``[Q, D] @ [D, G]`` product into a pre-touched output buffer: the arithmetic
   every exact method must do, nothing else (its buffer is the full 2.4 GB score matrix).
 * ``full_matrix``: the naive exact method: ``scores = q @ g.T`` (fresh 2.4 GB) + ``topk``.
-* ``package``: :func:`cnclip_lora.retrieve.search.rank` (blocked matmul + running top-k).
+* ``package``: :func:`cnclip_lora.inference.search.rank` (blocked matmul + running top-k).
 * ``package_64mb``: the same with the earlier 64 MB blocks (16 M scores of 1,024 queries), which
   no longer fit the last-level cache: what the cache-sized default buys.
 * ``faiss_flat``: ``rank(..., use_faiss=True)`` with the exact inner-product index (if installed).
@@ -60,8 +60,8 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(a.threads)
     # Imports first: cnclip_lora pulls in transformers/datasets (~300 MB of code and data) that
     # are not the ranking's memory.
-    from cnclip_lora.retrieve import search as ranking
-    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.inference import search as ranking
+    from cnclip_lora.inference.search import rank
 
     if a.child == "package_64mb":
         ranking._BLOCK_ELEMENTS, ranking._DEFAULT_QUERY_CHUNK = 16 * 1024 * 1024, 1024

@@ -49,7 +49,7 @@ def _rows(data_dir: Path) -> list[dict[str, str]]:
 def _disable_batched_resize() -> None:
     """Make ``preprocess_images`` call the image processor per image, as before the batched path
     (DataLoader workers fork after this, so they inherit it)."""
-    import cnclip_lora.images as images
+    import cnclip_lora.inputs.images as images
 
     images.squash_plan = lambda image_processor: None
 
@@ -121,7 +121,7 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     import torch
     from transformers import Trainer
 
-    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
     from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.modeling import apply_lora, load_model_and_processor

@@ -9,7 +9,7 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 * retrieval: ``from cnclip_lora.retrieve import retrieve``; :func:`load_retrieval_model`,
   :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`,
   :func:`assign`
-* metrics: :func:`recall_at_k`; ``cnclip_lora.retrieve.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
+* metrics: :func:`recall_at_k`; ``cnclip_lora.inference.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
 
 Importing the package is light (no torch, no transformers): each name is imported from its module
@@ -40,9 +40,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LoraArguments": ("cnclip_lora.config", "LoraArguments"),
     "CnClipTrainingArguments": ("cnclip_lora.config", "CnClipTrainingArguments"),
     "RetrievalArguments": ("cnclip_lora.retrieve.run", "RetrievalArguments"),
-    "Preprocessing": ("cnclip_lora.record", "Preprocessing"),
-    "RunRecord": ("cnclip_lora.record", "RunRecord"),
-    "ImageTextCollator": ("cnclip_lora.collate", "ImageTextCollator"),
+    "Preprocessing": ("cnclip_lora.adapter.record", "Preprocessing"),
+    "RunRecord": ("cnclip_lora.adapter.record", "RunRecord"),
+    "ImageTextCollator": ("cnclip_lora.inputs.collate", "ImageTextCollator"),
     "load_model_and_processor": ("cnclip_lora.modeling", "load_model_and_processor"),
     "apply_lora": ("cnclip_lora.modeling", "apply_lora"),
     "train": ("cnclip_lora.training.run", "train"),
@@ -51,31 +51,31 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ContrastiveLoss": ("cnclip_lora.training.loss", "ContrastiveLoss"),
     "load_retrieval_model": ("cnclip_lora.retrieve.run", "load_retrieval_model"),
     "evaluate_retrieval": ("cnclip_lora.retrieve.run", "evaluate_retrieval"),
-    "RetrievalEvaluator": ("cnclip_lora.retrieve.evaluator", "RetrievalEvaluator"),
-    "embed_texts": ("cnclip_lora.retrieve.embed", "embed_texts"),
-    "embed_images": ("cnclip_lora.retrieve.embed", "embed_images"),
-    "rank": ("cnclip_lora.retrieve.search", "rank"),
-    "assign": ("cnclip_lora.retrieve.search", "assign"),
-    "recall_at_k": ("cnclip_lora.retrieve.metrics", "recall_at_k"),
-    "push_adapter": ("cnclip_lora.hub", "push_adapter"),
-    "resolve_adapter": ("cnclip_lora.hub", "resolve_adapter"),
+    "RetrievalEvaluator": ("cnclip_lora.inference.evaluator", "RetrievalEvaluator"),
+    "embed_texts": ("cnclip_lora.inference.embed", "embed_texts"),
+    "embed_images": ("cnclip_lora.inference.embed", "embed_images"),
+    "rank": ("cnclip_lora.inference.search", "rank"),
+    "assign": ("cnclip_lora.inference.search", "assign"),
+    "recall_at_k": ("cnclip_lora.inference.metrics", "recall_at_k"),
+    "push_adapter": ("cnclip_lora.adapter.hub", "push_adapter"),
+    "resolve_adapter": ("cnclip_lora.adapter.hub", "resolve_adapter"),
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from cnclip_lora.collate import ImageTextCollator
-    from cnclip_lora.record import Preprocessing, RunRecord
+    from cnclip_lora.inputs.collate import ImageTextCollator
+    from cnclip_lora.adapter.record import Preprocessing, RunRecord
     from cnclip_lora.config import CnClipTrainingArguments, DataArguments, LoraArguments, ModelArguments
     from cnclip_lora.data import check_data, load_competition_data
     from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
-    from cnclip_lora.hub import push_adapter, resolve_adapter
+    from cnclip_lora.adapter.hub import push_adapter, resolve_adapter
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
-    from cnclip_lora.retrieve.embed import embed_images, embed_texts
-    from cnclip_lora.retrieve.metrics import recall_at_k
-    from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+    from cnclip_lora.inference.embed import embed_images, embed_texts
+    from cnclip_lora.inference.metrics import recall_at_k
+    from cnclip_lora.inference.evaluator import RetrievalEvaluator
     from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
-    from cnclip_lora.retrieve.search import assign, rank
+    from cnclip_lora.inference.search import assign, rank
     from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.training.run import run_training, train
     from cnclip_lora.training.trainer import CnClipLoraTrainer

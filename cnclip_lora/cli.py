@@ -263,7 +263,7 @@ class PushCommand(Command):
         parser.add_argument("--commit_message", default=None, help="Commit summary.")
 
     def run(self, args: argparse.Namespace) -> int:
-        from cnclip_lora.hub import push_adapter
+        from cnclip_lora.adapter.hub import push_adapter
 
         url = push_adapter(args.output_dir, args.repo_id, private=args.private, token=args.token,
                            revision=args.revision, commit_message=args.commit_message, license=args.license)

@@ -134,7 +134,7 @@ def pin_pil_image_processor(processor: Any, model_name_or_path: str, **kwargs: A
     machines) and PIL otherwise (this project's CPU machines). Their resize arithmetic differs,
     so an adapter trained on one machine and used for retrieval on another would see other
     pixels: the train/test mismatch this package exists to prevent. PIL is the checkpoints'
-    original implementation and the one the batched/cached path in :mod:`cnclip_lora.images`
+    original implementation and the one the batched/cached path in :mod:`cnclip_lora.inputs.images`
     reproduces.
     """
     image_processor = getattr(processor, "image_processor", None)

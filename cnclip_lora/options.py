@@ -74,7 +74,7 @@ class FaissIndex(_Choice):
 
 
 class TitleNormalization(_Choice):
-    """How titles are prepared before the tokenizer (see :func:`cnclip_lora.text.prepare_titles`)."""
+    """How titles are prepared before the tokenizer (see :func:`cnclip_lora.inputs.text.prepare_titles`)."""
 
     OFFICIAL = "official"
     NFKC = "nfkc"

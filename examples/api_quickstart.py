@@ -9,7 +9,7 @@ the held-out split, then ranks the gallery for a few free-text queries.
 from pathlib import Path
 
 from cnclip_lora import RetrievalArguments, apply_lora, evaluate_retrieval, load_retrieval_model, rank, train
-from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.demo.tiny_model import make_tiny_model
 

@@ -154,9 +154,9 @@ def _backend_probe(request: dict) -> dict:
     import torch
     from transformers import AutoImageProcessor
 
-    from cnclip_lora.collate import ImageTextCollator
-    from cnclip_lora.images import preprocess_images
-    from cnclip_lora.record import Preprocessing
+    from cnclip_lora.inputs.collate import ImageTextCollator
+    from cnclip_lora.inputs.images import preprocess_images
+    from cnclip_lora.adapter.record import Preprocessing
     from cnclip_lora.modeling import load_model_and_processor
     from cnclip_lora.retrieve.run import load_retrieval_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnclip_lora.collate import (
+from cnclip_lora.inputs.collate import (
     ImageTextCollator,
 )
 

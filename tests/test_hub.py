@@ -1,4 +1,4 @@
-"""Tests for cnclip_lora.hub and cnclip_lora.model_card, against a local fake Hub.
+"""Tests for cnclip_lora.adapter.hub and cnclip_lora.adapter.model_card, against a local fake Hub.
 
 Every test name contains "hub" or "push": ``pytest -k "hub or push"`` selects them.
 """
@@ -20,13 +20,13 @@ from huggingface_hub import ModelCard
 
 from cnclip_lora.cli import main
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
-from cnclip_lora.hub import (
+from cnclip_lora.adapter.hub import (
     ADAPTER_FILES,
     check_adapter_dir,
     push_adapter,
     resolve_adapter,
 )
-from cnclip_lora.model_card import build_model_card, summarize_lora_weights, write_model_card
+from cnclip_lora.adapter.model_card import build_model_card, summarize_lora_weights, write_model_card
 
 HUB_BASE = "OFA-Sys/chinese-clip-vit-base-patch16"
 TEXT_TARGETS = ("query", "key", "value")

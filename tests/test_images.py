@@ -1,4 +1,4 @@
-"""Tests for cnclip_lora.images: decoding rules (modes, alpha, 16-bit, EXIF, draft), and the pixels
+"""Tests for cnclip_lora.inputs.images: decoding rules (modes, alpha, 16-bit, EXIF, draft), and the pixels
 the model sees (flips, the batched squash path against the checkpoint's own processor)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cnclip_lora.errors import DataError
-from cnclip_lora.images import load_image, open_image, preprocess_images, supports_uint8_path
+from cnclip_lora.inputs.images import load_image, open_image, preprocess_images, supports_uint8_path
 
 
 def _jpeg_bytes(size=(64, 48), seed=0) -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from cnclip_lora.cli import main
 from cnclip_lora.data import check_data, load_competition_data
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
-from cnclip_lora.hub import resolve_adapter
+from cnclip_lora.adapter.hub import resolve_adapter
 from cnclip_lora.utils.sources import check_source
 
 from fake_hub import fake_hub  # noqa: F401  (fixture)
@@ -87,7 +87,7 @@ def test_hub_id_offline_and_not_cached_is_one_line(tmp_path, demo_dir, capsys, n
 def test_hub_adapter_cached_is_served_when_the_hub_is_unreachable(tmp_path, fake_hub, monkeypatch):
     from huggingface_hub import constants
 
-    from cnclip_lora.hub import push_adapter
+    from cnclip_lora.adapter.hub import push_adapter
 
     run = make_light_run(tmp_path / "run")
     push_adapter(run, "user/cached")

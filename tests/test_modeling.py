@@ -260,7 +260,7 @@ def test_image_processor_is_pinned_to_pil_whatever_is_installed(tiny_model_dir, 
 
     from transformers import ChineseCLIPProcessor
 
-    from cnclip_lora.images import supports_uint8_path
+    from cnclip_lora.inputs.images import supports_uint8_path
     from cnclip_lora.modeling import load_model_and_processor
 
     real = ChineseCLIPProcessor.from_pretrained.__func__

@@ -21,9 +21,9 @@ from PIL import Image
 
 from official_ref import SHARED_VOCAB, child_env, reference_available, run_reference
 
-from cnclip_lora.images import decode_resized, pixel_values_from_uint8, preprocess_images
-from cnclip_lora.record import Preprocessing, RunRecord
-from cnclip_lora.text import tokenize_titles
+from cnclip_lora.inputs.images import decode_resized, pixel_values_from_uint8, preprocess_images
+from cnclip_lora.adapter.record import Preprocessing, RunRecord
+from cnclip_lora.inputs.text import tokenize_titles
 
 _missing = reference_available() or (None if SHARED_VOCAB.is_file() else f"{SHARED_VOCAB} is missing")
 pytestmark = pytest.mark.skipif(_missing is not None, reason=str(_missing))
@@ -127,7 +127,7 @@ def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
 
 def test_converted_official_model_gives_official_embeddings(tmp_path):
     from cnclip_lora.convert import convert_original
-    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.inference.embed import embed_images, embed_texts
     from cnclip_lora.modeling import load_model_and_processor
 
     info = {"embed_dim": 32, "image_resolution": 64, "vision_layers": 2, "vision_width": 64, "vision_head_width": 32,

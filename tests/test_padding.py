@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoProcessor, HfArgumentParser
 
-from cnclip_lora.collate import ImageTextCollator
-from cnclip_lora.text import tokenize_titles
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.config import CnClipTrainingArguments, DataArguments
-from cnclip_lora.retrieve.embed import embed_texts
+from cnclip_lora.inference.embed import embed_texts
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.training.run import static_title_padding
 

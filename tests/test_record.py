@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cnclip_lora.record import (
+from cnclip_lora.adapter.record import (
     FORMAT_VERSION,
     RECORD_FILE,
     DataSummary,
@@ -82,8 +82,8 @@ def test_a_record_written_before_the_typed_record_loads_and_saves_back_unchanged
 
 
 def test_the_oldest_record_shape_loads_with_the_behaviour_it_was_trained_with(tmp_path):
-    from cnclip_lora.base_identity import recorded_base_identity
-    from cnclip_lora.split_record import recorded_split
+    from cnclip_lora.adapter.base_identity import recorded_base_identity
+    from cnclip_lora.adapter.split_record import recorded_split
 
     _write(tmp_path, OLDEST_RECORD)
     record = RunRecord.load(tmp_path)
@@ -127,7 +127,7 @@ def test_an_unreadable_record_is_refused_naming_the_file_and_the_problem(tmp_pat
 
 
 def test_every_preprocessing_default_is_the_training_default(tmp_path):
-    from cnclip_lora.collate import ImageTextCollator
+    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import DataArguments
 
     args, prep, collate = DataArguments(), Preprocessing(), ImageTextCollator(processor=None, image_dir=tmp_path)
@@ -138,7 +138,7 @@ def test_every_preprocessing_default_is_the_training_default(tmp_path):
 
 
 def test_the_model_card_reads_an_old_record(tmp_path):
-    from cnclip_lora.model_card import build_model_card
+    from cnclip_lora.adapter.model_card import build_model_card
 
     _write(tmp_path, OLDEST_RECORD)
     card = build_model_card(tmp_path)

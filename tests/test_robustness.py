@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 
 from cnclip_lora.cli import main
-from cnclip_lora.collate import ImageTextCollator
-from cnclip_lora.record import Preprocessing
-from cnclip_lora.text import tokenize_titles
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.adapter.record import Preprocessing
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.data import (
     MAX_PIXELS_ENV,
     check_data,
@@ -162,7 +162,7 @@ def _exif_rotated_pair(folder: Path) -> tuple[Path, Path]:
 def test_exif_rotation_is_applied_the_same_in_training_and_retrieval(tmp_path, processor, tiny_model_dir):
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.retrieve.embed import embed_images
+    from cnclip_lora.inference.embed import embed_images
 
     rotated, upright = _exif_rotated_pair(tmp_path)
     assert open_image(rotated).size == (96, 64)

@@ -31,9 +31,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnclip_lora.adapter_check import AdapterError, validate_adapter_folder
+from cnclip_lora.adapter.validate import AdapterError, validate_adapter_folder
 from cnclip_lora.cli import main
-from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
 from cnclip_lora.errors import DataError
 from cnclip_lora.retrieve.run import write_submission
@@ -260,8 +260,8 @@ def test_garbage_png_exif_chunk_is_used_unrotated_not_rejected(tmp_path):
 def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_path, make_dataset_dir, tiny_model_dir):
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    from cnclip_lora.record import Preprocessing
-    from cnclip_lora.retrieve.embed import embed_images
+    from cnclip_lora.adapter.record import Preprocessing
+    from cnclip_lora.inference.embed import embed_images
 
     root = make_dataset_dir(tmp_path)
     image_dir = root / "image"
@@ -398,7 +398,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A genuine LoRA adapter of the tiny model on both towers, with the training record."""
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.record import LoraSummary, Preprocessing, RunRecord
+    from cnclip_lora.adapter.record import LoraSummary, Preprocessing, RunRecord
     from cnclip_lora.modeling import apply_lora, count_lora_modules
 
     torch.manual_seed(0)

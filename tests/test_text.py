@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from cnclip_lora.text import TitleTokenMemo, prepare_titles, tokenize_titles
+from cnclip_lora.inputs.text import TitleTokenMemo, prepare_titles, tokenize_titles
 
 
 @pytest.fixture(scope="module")

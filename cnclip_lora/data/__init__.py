@@ -14,7 +14,7 @@ Everything is checked before any model is loaded, and every problem is collected
 :mod:`~cnclip_lora.data.checks` (the check steps and :func:`check_data`),
 :mod:`~cnclip_lora.data.split` (the grouped train/validation split),
 :mod:`~cnclip_lora.data.dataset` (:func:`load_competition_data`). Images are opened by
-:func:`cnclip_lora.images.open_image` everywhere, so training and retrieval can never disagree
+:func:`cnclip_lora.inputs.images.open_image` everywhere, so training and retrieval can never disagree
 about them; its names are re-exported here for code that imported them from this package.
 """
 
@@ -23,7 +23,7 @@ from cnclip_lora.data.dataset import CompetitionData, load_competition_data
 from cnclip_lora.data.report import DataReport, Problem
 from cnclip_lora.data.split import parse_val_size
 from cnclip_lora.data.tables import read_table
-from cnclip_lora.images import IMAGE_EXTENSIONS, MAX_PIXELS_ENV, max_image_pixels, open_image
+from cnclip_lora.inputs.images import IMAGE_EXTENSIONS, MAX_PIXELS_ENV, max_image_pixels, open_image
 
 __all__ = [
     "parse_val_size",

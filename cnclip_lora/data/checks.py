@@ -26,7 +26,7 @@ from cnclip_lora.data.report import DataReport, Problem, error_message
 from cnclip_lora.data.split import held_out_images, parse_val_size
 from cnclip_lora.data.tables import Record, Table, parse_table
 from cnclip_lora.errors import DataError
-from cnclip_lora.images import IMAGE_EXTENSIONS, decode_errors
+from cnclip_lora.inputs.images import IMAGE_EXTENSIONS, decode_errors
 
 __all__ = [
     "DataFolder",
@@ -80,7 +80,7 @@ def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batc
     a user sees how much text is cut and can raise ``--max_length``.
 
     Args:
-        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.text.prepare_titles`).
+        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.inputs.text.prepare_titles`).
         tokenizer: The checkpoint's tokenizer.
         max_length: The training/retrieval title length in tokens.
         batch_size: Titles tokenised per call (bounds memory on huge sets).

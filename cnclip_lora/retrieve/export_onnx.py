@@ -141,7 +141,7 @@ def export_onnx(
     if not overwrite and not _empty_or_absent(out):
         raise ConfigError(f"export-onnx: {out} already exists and is not empty; pass --overwrite to replace it.")
     _require("onnx")  # the TorchScript exporter needs it to write the file
-    from cnclip_lora.record import RECORD_FILE, Preprocessing, RunRecord
+    from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing, RunRecord
     from cnclip_lora.retrieve.run import load_retrieval_model
 
     model, processor, preprocessing, adapter_dir = load_retrieval_model(
@@ -257,7 +257,7 @@ def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tup
     from transformers import ChineseCLIPProcessor
 
     from cnclip_lora.modeling import pin_pil_image_processor
-    from cnclip_lora.record import Preprocessing
+    from cnclip_lora.adapter.record import Preprocessing
 
     providers = ["CPUExecutionProvider"]
     if device and device.startswith("cuda"):

@@ -98,7 +98,7 @@ def true_ranks(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int], 
 
 
 def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
-    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.inference.search import rank
     from cnclip_lora.retrieve.run import RetrievalArguments, labelled_evaluator, load_retrieval_model
 
     rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=adapter,

@@ -10,6 +10,7 @@ model speed; the preprocessing recorded with the adapter is replayed (flip rule,
 
 from __future__ import annotations
 
+from cnclip_lora.adapter import WEIGHTS_FILE
 import hashlib
 import json
 import logging
@@ -22,16 +23,16 @@ import numpy as np
 import pandas as pd
 
 from cnclip_lora.utils.caches import usable_cache_dir
-from cnclip_lora.record import Preprocessing
+from cnclip_lora.adapter.record import Preprocessing
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
-from cnclip_lora.retrieve.embed import embed_images, embed_texts
-from cnclip_lora.retrieve.evaluator import RetrievalEvaluator, prefixed_recall
+from cnclip_lora.inference.embed import embed_images, embed_texts
+from cnclip_lora.inference.evaluator import RetrievalEvaluator, prefixed_recall
 from cnclip_lora.utils.distributed import is_main_process, join_launch_group
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.options import Assign, Backend, FaissIndex, Flip, choices, parse_choice
 from cnclip_lora.utils.files import atomic_path, hash_file_stats
 from cnclip_lora.modeling import load_model_and_processor, pin_pil_image_processor, quiet_peft_wrapping
-from cnclip_lora.retrieve.search import assign, assign_one_to_one, rank
+from cnclip_lora.inference.search import assign, assign_one_to_one, rank
 
 __all__ = [
     "RetrievalArguments",
@@ -157,7 +158,7 @@ def load_retrieval_model(
 
     Without an adapter, preprocessing is the checkpoint's own with no flip (zero-shot baseline).
     With one, the base must be the one it was trained on
-    (:func:`cnclip_lora.base_identity.check_base_identity`; ``allow_different_base`` relaxes
+    (:func:`cnclip_lora.adapter.base_identity.check_base_identity`; ``allow_different_base`` relaxes
     same-architecture differences).
     """
     import torch
@@ -169,10 +170,10 @@ def load_retrieval_model(
         from peft import PeftModel
         from transformers import ChineseCLIPProcessor
 
-        from cnclip_lora.adapter_check import validate_adapter_folder
-        from cnclip_lora.hub import resolve_adapter
+        from cnclip_lora.adapter.validate import validate_adapter_folder
+        from cnclip_lora.adapter.hub import resolve_adapter
 
-        from cnclip_lora.base_identity import base_identity, check_base_identity, recorded_base_identity
+        from cnclip_lora.adapter.base_identity import base_identity, check_base_identity, recorded_base_identity
 
         adapter_dir = str(resolve_adapter(adapter, revision=adapter_revision))
         check_base_identity(
@@ -246,7 +247,7 @@ def embedding_fingerprint(
     payload: dict[str, Any] = {
         "kind": kind,
         "model": _model_identity(model_name_or_path, model_revision, model_commit),
-        "adapter": _file_digest(Path(adapter_dir) / "adapter_model.safetensors") if adapter_dir else None,
+        "adapter": _file_digest(Path(adapter_dir) / WEIGHTS_FILE) if adapter_dir else None,
         "preprocessing": preprocessing.to_dict(),
         "dtype": dtype,
     }
@@ -441,7 +442,7 @@ def check_output_paths(args: RetrievalArguments) -> None:
 
 def _check_sources(args: RetrievalArguments) -> None:
     """A mistyped model or adapter path fails before the data checks, and never as a Hub error."""
-    from cnclip_lora.hub import resolve_adapter
+    from cnclip_lora.adapter.hub import resolve_adapter
     from cnclip_lora.utils.sources import check_source
 
     check_source(args.model_name_or_path, option="--model_name_or_path", revision=args.model_revision)
@@ -451,7 +452,7 @@ def _check_sources(args: RetrievalArguments) -> None:
 
 def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
     _check_sources(args)
-    from cnclip_lora.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+    from cnclip_lora.adapter.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
     val_size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
     seed = DEFAULT_SPLIT_SEED if args.split_seed is None else args.split_seed
@@ -461,11 +462,11 @@ def _load_data(args: RetrievalArguments, **kwargs: Any) -> CompetitionData:
 def _training_split(args: RetrievalArguments) -> dict[str, Any] | None:
     """The adapter's recorded split, with ``args.val_size``/``split_seed`` filled in from it
     (explicit different values refused unless ``--allow_different_split``)."""
-    from cnclip_lora.split_record import recorded_split, resolve_split
+    from cnclip_lora.adapter.split_record import recorded_split, resolve_split
 
     recorded = None
     if args.adapter:
-        from cnclip_lora.hub import resolve_adapter
+        from cnclip_lora.adapter.hub import resolve_adapter
 
         recorded = recorded_split(resolve_adapter(args.adapter, revision=args.adapter_revision))
     args.val_size, args.split_seed = resolve_split(args.val_size, args.split_seed, recorded,
@@ -517,14 +518,14 @@ def evaluate_retrieval(args: RetrievalArguments) -> dict[str, float]:
 
     ``--split val``: the held-out training pairs against held-out + non-train images (the
     competition protocol; the adapter's recorded split). ``--split test``: test queries against the
-    gallery, with an answers file. Scored by :class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator`,
+    gallery, with an answers file. Scored by :class:`cnclip_lora.inference.evaluator.RetrievalEvaluator`,
     the object the Trainer evaluates with.
     """
     check_device(args.device)
     recorded = _training_split(args) if args.split == "val" else None
     split = labelled_split(args)
     if args.split == "val":
-        from cnclip_lora.split_record import check_held_out
+        from cnclip_lora.adapter.split_record import check_held_out
 
         check_held_out(recorded, [split.names[i] for i in split.labels], data_dir=args.data_dir,
                        allow_different_split=args.allow_different_split, adapter=args.adapter)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.images import IMAGE_EXTENSIONS
+from cnclip_lora.inputs.images import IMAGE_EXTENSIONS
 
 __all__ = ["ServeArguments", "SearchEngine", "MicroBatcher", "load_engine", "create_app", "serve", "gallery_from_folder"]
 
@@ -109,10 +109,10 @@ class SearchEngine:
         """Embed all ``queries`` in one forward pass and rank the gallery; k is capped at its size."""
         import torch
 
-        from cnclip_lora.text import tokenize_titles
+        from cnclip_lora.inputs.text import tokenize_titles
         from cnclip_lora.data import normalize_title
         from cnclip_lora.modeling import get_text_embeds
-        from cnclip_lora.retrieve.search import rank
+        from cnclip_lora.inference.search import rank
 
         texts = [normalize_title(q) for q in queries]
         device = next(self.model.parameters()).device

@@ -16,6 +16,7 @@ numbers. So, before any data or model is loaded:
 
 from __future__ import annotations
 
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import json
 import logging
 import os
@@ -24,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
+from cnclip_lora.adapter.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
 
 __all__ = ["requested_settings", "recorded_settings", "settings_differences", "previous_run_files",
            "check_output_dir", "remove_previous_run", "resume_hint"]
 
 logger = logging.getLogger(__name__)
 
-_ADAPTER_CONFIG = "adapter_config.json"
+
 #: Files a training run writes at the top of its output folder (besides the processor files, which
 #: the next run rewrites anyway). Anything else in the folder is not ours and is left alone.
-RUN_FILES = ("adapter_model.safetensors", _ADAPTER_CONFIG, RECORD_FILE, "training_args.json", "trainer_state.json",
+RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, RECORD_FILE, "training_args.json", "trainer_state.json",
              "all_results.json", "train_results.json", "eval_results.json")
 _DEFAULT_TARGETS = None  # "Q/K/V of both towers", however the record spells it
 
@@ -67,7 +68,7 @@ def requested_settings(model_args: Any, data_args: Any, lora_args: Any) -> dict[
     try:
         from transformers import AutoConfig
 
-        from cnclip_lora.base_identity import _architecture
+        from cnclip_lora.adapter.base_identity import _architecture
 
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                             trust_remote_code=model_args.trust_remote_code)
@@ -114,7 +115,7 @@ def recorded_settings(folder: str | os.PathLike) -> dict[str, Any] | None:
         elif record.base_model:
             out["base_model"] = record.base_model
     if "lora_r" not in out:
-        adapter = _read_json(folder / _ADAPTER_CONFIG)
+        adapter = _read_json(folder / CONFIG_FILE)
         if adapter is not None:
             for key, name in (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout")):
                 if key in adapter:

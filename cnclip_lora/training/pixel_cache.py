@@ -3,7 +3,7 @@
 Why: the seed decoded and resized every JPEG again in every epoch (30 epochs over 5,000 images),
 work that keeps a GPU waiting and, on a small CPU machine, competes with the model for cores.
 Decoding and resizing do not depend on the epoch; only the flip (random mode) and the
-normalisation are redone per batch, by the same :func:`cnclip_lora.images.pixel_values_from_uint8`
+normalisation are redone per batch, by the same :func:`cnclip_lora.inputs.images.pixel_values_from_uint8`
 that finishes uncached images, so cached and uncached batches are identical (tested).
 
 The cache is a ``datasets.map`` result in ``cache_dir``, named by a fingerprint of the image
@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.images import decode_resized, squash_plan, supports_uint8_path
+from cnclip_lora.inputs.images import decode_resized, squash_plan, supports_uint8_path
 from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.options import CacheImages, parse_choice
 from cnclip_lora.utils.files import hash_file_stats

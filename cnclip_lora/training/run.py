@@ -21,10 +21,10 @@ import torch
 from transformers import set_seed
 
 from cnclip_lora.utils.caches import usable_cache_dir
-from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.options import CacheImages
-from cnclip_lora.record import DataSummary, LoraSummary, Preprocessing, RunRecord
-from cnclip_lora.text import prepare_titles
+from cnclip_lora.adapter.record import DataSummary, LoraSummary, Preprocessing, RunRecord
+from cnclip_lora.inputs.text import prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
     DataArguments,
@@ -36,12 +36,12 @@ from cnclip_lora.data import CompetitionData, count_truncated, load_competition_
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
-from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+from cnclip_lora.inference.evaluator import RetrievalEvaluator
 from cnclip_lora.training.trainer import CnClipLoraTrainer
 
 __all__ = ["TrainResult", "train", "val_evaluator", "run_training"]
 
-from cnclip_lora.model_card import write_model_card
+from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.utils.sources import check_source
 
 logger = logging.getLogger(__name__)
@@ -217,13 +217,13 @@ def run_training(
     if data.report.truncated_titles:
         logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
                     data.report.truncated_titles, len(data.train), data_args.max_length)
-    from cnclip_lora.base_identity import base_identity
-    from cnclip_lora.split_record import split_record
+    from cnclip_lora.adapter.base_identity import base_identity
+    from cnclip_lora.adapter.split_record import split_record
 
     # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
     identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
     if resume is not None:  # the architecture was compared up front; the weights need the loaded model
-        from cnclip_lora.base_identity import check_base_identity, recorded_base_identity
+        from cnclip_lora.adapter.base_identity import check_base_identity, recorded_base_identity
 
         check_base_identity(recorded_base_identity(resume), identity, adapter=resume)
     lora_kwargs = lora_args.apply_lora_kwargs()
@@ -244,7 +244,7 @@ def run_training(
             skipped_rows=data.report.skipped_rows,
             truncated_titles=data.report.truncated_titles,
         ),
-        # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.split_record).
+        # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.adapter.split_record).
         split=split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
         lora=LoraSummary(
             r=lora_args.lora_r,
@@ -323,7 +323,7 @@ def run_training(
 
     pushed_to = None
     if push and trainer.is_world_process_zero():
-        from cnclip_lora.hub import push_adapter
+        from cnclip_lora.adapter.hub import push_adapter
 
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
         pushed_to = push_adapter(

@@ -5,7 +5,7 @@ Only what differs from ``transformers.Trainer`` is overridden:
 * ``compute_loss``: symmetric contrastive loss over the batch's text/image embeddings
   (:class:`cnclip_lora.training.loss.ContrastiveLoss`, gathered across processes), plus in-batch
   text-to-image accuracy, logged next to the loss.
-* ``evaluate`` / ``evaluation_loop``: the :class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator`'s
+* ``evaluate`` / ``evaluation_loop``: the :class:`cnclip_lora.inference.evaluator.RetrievalEvaluator`'s
   full-gallery Recall@1/5/10 and MR merged into the standard ``Trainer.evaluate`` result (as
   sentence-transformers' trainer does), with ``eval_runtime``, the ``on_evaluate`` callbacks, so
   ``metric_for_best_model="eval_t2i_MR"``, ``load_best_model_at_end`` and ``EarlyStoppingCallback``
@@ -39,13 +39,13 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import speed_metrics
 
-from cnclip_lora.record import Preprocessing, RunRecord
+from cnclip_lora.adapter.record import Preprocessing, RunRecord
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
 from cnclip_lora.utils.files import atomic_write_text, resolve_resume_checkpoint, staged_dir
 from cnclip_lora.training.loss import ContrastiveLoss
-from cnclip_lora.model_card import write_model_card
-from cnclip_lora.retrieve.evaluator import NonFiniteEmbeddingsError, RetrievalEvaluator
+from cnclip_lora.adapter.model_card import write_model_card
+from cnclip_lora.inference.evaluator import NonFiniteEmbeddingsError, RetrievalEvaluator
 from cnclip_lora.training.sampler import unique_image_sampler_for
 
 __all__ = ["CnClipLoraTrainer", "release_accelerate_preparation"]
@@ -91,7 +91,7 @@ class CnClipLoraTrainer(Trainer):
             gallery); ``None`` disables retrieval evaluation.
         record: the run record written beside every saved adapter (``cnclip_lora.json``); its
             preprocessing is what evaluation replays and retrieval will replay. Default: a record
-            with the default :class:`~cnclip_lora.record.Preprocessing` only.
+            with the default :class:`~cnclip_lora.adapter.record.Preprocessing` only.
         All other arguments are ``transformers.Trainer``'s.
     """
 

@@ -8,6 +8,7 @@ on POSIX and Windows. A reader therefore sees the old file, or the new one, neve
 
 from __future__ import annotations
 
+from cnclip_lora.adapter import WEIGHTS_FILE
 import contextlib
 import json
 import logging
@@ -64,7 +65,7 @@ def hash_file_stats(h: Any, paths: Iterable[str]) -> None:
 #: Checkpoint folder names the Trainer writes: ``checkpoint-<global step>``.
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _STATE_FILE = "trainer_state.json"
-_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+_WEIGHT_FILES = (WEIGHTS_FILE, "model.safetensors", "model.safetensors.index.json")
 _RESUME_LATEST = {"true", "yes", "1", "last", "latest"}
 _RESUME_NONE = {"", "false", "no", "0", "none"}
 

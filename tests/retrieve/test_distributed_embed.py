@@ -27,7 +27,7 @@ SIZES = (7, 1)
 
 def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every distributed code path of embedding: texts and images at each size, and ``evaluate``."""
-    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.inference.embed import embed_images, embed_texts
     from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
 
     model, processor, prep, _ = load_retrieval_model(str(model_dir), device="cpu")

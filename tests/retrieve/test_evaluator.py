@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+from cnclip_lora.inference.evaluator import RetrievalEvaluator
 
 
 def _naive(sims: np.ndarray, positives: list[set[int]], ks=(1, 5, 10)) -> dict[str, float]:
@@ -83,8 +83,8 @@ def test_called_with_a_model_embeds_like_the_embedding_functions(tiny_model_dir,
     import pandas as pd
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    from cnclip_lora.record import Preprocessing
-    from cnclip_lora.retrieve.embed import embed_images, embed_texts
+    from cnclip_lora.adapter.record import Preprocessing
+    from cnclip_lora.inference.embed import embed_images, embed_texts
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir)

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`")
 
 from cnclip_lora.cli import main
-from cnclip_lora.record import RECORD_FILE, Preprocessing
-from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing
+from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx, load_onnx_model
 from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model, retrieve

@@ -1,4 +1,4 @@
-"""Tests for cnclip_lora.retrieve.metrics: Recall@K / MR against naive references, offline evaluate metric."""
+"""Tests for cnclip_lora.inference.metrics: Recall@K / MR against naive references, offline evaluate metric."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.retrieve.metrics import recall_at_k
-from cnclip_lora.retrieve.recall_metric import RetrievalRecall
-from cnclip_lora.retrieve.search import rank
+from cnclip_lora.inference.metrics import recall_at_k
+from cnclip_lora.inference.recall_metric import RetrievalRecall
+from cnclip_lora.inference.search import rank
 
 
 def _naive_recall(ranked, positives, ks=(1, 5, 10)):

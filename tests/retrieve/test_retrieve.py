@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cnclip_lora.images import preprocess_images
-from cnclip_lora.record import Preprocessing
-from cnclip_lora.text import tokenize_titles
-from cnclip_lora.retrieve.embed import embed_images, embed_texts
+from cnclip_lora.inputs.images import preprocess_images
+from cnclip_lora.adapter.record import Preprocessing
+from cnclip_lora.inputs.text import tokenize_titles
+from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
 from cnclip_lora.retrieve.run import (

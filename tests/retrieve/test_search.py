@@ -1,4 +1,4 @@
-"""Tests for cnclip_lora.retrieve.search: exact chunked top-k, tie-breaking, faiss, assignment."""
+"""Tests for cnclip_lora.inference.search: exact chunked top-k, tie-breaking, faiss, assignment."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnclip_lora.retrieve import search as ranking
+from cnclip_lora.inference import search as ranking
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.retrieve.search import DENSE_ONE_TO_ONE_BYTES, assign, assign_one_to_one, rank
+from cnclip_lora.inference.search import DENSE_ONE_TO_ONE_BYTES, assign, assign_one_to_one, rank
 
 
 def _brute_topk(q, g, k, normalize=True):

@@ -52,8 +52,8 @@ def _search(server, q: str, k: int = 5):
 
 def test_search_ranks_like_retrieve(served, tiny_model_dir):
     """The service's ranking equals embedding the query with the package's own functions."""
-    from cnclip_lora.retrieve.embed import embed_texts
-    from cnclip_lora.retrieve.search import rank
+    from cnclip_lora.inference.embed import embed_texts
+    from cnclip_lora.inference.search import rank
     from cnclip_lora.retrieve.run import RetrievalArguments, embed_gallery, load_retrieval_model
 
     server, gallery, adapter = served

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel
 
 from cnclip_lora.training.cached_step import cached_contrastive_step, model_embeddings
-from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.config import CnClipTrainingArguments
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.training.loss import ContrastiveLoss

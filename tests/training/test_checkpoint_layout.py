@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
-from cnclip_lora.images import preprocess_images
-from cnclip_lora.text import tokenize_titles
+from cnclip_lora.inputs.images import preprocess_images
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 
 VOCAB = Path(__file__).resolve().parents[3] / "shared" / "vocab" / "bert-base-chinese-vocab.txt"

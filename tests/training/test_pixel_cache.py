@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import cnclip_lora.training.pixel_cache as pixel_cache_mod
-from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.training.pixel_cache import build_pixel_cache, pixel_cache_bytes, should_cache
@@ -145,7 +145,7 @@ def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_d
     common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True, seed=0,
                   per_device_train_batch_size=8, num_train_epochs=2, val_size=8, eval_strategy="epoch",
                   save_strategy="no", cache_dir=str(tmp_path / "pc"), check_images=False, learning_rate=1e-3)  # fmt: skip
-    import cnclip_lora.retrieve.embed as embedding
+    import cnclip_lora.inference.embed as embedding
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("evaluation decoded images although the gallery is cached")

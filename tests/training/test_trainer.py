@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoProcessor, ChineseCLIPModel
 
-from cnclip_lora.collate import ImageTextCollator
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
 from cnclip_lora.training.run import train
@@ -120,9 +120,9 @@ def _direct_trainer(tiny_model_dir, demo_dir, out, evaluator_queries=8, callback
     import datasets
     import pandas as pd
 
-    from cnclip_lora.record import Preprocessing
+    from cnclip_lora.adapter.record import Preprocessing
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.retrieve.evaluator import RetrievalEvaluator
+    from cnclip_lora.inference.evaluator import RetrievalEvaluator
     from cnclip_lora.training.trainer import CnClipLoraTrainer
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -169,8 +169,8 @@ def test_an_eval_dataset_is_evaluated_by_the_trainer_with_the_evaluator_merged(t
 
 
 def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(trained, tiny_model_dir, demo_dir):
-    from cnclip_lora.images import preprocess_images
-    from cnclip_lora.text import tokenize_titles
+    from cnclip_lora.inputs.images import preprocess_images
+    from cnclip_lora.inputs.text import tokenize_titles
 
     processor = AutoProcessor.from_pretrained(trained.output_dir)
     base = ChineseCLIPModel.from_pretrained(tiny_model_dir)

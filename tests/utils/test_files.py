@@ -174,7 +174,7 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
     """datasets writes map caches to a temp file and moves it; a crash leaves no cache file."""
     from transformers import AutoProcessor, ChineseCLIPModel
 
-    import cnclip_lora.retrieve.embed as embedding
+    import cnclip_lora.inference.embed as embedding
 
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
@@ -204,7 +204,7 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
 def test_base_checkpoints_and_adapters_refuse_the_same_pickle_formats(tmp_path, suffix):
     """One pickle policy: a folder whose only weights are pickled is refused as a base and as an adapter."""
     from cnclip_lora.errors import UnsafeArtifactError
-    from cnclip_lora.hub import check_adapter_dir
+    from cnclip_lora.adapter.hub import check_adapter_dir
     from cnclip_lora.modeling import load_model_and_processor
 
     (tmp_path / f"weights{suffix}").write_bytes(b"\x80\x04pickle")

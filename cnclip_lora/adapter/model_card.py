@@ -8,6 +8,7 @@ the gallery size they were measured against, and a run without metrics says so.
 
 from __future__ import annotations
 
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cnclip_lora.errors import CnClipLoraError
 from cnclip_lora.options import TOWERS, tower_of
-from cnclip_lora.record import DataSummary, RunRecord
+from cnclip_lora.adapter.record import DataSummary, RunRecord
 from cnclip_lora.utils.files import atomic_write_text
 
 __all__ = [
@@ -316,7 +317,7 @@ def build_model_card(
     folder = Path(output_dir)
     if not folder.is_dir():
         raise CnClipLoraError(f"Output directory {folder} does not exist or is not a directory.")
-    adapter_config = _read_json(folder / "adapter_config.json") or {}
+    adapter_config = _read_json(folder / CONFIG_FILE) or {}
     record = RunRecord.load(folder)
     data = record.data if record is not None else None
     metrics = read_metrics(folder)
@@ -324,7 +325,7 @@ def build_model_card(
     val_gallery = data.val_gallery_size if data is not None else None
     if "eval" in groups and groups["eval"]["gallery_size"] is None and isinstance(val_gallery, int):
         groups["eval"]["gallery_size"] = val_gallery  # metrics without the size: the run's record has it
-    weights_file = folder / "adapter_model.safetensors"
+    weights_file = folder / WEIGHTS_FILE
     weights = summarize_lora_weights(weights_file) if weights_file.is_file() else None
 
     # A run may record a local copy of a Hub model in one place and its Hub id in the other: prefer the id.

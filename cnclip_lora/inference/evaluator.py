@@ -11,7 +11,7 @@ number means the same in each of them::
     metrics = evaluator(model)   # {"val_t2i_R@1": ..., "val_i2t_MR": ..., "val_gallery_size": ..., ...}
 
 Recall is computed by the one implementation, the ``evaluate.Metric``
-:class:`cnclip_lora.retrieve.recall_metric.RetrievalRecall`.
+:class:`cnclip_lora.inference.recall_metric.RetrievalRecall`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnclip_lora.record import Preprocessing
+from cnclip_lora.adapter.record import Preprocessing
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
 __all__ = ["RetrievalEvaluator", "NonFiniteEmbeddingsError", "prefixed_recall"]
@@ -41,7 +41,7 @@ def prefixed_recall(ranked: np.ndarray, positives: Sequence[int | set[int]], pre
     Through :class:`RetrievalRecall`, so the Trainer, ``evaluate``, ``retrieve`` and the report count
     a hit the same way.
     """
-    from cnclip_lora.retrieve.recall_metric import RetrievalRecall  # evaluate is slow to import: only when scoring
+    from cnclip_lora.inference.recall_metric import RetrievalRecall  # evaluate is slow to import: only when scoring
 
     references = [[int(p)] if isinstance(p, (int, np.integer)) else sorted(int(i) for i in p) for p in positives]
     # keep_in_memory: every process of a launch computes it, and evaluate's cache files would collide.
@@ -123,7 +123,7 @@ class RetrievalEvaluator:
     def embed(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(title embeddings [Q, D], gallery embeddings [G, D])``, L2-normalised; the model's
         train/eval mode is restored afterwards."""
-        from cnclip_lora.retrieve.embed import embed_images, embed_texts
+        from cnclip_lora.inference.embed import embed_images, embed_texts
 
         text_key, image_key = self.cache_keys if self.cache_keys and self.cache_dir else (None, None)
         cache_dir = self.cache_dir if text_key else None
@@ -148,7 +148,7 @@ class RetrievalEvaluator:
         Raises:
             NonFiniteEmbeddingsError: an embedding holds NaN or infinite values.
         """
-        from cnclip_lora.retrieve.search import rank
+        from cnclip_lora.inference.search import rank
 
         if not (np.isfinite(queries).all() and np.isfinite(gallery).all()):
             raise NonFiniteEmbeddingsError("the model's embeddings contain NaN or infinite values")

@@ -2,9 +2,9 @@
 
 ``recall_at_k`` works on rankings (gallery indices per query), so the ranking method
 (exact, faiss, chunk sizes) never changes how a hit is counted. It is the computation behind the
-``evaluate.Metric`` :class:`cnclip_lora.retrieve.recall_metric.RetrievalRecall` (``evaluate.load("recall")``
+``evaluate.Metric`` :class:`cnclip_lora.inference.recall_metric.RetrievalRecall` (``evaluate.load("recall")``
 needs the Hub and is classification recall anyway), through which every part of the package scores:
-:class:`cnclip_lora.retrieve.evaluator.RetrievalEvaluator` ranks and prefixes.
+:class:`cnclip_lora.inference.evaluator.RetrievalEvaluator` ranks and prefixes.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.images import pixel_values_from_uint8, preprocess_images
+from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, TitleNormalization
-from cnclip_lora.record import Preprocessing
-from cnclip_lora.text import tokenize_titles
+from cnclip_lora.adapter.record import Preprocessing
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 from cnclip_lora.utils.distributed import join_launch_group, rank_and_world
 

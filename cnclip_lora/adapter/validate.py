@@ -23,8 +23,7 @@ from cnclip_lora.options import tower_of
 
 __all__ = ["AdapterError", "validate_adapter_folder"]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
@@ -160,7 +159,7 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
 
 def _check_recorded_towers(folder: Path, counts: dict[str, int]) -> None:
     """The per-tower module counts training recorded must be what the file holds."""
-    from cnclip_lora.record import RECORD_FILE, RunRecord
+    from cnclip_lora.adapter.record import RECORD_FILE, RunRecord
 
     record = RunRecord.load(folder)
     recorded = record.lora.adapted_modules if record is not None and record.lora is not None else None

@@ -159,7 +159,7 @@ class DataSummary(_Section):
 @dataclass
 class SplitRecord(_Section):
     """The ``split`` section: the held-out split, replayed by ``evaluate --split val``
-    (see :mod:`cnclip_lora.split_record`)."""
+    (see :mod:`cnclip_lora.adapter.split_record`)."""
 
     val_size: float | int | None = None
     split_seed: int | None = None
@@ -191,7 +191,7 @@ class RunRecord:
     Args:
         preprocessing: how inputs were prepared (replayed at retrieval).
         base_model: the base checkpoint as named at training time.
-        base_identity: the base's identity (:func:`cnclip_lora.base_identity.base_identity`),
+        base_identity: the base's identity (:func:`cnclip_lora.adapter.base_identity.base_identity`),
             checked wherever the adapter is loaded.
         data, split, lora: the typed sections; ``None`` when a record has none.
         extra: top-level sections this version does not know, kept so a re-save loses nothing.

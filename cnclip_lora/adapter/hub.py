@@ -12,6 +12,7 @@ this module carries a token.
 
 from __future__ import annotations
 
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import importlib
 import logging
 import os
@@ -22,7 +23,7 @@ from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundErro
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
-from cnclip_lora.model_card import write_model_card
+from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.utils.files import is_pickle, pickled_files
 from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
@@ -39,8 +40,8 @@ logger = logging.getLogger(__name__)
 # Exact top-level names (also valid as snapshot_download allow_patterns): nothing
 # else in a training folder is part of a shareable adapter.
 ADAPTER_FILES = (
-    "adapter_model.safetensors",
-    "adapter_config.json",
+    WEIGHTS_FILE,
+    CONFIG_FILE,
     "preprocessor_config.json",
     "processor_config.json",
     "vocab.txt",
@@ -104,7 +105,7 @@ def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> 
     name = source or str(folder)
     if not folder.is_dir():
         raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / WEIGHTS_FILE).is_file():
         pickles = pickled_files(folder)
         if pickles:
             raise UnsafeArtifactError(
@@ -114,7 +115,7 @@ def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> 
         raise CnClipLoraError(
             f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a training run saved its adapter in."
         )
-    if not (folder / "adapter_config.json").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         raise CnClipLoraError(f"Adapter {name!r} has no adapter_config.json, so peft cannot rebuild it.")
     return folder
 
@@ -247,7 +248,7 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
             _redact(f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({reason}).", token)
         ) from None
     folder = Path(path)
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / WEIGHTS_FILE).is_file():
         pickles = _remote_pickles(adapter, revision, token)
         if pickles:
             raise UnsafeArtifactError(

@@ -1,8 +1,8 @@
 """``ImageTextCollator``: ``{"title", "path"}`` rows -> a model batch, inside DataLoader workers.
 
-Images go through :mod:`cnclip_lora.images` and titles through :mod:`cnclip_lora.text`, the one
+Images go through :mod:`cnclip_lora.inputs.images` and titles through :mod:`cnclip_lora.inputs.text`, the one
 input path training, evaluation and retrieval share; the choices that matter (flip rule, title
-preparation, length) are recorded next to the adapter as a :class:`cnclip_lora.record.Preprocessing`,
+preparation, length) are recorded next to the adapter as a :class:`cnclip_lora.adapter.record.Preprocessing`,
 so the gallery is embedded exactly as the training images were seen.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from cnclip_lora.images import pixel_values_from_uint8, preprocess_images
+from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip, TitleNormalization, parse_choice
-from cnclip_lora.text import TitleTokenMemo, tokenize_titles
+from cnclip_lora.inputs.text import TitleTokenMemo, tokenize_titles
 
 __all__ = ["ImageTextCollator"]
 

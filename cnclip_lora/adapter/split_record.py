@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.record import RunRecord, SplitRecord
+from cnclip_lora.adapter.record import RunRecord, SplitRecord
 
 __all__ = ["DEFAULT_VAL_SIZE", "DEFAULT_SPLIT_SEED", "split_record", "held_out_fingerprint",
            "recorded_split", "resolve_split", "check_held_out"]
@@ -43,7 +43,7 @@ def recorded_split(adapter_dir: str | os.PathLike | None) -> SplitRecord | None:
     """The split recorded with an adapter, or ``None`` (no adapter, or one from before splits were recorded).
 
     Raises:
-        cnclip_lora.record.RecordError: the adapter's record is damaged.
+        cnclip_lora.adapter.record.RecordError: the adapter's record is damaged.
     """
     record = RunRecord.load(adapter_dir) if adapter_dir is not None else None
     split = record.split if record is not None else None

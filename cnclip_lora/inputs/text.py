@@ -1,7 +1,7 @@
 """The text half of the one preprocessing path: titles -> token ids, for training and retrieval.
 
 How a title reaches the tokenizer is a recorded choice (:class:`cnclip_lora.options.TitleNormalization`,
-stored in :class:`cnclip_lora.record.Preprocessing`), so retrieval tokenises queries exactly as
+stored in :class:`cnclip_lora.adapter.record.Preprocessing`), so retrieval tokenises queries exactly as
 training tokenised titles. ``official`` is the official Chinese-CLIP pipeline's ``_preprocess_text``
 (lower-case, curly double quotes -> ``"``), then BERT basic + WordPiece with literal ``[CLS]``-like
 text kept as ordinary characters: the ids the released checkpoints were trained on. ``nfkc`` is NFKC

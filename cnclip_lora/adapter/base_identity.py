@@ -107,9 +107,9 @@ def recorded_base_identity(adapter_dir: str | os.PathLike) -> dict[str, Any] | N
     """The identity recorded with an adapter; ``None`` for an adapter without one (older runs).
 
     Raises:
-        cnclip_lora.record.RecordError: the adapter's record is damaged.
+        cnclip_lora.adapter.record.RecordError: the adapter's record is damaged.
     """
-    from cnclip_lora.record import RunRecord
+    from cnclip_lora.adapter.record import RunRecord
 
     record = RunRecord.load(adapter_dir)
     return record.base_identity if record is not None else None
