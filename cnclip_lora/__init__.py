@@ -6,10 +6,12 @@ The public API, for notebooks and scripts (the ``cnclip-lora`` command wraps the
 * model: :func:`load_model_and_processor`, :func:`apply_lora`
 * training: :func:`train` / :func:`run_training`, :class:`CnClipLoraTrainer`, the arguments dataclasses,
   :class:`ImageTextCollator`, :class:`ContrastiveLoss`
-* retrieval: ``from cnclip_lora.retrieve import retrieve``; :func:`load_retrieval_model`,
-  :func:`evaluate_retrieval`, :class:`RetrievalEvaluator`, :func:`embed_texts`, :func:`embed_images`, :func:`rank`,
-  :func:`assign`
-* metrics: :func:`recall_at_k`; ``cnclip_lora.inference.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
+* inference: :class:`RetrievalModel` (``from_pretrained``, ``encode_texts``, ``encode_images``: every door
+  embeds through it), :class:`RetrievalEvaluator`, :func:`rank`, :func:`assign`
+* applications: :func:`retrieve` with :class:`RetrieveArguments`, :func:`evaluate_retrieval` with
+  :class:`EvaluateArguments`
+* metrics: :func:`recall_at_k`, :func:`true_ranks`, :func:`recall_from_ranks` (numpy only);
+  ``cnclip_lora.inference.recall_metric.RetrievalRecall`` (an ``evaluate.Metric``)
 * hub: :func:`push_adapter`, :func:`resolve_adapter`
 
 Importing the package is light (no torch, no transformers): each name is imported from its module
@@ -39,7 +41,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DataArguments": ("cnclip_lora.config", "DataArguments"),
     "LoraArguments": ("cnclip_lora.config", "LoraArguments"),
     "CnClipTrainingArguments": ("cnclip_lora.config", "CnClipTrainingArguments"),
-    "RetrievalArguments": ("cnclip_lora.retrieve.run", "RetrievalArguments"),
+    "RetrieveArguments": ("cnclip_lora.retrieve.arguments", "RetrieveArguments"),
+    "EvaluateArguments": ("cnclip_lora.retrieve.arguments", "EvaluateArguments"),
+    "RetrievalModel": ("cnclip_lora.inference.model", "RetrievalModel"),
+    "retrieve": ("cnclip_lora.retrieve.run", "retrieve"),
     "Preprocessing": ("cnclip_lora.adapter.record", "Preprocessing"),
     "RunRecord": ("cnclip_lora.adapter.record", "RunRecord"),
     "ImageTextCollator": ("cnclip_lora.inputs.collate", "ImageTextCollator"),
@@ -49,14 +54,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "run_training": ("cnclip_lora.training.run", "run_training"),
     "CnClipLoraTrainer": ("cnclip_lora.training.trainer", "CnClipLoraTrainer"),
     "ContrastiveLoss": ("cnclip_lora.training.loss", "ContrastiveLoss"),
-    "load_retrieval_model": ("cnclip_lora.retrieve.run", "load_retrieval_model"),
     "evaluate_retrieval": ("cnclip_lora.retrieve.run", "evaluate_retrieval"),
     "RetrievalEvaluator": ("cnclip_lora.inference.evaluator", "RetrievalEvaluator"),
-    "embed_texts": ("cnclip_lora.inference.embed", "embed_texts"),
-    "embed_images": ("cnclip_lora.inference.embed", "embed_images"),
     "rank": ("cnclip_lora.inference.search", "rank"),
     "assign": ("cnclip_lora.inference.search", "assign"),
     "recall_at_k": ("cnclip_lora.inference.metrics", "recall_at_k"),
+    "recall_from_ranks": ("cnclip_lora.inference.metrics", "recall_from_ranks"),
+    "true_ranks": ("cnclip_lora.inference.metrics", "true_ranks"),
     "push_adapter": ("cnclip_lora.adapter.hub", "push_adapter"),
     "resolve_adapter": ("cnclip_lora.adapter.hub", "resolve_adapter"),
 }
@@ -71,10 +75,11 @@ if TYPE_CHECKING:
     from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
     from cnclip_lora.adapter.hub import push_adapter, resolve_adapter
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
-    from cnclip_lora.inference.embed import embed_images, embed_texts
-    from cnclip_lora.inference.metrics import recall_at_k
+    from cnclip_lora.inference.metrics import recall_at_k, recall_from_ranks, true_ranks
+    from cnclip_lora.inference.model import RetrievalModel
     from cnclip_lora.inference.evaluator import RetrievalEvaluator
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
+    from cnclip_lora.retrieve.arguments import EvaluateArguments, RetrieveArguments
+    from cnclip_lora.retrieve.run import evaluate_retrieval, retrieve
     from cnclip_lora.inference.search import assign, rank
     from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.training.run import run_training, train

@@ -1,6 +1,6 @@
 """``python -m cnclip_lora``: the same entry point as the ``cnclip-lora`` command."""
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

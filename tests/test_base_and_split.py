@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
 from cnclip_lora.demo.tiny_model import make_tiny_model

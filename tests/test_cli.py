@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cnclip_lora.cli import COMMANDS, main
+from cnclip_lora.commands import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_cache_command_lists_and_clears_only_what_it_is_told(tmp_path, monkeypat
 
 
 def test_every_option_of_every_command_has_help():
-    from cnclip_lora.cli import COMMANDS
+    from cnclip_lora.commands import COMMANDS
 
     missing = [f"{name} {action.option_strings or action.dest}"
                for name, command in COMMANDS.items() for action in command.parser()._actions

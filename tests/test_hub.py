@@ -18,7 +18,7 @@ import pytest
 from fake_hub import fake_hub  # noqa: F401 - a fixture, used by name
 from huggingface_hub import ModelCard
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.adapter.hub import (
     ADAPTER_FILES,

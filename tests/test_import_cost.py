@@ -21,7 +21,7 @@ _REPORT = "print(json.dumps(sorted(m for m in %r if m in sys.modules)))" % (HEAV
 #: Runs ``cnclip-lora ARGV`` (given as JSON in sys.argv[1]); prints the exit status, then the heavy modules.
 _CLI = """
 import contextlib, io, json, sys
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 with contextlib.redirect_stdout(io.StringIO()):
     try:
         status = main(json.loads(sys.argv[1]))

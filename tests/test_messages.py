@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.data import check_data, load_competition_data
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
 from cnclip_lora.adapter.hub import resolve_adapter

@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from cnclip_lora.cli import COMMANDS, main
+from cnclip_lora.commands import COMMANDS, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.adapter.record import Preprocessing
 from cnclip_lora.inputs.text import tokenize_titles

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from cnclip_lora.adapter.validate import AdapterError, validate_adapter_folder
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
 from cnclip_lora.errors import DataError

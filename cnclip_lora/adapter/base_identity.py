@@ -3,7 +3,7 @@
 LoRA weights are deltas on one particular base: on another base (other weights, another image
 size, another vocabulary) they load without complaint and give wrong rankings. Training records
 the base's identity in ``cnclip_lora.json``; :func:`check_base_identity` compares it with the
-loaded base in the one adapter-loading path (:func:`cnclip_lora.retrieve.run.load_retrieval_model`,
+loaded base in the one adapter-loading path (:meth:`cnclip_lora.inference.model.RetrievalModel.from_pretrained`,
 used by ``retrieve``, ``evaluate`` and adapters from the Hub).
 
 The identity is cheap to compute for any model size: the architecture fields of the config, a

@@ -212,7 +212,7 @@ def _preprocessing_section(record: RunRecord | None) -> list[str]:
         f"- EXIF orientation applied before resizing: {pre.exif_transpose}",
         f"- JPEG draft (reduced-scale) decoding: {pre.draft}",
         "",
-        "Embed galleries with the same rule as in training: `load_retrieval_model` returns it as `preprocessing`.",
+        "Embed galleries with the same rule as in training: `RetrievalModel` replays it in `encode_images`.",
     ]
 
 
@@ -276,9 +276,10 @@ def _usage_section(base: str, repo: str, has_processor: bool, flip: bool) -> lis
         "With cnclip-lora (applies the recorded preprocessing, including the flip rule):",
         "",
         "```python",
-        "from cnclip_lora import load_retrieval_model",
+        "from cnclip_lora import RetrievalModel",
         "",
-        f'model, processor, preprocessing, adapter_dir = load_retrieval_model("{base}", adapter="{repo}")',
+        f'model = RetrievalModel.from_pretrained("{base}", adapter="{repo}")',
+        'scores = model.encode_texts(["商品标题"]) @ model.encode_images(["image.jpg"]).T',
         "```",
         "",
         "With plain transformers + peft:",

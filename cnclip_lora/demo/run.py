@@ -52,10 +52,10 @@ def ensure_demo_model(model_dir: str | Path) -> Path:
     return model_dir
 
 
-def _scores(args_cls, **kwargs) -> dict[str, float]:
-    from cnclip_lora.retrieve.run import evaluate_retrieval
+def _scores(**kwargs) -> dict[str, float]:
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
-    return evaluate_retrieval(args_cls(**kwargs))
+    return evaluate_retrieval(EvaluateArguments(**kwargs))
 
 
 def run_demo(
@@ -72,7 +72,7 @@ def run_demo(
     demo's training budget.
     """
     from cnclip_lora.demo.data import make_demo_data
-    from cnclip_lora.retrieve.run import RetrievalArguments, retrieve
+    from cnclip_lora.retrieve.run import RetrieveArguments, retrieve
     from cnclip_lora.training.run import train
 
     start = time.time()
@@ -88,9 +88,9 @@ def run_demo(
 
     common = dict(model_name_or_path=str(model_dir), data_dir=str(data_dir), cache_dir=cache, device="cpu")
     print("[demo] scoring the untrained model (zero-shot baseline)")
-    base = _scores(RetrievalArguments, split="val", **common)
+    base = _scores(split="val", **common)
     if has_answers:
-        base.update(_scores(RetrievalArguments, split="test", **common))
+        base.update(_scores(split="test", **common))
 
     flags = dict(DEMO_TRAIN_FLAGS)
     flags["overwrite_output_dir"] = True  # the demo's own folder: a rerun replaces the previous demo run
@@ -104,11 +104,11 @@ def run_demo(
     train_time = time.time() - train_start
 
     tuned_args = dict(common, adapter=str(adapter_dir))
-    tuned = _scores(RetrievalArguments, split="val", **tuned_args)
+    tuned = _scores(split="val", **tuned_args)
     if has_answers:
-        tuned.update(_scores(RetrievalArguments, split="test", **tuned_args))
-    result = retrieve(RetrievalArguments(output=output, topk_output=str(Path(output).with_name("topk.csv")),
-                                         top_k=10, **tuned_args))
+        tuned.update(_scores(split="test", **tuned_args))
+    result = retrieve(RetrieveArguments(output=output, topk_output=str(Path(output).with_name("topk.csv")),
+                                        top_k=10, **tuned_args))
 
     report_path = _write_report(model_dir, data_dir, adapter_dir, cache, workdir / "report.html")
 

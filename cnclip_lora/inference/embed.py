@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
-from cnclip_lora.options import DEFAULT_MAX_LENGTH, TitleNormalization
 from cnclip_lora.adapter.record import Preprocessing
 from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
@@ -115,21 +114,21 @@ def embed_texts(
     tokenizer: Any,
     titles: Sequence[str],
     *,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    preprocessing: Preprocessing,
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = None,
     fingerprint: str | None = None,
-    title_normalization: str = TitleNormalization.OFFICIAL,
     pad_to_max_length: bool = False,
 ) -> np.ndarray:
     """L2-normalised text embeddings ``[len(titles), D]`` (float32, input order).
 
+    The building block of :meth:`cnclip_lora.inference.model.RetrievalModel.encode_texts`; it takes
+    the whole recorded preprocessing (title preparation and length), never loose fields of it.
+
     Args:
         model: a ChineseCLIPModel (plain, PEFT-wrapped or merged); put in eval mode here.
         fingerprint: with ``cache_dir``, names the cache file; must change whenever the model or
-            the inputs change (see :func:`cnclip_lora.retrieve.run.embedding_fingerprint`).
-        title_normalization: how titles reach the tokenizer (the recorded
-            :attr:`Preprocessing.title_normalization`).
+            the inputs change (see :meth:`cnclip_lora.inference.model.RetrievalModel.fingerprint`).
         pad_to_max_length: pad every batch to ``max_length`` (a compiled model's static shape)
             rather than to its longest title; the embeddings are the same either way.
     """
@@ -138,7 +137,7 @@ def embed_texts(
 
     @torch.inference_mode()
     def embed_batch(batch: dict[str, list]) -> np.ndarray:
-        enc = tokenize_titles(batch["title"], tokenizer, max_length, title_normalization,
+        enc = tokenize_titles(batch["title"], tokenizer, preprocessing.max_length, preprocessing.title_normalization,
                               pad_to_max_length=pad_to_max_length)
         enc = {k: v.to(device) for k, v in enc.items()}
         return _normalise(get_text_embeds(model, **enc))
@@ -151,7 +150,7 @@ def embed_texts(
 def embed_images(
     model: torch.nn.Module,
     image_processor: Any,
-    paths: Sequence[str | os.PathLike],
+    images: Sequence[Any],
     *,
     preprocessing: Preprocessing,
     batch_size: int = 64,
@@ -160,7 +159,7 @@ def embed_images(
     num_threads: int | None = None,
     pixel_cache: Any = None,
 ) -> np.ndarray:
-    """L2-normalised image embeddings ``[len(paths), D]`` with the recorded preprocessing.
+    """L2-normalised image embeddings ``[len(images), D]`` (files or PIL images) with the recorded preprocessing.
 
     Decoding runs ahead: while the model embeds one batch, a small thread pool (PIL releases the
     GIL while decoding and resizing) already decodes the next, so decoding and the forward pass
@@ -169,7 +168,7 @@ def embed_images(
 
     Args:
         num_threads: decoding threads; default half the cores, 1 to 4.
-        pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` holding ``paths`` (as given):
+        pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` holding ``images`` (paths, as given):
             their resized pixels are read from it instead of decoding (the Trainer's evaluation
             embeds the same validation gallery at every evaluation).
     """
@@ -177,7 +176,7 @@ def embed_images(
     device = _model_device(model)
     dtype = next(model.parameters()).dtype
     n_threads = max(1, num_threads or min(4, (os.cpu_count() or 1) // 2))
-    all_paths = [str(p) for p in paths]
+    all_items = [p if hasattr(p, "mode") else os.fspath(p) for p in images]  # PIL images as they are
     pool = ThreadPoolExecutor(max_workers=n_threads)
     ahead: dict[tuple[int, int], list[Future]] = {}  # (start, stop) -> decoding batch
 
@@ -189,25 +188,25 @@ def embed_images(
 
     def _submit(start: int, stop: int) -> list[Future]:
         step = -(-(stop - start) // n_threads)
-        return [pool.submit(_prep, all_paths[i : min(i + step, stop)]) for i in range(start, stop, step)]
+        return [pool.submit(_prep, all_items[i : min(i + step, stop)]) for i in range(start, stop, step)]
 
     @torch.inference_mode()
     def embed_batch(batch: dict[str, list]) -> np.ndarray:
         rows = batch["row"]
         start, stop = rows[0], rows[-1] + 1
         if stop - start != len(rows):  # not a contiguous slice: decode what was asked, no read-ahead
-            futures = [pool.submit(_prep, list(batch["path"]))]
+            futures = [pool.submit(_prep, [all_items[r] for r in rows])]
         else:
             futures = ahead.pop((start, stop), None) or _submit(start, stop)
             # Map batches are consecutive slices of equal size: start the next one now.
-            nxt = (stop, min(stop + len(rows), len(all_paths)))
+            nxt = (stop, min(stop + len(rows), len(all_items)))
             if nxt[0] < nxt[1] and nxt not in ahead:
                 ahead.clear()
                 ahead[nxt] = _submit(*nxt)
         pixel_values = torch.cat([f.result() for f in futures])
         return _normalise(get_image_embeds(model, pixel_values.to(device=device, dtype=dtype)))
 
-    dataset = datasets.Dataset.from_dict({"path": all_paths, "row": list(range(len(all_paths)))})
+    dataset = datasets.Dataset.from_dict({"row": list(range(len(all_items)))})
     try:
         return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
                           fingerprint=fingerprint, desc="Embedding images")

@@ -10,20 +10,23 @@ number means the same in each of them::
     evaluator = RetrievalEvaluator(titles, labels, gallery_paths, processor, preprocessing, name="val")
     metrics = evaluator(model)   # {"val_t2i_R@1": ..., "val_i2t_MR": ..., "val_gallery_size": ..., ...}
 
-Recall is computed by the one implementation, the ``evaluate.Metric``
-:class:`cnclip_lora.inference.recall_metric.RetrievalRecall`.
+The model is a :class:`cnclip_lora.inference.model.RetrievalModel` (which embeds through its own
+cache) or a bare model being trained, which is wrapped with this evaluator's processor and
+preprocessing. Recall comes from the exact full-gallery ranks (:mod:`cnclip_lora.inference.metrics`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from cnclip_lora.adapter.record import Preprocessing
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+
+if TYPE_CHECKING:
+    from cnclip_lora.inference.model import RetrievalModel
 
 __all__ = ["RetrievalEvaluator", "NonFiniteEmbeddingsError", "prefixed_recall"]
 
@@ -34,20 +37,13 @@ class NonFiniteEmbeddingsError(CnClipLoraError):
     """The model produced NaN or infinite embeddings (a diverged training run)."""
 
 
-def prefixed_recall(ranked: np.ndarray, positives: Sequence[int | set[int]], prefix: str,
-                    ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """``{f"{prefix}R@K": ..., f"{prefix}MR": ...}`` (percent, 4 decimals) of rankings ``[Q, k]``.
+def prefixed_recall(ranks: np.ndarray, prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{f"{prefix}R@K": ..., f"{prefix}MR": ...}`` (percent, 4 decimals) of full-gallery ranks
+    (:func:`cnclip_lora.inference.metrics.true_ranks`), so the Trainer, ``evaluate``, ``retrieve`` and
+    the report count a hit the same way."""
+    from cnclip_lora.inference.metrics import recall_from_ranks
 
-    Through :class:`RetrievalRecall`, so the Trainer, ``evaluate``, ``retrieve`` and the report count
-    a hit the same way.
-    """
-    from cnclip_lora.inference.recall_metric import RetrievalRecall  # evaluate is slow to import: only when scoring
-
-    references = [[int(p)] if isinstance(p, (int, np.integer)) else sorted(int(i) for i in p) for p in positives]
-    # keep_in_memory: every process of a launch computes it, and evaluate's cache files would collide.
-    scores = RetrievalRecall(keep_in_memory=True).compute(predictions=np.asarray(ranked).tolist(),
-                                                          references=references, ks=tuple(ks))
-    return {f"{prefix}{name}": round(float(value), 4) for name, value in scores.items()}
+    return {f"{prefix}{name}": round(float(value), 4) for name, value in recall_from_ranks(ranks, ks).items()}
 
 
 @dataclass
@@ -58,18 +54,15 @@ class RetrievalEvaluator:
         titles: the queries.
         labels: ``labels[i]`` is the index in ``gallery_paths`` of ``titles[i]``'s image.
         gallery_paths: image files, in gallery order.
-        processor: the ``ChineseCLIPProcessor`` (tokenizer + image processor) the model was trained with.
-        preprocessing: the recorded preprocessing (title length and normalisation, flip, decoding).
+        processor: the ``ChineseCLIPProcessor`` a bare model (one being trained) is wrapped with; a
+            :class:`~cnclip_lora.inference.model.RetrievalModel` brings its own.
+        preprocessing: the recorded preprocessing a bare model is wrapped with.
         name: key prefix (``"val"`` gives ``val_t2i_R@1``); empty for bare keys. The Trainer adds its
             own ``eval_`` prefix.
         batch_size: embedding batch size.
         pad_to_max_length: pad every title batch to ``max_length`` (a compiled model's static shape).
         pixel_cache: a :class:`cnclip_lora.training.pixel_cache.PixelCache` holding ``gallery_paths``
             (repeated evaluations during training then decode each image once).
-        cache_dir: embedding cache folder; used only with ``cache_keys``.
-        cache_keys: ``(text fingerprint, image fingerprint)`` naming the cached embeddings
-            (:func:`cnclip_lora.retrieve.run.embedding_fingerprint`); must change with the model, so
-            leave it unset when the model changes between calls (training).
         ks: recall cut-offs.
         i2t: also score image-to-text (each captioned image against all titles).
     """
@@ -77,14 +70,12 @@ class RetrievalEvaluator:
     titles: list[str]
     labels: list[int]
     gallery_paths: list[str]
-    processor: Any
+    processor: Any = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     name: str = ""
     batch_size: int = 64
     pad_to_max_length: bool = False
     pixel_cache: Any = None
-    cache_dir: str | os.PathLike | None = None
-    cache_keys: tuple[str, str] | None = None
     ks: tuple[int, ...] = DEFAULT_KS
     i2t: bool = True
 
@@ -113,34 +104,43 @@ class RetrievalEvaluator:
         """The same task with only the first ``n`` queries (all of them for ``None``); same gallery."""
         if n is None or n >= len(self):
             return self
-        return replace(self, titles=self.titles[:n], labels=self.labels[:n], cache_keys=None)
+        return replace(self, titles=self.titles[:n], labels=self.labels[:n])
 
     def __call__(self, model: Any) -> dict[str, float]:
         """Embed the titles and the gallery with ``model`` and score them (:meth:`score`)."""
         queries, gallery = self.embed(model)
         return self.score(queries, gallery)
 
+    def encoder(self, model: Any) -> RetrievalModel:
+        """``model`` as a :class:`RetrievalModel`: as it is, or a bare model wrapped (no cache: its
+        weights change between evaluations)."""
+        from cnclip_lora.inference.model import RetrievalModel
+
+        if isinstance(model, RetrievalModel):
+            return model
+        if self.processor is None:
+            raise ConfigError("RetrievalEvaluator: a bare model needs the evaluator's `processor`.")
+        return RetrievalModel(model, self.processor, self.preprocessing, batch_size=self.batch_size)
+
     def embed(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(title embeddings [Q, D], gallery embeddings [G, D])``, L2-normalised; the model's
         train/eval mode is restored afterwards."""
-        from cnclip_lora.inference.embed import embed_images, embed_texts
-
-        text_key, image_key = self.cache_keys if self.cache_keys and self.cache_dir else (None, None)
-        cache_dir = self.cache_dir if text_key else None
-        was_training = bool(getattr(model, "training", False))
+        encoder = self.encoder(model)
+        was_training = bool(getattr(encoder.model, "training", False))
         try:
-            gallery = embed_images(model, self.processor.image_processor, self.gallery_paths,
-                                   preprocessing=self.preprocessing, batch_size=self.batch_size,
-                                   pixel_cache=self.pixel_cache, cache_dir=cache_dir, fingerprint=image_key)
-            queries = embed_texts(model, self.processor.tokenizer, self.titles,
-                                  max_length=self.preprocessing.max_length, batch_size=self.batch_size,
-                                  title_normalization=self.preprocessing.title_normalization,
-                                  pad_to_max_length=self.pad_to_max_length, cache_dir=cache_dir,
-                                  fingerprint=text_key)
+            gallery = encoder.encode_images(self.gallery_paths, batch_size=self.batch_size, pixel_cache=self.pixel_cache)
+            queries = encoder.encode_texts(self.titles, batch_size=self.batch_size,
+                                           pad_to_max_length=self.pad_to_max_length)
         finally:
             if was_training:
-                model.train()
+                encoder.model.train()
         return queries, gallery
+
+    def true_ranks(self, queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        """1-based full-gallery rank of each title's image (ties against it)."""
+        from cnclip_lora.inference.metrics import true_ranks
+
+        return true_ranks(queries, gallery, self.labels)
 
     def score(self, queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
         """Prefixed ``t2i_R@K``/``t2i_MR`` (and ``i2t_*``), ``gallery_size`` and ``queries`` of embeddings.
@@ -148,21 +148,20 @@ class RetrievalEvaluator:
         Raises:
             NonFiniteEmbeddingsError: an embedding holds NaN or infinite values.
         """
-        from cnclip_lora.inference.search import rank
+        from cnclip_lora.inference.metrics import true_ranks
 
         if not (np.isfinite(queries).all() and np.isfinite(gallery).all()):
             raise NonFiniteEmbeddingsError("the model's embeddings contain NaN or infinite values")
         p = self.prefix
-        _, t2i = rank(queries, gallery, k=max(self.ks))
-        metrics = prefixed_recall(t2i, self.labels, f"{p}t2i_", self.ks)
+        metrics = prefixed_recall(self.true_ranks(queries, gallery), f"{p}t2i_", self.ks)
         if self.i2t:
             # Image-to-text over the images that have captions: an image's positives are all its titles.
             captions: dict[int, set[int]] = {}
             for qi, gi in enumerate(self.labels):
                 captions.setdefault(gi, set()).add(qi)
             image_ids = sorted(captions)
-            _, i2t = rank(gallery[image_ids], queries, k=max(self.ks))
-            metrics.update(prefixed_recall(i2t, [captions[g] for g in image_ids], f"{p}i2t_", self.ks))
+            ranks = true_ranks(gallery[image_ids], queries, [captions[g] for g in image_ids])
+            metrics.update(prefixed_recall(ranks, f"{p}i2t_", self.ks))
         metrics[f"{p}gallery_size"] = len(self.gallery_paths)
         metrics[f"{p}queries"] = len(self.titles)
         return metrics

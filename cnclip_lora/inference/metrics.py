@@ -1,10 +1,12 @@
 """Retrieval metrics: Recall@K and their mean (MR), in percent, as the field reports them.
 
-``recall_at_k`` works on rankings (gallery indices per query), so the ranking method
-(exact, faiss, chunk sizes) never changes how a hit is counted. It is the computation behind the
-``evaluate.Metric`` :class:`cnclip_lora.inference.recall_metric.RetrievalRecall` (``evaluate.load("recall")``
-needs the Hub and is classification recall anyway), through which every part of the package scores:
-:class:`cnclip_lora.inference.evaluator.RetrievalEvaluator` ranks and prefixes.
+Every metric the package reports comes from the *exact, full-gallery* rank of each query's first
+positive (:func:`true_ranks`), never from a truncated top-k list, so no ``--top_k`` changes a
+number. One tie rule everywhere: a gallery item scoring exactly as high as the positive counts
+*against* it (ranks above it), so a constant model scores no better than chance.
+:func:`recall_from_ranks` turns ranks into Recall@K + MR; :func:`recall_at_k` does the same for a
+given ranking (gallery indices per query). This module needs numpy only; the ``evaluate.Metric``
+:class:`cnclip_lora.inference.recall_metric.RetrievalRecall` is a thin wrapper for ``evaluate`` users.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
-__all__ = ["recall_at_k"]
+__all__ = ["recall_at_k", "recall_from_ranks", "true_ranks"]
 
 Positive = int | set[int] | frozenset[int] | Sequence[int]
 
@@ -88,5 +90,59 @@ def recall_at_k(
         raise CnClipLoraError("recall needs at least one query, got none")
     first = _first_hit(ranked.astype(np.int64, copy=False), positives)
     out = {f"R@{k}": float(100.0 * np.mean(first < k)) for k in ks}
+    out["MR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
+    return out
+
+
+def _positive_sets(positives: Sequence[Positive], n_gallery: int) -> list[np.ndarray]:
+    out = []
+    for pos in positives:
+        arr = np.asarray([pos] if isinstance(pos, (int, np.integer)) else sorted(pos), dtype=np.int64)
+        _check_positive_indices(arr)
+        if arr.size and arr.max() >= n_gallery:
+            raise CnClipLoraError(f"positive gallery index {int(arr.max())} is outside the gallery of {n_gallery}")
+        out.append(arr)
+    return out
+
+
+def true_ranks(queries, gallery, positives: Sequence[Positive], *, block: int = 1024) -> np.ndarray:
+    """1-based rank of each query's best-scoring positive among *all* gallery items, ties against it.
+
+    ``rank = 1 + (number of non-positive items scoring >= the best positive's score)``; a query
+    without positives gets ``inf``. Scores are inner products of the rows of ``queries [Q, D]`` and
+    ``gallery [G, D]`` (cosine for the L2-normalised embeddings), computed in blocks of ``block``
+    queries so memory stays ``O(block * G)``.
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    gallery = np.asarray(gallery, dtype=np.float32)
+    if len(positives) != len(queries):
+        raise CnClipLoraError(f"got {len(positives)} positives for {len(queries)} queries; they must match")
+    pos_sets = _positive_sets(positives, len(gallery))
+    single = all(p.size == 1 for p in pos_sets)
+    out = np.full(len(queries), np.inf)
+    for start in range(0, len(queries), block):
+        sims = queries[start:start + block] @ gallery.T
+        if single:  # one positive per query: the whole block at once
+            labels = np.concatenate(pos_sets[start:start + block]) if len(sims) else np.zeros(0, np.int64)
+            best = sims[np.arange(len(sims)), labels]
+            out[start:start + len(sims)] = (sims >= best[:, None]).sum(axis=1)
+            continue
+        for row, pos in enumerate(pos_sets[start:start + block]):
+            if not pos.size:
+                continue
+            scores = sims[row]
+            best = scores[pos].max()
+            above = int(np.count_nonzero(scores >= best)) - int(np.count_nonzero(scores[pos] >= best))
+            out[start + row] = 1 + above
+    return out
+
+
+def recall_from_ranks(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K (percent) for each cut-off and their mean ``MR``, from 1-based ranks (``inf`` = never found)."""
+    ks = _check_ks(ks)
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise CnClipLoraError(f"recall needs a non-empty 1-D array of ranks, got shape {ranks.shape}")
+    out = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in ks}
     out["MR"] = float(np.mean([out[f"R@{k}"] for k in ks]))
     return out

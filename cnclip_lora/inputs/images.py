@@ -234,9 +234,18 @@ def decode_errors(image_dir: Path, names: Sequence[str], workers: int | None) ->
         return dict(zip(names, bar(pool.map(check, paths, chunksize=64))))
 
 
-def load_image(path: str | os.PathLike, *, flip: bool, draft_size: int | None = None) -> Image.Image:
+def as_model_image(item: str | os.PathLike | Image.Image, *, draft_size: int | None = None) -> Image.Image:
+    """An image file (:func:`open_image`) or an in-memory PIL image as upright RGB, by the same rules
+    (EXIF orientation, alpha on white, 16-bit scaled), so both reach the model alike."""
+    if isinstance(item, Image.Image):
+        item.load()
+        return _to_rgb(_upright(item))
+    return open_image(item, draft_size=draft_size)
+
+
+def load_image(path: str | os.PathLike | Image.Image, *, flip: bool, draft_size: int | None = None) -> Image.Image:
     """Open one image as RGB (EXIF-upright, alpha on white), mirrored left-right when ``flip``."""
-    image = open_image(path, draft_size=draft_size)
+    image = as_model_image(path, draft_size=draft_size)
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
@@ -288,7 +297,7 @@ def decode_resized(paths: Sequence[str | os.PathLike], image_processor: Any, *, 
     size = (plan.width, plan.height)
     out = np.empty((len(paths), plan.height, plan.width, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = np.asarray(open_image(path, draft_size=draft_size).resize(size, resample=plan.resample))
+        out[i] = np.asarray(as_model_image(path, draft_size=draft_size).resize(size, resample=plan.resample))
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, TitleNormalization, parse_choice
 
-__all__ = ["PAD_MULTIPLE", "TitleTokenMemo", "padded_width", "prepare_titles", "tokenize_titles"]
+__all__ = ["PAD_MULTIPLE", "TitleTokenMemo", "count_tokens", "padded_width", "prepare_titles", "tokenize_titles"]
 
 
 def prepare_titles(titles: Sequence[str], title_normalization: str = TitleNormalization.OFFICIAL) -> list[str]:
@@ -95,6 +95,19 @@ def tokenize_titles(
         extra = values.new_full((values.shape[0], target - width), fill.get(key, 0))
         enc[key] = torch.cat([extra, values] if left else [values, extra], dim=1)
     return enc
+
+
+def count_tokens(
+    titles: Sequence[str], tokenizer: Any, title_normalization: str = TitleNormalization.OFFICIAL
+) -> list[int]:
+    """Tokens each title takes with ``[CLS]``/``[SEP]``, before truncation, tokenised as
+    :func:`tokenize_titles` tokenises it (same preparation, literal special-token text split)."""
+    official = title_normalization == TitleNormalization.OFFICIAL
+    if official:
+        _official_word_limit(tokenizer)
+    enc = tokenizer(prepare_titles(titles, title_normalization), add_special_tokens=True, truncation=False,
+                    verbose=False, **({"split_special_tokens": True} if official else {}))  # fmt: skip
+    return [len(ids) for ids in enc["input_ids"]]
 
 
 def _official_word_limit(tokenizer: Any) -> None:

@@ -1,15 +1,27 @@
-"""Retrieval: load a base model (+ adapter, merged), embed with ``datasets.map`` (cached), rank,
-assign, write the submission; evaluation, the HTML report, the search service and ONNX export.
-
-``from cnclip_lora.retrieve import retrieve`` is the retrieval entry point.
+"""The retrieval applications on the inference library: ``retrieve`` and ``evaluate`` (:mod:`.run`),
+the HTML report, the search service and the ONNX export; each verb's options are the groups in
+:mod:`.arguments`. Names are imported on first use, so importing this package is light.
 """
 
-from cnclip_lora.retrieve.run import (
-    RetrievalArguments,
-    RetrievalResult,
-    evaluate_retrieval,
-    load_retrieval_model,
-    retrieve,
-)
+from __future__ import annotations
 
-__all__ = ["RetrievalArguments", "RetrievalResult", "evaluate_retrieval", "load_retrieval_model", "retrieve"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "EvaluateArguments": "cnclip_lora.retrieve.run",
+    "RetrieveArguments": "cnclip_lora.retrieve.run",
+    "RetrievalResult": "cnclip_lora.retrieve.run",
+    "evaluate_retrieval": "cnclip_lora.retrieve.run",
+    "retrieve": "cnclip_lora.retrieve.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'cnclip_lora.retrieve' has no attribute {name!r}") from None
+    return getattr(import_module(module), name)

@@ -27,36 +27,16 @@ from typing import Any, Sequence
 
 import torch
 
-from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.inference.onnx_engine import EXPORT_FILE, TEXT_FILE, TEXT_INPUTS, VISION_FILE, require
+from cnclip_lora.options import DEFAULT_MAX_LENGTH
 
-__all__ = [
-    "TEXT_FILE",
-    "VISION_FILE",
-    "EXPORT_FILE",
-    "export_onnx",
-    "is_onnx_export",
-    "OnnxChineseCLIP",
-    "load_onnx_model",
-]
+__all__ = ["DEFAULT_OPSET", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
-TEXT_FILE = "text_model.onnx"
-VISION_FILE = "vision_model.onnx"
-#: What was exported from what (base, adapter, opset); the run record is copied unchanged.
-EXPORT_FILE = "onnx_export.json"
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_OPSET = 17
 
-_INSTALL_HINT = "install the optional extra: pip install 'cnclip-lora[onnx]' (onnx, onnxruntime)"
-
-
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as err:
-        raise CnClipLoraError(f"the ONNX backend needs the {module!r} package; {_INSTALL_HINT}.") from err
 
 
 class _TextTower(torch.nn.Module):
@@ -140,14 +120,13 @@ def export_onnx(
         raise ConfigError(f"export-onnx: {out} is a file; pass a folder to write the export into.")
     if not overwrite and not _empty_or_absent(out):
         raise ConfigError(f"export-onnx: {out} already exists and is not empty; pass --overwrite to replace it.")
-    _require("onnx")  # the TorchScript exporter needs it to write the file
-    from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing, RunRecord
-    from cnclip_lora.retrieve.run import load_retrieval_model
+    require("onnx")  # the TorchScript exporter needs it to write the file
+    from cnclip_lora.adapter.record import RECORD_FILE, RunRecord
+    from cnclip_lora.inference.model import RetrievalModel
 
-    model, processor, preprocessing, adapter_dir = load_retrieval_model(
-        model_name_or_path, adapter, model_revision=model_revision, adapter_revision=adapter_revision,
-        device="cpu", dtype="float32",
-    )
+    loaded = RetrievalModel.from_pretrained(model_name_or_path, adapter, model_revision=model_revision,
+                                            adapter_revision=adapter_revision, device="cpu", dtype="float32")
+    model, processor, adapter_dir = loaded.model, loaded.processor, loaded.adapter_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -162,8 +141,8 @@ def export_onnx(
         record = Path(adapter_dir) / RECORD_FILE if adapter_dir else None
         if record is not None and record.is_file():
             shutil.copy2(record, staging / RECORD_FILE)
-        else:  # base model alone: its own preprocessing, no flip (what retrieval uses without adapter)
-            RunRecord(preprocessing if adapter_dir else Preprocessing(train_flip=Flip.NONE)).save(staging)
+        else:  # the preprocessing the model object replays (base alone: its own, no flip)
+            RunRecord(loaded.preprocessing).save(staging)
         info = {"base_model": model_name_or_path, "model_revision": model_revision, "adapter": adapter,
                 "adapter_revision": adapter_revision, "opset": opset, "exporter": "torchscript",
                 "projection_dim": int(model.config.projection_dim), "image_size": size,
@@ -199,74 +178,3 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def is_onnx_export(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds both exported towers."""
-    path = Path(folder)
-    return (path / TEXT_FILE).is_file() and (path / VISION_FILE).is_file()
-
-
-class OnnxChineseCLIP(torch.nn.Module):
-    """The two exported towers behind ``ChineseCLIPModel``'s embedding methods.
-
-    ``get_text_features`` / ``get_image_features`` take and return torch tensors, so the
-    package's embedding code (batching, read-ahead decoding, caching, sharding across processes)
-    runs unchanged over onnxruntime sessions. The returned embeddings are already normalised.
-    """
-
-    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
-                 num_threads: int | None = None):
-        super().__init__()
-        ort = _require("onnxruntime")
-        folder = Path(folder)
-        if not is_onnx_export(folder):
-            missing = [f for f in (TEXT_FILE, VISION_FILE) if not (folder / f).is_file()]
-            raise ConfigError(f"{folder}: not an ONNX export (missing {', '.join(missing)}); "
-                              f"write one with `cnclip-lora export-onnx`.")
-        options = ort.SessionOptions()
-        # As many threads as torch uses, so both backends get the same cores.
-        options.intra_op_num_threads = num_threads or torch.get_num_threads()
-        providers = list(providers or ["CPUExecutionProvider"])
-        self.folder = folder
-        self.text_session = ort.InferenceSession(str(folder / TEXT_FILE), options, providers=providers)
-        self.vision_session = ort.InferenceSession(str(folder / VISION_FILE), options, providers=providers)
-        self._text_inputs = [i.name for i in self.text_session.get_inputs()]
-        # The embedding code reads the model's device and dtype from its parameters: the sessions
-        # take float32 tensors on the CPU side.
-        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        feed = {name: given[name].cpu().numpy().astype("int64") for name in self._text_inputs}
-        return torch.from_numpy(self.text_session.run(None, feed)[0])
-
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feed = {"pixel_values": pixel_values.float().cpu().numpy()}
-        return torch.from_numpy(self.vision_session.run(None, feed)[0])
-
-
-def load_onnx_model(folder: str | os.PathLike, device: str | None = None) -> tuple[OnnxChineseCLIP, Any, Any]:
-    """The onnxruntime model, its processor and the recorded preprocessing from an export folder.
-
-    ``device`` ``cuda...`` uses onnxruntime's CUDA provider when this onnxruntime has it.
-    """
-    from transformers import ChineseCLIPProcessor
-
-    from cnclip_lora.modeling import pin_pil_image_processor
-    from cnclip_lora.adapter.record import Preprocessing
-
-    providers = ["CPUExecutionProvider"]
-    if device and device.startswith("cuda"):
-        ort = _require("onnxruntime")
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError(f"--device {device} with --backend onnx needs onnxruntime-gpu; "
-                              f"this onnxruntime offers {', '.join(ort.get_available_providers())}.")
-        providers.insert(0, "CUDAExecutionProvider")
-    model = OnnxChineseCLIP(folder, providers=providers)
-    processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
-    preprocessing = Preprocessing.load(folder) or Preprocessing(train_flip=Flip.NONE)
-    return model, processor, preprocessing

@@ -17,13 +17,14 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cnclip_lora.errors import ConfigError, CnClipLoraError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.retrieve.arguments import ReportArguments
 from cnclip_lora.utils.files import atomic_path
 
 if TYPE_CHECKING:
@@ -32,47 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["ReportArguments", "ModelRun", "build_report", "render_report", "training_curves_png"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ReportArguments:
-    model_name_or_path: str = field(metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder)."})
-    data_dir: str = field(default="xfdata", metadata={"help": "Folder in the competition layout."})
-    adapter: str | None = field(default=None, metadata={"help": "The model to inspect: a LoRA adapter (none = base)."})
-    baseline_adapter: str | None = field(
-        default=None, metadata={"help": "Compare with this second adapter (fixed/broken queries are relative to it)."}
-    )
-    compare_base: bool = field(default=False, metadata={"help": "Compare with the base model without adapter."})
-    output: str = field(default="report.html", metadata={"help": "The HTML file to write."})
-    split: str = field(
-        default="val", metadata={"help": "'val' (held-out split) or 'test' (queries + answers file).", "choices": ["val", "test"]}
-    )
-    answers: str | None = field(default=None, metadata={"help": "--split test: answers CSV; default DATA_DIR/test_answers.csv."})
-    val_size: float = field(default=0.1, metadata={"help": "--split val: the split used in training."})
-    split_seed: int = field(default=42, metadata={"help": "--split val: the seed used in training."})
-    top_k: int = field(default=5, metadata={"help": "Thumbnails shown per query and model."})
-    max_queries: int = field(default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."})
-    thumb_size: int = field(default=96, metadata={"help": "Thumbnail edge in pixels."})
-    training_dir: str | None = field(
-        default=None, metadata={"help": "Folder with trainer_state.json for the curves; default: the adapter folder."}
-    )
-    batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache folder (as for retrieve); '' disables."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
-    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
-
-    def __post_init__(self) -> None:
-        if self.split not in ("val", "test"):
-            raise ConfigError(f"--split must be val or test; got {self.split!r}.")
-        for name in ("top_k", "max_queries", "thumb_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
-        if self.compare_base and self.baseline_adapter:
-            raise ConfigError("pass either --compare_base or --baseline_adapter, not both.")
-        if self.compare_base and not self.adapter:
-            raise ConfigError("--compare_base needs --adapter (otherwise both models are the base model).")
-        if not self.output.lower().endswith((".html", ".htm")):
-            raise ConfigError(f"--output must be an .html file; got {self.output!r}.")
 
 
 @dataclass
@@ -86,34 +46,18 @@ class ModelRun:
     top_indices: np.ndarray           # [Q, k]
 
 
-def true_ranks(queries: np.ndarray, gallery: np.ndarray, labels: Sequence[int], block: int = 1024) -> np.ndarray:
-    """1-based rank of each query's true image among all gallery images (ties count against it)."""
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    out = np.empty(len(labels_arr), dtype=np.int64)
-    for start in range(0, len(labels_arr), block):
-        sims = queries[start:start + block] @ gallery.T
-        true = sims[np.arange(sims.shape[0]), labels_arr[start:start + block]]
-        out[start:start + block] = 1 + (sims > true[:, None]).sum(axis=1)
-    return out
-
-
 def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
     from cnclip_lora.inference.search import rank
-    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_evaluator, load_retrieval_model
+    from cnclip_lora.retrieve.run import open_model
 
-    rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=adapter,
-                               batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device,
-                               dtype=args.dtype, split=args.split)
-    model, processor, preprocessing, adapter_dir = load_retrieval_model(
-        args.model_name_or_path, adapter, device=args.device, dtype=args.dtype)
+    model = open_model(args, adapter=adapter)
     # The evaluator `cnclip-lora evaluate` and the Trainer score with; bare metric names for the table.
-    evaluator = labelled_evaluator(rargs, split, model, processor, preprocessing, adapter_dir)
-    evaluator.name = ""
+    evaluator = split.evaluator(name="", batch_size=args.batch_size)
     queries, gallery = evaluator.embed(model)
     del model
     metrics = evaluator.score(queries, gallery)
     scores, indices = rank(queries, gallery, k=min(args.top_k, len(split.names)))
-    return ModelRun(name, metrics, true_ranks(queries, gallery, split.labels), scores, indices)
+    return ModelRun(name, metrics, evaluator.true_ranks(queries, gallery), scores, indices)
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -301,13 +245,16 @@ def _curves(args: ReportArguments) -> tuple[bytes | None, str]:
 
 def build_report(args: ReportArguments) -> Path:
     """Score the labelled split with each model and write the HTML report (atomically)."""
-    from cnclip_lora.retrieve.run import RetrievalArguments, labelled_split
+    from cnclip_lora.inference.model import check_device
+    from cnclip_lora.retrieve.run import check_sources, scored_split
 
-    split = labelled_split(RetrievalArguments(
-        model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, split=args.split, answers=args.answers,
-        val_size=args.val_size, split_seed=args.split_seed))
+    check_device(args.device)
+    check_sources(args)
     if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
         raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
+    split = scored_split(args, args.adapter, args.adapter_revision)
+    if args.baseline_adapter and args.split == "val":
+        scored_split(args, args.baseline_adapter)  # the baseline must have been validated on the same images
     main_name = "tuned" if args.adapter else "base"
     runs = [_run_model(args, args.adapter, main_name, split)]
     if args.compare_base:
@@ -317,7 +264,7 @@ def build_report(args: ReportArguments) -> Path:
     curves, note = _curves(args)
     page = render_report(titles=split.titles, labels=split.labels, names=split.names, image_dir=split.image_dir,
                          runs=runs, split=args.split, max_queries=args.max_queries, thumb_size=args.thumb_size,
-                         curves_png=curves, curves_note=note)
+                         curves_png=curves, curves_note=note)  # fmt: skip
     with atomic_path(args.output) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return Path(args.output)

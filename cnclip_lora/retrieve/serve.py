@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,39 +28,12 @@ import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.inputs.images import IMAGE_EXTENSIONS
+from cnclip_lora.retrieve.arguments import ServeArguments
 
 __all__ = ["ServeArguments", "SearchEngine", "MicroBatcher", "load_engine", "create_app", "serve", "gallery_from_folder"]
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class ServeArguments:
-    model_name_or_path: str = field(metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder)."})
-    data_dir: str = field(default="xfdata", metadata={"help": "Competition layout: the gallery is image/ minus train.csv."})
-    image_dir: str | None = field(
-        default=None, metadata={"help": "Serve every image in this folder instead of the competition gallery."}
-    )
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder or Hub id; none = base model."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback by default)."})
-    port: int = field(default=8000, metadata={"help": "Port."})
-    max_k: int = field(default=100, metadata={"help": "Largest k a request may ask for."})
-    max_batch: int = field(default=64, metadata={"help": "Most queries embedded in one forward pass (and per POST)."})
-    batch_wait_ms: float = field(default=5.0, metadata={"help": "How long the batcher waits for more queries."})
-    batch_size: int = field(default=64, metadata={"help": "Gallery embedding batch size."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Embedding cache folder (as for retrieve); '' disables."})
-    device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
-    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"--port must be 1..65535; got {self.port}.")
-        for name in ("max_k", "max_batch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"--batch_wait_ms must be >= 0; got {self.batch_wait_ms}.")
 
 
 def gallery_from_folder(image_dir: str | os.PathLike) -> list[str]:
@@ -91,39 +64,25 @@ class QueryResult:
 
 
 class SearchEngine:
-    """The loaded model, the gallery's embeddings, and one call that searches many queries."""
+    """A :class:`~cnclip_lora.inference.model.RetrievalModel`, the gallery's embeddings, and one call
+    that searches many queries; queries are embedded exactly as ``retrieve`` embeds titles."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, gallery: np.ndarray, names: Sequence[str],
-                 image_dir: str | os.PathLike) -> None:
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+    def __init__(self, model: Any, gallery: np.ndarray, names: Sequence[str], image_dir: str | os.PathLike) -> None:
+        self.model = model
+        self.max_length = model.max_length
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         self.names = list(names)
         self.image_dir = Path(image_dir).resolve()
         self.by_name = {n: i for i, n in enumerate(self.names)}
 
-    def token_count(self, text: str) -> int:
-        """Tokens the query takes with [CLS]/[SEP], before truncation."""
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
-
     def search(self, queries: Sequence[str], k: int) -> list[QueryResult]:
         """Embed all ``queries`` in one forward pass and rank the gallery; k is capped at its size."""
-        import torch
-
-        from cnclip_lora.inputs.text import tokenize_titles
-        from cnclip_lora.data import normalize_title
-        from cnclip_lora.modeling import get_text_embeds
         from cnclip_lora.inference.search import rank
 
-        texts = [normalize_title(q) for q in queries]
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            enc = tokenize_titles(texts, self.tokenizer, self.max_length)
-            embeds = get_text_embeds(self.model, **{k_: v.to(device) for k_, v in enc.items()})
-            embeds = torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy()
+        embeds = self.model.encode_texts(list(queries), batch_size=max(1, len(queries)), cache=False)
         scores, indices = rank(embeds, self.gallery, k=min(k, len(self.names)))
         out = []
-        for q, text in enumerate(texts):
-            n = self.token_count(text)
+        for q, n in enumerate(self.model.count_tokens(list(queries))):
             keep = indices[q] >= 0
             out.append(QueryResult(queries[q], n > self.max_length, n, [int(i) for i in indices[q][keep]],
                                    [round(float(s), 6) for s in scores[q][keep]]))
@@ -197,8 +156,9 @@ def _cut(result: QueryResult, k: int) -> QueryResult:
 
 def load_engine(args: ServeArguments) -> SearchEngine:
     """Load the model once and embed the gallery through retrieve's embedding cache."""
-    from cnclip_lora.retrieve.run import RetrievalArguments, embed_gallery, load_retrieval_model
+    from cnclip_lora.retrieve.run import check_sources, open_model
 
+    check_sources(args)
     if args.image_dir:
         image_dir = Path(args.image_dir)
         names = gallery_from_folder(image_dir)
@@ -209,12 +169,9 @@ def load_engine(args: ServeArguments) -> SearchEngine:
         image_dir, names = Path(data.image_dir), list(data.gallery["path"])
         if not names:
             raise CnClipLoraError(f"{image_dir}: the gallery is empty (every image is named in train.csv).")
-    model, processor, preprocessing, adapter_dir = load_retrieval_model(
-        args.model_name_or_path, args.adapter, device=args.device, dtype=args.dtype)
-    rargs = RetrievalArguments(model_name_or_path=args.model_name_or_path, data_dir=args.data_dir, adapter=args.adapter,
-                               batch_size=args.batch_size, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
-    gallery = embed_gallery(rargs, model, processor, preprocessing, adapter_dir, [str(image_dir / n) for n in names])
-    return SearchEngine(model, processor.tokenizer, preprocessing.max_length, gallery, names, image_dir)
+    model = open_model(args)
+    gallery = model.encode_images([str(image_dir / n) for n in names])
+    return SearchEngine(model, gallery, names, image_dir)
 
 
 def _safe_image_path(engine: SearchEngine, name: str) -> Path | None:

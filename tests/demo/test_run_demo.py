@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 
 XFDATA = Path(__file__).resolve().parents[2] / "xfdata"
 

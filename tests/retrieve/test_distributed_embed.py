@@ -52,7 +52,7 @@ def retrieve_argv(model_dir: Path, data_dir: Path, out_dir: Path, cache_dir: str
 
 
 def _worker(model_dir: str, data_dir: str, out_dir: str) -> None:
-    from cnclip_lora.cli import main
+    from cnclip_lora.commands import main
     from cnclip_lora.utils.distributed import rank_and_world
 
     out = Path(out_dir)
@@ -114,7 +114,7 @@ def test_distributed_embed_two_processes_equal_single_process(two_process_run, t
 @needs_gloo
 def test_distributed_retrieve_cli_two_processes_equal_single_process(two_process_run, tiny_model_dir, data_dir,
                                                                      tmp_path):
-    from cnclip_lora.cli import main
+    from cnclip_lora.commands import main
 
     out2, out1 = two_process_run / "submission", tmp_path / "one"
     assert main(retrieve_argv(tiny_model_dir, data_dir, out1, "")) == 0

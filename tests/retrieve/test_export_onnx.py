@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`")
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing
 from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError

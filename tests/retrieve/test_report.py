@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from serve_utils import make_random_adapter
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.retrieve.report import ModelRun, ReportArguments, render_report, training_curves_png, true_ranks
 

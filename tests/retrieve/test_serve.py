@@ -222,7 +222,7 @@ def test_search_page_in_chromium(served, tmp_path):
 
 def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install 'cnclip-lora[report]'")
-    from cnclip_lora.cli import main
+    from cnclip_lora.commands import main
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "report.html"

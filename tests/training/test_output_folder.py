@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cnclip_lora.cli import main
+from cnclip_lora.commands import main
 from cnclip_lora.utils.files import checkpoint_problem
 from cnclip_lora.training.run import train
 

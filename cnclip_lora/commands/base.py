@@ -1,0 +1,135 @@
+"""The command object every verb is, and the light dataclass parser of the retrieval verbs.
+
+A verb declares its options (``add_arguments``, or one arguments dataclass) and acts on them
+(``run``). This layer is the only place that parses flags or prints for the user; the library
+functions it calls take typed values or config objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+__all__ = ["Command", "DataclassCommand", "dataclass_parser", "print_metrics", "string_to_bool"]
+
+
+def print_metrics(metrics: dict) -> None:
+    """``key  value`` lines on the main process (floats with two decimals)."""
+    from cnclip_lora.utils.distributed import is_main_process
+
+    if not is_main_process():
+        return
+    width = max((len(k) for k in metrics), default=0)
+    for key, value in metrics.items():
+        print(f"  {key:<{width}}  {value:.2f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+def string_to_bool(value: str | bool) -> bool:
+    """``true/false/yes/no/1/0`` (any case) as a bool; argparse's error otherwise."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in ("true", "yes", "t", "y", "1"):
+        return True
+    if lowered in ("false", "no", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _scalar(hint: Any) -> Any:
+    """``str | None`` -> ``str``; the one non-None member of a union."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return hint
+
+
+def dataclass_parser(cls: type, *, prog: str, description: str) -> argparse.ArgumentParser:
+    """An ``argparse`` parser of the dataclass ``cls``'s fields, with ``HfArgumentParser``'s conventions
+    (``--field value``, dashed aliases, ``--flag`` / ``--flag false`` for booleans, ``--no_flag`` for
+    a boolean that defaults to true, help and choices from the field metadata).
+
+    The retrieval verbs' options are plain scalars; building their parser without importing
+    transformers keeps every such verb's ``--help`` and its argument errors instant.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        kind = _scalar(hints[f.name])
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help"), "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = list(f.metadata["choices"])
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if kind is bool:
+            kwargs.update(type=string_to_bool, nargs="?", const=True, default=bool(default))
+            parser.add_argument(*names, **kwargs)
+            if default is True:
+                parser.add_argument(f"--no_{f.name}", action="store_false", dest=f.name,
+                                    help=f"Turn --{f.name} off.")  # fmt: skip
+            continue
+        kwargs["type"] = kind if kind in (int, float) else str
+        if has_default:
+            kwargs["default"] = default
+        else:
+            kwargs["required"] = True
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+class Command:
+    """One ``cnclip-lora`` verb: ``add_arguments`` declares its options, ``run`` acts on them."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    #: True for a verb that never uses torch, transformers, datasets or the Hub: it starts without them.
+    light: ClassVar[bool] = False
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=f"cnclip-lora {self.name}", description=self.help)
+        self.add_arguments(parser)
+        return parser
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the verb's options on ``parser`` (argparse exits 2 on a bad flag, 0 after --help)."""
+
+    def parse(self, argv: Sequence[str]) -> Any:
+        return self.parser().parse_args(list(argv))
+
+    def run(self, args: Any) -> int:
+        """Do the work; the return value is the exit status."""
+        raise NotImplementedError
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        return self.run(self.parse(argv))
+
+
+class DataclassCommand(Command):
+    """A verb whose options are the fields of one arguments dataclass (:func:`dataclass_parser`)."""
+
+    def arguments_class(self) -> type:
+        raise NotImplementedError
+
+    def parser(self) -> argparse.ArgumentParser:
+        return dataclass_parser(self.arguments_class(), prog=f"cnclip-lora {self.name}", description=self.help)
+
+    def parse(self, argv: Sequence[str]) -> Any:
+        parsed = self.parser().parse_args(list(argv))
+        args = self.arguments_class()(**vars(parsed))
+        check = getattr(args, "check_sources", None)
+        if check is not None:  # a mistyped model or adapter path, before any heavy import
+            check()
+        return args
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -1,0 +1,29 @@
+"""``cnclip-lora check-data``: validate a data folder and print its summary (light: no torch)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnclip_lora.commands.base import Command
+
+
+class CheckDataCommand(Command):
+    name = "check-data"
+    light = True
+    help = "validate a data folder in the competition layout and print a summary"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("data_dir", help="folder in the competition layout (train.csv, test_query.csv, image/)")
+        parser.add_argument("--val_size", type=float, default=0.1, help="held-out share (0<x<1) or count")
+        parser.add_argument("--split_seed", type=int, default=42,
+                            help="seed of the train/validation split (as in train)")  # fmt: skip
+        parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
+        parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from cnclip_lora.data import check_data
+
+        report = check_data(args.data_dir, val_size=args.val_size, seed=args.split_seed,
+                            skip_bad_rows=args.skip_bad_rows, check_images=not args.no_check_images)  # fmt: skip
+        print(report.summary())
+        return 0 if report.ok else 1

@@ -1,0 +1,229 @@
+"""The option groups of the retrieval verbs, each declared once and shared by every verb that takes it.
+
+``retrieve``, ``evaluate``, ``report`` and ``serve`` each have one arguments dataclass built from
+these groups (model source, runtime, data and split), so an option means the same, with the same
+help and checks, in each of them; ``HfArgumentParser`` turns a dataclass into the verb's flags.
+A verb's dataclass holds only the options that verb uses: a field of another verb is a
+``TypeError`` in Python and an unknown flag on the command line, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import Assign, Backend, FaissIndex, choices, parse_choice
+
+__all__ = [
+    "SPLITS",
+    "DataDirArguments",
+    "EvaluateArguments",
+    "ModelSourceArguments",
+    "ReportArguments",
+    "RetrieveArguments",
+    "RuntimeArguments",
+    "ServeArguments",
+    "SplitArguments",
+]
+
+#: The labelled sets ``evaluate`` and ``report`` score.
+SPLITS = ("val", "test")
+
+
+class _Group:
+    """Cooperative ``__post_init__``: every group of a verb's dataclass runs its own checks."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class ModelSourceArguments(_Group):
+    """Which model: a base checkpoint, an optional adapter, their revisions."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder); with --backend onnx an "
+                          "`export-onnx` folder."})  # fmt: skip
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter folder or Hub id; none = the base model (zero-shot baseline)."}
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base model."})
+    adapter_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the adapter."})
+    allow_different_base: bool = field(
+        default=False,
+        metadata={"help": "Use the adapter on a base with the same architecture but other weights or vocabulary "
+                          "than it was trained on (a re-saved or converted copy of that base; a deliberate "
+                          "transfer experiment). Off: such a pair is refused, since its rankings are silently wrong."},
+    )  # fmt: skip
+
+    def check_sources(self) -> None:
+        """A mistyped model or adapter path fails at once, before the data checks and any heavy
+        import, and never as a Hub error."""
+        from cnclip_lora.utils.sources import check_source
+
+        check_source(self.model_name_or_path, option="--model_name_or_path", revision=self.model_revision)
+        if self.adapter:
+            from cnclip_lora.adapter.hub import resolve_adapter
+
+            resolve_adapter(self.adapter, revision=self.adapter_revision)
+
+
+@dataclass
+class RuntimeArguments(_Group):
+    """Where and how the model runs, and where its embeddings are cached."""
+
+    backend: str = field(
+        default=Backend.TORCH,
+        metadata={"help": "torch: the checkpoint (+ merged adapter). onnx: onnxruntime over a `cnclip-lora "
+                          "export-onnx` folder given as --model_name_or_path (onnx extra).",
+                  "choices": choices(Backend)},
+    )  # fmt: skip
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
+    dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
+    batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Embedding cache folder (keyed by model, adapter, processor, images, preprocessing); "
+                          "default: HF_DATASETS_CACHE/cnclip_lora/embeddings (see `cnclip-lora cache`); '' disables."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.backend = parse_choice(Backend, self.backend, "--backend")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1; got {self.batch_size}.")
+        if self.backend == Backend.ONNX and (getattr(self, "adapter", None) or self.dtype):
+            raise ConfigError("--backend onnx takes an export folder as --model_name_or_path, with the adapter "
+                              "already merged and float32 weights: drop --adapter/--dtype (or export again with "
+                              "that adapter).")
+
+
+@dataclass
+class DataDirArguments(_Group):
+    data_dir: str = field(default="xfdata", metadata={"help": "Folder in the competition layout."})
+
+
+@dataclass
+class SplitArguments(DataDirArguments):
+    """Which labelled set is scored, and how the held-out split is drawn."""
+
+    split: str = field(
+        default="val",
+        metadata={"help": "'val' (held-out split) or 'test' (queries + answers file).", "choices": list(SPLITS)},
+    )
+    answers: str | None = field(
+        default=None, metadata={"help": "--split test: answers CSV (query,path); default DATA_DIR/test_answers.csv."}
+    )
+    val_size: float | None = field(
+        default=None,
+        metadata={"help": "--split val: held-out share or count. Default: the adapter's recorded training "
+                          "split (0.1 without a record); a different value needs --allow_different_split."},
+    )  # fmt: skip
+    split_seed: int | None = field(
+        default=None,
+        metadata={"help": "--split val: split seed. Default: the adapter's recorded one (42 without)."},
+    )
+    allow_different_split: bool = field(
+        default=False,
+        metadata={"help": "--split val: accept a split other than the adapter's training split (its held-out "
+                          "recall then includes trained-on images)."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be val or test; got {self.split!r}.")
+
+
+# ---------------------------------------------------------------- the verbs
+
+@dataclass
+class RetrieveArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments):
+    """``cnclip-lora retrieve``: rank the gallery for the test queries and write the files."""
+
+    output: str | None = field(default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."})
+    top_k: int = field(
+        default=10,
+        metadata={"help": "Results kept per query in the top-k file (metrics and the one-to-one assignment use the "
+                          "whole gallery)."},
+    )  # fmt: skip
+    topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
+    assign: str = field(
+        default=Assign.ARGMAX,
+        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
+                          "similarity over the whole gallery.", "choices": choices(Assign)},
+    )  # fmt: skip
+    use_faiss: bool = field(default=False, metadata={"help": "Rank with a FAISS inner-product index (faiss extra)."})
+    faiss_index: str = field(
+        default=FaissIndex.FLAT,
+        metadata={"help": "flat (exact) | hnsw | ivf (approximate, faster).", "choices": choices(FaissIndex)},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.assign = parse_choice(Assign, self.assign, "--assign")
+        self.faiss_index = parse_choice(FaissIndex, self.faiss_index, "--faiss_index")
+        if self.top_k < 1:
+            raise ConfigError(f"--top_k must be >= 1; got {self.top_k}.")
+
+
+@dataclass
+class EvaluateArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
+    """``cnclip-lora evaluate``: Recall@1/5/10 and MR on a labelled split."""
+
+
+@dataclass
+class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
+    """``cnclip-lora report``: the split scored exactly as ``evaluate`` scores it (the adapter's
+    recorded training split by default), with the model-source and runtime options of every verb."""
+
+    baseline_adapter: str | None = field(
+        default=None, metadata={"help": "Compare with this second adapter (fixed/broken queries are relative to it)."}
+    )
+    compare_base: bool = field(default=False, metadata={"help": "Compare with the base model without adapter."})
+    output: str = field(default="report.html", metadata={"help": "The HTML file to write."})
+    top_k: int = field(default=5, metadata={"help": "Thumbnails shown per query and model."})
+    max_queries: int = field(default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."})
+    thumb_size: int = field(default=96, metadata={"help": "Thumbnail edge in pixels."})
+    training_dir: str | None = field(
+        default=None, metadata={"help": "Folder with trainer_state.json for the curves; default: the adapter folder."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("top_k", "max_queries", "thumb_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if self.compare_base and self.baseline_adapter:
+            raise ConfigError("pass either --compare_base or --baseline_adapter, not both.")
+        if self.compare_base and not self.adapter:
+            raise ConfigError("--compare_base needs --adapter (otherwise both models are the base model).")
+        if self.backend == Backend.ONNX and (self.compare_base or self.baseline_adapter):
+            raise ConfigError("--backend onnx serves one export folder: --compare_base/--baseline_adapter need the "
+                              "torch backend.")
+        if not self.output.lower().endswith((".html", ".htm")):
+            raise ConfigError(f"--output must be an .html file; got {self.output!r}.")
+
+
+@dataclass
+class ServeArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments):
+    """``cnclip-lora serve``: the model-source, runtime and data options of the other verbs, plus these."""
+
+    image_dir: str | None = field(
+        default=None, metadata={"help": "Serve every image in this folder instead of the competition gallery."}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback by default)."})
+    port: int = field(default=8000, metadata={"help": "Port."})
+    max_k: int = field(default=100, metadata={"help": "Largest k a request may ask for."})
+    max_batch: int = field(default=64, metadata={"help": "Most queries embedded in one forward pass (and per POST)."})
+    batch_wait_ms: float = field(default=5.0, metadata={"help": "How long the batcher waits for more queries."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be 1..65535; got {self.port}.")
+        for name in ("max_k", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
+        if self.batch_wait_ms < 0:
+            raise ConfigError(f"--batch_wait_ms must be >= 0; got {self.batch_wait_ms}.")
