@@ -31,7 +31,7 @@ def _parse_arm(text: str) -> tuple[str, dict[str, str]]:
 
 def main() -> None:
     from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
     from cnclip_lora.training.run import train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,9 +54,9 @@ def main() -> None:
         result = train(["--model_name_or_path", str(model_dir), "--data_dir", args.data_dir, "--output_dir", str(out),
                         "--cache_dir", str(workdir / "cache")], **flags)  # fmt: skip
         seconds = time.time() - start
-        scores = evaluate_retrieval(RetrievalArguments(split="val", adapter=str(out), **common))
+        scores = evaluate_retrieval(EvaluateArguments(split="val", adapter=str(out), **common))
         if (Path(args.data_dir) / "test_answers.csv").is_file():
-            scores.update(evaluate_retrieval(RetrievalArguments(split="test", adapter=str(out), **common)))
+            scores.update(evaluate_retrieval(EvaluateArguments(split="test", adapter=str(out), **common)))
         results.append({"arm": name, "flags": overrides, "train_s": round(seconds, 1),
                         "train_loss": result.train_metrics.get("train_loss"), **scores})  # fmt: skip
         print(name, {k: v for k, v in results[-1].items() if "MR" in k or k == "train_s"}, flush=True)

@@ -1,11 +1,12 @@
-"""Gallery embedding throughput: ``retrieve``'s ``embed_images`` vs model-only forward vs seed-style map.
+"""Gallery embedding throughput: ``retrieve``'s ``RetrievalModel.encode_images`` vs model-only forward vs seed-style map.
 
 Variants (each in a fresh process, interleaved over ``--repeats``):
 
 * ``model_only[:NAME]``: the limit. ``get_image_embeds`` + L2 normalisation under
   ``torch.inference_mode`` on pixel batches tensorised before the clock starts.
-* ``package[:NAME]``: :func:`cnclip_lora.inference.embed.embed_images`, exactly as ``retrieve`` calls
-  it (no cache, so every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
+* ``package[:NAME]``: :meth:`cnclip_lora.inference.model.RetrievalModel.encode_images` (over
+  :func:`cnclip_lora.inference.embed.embed_images`), exactly as ``retrieve`` calls it (no cache, so
+  every image is embedded). Pseudo flags: ``--no_draft``, ``--no_batched_resize``
   (image processor per image), ``--keep_threads`` (embed_images may not lower torch's
   threads), ``--before`` (the first version of ``embed_images``: per-batch
   thread-pool decoding, no read-ahead), ``--threads N``
@@ -102,11 +103,9 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
 
 def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     from cnclip_lora.adapter.record import Preprocessing
-    from cnclip_lora.inference.embed import embed_images
+    from cnclip_lora.inference.model import RetrievalModel
 
     opts = _flags(flags)
-    if opts["before"]:
-        embed_images = _embed_images_before  # noqa: F811
     model, processor, paths = _setup(a, opts)
     if opts["keep_threads"]:  # measure read-ahead without embed_images lowering torch's threads
         import torch
@@ -114,9 +113,18 @@ def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
         torch.set_num_threads = lambda n: None
     pre = Preprocessing(train_flip="always", draft=opts["draft"])
     kwargs = {"num_threads": opts["decode_threads"]} if opts["decode_threads"] else {}
-    embed_images(model, processor.image_processor, paths[: a.batch], preprocessing=pre, batch_size=a.batch, **kwargs)
+    if opts["before"]:
+        def embed(items):
+            return _embed_images_before(model, processor.image_processor, items, preprocessing=pre,
+                                        batch_size=a.batch, **kwargs)
+    else:
+        encoder = RetrievalModel(model, processor, pre, batch_size=a.batch)
+
+        def embed(items):
+            return encoder.encode_images(items, cache=False, **kwargs)
+    embed(paths[: a.batch])
     t0 = time.perf_counter()
-    out = embed_images(model, processor.image_processor, paths, preprocessing=pre, batch_size=a.batch, **kwargs)
+    out = embed(paths)
     span = time.perf_counter() - t0
     assert out.shape[0] == len(paths)
     return {"images_per_s": len(paths) / span}

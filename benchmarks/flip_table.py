@@ -23,7 +23,7 @@ def main() -> None:
 
     from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.demo.data import make_demo_data
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
     from cnclip_lora.training.run import train
 
     work = Path(args.workdir)
@@ -37,9 +37,9 @@ def main() -> None:
             out = work / f"{domain}-{flip}"
             flags = {**DEMO_TRAIN_FLAGS, "flip": flip}
             train(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)], **flags)
-            m = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=str(out),
-                                                      data_dir=str(data_dir),
-                                                      split="val", cache_dir="", device="cpu"))
+            m = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), adapter=str(out),
+                                                     data_dir=str(data_dir),
+                                                     split="val", cache_dir="", device="cpu"))
             rows.append((domain, flip, m))
             print(f"[flip] {domain} {flip}: {m}", flush=True)
     print("\n| domain | gallery | flip | R@1 | R@5 | R@10 | MR |")

@@ -2,10 +2,10 @@
 
 Variants (each in a fresh process, interleaved over ``--repeats``), per tower:
 
-* ``torch:text`` / ``torch:image``: :func:`cnclip_lora.inference.embed.embed_texts` / ``embed_images``
-  on the merged PyTorch model, exactly as ``retrieve`` calls them (no cache).
-* ``onnx:text`` / ``onnx:image``: the same functions on
-  :class:`cnclip_lora.retrieve.export_onnx.OnnxChineseCLIP` (what ``retrieve --backend onnx`` runs).
+* ``torch:text`` / ``torch:image``: :meth:`cnclip_lora.inference.model.RetrievalModel.encode_texts` /
+  ``encode_images`` on the merged PyTorch model, exactly as ``retrieve`` calls them (no cache).
+* ``onnx:text`` / ``onnx:image``: the same methods with ``backend="onnx"``, i.e. on
+  :class:`cnclip_lora.inference.onnx_engine.OnnxChineseCLIP` (what ``retrieve --backend onnx`` runs).
 * ``--model_only``: adds ``torch_model:*`` / ``onnx_model:*``, the engines alone on inputs
   tokenised / preprocessed before the clock starts.
 
@@ -45,14 +45,11 @@ def _paths(data: Path, n: int) -> list[str]:
 
 
 def _load(a: argparse.Namespace, backend: str):
+    from cnclip_lora.inference.model import RetrievalModel
+
     if backend == "onnx":
-        from cnclip_lora.retrieve.export_onnx import load_onnx_model
-
-        return load_onnx_model(a.export)
-    from cnclip_lora.retrieve.run import load_retrieval_model
-
-    model, processor, prep, _ = load_retrieval_model(a.model, a.adapter, device="cpu")
-    return model, processor, prep
+        return RetrievalModel.from_pretrained(a.export, backend="onnx", device="cpu", batch_size=a.batch)
+    return RetrievalModel.from_pretrained(a.model, a.adapter, device="cpu", batch_size=a.batch)
 
 
 def child(a: argparse.Namespace) -> dict[str, Any]:
@@ -60,20 +57,22 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
 
     from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.inputs.text import tokenize_titles
-    from cnclip_lora.inference.embed import embed_images, embed_texts
     from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 
     kind, tower = a.child.split(":")
     backend = kind.split("_")[0]
-    model, processor, prep = _load(a, backend)
+    encoder = _load(a, backend)
+    model, processor, prep = encoder.model, encoder.processor, encoder.preprocessing
     items = _titles(a.data, a.n_titles) if tower == "text" else _paths(a.data, a.n_images)
     if kind.endswith("_model"):  # engine only: inputs ready before the clock starts
         chunks = [items[i : i + a.batch] for i in range(0, len(items), a.batch)]
         if tower == "text":
-            inputs = [tokenize_titles(c, processor.tokenizer, prep.max_length) for c in chunks]
+            inputs = [tokenize_titles(c, processor.tokenizer, prep.max_length, prep.title_normalization)
+                      for c in chunks]
             step = lambda x: get_text_embeds(model, **x)  # noqa: E731
         else:
-            inputs = [preprocess_images(c, processor.image_processor, flips=prep.inference_flip) for c in chunks]
+            inputs = [preprocess_images(c, processor.image_processor, flips=prep.inference_flip, draft=prep.draft)
+                      for c in chunks]
             step = lambda x: get_image_embeds(model, x)  # noqa: E731
         with torch.inference_mode():
             step(inputs[0])
@@ -83,11 +82,9 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
             span = time.perf_counter() - t0
     else:
         if tower == "text":
-            run = lambda xs: embed_texts(model, processor.tokenizer, xs, max_length=prep.max_length,  # noqa: E731
-                                         batch_size=a.batch)
+            run = lambda xs: encoder.encode_texts(xs, batch_size=a.batch, cache=False)  # noqa: E731
         else:
-            run = lambda xs: embed_images(model, processor.image_processor, xs, preprocessing=prep,  # noqa: E731
-                                          batch_size=a.batch)
+            run = lambda xs: encoder.encode_images(xs, batch_size=a.batch, cache=False)  # noqa: E731
         import datasets
 
         datasets.disable_progress_bars()

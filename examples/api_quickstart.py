@@ -8,8 +8,7 @@ the held-out split, then ranks the gallery for a few free-text queries.
 
 from pathlib import Path
 
-from cnclip_lora import RetrievalArguments, apply_lora, evaluate_retrieval, load_retrieval_model, rank, train
-from cnclip_lora.inference.embed import embed_images, embed_texts
+from cnclip_lora import EvaluateArguments, RetrievalModel, apply_lora, evaluate_retrieval, rank, train
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.demo.tiny_model import make_tiny_model
 
@@ -28,16 +27,19 @@ print("held-out metrics after training:", result.eval_metrics)
 
 # 3. Evaluate base vs tuned with the competition's gallery protocol.
 for adapter in (None, str(work / "adapter")):
-    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), adapter=adapter,
-                                                    data_dir="xfdata",
-                                                    split="val", cache_dir=str(work / "cache"), device="cpu"))
+    metrics = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), adapter=adapter,
+                                                   data_dir="xfdata",
+                                                   split="val", cache_dir=str(work / "cache"), device="cpu"))
     print("adapter" if adapter else "base   ", {k: v for k, v in metrics.items() if "t2i" in k or "gallery" in k})
 
-# 4. Free-text queries against the gallery, with the preprocessing recorded at training time.
-model, processor, preprocessing, _ = load_retrieval_model(str(model_dir), str(work / "adapter"), device="cpu")
+# 4. Free-text queries against the gallery. RetrievalModel replays the preprocessing recorded at
+#    training time (title normalisation, max_length, gallery flip rule, decode options).
+model = RetrievalModel.from_pretrained(str(model_dir), str(work / "adapter"), device="cpu")
+print(model)
+queries = ["红色条纹连衣裙", "黑色波点衬衫"]
 gallery = sorted(Path("xfdata/image").glob("*.jpg"))[:200]
-image_embeds = embed_images(model, processor.image_processor, gallery, preprocessing=preprocessing)
-text_embeds = embed_texts(model, processor.tokenizer, ["红色条纹连衣裙", "黑色波点衬衫"], max_length=preprocessing.max_length)
+image_embeds = model.encode_images(gallery)  # paths or PIL images
+text_embeds = model.encode_texts(queries)
 scores, indices = rank(text_embeds, image_embeds, k=3)
-for query, row, score in zip(["红色条纹连衣裙", "黑色波点衬衫"], indices, scores):
+for query, row, score in zip(queries, indices, scores):
     print(query, [gallery[i].name for i in row], score.round(3))

@@ -158,7 +158,7 @@ def _backend_probe(request: dict) -> dict:
     from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.adapter.record import Preprocessing
     from cnclip_lora.modeling import load_model_and_processor
-    from cnclip_lora.retrieve.run import load_retrieval_model
+    from cnclip_lora.inference.model import RetrievalModel
 
     plain = AutoImageProcessor.from_pretrained(request["model"])
     _, train_processor = load_model_and_processor(request["model"])
@@ -169,7 +169,8 @@ def _backend_probe(request: dict) -> dict:
     for key, adapter in (("base", None), ("adapter", request.get("adapter"))):
         if key == "adapter" and not adapter:
             continue
-        _, processor, prep, _ = load_retrieval_model(request["model"], adapter, device="cpu")
+        loaded = RetrievalModel.from_pretrained(request["model"], adapter, device="cpu")
+        processor, prep = loaded.processor, loaded.preprocessing
         pixels = preprocess_images(paths, processor.image_processor, flips=prep.inference_flip, draft=prep.draft)
         meta[f"{key}_backend"] = processor.image_processor.backend
         meta[f"{key}_max_diff"] = float((pixels - train_pixels).abs().max())

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from cnclip_lora.commands import main
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
+from cnclip_lora.inference.model import RetrievalModel
+from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 from cnclip_lora.demo.tiny_model import make_tiny_model
 from cnclip_lora.training.run import train
 
@@ -38,9 +39,9 @@ def other_bases(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _args(model: Path, adapter: Path, data: Path, **kw) -> RetrievalArguments:
-    return RetrievalArguments(model_name_or_path=str(model), adapter=str(adapter), data_dir=str(data), cache_dir="",
-                              device="cpu", **kw)
+def _args(model: Path, adapter: Path, data: Path, **kw) -> EvaluateArguments:
+    return EvaluateArguments(model_name_or_path=str(model), adapter=str(adapter), data_dir=str(data), cache_dir="",
+                             device="cpu", **kw)
 
 
 # --- item 1: base identity -----------------------------------------------------------------
@@ -56,12 +57,12 @@ def test_training_records_the_base_identity(split_adapter):
 
 def test_the_right_base_loads(split_adapter, tiny_model_dir, caplog):
     with caplog.at_level(logging.WARNING):
-        load_retrieval_model(str(tiny_model_dir), str(split_adapter), device="cpu")
+        RetrievalModel.from_pretrained(str(tiny_model_dir), str(split_adapter), device="cpu")
     assert "base" not in caplog.text
 
 
 def test_same_base_in_bfloat16_still_matches(split_adapter, tiny_model_dir):
-    load_retrieval_model(str(tiny_model_dir), str(split_adapter), device="cpu", dtype="bfloat16")
+    RetrievalModel.from_pretrained(str(tiny_model_dir), str(split_adapter), device="cpu", dtype="bfloat16")
 
 
 def test_a_base_of_another_architecture_is_refused_naming_both(split_adapter, tiny_model_dir, other_bases, demo_dir):
@@ -91,7 +92,7 @@ def test_an_adapter_without_a_record_loads_with_a_warning(split_adapter, tiny_mo
     shutil.copytree(split_adapter, old)
     (old / "cnclip_lora.json").unlink()
     with caplog.at_level(logging.WARNING):
-        load_retrieval_model(str(tiny_model_dir), str(old), device="cpu")
+        RetrievalModel.from_pretrained(str(tiny_model_dir), str(old), device="cpu")
     assert "records no base model identity" in caplog.text
 
 
@@ -103,7 +104,7 @@ def test_changed_weights_are_caught(split_adapter, tiny_model_dir, tmp_path):
     weights["visual_projection.weight"] = torch.randn_like(weights["visual_projection.weight"])
     save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ConfigError, match=r"visual_projection\.weight differs"):
-        load_retrieval_model(str(changed), str(split_adapter), device="cpu")
+        RetrievalModel.from_pretrained(str(changed), str(split_adapter), device="cpu")
 
 
 # --- item 2: the recorded split ---------------------------------------------------------------
@@ -113,9 +114,9 @@ def test_evaluate_val_uses_the_recorded_split(split_adapter, tiny_model_dir, dem
     record = json.loads((split_adapter / "cnclip_lora.json").read_text())["split"]
     assert record["val_size"] == 20 and record["split_seed"] == 7 and record["n_held_out_images"] == 20
     metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir))
-    default_split = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
-                                                          data_dir=str(demo_dir),
-                                                          cache_dir="", device="cpu"))
+    default_split = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
+                                                         data_dir=str(demo_dir),
+                                                         cache_dir="", device="cpu"))
     # Queries = captions of the 20 held-out images (one caption each in the demo data), not the default 10 %.
     assert metrics["val_queries"] == 20
     assert default_split["val_queries"] != 20

@@ -512,21 +512,28 @@ def test_hub_check_adapter_dir_accepts_peft_output(tiny_run):
     assert (towers["text"]["modules"], towers["vision"]["modules"]) == (6, 6)
 
 
-def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fake_hub):
+def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fake_hub, monkeypatch):
     import torch
+    from PIL import Image
 
     import cnclip_lora
 
-    if not hasattr(cnclip_lora, "load_retrieval_model"):
-        pytest.skip("cnclip_lora does not export load_retrieval_model (yet)")
+    assert hasattr(cnclip_lora, "RetrievalModel")
     out = tmp_path / "out"
     shutil.copytree(tiny_run.out, out)
     push_adapter(out, "user/tiny-snippet")
-    namespace = _run_card_snippet(out / "README.md", "load_retrieval_model", tiny_run.base_dir)
-    for got, want in zip(_embed(namespace["model"], tiny_run), tiny_run.reference):
+    work = tmp_path / "work"  # the snippet embeds "image.jpg" from the working directory
+    work.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(work / "image.jpg")
+    monkeypatch.chdir(work)
+    namespace = _run_card_snippet(out / "README.md", "RetrievalModel", tiny_run.base_dir)
+    model = namespace["model"]
+    assert isinstance(model, cnclip_lora.RetrievalModel)
+    for got, want in zip(_embed(model.model, tiny_run), tiny_run.reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    preprocessing = namespace["preprocessing"]  # the recorded rule comes back with the model
+    preprocessing = model.preprocessing  # the recorded rule comes back with the model
     assert (preprocessing.max_length, preprocessing.inference_flip) == (16, True)
+    assert np.asarray(namespace["scores"]).shape == (1, 1)
 
 
 def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_path, fake_hub, tiny_model_dir, demo_dir):

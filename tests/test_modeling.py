@@ -284,10 +284,10 @@ def test_wrapping_and_loading_adapters_raise_no_deprecation_noise(tiny_model_dir
     from transformers import ChineseCLIPModel
 
     from cnclip_lora.modeling import apply_lora
-    from cnclip_lora.retrieve.run import load_retrieval_model
+    from cnclip_lora.inference.model import RetrievalModel
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         model = apply_lora(ChineseCLIPModel.from_pretrained(tiny_model_dir), r=4, alpha=8)
         model.save_pretrained(tmp_path / "adapter")
-        load_retrieval_model(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+        RetrievalModel.from_pretrained(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), device="cpu")

@@ -127,7 +127,7 @@ def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
 
 def test_converted_official_model_gives_official_embeddings(tmp_path):
     from cnclip_lora.convert import convert_original
-    from cnclip_lora.inference.embed import embed_images, embed_texts
+    from cnclip_lora.inference.model import RetrievalModel
     from cnclip_lora.modeling import load_model_and_processor
 
     info = {"embed_dim": 32, "image_resolution": 64, "vision_layers": 2, "vision_width": 64, "vision_head_width": 32,
@@ -142,8 +142,9 @@ def test_converted_official_model_gives_official_embeddings(tmp_path):
     out = convert_original(ckpt, tmp_path / "hf", model_info=info, vocab=SHARED_VOCAB)
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt"} <= {p.name for p in out.iterdir()}
     model, processor = load_model_and_processor(str(out))
-    text = embed_texts(model, processor.tokenizer, TITLES, max_length=52)
-    image = embed_images(model, processor.image_processor, paths, preprocessing=Preprocessing())
+    encoder = RetrievalModel(model, processor, Preprocessing(max_length=52))
+    text = encoder.encode_texts(TITLES)
+    image = encoder.encode_images(paths)
 
     def cos(ours, theirs):
         theirs = torch.nn.functional.normalize(theirs, dim=-1).numpy()

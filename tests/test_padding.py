@@ -10,7 +10,7 @@ from transformers import AutoProcessor, HfArgumentParser
 from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.config import CnClipTrainingArguments, DataArguments
-from cnclip_lora.inference.embed import embed_texts
+from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.training.run import static_title_padding
 
@@ -47,10 +47,10 @@ def test_dynamic_batches_are_the_fixed_rows_cut_to_the_longest_rounded_up_to_8(p
 
 
 def test_dynamic_and_fixed_padding_give_the_same_embeddings(tiny_model_dir):
-    model, processor = load_model_and_processor(str(tiny_model_dir))
+    model = RetrievalModel(*load_model_and_processor(str(tiny_model_dir)))
     for batch_size in (1, 4):
-        dyn = embed_texts(model, processor.tokenizer, TITLES, batch_size=batch_size)
-        fixed = embed_texts(model, processor.tokenizer, TITLES, batch_size=batch_size, pad_to_max_length=True)
+        dyn = model.encode_texts(TITLES, batch_size=batch_size)
+        fixed = model.encode_texts(TITLES, batch_size=batch_size, pad_to_max_length=True)
         assert (dyn * fixed).sum(axis=1).min() >= 0.99999
         np.testing.assert_allclose(dyn, fixed, atol=1e-5)
 

@@ -162,7 +162,7 @@ def _exif_rotated_pair(folder: Path) -> tuple[Path, Path]:
 def test_exif_rotation_is_applied_the_same_in_training_and_retrieval(tmp_path, processor, tiny_model_dir):
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.inference.embed import embed_images
+    from cnclip_lora.inference.model import RetrievalModel
 
     rotated, upright = _exif_rotated_pair(tmp_path)
     assert open_image(rotated).size == (96, 64)
@@ -179,7 +179,7 @@ def test_exif_rotation_is_applied_the_same_in_training_and_retrieval(tmp_path, p
 
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
     for prep in (Preprocessing(train_flip="none"), Preprocessing(train_flip="always")):
-        emb = embed_images(model, processor.image_processor, [rotated, upright], preprocessing=prep, batch_size=2)
+        emb = RetrievalModel(model, processor, prep).encode_images([rotated, upright], batch_size=2)
         np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
 
 
@@ -402,12 +402,18 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
 
     from cnclip_lora import modeling
     from cnclip_lora.config import ModelArguments, parse_train_args
-    from cnclip_lora.retrieve.run import RetrievalArguments
+    from cnclip_lora.retrieve.arguments import (
+        EvaluateArguments,
+        ReportArguments,
+        RetrieveArguments,
+        ServeArguments,
+    )
 
     assert inspect.signature(modeling.load_model_and_processor).parameters["trust_remote_code"].default is False
     assert parse_train_args(["--model_name_or_path", "m", "--use_cpu", "true"])[0].trust_remote_code is False
     assert ModelArguments(model_name_or_path="m").trust_remote_code is False
-    assert "trust_remote_code" not in {f for f in RetrievalArguments.__dataclass_fields__}
+    for arguments in (RetrieveArguments, EvaluateArguments, ReportArguments, ServeArguments):
+        assert "trust_remote_code" not in {f for f in arguments.__dataclass_fields__}, arguments.__name__
     seen: list[dict] = []
     real_config, real_model = AutoConfig.from_pretrained, ChineseCLIPModel.from_pretrained
 

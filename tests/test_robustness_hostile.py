@@ -261,7 +261,7 @@ def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_pa
     from transformers import AutoProcessor, ChineseCLIPModel
 
     from cnclip_lora.adapter.record import Preprocessing
-    from cnclip_lora.inference.embed import embed_images
+    from cnclip_lora.inference.model import RetrievalModel
 
     root = make_dataset_dir(tmp_path)
     image_dir = root / "image"
@@ -275,8 +275,8 @@ def test_damaged_exif_is_the_same_pixels_in_training_checks_and_retrieval(tmp_pa
     pixels = ImageTextCollator(processor, image_dir, flip="none")(rows)["pixel_values"]
     torch.testing.assert_close(pixels[0], pixels[1], atol=0, rtol=0)
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
-    emb = embed_images(model, processor.image_processor, [image_dir / "gal_000.png", image_dir / "clean.png"],
-                       preprocessing=Preprocessing(train_flip="none"), batch_size=2)
+    encoder = RetrievalModel(model, processor, Preprocessing(train_flip="none"))
+    emb = encoder.encode_images([image_dir / "gal_000.png", image_dir / "clean.png"], batch_size=2)
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
 
 

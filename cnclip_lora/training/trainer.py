@@ -5,16 +5,22 @@ Only what differs from ``transformers.Trainer`` is overridden:
 * ``compute_loss``: symmetric contrastive loss over the batch's text/image embeddings
   (:class:`cnclip_lora.training.loss.ContrastiveLoss`, gathered across processes), plus in-batch
   text-to-image accuracy, logged next to the loss.
-* ``evaluate`` / ``evaluation_loop``: the :class:`cnclip_lora.inference.evaluator.RetrievalEvaluator`'s
-  full-gallery Recall@1/5/10 and MR merged into the standard ``Trainer.evaluate`` result (as
-  sentence-transformers' trainer does), with ``eval_runtime``, the ``on_evaluate`` callbacks, so
-  ``metric_for_best_model="eval_t2i_MR"``, ``load_best_model_at_end`` and ``EarlyStoppingCallback``
-  work unchanged; no ``eval_dataset`` is needed.
+* ``evaluation_loop`` / ``get_eval_dataloader``: the stock ``Trainer.evaluate`` runs; without an
+  ``eval_dataset`` over an empty dataloader, and the :class:`cnclip_lora.inference.evaluator.RetrievalEvaluator`'s
+  full-gallery Recall@1/5/10 and MR are merged into its result (as sentence-transformers' trainer
+  does), so ``eval_runtime``, the ``on_evaluate`` callbacks, ``metric_for_best_model="eval_t2i_MR"``,
+  ``load_best_model_at_end`` and ``EarlyStoppingCallback`` work unchanged.
+
+Private hooks still overridden (each pinned by ``tests/training/test_trainer_hooks.py``, which fails
+when transformers changes the method it replaces or extends, so the override is reviewed):
+
+* ``_save``: extended, not replaced (staging, no pickled arguments, the record and card).
+* ``_clip_grad_norm`` / ``_get_grad_norm``: the LoRA parameters only, found once; every
+  branch of the Trainer's own body (SageMaker fp16, mixed meshes, sharded setups) is delegated to it.
+* ``_get_train_sampler``: the unique-image sampler (see below), else the Trainer's own.
 * ``_save``: PEFT adapter-only saving is the Trainer's own; this stages it so files appear
   atomically, swaps the pickled ``training_args.bin`` for ``training_args.json`` and writes the
   preprocessing record.
-* ``_clip_grad_norm`` / ``_get_grad_norm``: over the LoRA parameters only, found once, instead
-  of walking every frozen weight each step (same norm).
 * ``floating_point_ops``: ``total_flos`` from :mod:`cnclip_lora.training.flops` (per tower, LoRA-aware),
   computed once per input shape instead of walking the model every step.
 * ``training_step``: with ``--contrastive_mini_batch_size`` the cached-gradient step
@@ -28,16 +34,15 @@ Only what differs from ``transformers.Trainer`` is overridden:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import speed_metrics
 
 from cnclip_lora.adapter.record import Preprocessing, RunRecord
 from cnclip_lora.errors import CnClipLoraError, ConfigError
@@ -108,7 +113,8 @@ class CnClipLoraTrainer(Trainer):
                         "precision and compilation settings apply.")
         # transformers refuses an eval_strategy without an eval_dataset; the evaluator is what is
         # evaluated here, so (like sentence-transformers) the check sees a marker, removed right after.
-        evaluator_only = evaluator is not None and kwargs.get("eval_dataset") is None and len(args) < 5
+        given = inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments
+        evaluator_only = evaluator is not None and given.get("eval_dataset") is None
         if evaluator_only:
             kwargs["eval_dataset"] = _EVALUATOR_ONLY
         super().__init__(*args, **kwargs)
@@ -242,6 +248,11 @@ class CnClipLoraTrainer(Trainer):
         sharded = getattr(self.accelerator, "parallelism_config", None) is not None
         if sharded or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return None
+        from transformers.utils import is_sagemaker_mp_enabled
+
+        mixed_mesh = getattr(self, "_has_mixed_mesh_grads", None)
+        if (is_sagemaker_mp_enabled() and self.args.fp16) or (mixed_mesh is not None and mixed_mesh(model)):
+            return None  # the Trainer's own branches for these
         return self._once_per_model("trainable", model, lambda: [p for p in model.parameters() if p.requires_grad])
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
@@ -281,28 +292,15 @@ class CnClipLoraTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """``Trainer.evaluate`` with the retrieval evaluator's metrics merged in.
+    # Evaluation is the stock ``Trainer.evaluate``: without an eval_dataset it runs over an empty
+    # dataloader (no loss, no batches), and evaluation_loop merges the evaluator's metrics, so
+    # timing, logging, on_evaluate callbacks, memory metrics and best-model tracking are the Trainer's own.
+    def get_eval_dataloader(self, eval_dataset=None):
+        if eval_dataset is None and self.eval_dataset is None and self.evaluator is not None:
+            from torch.utils.data import DataLoader
 
-        With an ``eval_dataset`` this is the Trainer's own evaluation loop over it, the evaluator's
-        metrics added in :meth:`evaluation_loop` (per dataset when it is a dict of them). Without one
-        only the evaluator runs, timed, logged and handed to the callbacks as ``Trainer.evaluate`` does, so
-        ``eval_runtime``, ``metric_for_best_model``, ``load_best_model_at_end`` and early stopping
-        behave as usual.
-        """
-        if eval_dataset is not None or self.eval_dataset is not None:
-            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        if self.evaluator is None or len(self.evaluator) == 0:
-            return {}
-        self._memory_tracker.start()
-        start_time = time.time()
-        metrics = self.evaluator_metrics(metric_key_prefix)
-        num_samples = len(self.evaluator) + len(self.evaluator.gallery_paths)
-        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples))
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self._memory_tracker.stop_and_update_metrics(metrics)
-        return metrics
+            return DataLoader([])
+        return super().get_eval_dataloader(eval_dataset)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):
@@ -310,6 +308,8 @@ class CnClipLoraTrainer(Trainer):
                                          ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if self.evaluator is not None and len(self.evaluator):
             output.metrics.update(self.evaluator_metrics(metric_key_prefix))
+            if not output.num_samples:  # evaluator only: its titles and images are the samples (eval_samples_per_second)
+                output = output._replace(num_samples=len(self.evaluator) + len(self.evaluator.gallery_paths))
         return output
 
     def evaluator_metrics(self, metric_key_prefix: str = "eval") -> dict[str, float]:

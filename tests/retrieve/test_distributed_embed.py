@@ -27,21 +27,22 @@ SIZES = (7, 1)
 
 def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Every distributed code path of embedding: texts and images at each size, and ``evaluate``."""
-    from cnclip_lora.inference.embed import embed_images, embed_texts
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model
+    from cnclip_lora.inference.embed import embed_texts
+    from cnclip_lora.inference.model import RetrievalModel
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
-    model, processor, prep, _ = load_retrieval_model(str(model_dir), device="cpu")
+    model = RetrievalModel.from_pretrained(str(model_dir), device="cpu")
     titles = [f"云思木想2019秋装新款{i}号连衣裙" for i in range(max(SIZES))]
     paths = sorted(str(p) for p in (data_dir / "image").glob("*.jpg"))[: max(SIZES)]
     out: dict[str, np.ndarray] = {}
     for n in SIZES:
         # Cached under a fixed name, so the shard files each process wrote can be inspected.
-        out[f"text{n}"] = embed_texts(model, processor.tokenizer, titles[:n], max_length=prep.max_length, batch_size=2,
-                                      cache_dir=cache_dir, fingerprint=f"text{n}")
-        out[f"image{n}"] = embed_images(model, processor.image_processor, paths[:n], preprocessing=prep, batch_size=2)
-    metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
-                                                    split="val",
-                                                    val_size=4, cache_dir="", device="cpu"))
+        out[f"text{n}"] = embed_texts(model.model, model.tokenizer, titles[:n], preprocessing=model.preprocessing,
+                                      batch_size=2, cache_dir=cache_dir, fingerprint=f"text{n}")
+        out[f"image{n}"] = model.encode_images(paths[:n], batch_size=2)
+    metrics = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
+                                                   split="val",
+                                                   val_size=4, cache_dir="", device="cpu"))
     return out, metrics
 
 

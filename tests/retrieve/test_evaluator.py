@@ -11,12 +11,12 @@ from cnclip_lora.inference.evaluator import RetrievalEvaluator
 
 def _naive(sims: np.ndarray, positives: list[set[int]], ks=(1, 5, 10)) -> dict[str, float]:
     """Recall from a full similarity matrix: a hit at K when a positive scores among the K best
-    (ties broken towards the lower index, as the package's ranking does)."""
+    (ties counted against the true image, as the package's full-gallery ranks do)."""
     out = {}
     for k in ks:
         hits = 0
         for row, pos in zip(sims, positives):
-            order = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+            order = sorted(range(len(row)), key=lambda j: (-row[j], j in pos))[:k]
             hits += bool(pos & set(order))
         out[f"R@{k}"] = 100.0 * hits / len(sims)
     out["MR"] = sum(out[f"R@{k}"] for k in ks) / len(ks)
@@ -54,6 +54,12 @@ def test_bare_names_custom_cutoffs_and_no_i2t():
     gallery = np.eye(4, dtype=np.float32)
     got = _evaluator([0, 1, 2, 3], 4, ks=(1, 2), i2t=False).score(gallery * 2.0, gallery)
     assert got == {"t2i_R@1": 100.0, "t2i_R@2": 100.0, "t2i_MR": 100.0, "gallery_size": 4, "queries": 4}
+
+
+def test_ties_count_against_the_true_image():
+    gallery = np.asarray([[1, 0], [1, 0], [0, 1]], dtype=np.float32)  # images 0 and 1 embed the same
+    got = _evaluator([0, 1, 2], 3, ks=(1, 2), i2t=False).score(gallery.copy(), gallery)
+    assert got["t2i_R@1"] == pytest.approx(100 / 3, abs=1e-3) and got["t2i_R@2"] == 100.0
 
 
 def test_first_keeps_the_gallery_and_drops_later_queries():
@@ -96,7 +102,7 @@ def test_called_with_a_model_embeds_like_the_embedding_functions(tiny_model_dir,
     model.train()
     got = ev(model)
     assert model.training
-    queries = embed_texts(model, processor.tokenizer, list(rows["title"]), max_length=24)
+    queries = embed_texts(model, processor.tokenizer, list(rows["title"]), preprocessing=prep)
     gallery = embed_images(model, processor.image_processor, paths, preprocessing=prep)
     assert got == ev.score(queries, gallery)
     flipped = embed_images(model, processor.image_processor, paths, preprocessing=Preprocessing())

@@ -11,10 +11,11 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`
 
 from cnclip_lora.commands import main
 from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing
-from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx, load_onnx_model
-from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval, load_retrieval_model, retrieve
+from cnclip_lora.inference.model import RetrievalModel
+from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE
+from cnclip_lora.retrieve.export_onnx import export_onnx
+from cnclip_lora.retrieve.run import EvaluateArguments, RetrieveArguments, evaluate_retrieval, retrieve
 from cnclip_lora.training.run import train
 
 # One character up to far past the 52-token limit (truncated), mixed scripts, so batches pad differently.
@@ -66,12 +67,12 @@ def test_export_folder_holds_both_towers_processor_and_the_adapters_record(expor
 
 @pytest.mark.parametrize("batch_size", [1, 3, 5])
 def test_onnxruntime_text_embeddings_equal_pytorch(export_dir, adapter_dir, tiny_model_dir, batch_size):
-    torch_model, processor, prep, _ = load_retrieval_model(str(tiny_model_dir), str(adapter_dir), device="cpu")
-    onnx_model, onnx_processor, onnx_prep = load_onnx_model(export_dir)
-    assert onnx_prep == prep
-    ref = embed_texts(torch_model, processor.tokenizer, TITLES, max_length=prep.max_length, batch_size=batch_size)
-    got = embed_texts(onnx_model, onnx_processor.tokenizer, TITLES, max_length=prep.max_length, batch_size=batch_size)
-    assert got.shape == ref.shape == (len(TITLES), torch_model.config.projection_dim)
+    torch_model = RetrievalModel.from_pretrained(str(tiny_model_dir), str(adapter_dir), device="cpu")
+    onnx_model = RetrievalModel.from_pretrained(str(export_dir), backend="onnx")
+    assert onnx_model.preprocessing == torch_model.preprocessing
+    ref = torch_model.encode_texts(TITLES, batch_size=batch_size)
+    got = onnx_model.encode_texts(TITLES, batch_size=batch_size)
+    assert got.shape == ref.shape == (len(TITLES), torch_model.model.config.projection_dim)
     assert _cosines(got, ref).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
@@ -79,28 +80,27 @@ def test_onnxruntime_text_embeddings_equal_pytorch(export_dir, adapter_dir, tiny
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_onnxruntime_image_embeddings_equal_pytorch(export_dir, adapter_dir, tiny_model_dir, demo_dir, batch_size):
     paths = sorted(str(p) for p in (demo_dir / "image").iterdir())[:5]
-    torch_model, processor, prep, _ = load_retrieval_model(str(tiny_model_dir), str(adapter_dir), device="cpu")
-    onnx_model, onnx_processor, onnx_prep = load_onnx_model(export_dir)
-    ref = embed_images(torch_model, processor.image_processor, paths, preprocessing=prep, batch_size=batch_size)
-    got = embed_images(onnx_model, onnx_processor.image_processor, paths, preprocessing=onnx_prep,
-                       batch_size=batch_size)
+    torch_model = RetrievalModel.from_pretrained(str(tiny_model_dir), str(adapter_dir), device="cpu")
+    onnx_model = RetrievalModel.from_pretrained(str(export_dir), backend="onnx")
+    ref = torch_model.encode_images(paths, batch_size=batch_size)
+    got = onnx_model.encode_images(paths, batch_size=batch_size)
     assert _cosines(got, ref).min() >= 0.9999
 
 
 def test_retrieve_and_evaluate_with_the_onnx_backend_rank_like_torch(export_dir, adapter_dir, tiny_model_dir,
                                                                      demo_dir, tmp_path):
-    common = dict(data_dir=str(demo_dir), cache_dir="", top_k=5, batch_size=7)
-    ref = retrieve(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
-                                      output=str(tmp_path / "torch.csv"), **common))
-    got = retrieve(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx",
-                                      output=str(tmp_path / "onnx.csv"), **common))
+    common = dict(data_dir=str(demo_dir), cache_dir="", batch_size=7)
+    ref = retrieve(RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
+                                     output=str(tmp_path / "torch.csv"), top_k=5, **common))
+    got = retrieve(RetrieveArguments(model_name_or_path=str(export_dir), backend="onnx",
+                                     output=str(tmp_path / "onnx.csv"), top_k=5, **common))
     np.testing.assert_array_equal(got.indices[:, 0], ref.indices[:, 0])
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
     assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
-    ev_ref = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
-                                         split="test", **common))
-    ev_got = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(export_dir), backend="onnx", split="test",
-                                                   **common))
+    ev_ref = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
+                                                  split="test", **common))
+    ev_got = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(export_dir), backend="onnx", split="test",
+                                                  **common))
     assert ev_got == ev_ref
 
 
@@ -113,9 +113,21 @@ def test_cli_retrieve_accepts_backend_onnx(export_dir, demo_dir, tmp_path):
 
 def test_onnx_backend_refuses_a_folder_without_an_export_and_an_adapter(tiny_model_dir, demo_dir, adapter_dir):
     with pytest.raises(ConfigError, match="not an ONNX export"):
-        load_onnx_model(tiny_model_dir)
+        RetrievalModel.from_pretrained(str(tiny_model_dir), backend="onnx")
     with pytest.raises(ConfigError, match="--backend onnx"):
-        RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), backend="onnx")
+        RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), backend="onnx")
+    with pytest.raises(ConfigError, match="--backend onnx"):
+        RetrievalModel.from_pretrained(str(tiny_model_dir), str(adapter_dir), backend="onnx")
+
+
+def test_onnx_backend_refuses_an_export_without_its_record(export_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "onnx"
+    shutil.copytree(export_dir, copy)
+    (copy / RECORD_FILE).unlink()
+    with pytest.raises(ConfigError, match=RECORD_FILE):
+        RetrievalModel.from_pretrained(str(copy), backend="onnx")
 
 
 def test_export_refuses_a_non_empty_folder_and_keeps_it(tiny_model_dir, tmp_path, capsys):

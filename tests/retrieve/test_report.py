@@ -13,7 +13,8 @@ from serve_utils import make_random_adapter
 
 from cnclip_lora.commands import main
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.retrieve.report import ModelRun, ReportArguments, render_report, training_curves_png, true_ranks
+from cnclip_lora.inference.metrics import true_ranks
+from cnclip_lora.retrieve.report import ModelRun, ReportArguments, render_report, training_curves_png
 
 
 def test_true_ranks_match_a_full_sort():
@@ -80,15 +81,23 @@ def test_training_curves_png_reads_loss_acc_and_eval_mr(tmp_path):
     (dict(adapter="a", compare_base=True, baseline_adapter="b"), "either --compare_base or --baseline_adapter"),
     (dict(top_k=0), "--top_k must be >= 1"),
     (dict(output="report.txt"), "must be an .html file"),
+    (dict(backend="onnx", baseline_adapter="b"), "need the torch backend"),
 ])
 def test_report_arguments_reject_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ReportArguments(model_name_or_path="m", **kwargs)
 
 
+def test_report_arguments_take_the_model_options_and_the_recorded_split_by_default():
+    args = ReportArguments(model_name_or_path="m", adapter="a", model_revision="r1", adapter_revision="r2",
+                           allow_different_base=True, backend="torch")
+    assert (args.model_revision, args.adapter_revision, args.allow_different_base) == ("r1", "r2", True)
+    assert args.val_size is None and args.split_seed is None  # None = the adapter's recorded split
+
+
 def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install 'cnclip-lora[report]'")
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "r" / "report.html"
@@ -98,8 +107,8 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
     assert str(out) in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     for name, adapter_arg in (("tuned", str(adapter)), ("base", None)):
-        ref = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
-                                          adapter=adapter_arg, device="cpu", cache_dir=""))
+        ref = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
+                                                   adapter=adapter_arg, device="cpu", cache_dir=""))
         row = re.search(rf"<tr><th>{name}</th>(.*?)</tr>", page).group(1)
         cells = [float(c) for c in re.findall(r"<td>([\d.]+)</td>", row)]
         expected = [ref[f"val_{d}_{m}"] for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")]

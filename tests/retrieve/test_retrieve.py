@@ -17,11 +17,11 @@ from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
+from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.retrieve.run import (
-    RetrievalArguments,
-    embedding_fingerprint,
+    EvaluateArguments,
+    RetrieveArguments,
     evaluate_retrieval,
-    load_retrieval_model,
     retrieve,
     write_submission,
 )
@@ -52,7 +52,7 @@ def test_map_embedding_equals_a_direct_batched_forward(tiny_model_dir, demo_dir)
     titles = list(pd.read_csv(demo_dir / "test_query.csv")["title"][:10])
     prep = Preprocessing(train_flip="always")
     via_map = embed_images(model, processor.image_processor, paths, preprocessing=prep, batch_size=4)
-    txt_map = embed_texts(model, processor.tokenizer, titles, batch_size=3)
+    txt_map = embed_texts(model, processor.tokenizer, titles, preprocessing=Preprocessing(), batch_size=3)
     with torch.no_grad():
         direct = get_image_embeds(model, preprocess_images(paths, processor.image_processor, flips=True))
         direct_t = get_text_embeds(model, **tokenize_titles(titles, processor.tokenizer, 52))
@@ -64,7 +64,8 @@ def test_map_embedding_equals_a_direct_batched_forward(tiny_model_dir, demo_dir)
 def test_merged_retrieval_model_equals_unmerged_peft(adapter_dir, tiny_model_dir):
     from peft import PeftModel
 
-    merged, processor, prep, _ = load_retrieval_model(str(tiny_model_dir), str(adapter_dir), device="cpu")
+    loaded = RetrievalModel.from_pretrained(str(tiny_model_dir), str(adapter_dir), device="cpu")
+    merged, processor, prep = loaded.model, loaded.processor, loaded.preprocessing
     base, _ = load_model_and_processor(str(tiny_model_dir))
     unmerged = PeftModel.from_pretrained(base, adapter_dir).eval()
     enc = tokenize_titles(["红色条纹连衣裙", "黑色波点衬衫"], processor.tokenizer, prep.max_length)
@@ -79,22 +80,21 @@ def test_cache_hit_reuses_and_fingerprint_changes_invalidate(tiny_model_dir, dem
     model, processor = load_model_and_processor(str(tiny_model_dir))
     paths = [str(demo_dir / "image" / n) for n in _gallery(demo_dir)[:6]]
     prep = Preprocessing()
-    fp = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
-                               adapter_dir=None, items=paths, preprocessing=prep)
-    first = embed_images(model, processor.image_processor, paths, preprocessing=prep, cache_dir=tmp_path, fingerprint=fp)
+    cached = RetrievalModel(model, processor, prep, cache_dir=tmp_path, source=str(tiny_model_dir))
+    fp = cached.fingerprint("image", paths)
+    first = cached.encode_images(paths)
     assert list(tmp_path.glob(f"embed-{fp}*.arrow"))
     # Perturb the model: a cache hit must return the stored embeddings without running it.
     with torch.no_grad():
         model.visual_projection.weight.mul_(-1.0)
-    again = embed_images(model, processor.image_processor, paths, preprocessing=prep, cache_dir=tmp_path, fingerprint=fp)
+    again = cached.encode_images(paths)
     np.testing.assert_array_equal(first, again)
     # Every input of the key changes it.
-    other_prep = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
-                                       adapter_dir=None, items=paths, preprocessing=Preprocessing(train_flip="always"))
-    fewer = embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
-                                  adapter_dir=None, items=paths[:-1], preprocessing=prep)
+    other_prep = RetrievalModel(model, processor, Preprocessing(train_flip="always"), cache_dir=tmp_path,
+                                source=str(tiny_model_dir)).fingerprint("image", paths)
+    fewer = cached.fingerprint("image", paths[:-1])
     assert len({fp, other_prep, fewer}) == 3
-    fresh = embed_images(model, processor.image_processor, paths[:-1], preprocessing=prep, cache_dir=tmp_path, fingerprint=fewer)
+    fresh = cached.encode_images(paths[:-1])
     np.testing.assert_allclose(fresh, -first[:-1], atol=1e-5)  # recomputed with the flipped projection
 
 
@@ -105,9 +105,11 @@ def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_m
     shutil.copytree(adapter_dir, copy)
     image_copy = tmp_path / "img.jpg"
     shutil.copy(demo_dir / "image" / _gallery(demo_dir)[0], image_copy)
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+
     def key(a):
-        return embedding_fingerprint("image", model_name_or_path=str(tiny_model_dir), model_revision=None,
-                                     adapter_dir=str(a), items=[str(image_copy)], preprocessing=Preprocessing())
+        return RetrievalModel(model, processor, Preprocessing(), source=str(tiny_model_dir),
+                              adapter_dir=str(a)).fingerprint("image", [str(image_copy)])
     before = key(copy)
     assert key(copy) == before
     weights = load_file(copy / "adapter_model.safetensors")
@@ -122,7 +124,7 @@ def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_m
 
 
 def test_retrieve_writes_a_valid_submission_and_topk(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
-    args = RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
+    args = RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
                               output=str(tmp_path / "sub" / "submit.csv"), top_k=5, topk_output=str(tmp_path / "topk.csv"),
                               cache_dir=str(tmp_path / "cache"), device="cpu")
     result = retrieve(args)
@@ -143,7 +145,7 @@ def test_retrieve_writes_a_valid_submission_and_topk(adapter_dir, tiny_model_dir
 
 
 def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
-    args = RetrievalArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
+    args = RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
                               output=str(tmp_path / "submit.csv"), top_k=20, assign="hungarian",
                               cache_dir=str(tmp_path / "cache"), device="cpu")
     retrieve(args)
@@ -153,9 +155,9 @@ def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, dem
 
 def test_evaluate_reports_both_directions_with_gallery_size(tiny_model_dir, demo_dir, tmp_path):
     for split in ("val", "test"):
-        metrics = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
-                                                        data_dir=str(demo_dir), split=split,
-                                                        cache_dir="", device="cpu"))
+        metrics = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
+                                                       data_dir=str(demo_dir), split=split,
+                                                       cache_dir="", device="cpu"))
         for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_MR", "i2t_R@1", "i2t_MR", "gallery_size"):
             assert f"{split}_{key}" in metrics
         assert metrics[f"{split}_t2i_R@1"] <= metrics[f"{split}_t2i_R@5"] <= metrics[f"{split}_t2i_R@10"]
@@ -172,17 +174,19 @@ def test_submission_rejects_a_row_count_mismatch(tmp_path):
 
 def test_retrieval_arguments_validate():
     with pytest.raises(ConfigError, match="assign"):
-        RetrievalArguments(model_name_or_path="m", assign="greedy")
+        RetrieveArguments(model_name_or_path="m", assign="greedy")
     with pytest.raises(ConfigError, match="top_k"):
-        RetrievalArguments(model_name_or_path="m", top_k=0)
+        RetrieveArguments(model_name_or_path="m", top_k=0)
+    with pytest.raises(TypeError, match="RetrieveArguments"):
+        retrieve(EvaluateArguments(model_name_or_path="m"))
 
 
 def test_retrieve_with_a_flat_faiss_index_matches_exact_search(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
     pytest.importorskip("faiss", reason="the faiss extra is part of `make test`'s install")
     common = dict(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir), top_k=5,
                   cache_dir=str(tmp_path / "cache"), device="cpu")
-    exact = retrieve(RetrievalArguments(output=str(tmp_path / "exact.csv"), **common))
-    flat = retrieve(RetrievalArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common))
+    exact = retrieve(RetrieveArguments(output=str(tmp_path / "exact.csv"), **common))
+    flat = retrieve(RetrieveArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common))
     np.testing.assert_allclose(flat.scores, exact.scores, atol=1e-5)
     assert pd.read_csv(tmp_path / "faiss.csv").equals(pd.read_csv(tmp_path / "exact.csv"))
 
@@ -195,14 +199,14 @@ def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_def
     common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="test", cache_dir="", device="cpu")
     elsewhere = tmp_path / "answers.csv"
     shutil.copy(demo_dir / "test_answers.csv", elsewhere)
-    elsewhere_metrics = evaluate_retrieval(RetrievalArguments(answers=str(elsewhere), **common))
-    assert elsewhere_metrics == evaluate_retrieval(RetrievalArguments(**common))
+    elsewhere_metrics = evaluate_retrieval(EvaluateArguments(answers=str(elsewhere), **common))
+    assert elsewhere_metrics == evaluate_retrieval(EvaluateArguments(**common))
     train_image = pd.read_csv(demo_dir / "train.csv", sep="\t")["path"][0]
     elsewhere.write_text(f"query,path\n0,{train_image}\n", encoding="utf-8")
     with pytest.raises(DataError, match="answers.csv"):
-        evaluate_retrieval(RetrievalArguments(answers=str(elsewhere), **common))
+        evaluate_retrieval(EvaluateArguments(answers=str(elsewhere), **common))
     with pytest.raises(DataError, match="answers file not found"):
-        evaluate_retrieval(RetrievalArguments(answers=str(tmp_path / "missing.csv"), **common))
+        evaluate_retrieval(EvaluateArguments(answers=str(tmp_path / "missing.csv"), **common))
 
 
 def test_default_embedding_cache_is_shared_across_working_directories(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
@@ -219,7 +223,7 @@ def test_default_embedding_cache_is_shared_across_working_directories(tiny_model
         (tmp_path / cwd).mkdir(parents=True)
         monkeypatch.chdir(tmp_path / cwd)
         data = relative_data if cwd == "a" else str(demo_dir)  # same images, named two ways
-        runs.append(evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir), data_dir=data,
+        runs.append(evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=data,
                                                           split="val",
                                                           device="cpu")))  # fmt: skip
         assert not list((tmp_path / cwd).iterdir())  # nothing written where the command ran
@@ -231,12 +235,17 @@ def test_default_embedding_cache_is_shared_across_working_directories(tiny_model
 
 
 def test_fingerprint_keys_the_loaded_commit_and_dtype(tiny_model_dir):
-    common = dict(model_name_or_path="OFA-Sys/chinese-clip-vit-huge-patch14", model_revision=None, adapter_dir=None,
-                  items=["标题"], preprocessing=Preprocessing())
-    key = lambda **kw: embedding_fingerprint("text", **{**common, **kw})  # noqa: E731
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+
+    def key(model_commit="a" * 40, dtype=torch.float32):
+        model.config._commit_hash = model_commit
+        model.to(dtype)
+        return RetrievalModel(model, processor, Preprocessing(),
+                              source="OFA-Sys/chinese-clip-vit-huge-patch14").fingerprint("text", ["标题"])
+
     assert key(model_commit="a" * 40) != key(model_commit="b" * 40)  # "main" moved on the Hub
-    assert key(dtype="torch.float32") != key(dtype="torch.bfloat16")
-    assert key(model_commit="a" * 40, dtype="torch.float32") == key(model_commit="a" * 40, dtype="torch.float32")
+    assert key(dtype=torch.float32) != key(dtype=torch.bfloat16)
+    assert key(model_commit="a" * 40, dtype=torch.float32) == key(model_commit="a" * 40, dtype=torch.float32)
 
 
 def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model_dir, demo_dir, tmp_path,
@@ -248,8 +257,18 @@ def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker / "hf"))
     args = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="val", device="cpu")
     with caplog.at_level("WARNING"):
-        metrics = evaluate_retrieval(RetrievalArguments(**args))
+        metrics = evaluate_retrieval(EvaluateArguments(**args))
     assert metrics["val_gallery_size"] > 0
     assert any("cannot write the embeddings cache" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="cannot write the embeddings cache in .*not-a-folder/mine"):
-        evaluate_retrieval(RetrievalArguments(**args, cache_dir=str(blocker / "mine")))
+        evaluate_retrieval(EvaluateArguments(**args, cache_dir=str(blocker / "mine")))
+
+
+def test_retrieve_metrics_come_from_full_gallery_ranks_whatever_top_k(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
+    common = dict(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
+                  cache_dir=str(tmp_path / "cache"), device="cpu")
+    runs = [retrieve(RetrieveArguments(output=str(tmp_path / f"k{k}.csv"), top_k=k, **common)).metrics for k in (1, 5)]
+    t2i = [{k: v for k, v in m.items() if k.startswith("test_t2i_")} for m in runs]
+    assert t2i[0] and t2i[0] == t2i[1]
+    ref = evaluate_retrieval(EvaluateArguments(split="test", **common))
+    assert t2i[0] == {k: ref[k] for k in t2i[0]}

@@ -106,11 +106,11 @@ def test_final_metrics_are_saved_and_include_gallery_size(trained):
 def test_trainer_evaluation_equals_cnclip_lora_evaluate(trained, tiny_model_dir, demo_dir):
     """The end-of-training metrics and `cnclip-lora evaluate --split val` on the saved adapter are
     the same evaluator on the same split: equal numbers."""
-    from cnclip_lora.retrieve.run import RetrievalArguments, evaluate_retrieval
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
-    cli = evaluate_retrieval(RetrievalArguments(model_name_or_path=str(tiny_model_dir),
-                                                adapter=str(trained.output_dir),
-                                                data_dir=str(demo_dir), device="cpu", cache_dir=""))
+    cli = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
+                                               adapter=str(trained.output_dir),
+                                               data_dir=str(demo_dir), device="cpu", cache_dir=""))
     keys = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")] + ["gallery_size", "queries"]
     assert {k: trained.eval_metrics[f"eval_{k}"] for k in keys} == pytest.approx({k: cli[f"val_{k}"] for k in keys})
 

@@ -175,7 +175,9 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
     from transformers import AutoProcessor, ChineseCLIPModel
 
     import cnclip_lora.inference.embed as embedding
+    from cnclip_lora.adapter.record import Preprocessing
 
+    prep = Preprocessing()
     model = ChineseCLIPModel.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
     titles = [f"标题{i}号" for i in range(12)]
@@ -191,12 +193,14 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
 
     monkeypatch.setattr(embedding, "tokenize_titles", crash_on_second_batch)
     with pytest.raises(Boom):
-        embedding.embed_texts(model, tokenizer, titles, batch_size=4, cache_dir=cache, fingerprint="f" * 32)
+        embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4,
+                              cache_dir=cache, fingerprint="f" * 32)
     assert not list(cache.glob("embed-*.arrow")), "a partial cache would be served as a hit next time"
     monkeypatch.undo()
-    first = embedding.embed_texts(model, tokenizer, titles, batch_size=4, cache_dir=cache, fingerprint="f" * 32)
+    first = embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4, cache_dir=cache,
+                                  fingerprint="f" * 32)
     assert list(cache.glob("embed-*.arrow"))
-    direct = embedding.embed_texts(model, tokenizer, titles, batch_size=4)
+    direct = embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4)
     np.testing.assert_allclose(first, direct, atol=1e-6)
 
 
