@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import (
@@ -81,10 +82,10 @@ class DataArguments:
         metadata={"help": "Folder in the competition layout: train.csv (tab), test_query.csv, image/, sample_submit.csv."},
     )
     val_size: float = field(
-        default=0.1,
+        default=DEFAULT_VAL_SIZE,
         metadata={"help": "Held-out share of training images (0<x<1) or a count of images (whole number >= 1); 0 disables validation."},
     )
-    split_seed: int = field(default=42, metadata={"help": "Seed of the deterministic train/validation split."})
+    split_seed: int = field(default=DEFAULT_SPLIT_SEED, metadata={"help": "Seed of the deterministic train/validation split."})
     skip_bad_rows: bool = field(
         default=False, metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."}
     )

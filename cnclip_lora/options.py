@@ -17,6 +17,8 @@ from enum import Enum
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
+    "DEFAULT_SPLIT_SEED",
+    "DEFAULT_VAL_SIZE",
     "Assign",
     "Backend",
     "CacheImages",
@@ -31,6 +33,9 @@ __all__ = [
 
 #: Title length in tokens: the seed recipe's 52 (truncation; batches are padded up to at most this).
 DEFAULT_MAX_LENGTH = 52
+#: The held-out share and seed of the train/validation split when neither a flag nor a record gives them.
+DEFAULT_VAL_SIZE = 0.1
+DEFAULT_SPLIT_SEED = 42
 
 
 class _Choice(str, Enum):

@@ -13,6 +13,7 @@ import hashlib
 import os
 from typing import Any
 
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.adapter.record import RunRecord, SplitRecord
 
@@ -20,8 +21,6 @@ __all__ = ["DEFAULT_VAL_SIZE", "DEFAULT_SPLIT_SEED", "split_record", "held_out_f
            "recorded_split", "resolve_split", "check_held_out"]
 
 #: Training's defaults (``DataArguments``), used when nothing is recorded or given.
-DEFAULT_VAL_SIZE = 0.1
-DEFAULT_SPLIT_SEED = 42
 
 
 def held_out_fingerprint(held_out_paths: Any) -> str:

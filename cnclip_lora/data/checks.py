@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data.report import DataReport, Problem, error_message
 from cnclip_lora.data.split import held_out_images, parse_val_size
 from cnclip_lora.data.tables import Record, Table, parse_table
@@ -72,7 +73,7 @@ def normalize_title(title: str) -> str:
     return " ".join("".join(cleaned).split())
 
 
-def count_truncated(titles: Sequence[str], tokenizer, max_length: int = 52, batch_size: int = 1024) -> int:
+def count_truncated(titles: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 1024) -> int:
     """How many titles are longer than ``max_length`` tokens (special tokens included).
 
     Long titles are never an error: the collator truncates them to ``max_length`` (the seed
@@ -718,8 +719,8 @@ def scan_folder(
 def check_data(
     data_dir: str | os.PathLike,
     *,
-    val_size: float | int = 0.1,
-    seed: int = 42,
+    val_size: float | int = DEFAULT_VAL_SIZE,
+    seed: int = DEFAULT_SPLIT_SEED,
     skip_bad_rows: bool = False,
     check_images: bool = True,
     require_queries: bool = True,

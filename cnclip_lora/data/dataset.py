@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data.checks import scan_folder
 from cnclip_lora.data.report import DataReport, error_message
 from cnclip_lora.errors import DataError
@@ -56,8 +57,8 @@ def _pairs(rows: list[tuple[str, str, int]], label_of: dict[str, int] | None = N
 def load_competition_data(
     data_dir: str | os.PathLike,
     *,
-    val_size: float | int = 0.1,
-    seed: int = 42,
+    val_size: float | int = DEFAULT_VAL_SIZE,
+    seed: int = DEFAULT_SPLIT_SEED,
     skip_bad_rows: bool = False,
     check_images: bool = True,
     require_queries: bool = True,
