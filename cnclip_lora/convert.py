@@ -20,9 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
 from cnclip_lora.errors import ConfigError, UnsafeArtifactError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["VISION_MODELS", "TEXT_MODELS", "model_info_for", "hf_config_from_model_info", "convert_state_dict",
            "convert_original"]
@@ -108,6 +111,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     Raises:
         ConfigError: a key that belongs to neither tower (e.g. a ResNet vision tower).
     """
+    import torch
+
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
@@ -142,6 +147,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def _load_official(ckpt: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint {ckpt} does not exist")
     try:
@@ -185,6 +192,8 @@ def convert_original(
         UnsafeArtifactError: the file needs full unpickling.
         ConfigError: unknown config names, a missing vocab, weights that do not fit the config, an existing ``out_dir``.
     """
+    import torch
+
     from safetensors.torch import save_file
     from transformers import BertTokenizer, ChineseCLIPModel
     from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil

@@ -17,6 +17,7 @@ from enum import Enum
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
+    "DEFAULT_OPSET",
     "DEFAULT_SPLIT_SEED",
     "DEFAULT_VAL_SIZE",
     "Assign",
@@ -36,6 +37,8 @@ DEFAULT_MAX_LENGTH = 52
 #: The held-out share and seed of the train/validation split when neither a flag nor a record gives them.
 DEFAULT_VAL_SIZE = 0.1
 DEFAULT_SPLIT_SEED = 42
+#: ONNX opset of ``export-onnx``.
+DEFAULT_OPSET = 17
 
 
 class _Choice(str, Enum):

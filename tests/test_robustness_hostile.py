@@ -614,28 +614,28 @@ def test_output_that_is_an_existing_folder_is_refused_before_any_work(tmp_path, 
 
 def test_output_under_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
-    code, text = _retrieve(capsys, tmp_path / "m", tmp_path / "d", tmp_path / "f" / "submit.csv")
+    code, text = _retrieve(capsys, _unloadable_model(tmp_path), tmp_path / "d", tmp_path / "f" / "submit.csv")
     assert code == 2 and "is a file, not a folder" in text
 
 
 def test_output_and_topk_output_naming_one_file_are_refused(tmp_path, capsys):
     out = tmp_path / "s.csv"
     same = tmp_path / "x" / ".." / "s.csv"
-    code, text = _retrieve(capsys, tmp_path / "m", tmp_path / "d", out, "--topk_output", same)
+    code, text = _retrieve(capsys, _unloadable_model(tmp_path), tmp_path / "d", out, "--topk_output", same)
     assert code == 2 and "--output and --topk_output both name" in text and not out.exists()
 
 
 def test_device_naming_an_absent_accelerator_is_refused(tmp_path, capsys):
     # Index 99 exists on no machine, with or without a GPU.
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", tmp_path / "m", "--data_dir", tmp_path / "d",
-                          "--output", tmp_path / "s.csv", "--device", "cuda:99")
+    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", _unloadable_model(tmp_path), "--data_dir",
+                          tmp_path / "d", "--output", tmp_path / "s.csv", "--device", "cuda:99")
     assert code == 2 and "--device 'cuda:99'" in text
     assert ("no cuda device" in text) != ("only" in text and "cuda device(s) here" in text)
 
 
 def test_device_that_is_no_device_name_is_refused_by_evaluate(tmp_path, capsys):
-    code, text = _run_cli(capsys, "evaluate", "--model_name_or_path", tmp_path / "m", "--data_dir", tmp_path / "d",
-                          "--device", "gpu0")
+    code, text = _run_cli(capsys, "evaluate", "--model_name_or_path", _unloadable_model(tmp_path), "--data_dir",
+                          tmp_path / "d", "--device", "gpu0")
     assert code == 2 and "--device 'gpu0' is not a device name" in text
 
 

@@ -99,14 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # train's TrainingArguments has --log_level of its own; the other commands take it here.
     rest, log_level = pop_log_level(rest, keep=command == "train")
+    verb = COMMANDS[command]
     try:
-        setup_logging(log_level, libraries_too=not COMMANDS[command].light)
-    except CnClipLoraError as err:
-        print(f"cnclip-lora {command}: {err}", file=sys.stderr)
-        return 2
-
-    try:
-        return COMMANDS[command](rest)
+        # Parsing (and --help, and the light checks of paths) needs the package's logging only; the
+        # libraries' logging is set up once the verb runs, since importing them costs seconds.
+        setup_logging(log_level, libraries_too=False)
+        args = verb.parse(rest)
+        if not verb.light:
+            setup_logging(log_level, libraries_too=True)
+        return verb.run(args)
     except CnClipLoraError as err:  # DataError's message already lists its problems: print it once
         print(f"cnclip-lora {command}: {err}", file=sys.stderr)
         return 2

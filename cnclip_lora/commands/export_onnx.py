@@ -12,7 +12,7 @@ class ExportOnnxCommand(Command):
     help = "write the merged text and vision towers as ONNX (onnx extra) for onnxruntime serving"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from cnclip_lora.retrieve.export_onnx import DEFAULT_OPSET
+        from cnclip_lora.options import DEFAULT_OPSET
 
         parser.add_argument("out_dir", help="folder to write (text_model.onnx, vision_model.onnx, processor, record)")
         parser.add_argument("--model_name_or_path", required=True,
@@ -25,7 +25,8 @@ class ExportOnnxCommand(Command):
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
     def run(self, args: argparse.Namespace) -> int:
-        from cnclip_lora.retrieve.export_onnx import TEXT_FILE, VISION_FILE, export_onnx
+        from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE
+        from cnclip_lora.retrieve.export_onnx import export_onnx
 
         out = export_onnx(args.model_name_or_path, args.out_dir, args.adapter, model_revision=args.model_revision,
                           adapter_revision=args.adapter_revision, opset=args.opset,

@@ -29,13 +29,12 @@ import torch
 
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.onnx_engine import EXPORT_FILE, TEXT_FILE, TEXT_INPUTS, VISION_FILE, require
-from cnclip_lora.options import DEFAULT_MAX_LENGTH
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_OPSET
 
 __all__ = ["DEFAULT_OPSET", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 17
 
 
 

@@ -19,8 +19,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-
 from cnclip_lora.errors import ConfigError
 
 __all__ = [
@@ -37,6 +35,8 @@ CACHE_KINDS = ("pixels", "embeddings")
 def cache_root() -> Path:
     """``HF_DATASETS_CACHE/cnclip_lora``: read at call time, so the environment variable set after
     import (tests, notebooks) is honoured."""
+    import datasets  # only when a cache is used: importing datasets costs about a second
+
     return Path(datasets.config.HF_DATASETS_CACHE) / "cnclip_lora"
 
 
