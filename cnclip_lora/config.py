@@ -20,8 +20,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
@@ -56,8 +55,9 @@ __all__ = [
     "LoraArguments",
     "CnClipTrainingArguments",
     "TRAIN_ARGUMENT_TYPES",
-    "parse_train_args",
-    "read_recipe",
+    "option_actions",
+    "train_arguments",
+    "typed_values",
     "train_argument_parser",
 ]
 
@@ -399,32 +399,7 @@ def train_argument_parser(**kwargs: Any) -> HfArgumentParser:
     return HfArgumentParser(TRAIN_ARGUMENT_TYPES, **kwargs)
 
 
-def read_recipe(path: Path) -> dict[str, Any]:
-    """A YAML/JSON recipe as a mapping of option names to values (as the file types them).
-
-    Raises:
-        ConfigError: The file is missing, does not parse, or is not a mapping.
-    """
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except ValueError as err:  # json.JSONDecodeError and yaml.YAMLError's parse errors
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - yaml.YAMLError does not derive from ValueError
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values, found {type(data).__name__}.")
-    return data
-
-
-def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Option name (as a flag without dashes, either spelling) -> the action that stores it."""
     names: dict[str, argparse.Action] = {}
     for action in parser._actions:  # argparse keeps no public list of its actions
@@ -436,7 +411,7 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return names
 
 
-def _typed_values(values: Mapping[str, Any], options: dict[str, argparse.Action], source: str) -> dict[str, Any]:
+def typed_values(values: Mapping[str, Any], options: dict[str, argparse.Action], source: str) -> dict[str, Any]:
     """``{option: value}`` with each value typed as the option's flag would be; ``None`` = the default.
 
     Real Python values (lists, dicts, bools, numbers) are kept as given, so a list of LoRA targets or
@@ -450,7 +425,11 @@ def _typed_values(values: Mapping[str, Any], options: dict[str, argparse.Action]
     for key, value in values.items():
         action = options.get(str(key))
         if action is None or action.dest == "help":
-            raise ConfigError(f"{source}: unknown option {key!r} (see `cnclip-lora train --help`).")
+            import difflib
+
+            close = difflib.get_close_matches(str(key), [o for o in options if "-" not in o], n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else " (see `cnclip-lora train --help`)."
+            raise ConfigError(f"{source}: unknown option {key!r}{hint}")
         if value is None:
             continue
         convert = action.type if callable(action.type) else None
@@ -482,35 +461,23 @@ def _check_kind(value: Any, convert: Any, choices: Any, where: str) -> None:
         raise ConfigError(f"{where} {value!r} is not one of {', '.join(map(str, choices))}.")
 
 
-def parse_train_args(
-    argv: Sequence[str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
+def train_arguments(
+    options: Mapping[str, Any], *, source: str = "train()", parser: HfArgumentParser | None = None,
+    namespace: Mapping[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments]:
-    """Parse training flags; a first argument ending in .yaml/.yml/.json is read as a recipe.
-
-    Precedence, lowest first: each option's default, the recipe, the flags in ``argv``, then
-    ``overrides`` (Python values, e.g. ``{"lora_target_modules": ["query", "value"]}``). The
-    recipe and the overrides are applied as typed values, not turned back into flag strings.
+    """The four training dataclasses from typed option values (``{"max_steps": 10, "bf16": True}``),
+    over ``namespace`` (already parsed values, e.g. a command line's) and each option's default.
 
     Raises:
-        ConfigError: an option value that cannot work, or an unknown option.
+        ConfigError: an unknown option (with the closest known names), a value of the wrong kind, or
+            a required option (``model_name_or_path``, ``output_dir``) missing.
     """
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = train_argument_parser()
-    options = _options(parser)
-    recipe: dict[str, Any] = {}
-    if argv and Path(argv[0]).suffix.lower() in {".yaml", ".yml", ".json"}:
-        recipe = _typed_values(read_recipe(Path(argv[0])), options, source=argv[0])
-        argv = argv[1:]
-    given = _typed_values(overrides or {}, options, source="train()")
-    for action in options.values():
-        if action.dest in recipe or action.dest in given:
-            action.required = False  # supplied by the recipe or the call, not missing
-    parser.set_defaults(**recipe)
-    namespace, remaining = parser.parse_known_args(argv)
-    if remaining:
-        raise ConfigError(f"unknown option(s): {' '.join(remaining)} (see `cnclip-lora train --help`).")
-    model_args, data_args, lora_args, training_args = parser.parse_dict({**vars(namespace), **given})
-    return model_args, data_args, lora_args, training_args
+    parser = parser or train_argument_parser()
+    given = typed_values(options, option_actions(parser), source=source)
+    values = {a.dest: a.default for a in parser._actions if a.dest != "help" and a.default is not argparse.SUPPRESS}
+    values.update({k: v for k, v in (namespace or {}).items() if v is not None or k not in values})
+    values.update(given)
+    missing = [a.dest for a in parser._actions if a.required and values.get(a.dest) is None]
+    if missing:
+        raise ConfigError(f"{source}: missing required option(s): {', '.join(missing)}.")
+    return tuple(parser.parse_dict(values))  # type: ignore[return-value]

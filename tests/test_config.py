@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cnclip_lora.config import parse_train_args
+from cnclip_lora.commands.train import parse_train_args
 from cnclip_lora.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_shipped_vit_h14_recipe_parses():
         (["--val_size", "2.5"], "val_size"),
         (["--lora_r", "0"], "lora_r"),
         (["--max_length", "1"], "max_length"),
-        (["--not_an_option", "1"], "unknown option"),
+        (["--not_an_option", "1"], "unrecognized arguments: --not_an_option"),
     ],
 )
 def test_bad_values_fail_naming_the_option(tmp_path, flags, match):

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-__all__ = ["Command", "DataclassCommand", "dataclass_parser", "print_metrics", "string_to_bool"]
+__all__ = ["Command", "DataclassCommand", "dataclass_parser", "print_metrics", "string_to_bool", "unknown_options_message"]
 
 
 def print_metrics(metrics: dict) -> None:
@@ -27,6 +27,36 @@ def print_metrics(metrics: dict) -> None:
     width = max((len(k) for k in metrics), default=0)
     for key, value in metrics.items():
         print(f"  {key:<{width}}  {value:.2f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+def unknown_options_message(verb: str, unknown: Sequence[str]) -> str:
+    """``unrecognized arguments: ...``, naming the verb that owns each flag, or the closest flags of
+    ``verb`` itself for a typo."""
+    import difflib
+
+    from cnclip_lora.commands import COMMANDS
+
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    own = [o for action in COMMANDS[verb].parser()._actions for o in action.option_strings if "-" not in o[2:]]
+    hints = []
+    for flag in flags:
+        owners = [name for name in COMMANDS if name != verb and _takes(COMMANDS[name], flag)]
+        if owners:
+            hints.append(f"{flag} is an option of `cnclip-lora {' / '.join(owners)}`, not of `{verb}`")
+            continue
+        close = difflib.get_close_matches(flag, own, n=2, cutoff=0.75)
+        if close:
+            hints.append(f"{flag}: did you mean {' or '.join(close)}?")
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    return message + ("; " + "; ".join(hints) if hints else f" (see `cnclip-lora {verb} --help`)")
+
+
+def _takes(command: Command, flag: str) -> bool:
+    try:
+        parser = command.parser()
+    except ImportError:  # a verb whose optional extra is missing
+        return False
+    return any(flag in action.option_strings for action in parser._actions)
 
 
 def string_to_bool(value: str | bool) -> bool:
@@ -123,7 +153,10 @@ class DataclassCommand(Command):
         return dataclass_parser(self.arguments_class(), prog=f"cnclip-lora {self.name}", description=self.help)
 
     def parse(self, argv: Sequence[str]) -> Any:
-        parsed = self.parser().parse_args(list(argv))
+        parser = self.parser()
+        parsed, remaining = parser.parse_known_args(list(argv))
+        if remaining:  # argparse's own exit status 2, with the verb that owns the flag named
+            parser.error(unknown_options_message(self.name, remaining))
         args = self.arguments_class()(**vars(parsed))
         check = getattr(args, "check_sources", None)
         if check is not None:  # a mistyped model or adapter path, before any heavy import

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import set_seed
@@ -30,7 +30,6 @@ from cnclip_lora.config import (
     DataArguments,
     LoraArguments,
     ModelArguments,
-    parse_train_args,
 )
 from cnclip_lora.data import CompetitionData, count_truncated, load_competition_data
 from cnclip_lora.errors import ConfigError, DataError
@@ -386,20 +385,27 @@ def static_title_padding(requested: bool | None, training_args: Any) -> bool:
     return bool(getattr(training_args, "torch_compile", False)) and on_gpu
 
 
-def train(argv: Sequence[str] | None = None, **overrides: Any) -> TrainResult:
-    """Parse training flags (or a YAML/JSON recipe) and run training.
-
-    Args:
-        argv: flags as on the command line, e.g. ``["--model_name_or_path", M, "--data_dir", D]``;
-            a first entry ending in .yaml/.yml/.json is a recipe, which the flags after it override.
-        overrides: options as Python values, which win over ``argv`` and the recipe:
-            ``max_steps=10``, ``bf16=True``, ``lora_target_modules=["query", "value"]``,
-            ``accelerator_config={"split_batches": True}``.
-    """
+def run_launched(
+    model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments,
+    training_args: CnClipTrainingArguments,
+) -> TrainResult:
+    """:func:`run_training`, with a process group a launcher made this process join torn down after."""
     from cnclip_lora.utils.distributed import adopt_new_process_group, group_exists
 
     existed = group_exists()
     try:
-        return run_training(*parse_train_args(list(argv or []), overrides))
+        return run_training(model_args, data_args, lora_args, training_args)
     finally:
         adopt_new_process_group(existed)  # a group the launch made us join is destroyed at exit
+
+
+def train(**options: Any) -> TrainResult:
+    """Train from options given as Python values, each option's default for the rest:
+    ``train(model_name_or_path=M, data_dir=D, output_dir=O, max_steps=10, bf16=True,
+    lora_target_modules=["query", "value"], accelerator_config={"split_batches": True})``.
+
+    Every ``cnclip-lora train`` flag is an option; a misspelt one is refused with the closest names.
+    """
+    from cnclip_lora.config import train_arguments
+
+    return run_launched(*train_arguments(options))

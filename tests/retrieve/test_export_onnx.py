@@ -16,7 +16,7 @@ from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE
 from cnclip_lora.retrieve.export_onnx import export_onnx
 from cnclip_lora.retrieve.run import EvaluateArguments, RetrieveArguments, evaluate_retrieval, retrieve
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 # One character up to far past the 52-token limit (truncated), mixed scripts, so batches pad differently.
 TITLES = [
@@ -38,7 +38,7 @@ def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
                  "per_device_train_batch_size": 8, "learning_rate": 5e-2, "lora_r": 4, "lora_alpha": 8,
                  "flip": "always", "val_size": 0, "use_cpu": True, "save_strategy": "no", "report_to": "none"}.items():
         argv += [f"--{k}", str(v)]
-    train(argv)
+    train_from_argv(argv)
     return out
 
 

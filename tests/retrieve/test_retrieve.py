@@ -25,7 +25,7 @@ from cnclip_lora.retrieve.run import (
     retrieve,
     write_submission,
 )
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
                  "per_device_train_batch_size": 8, "learning_rate": 5e-3, "lora_r": 4, "lora_alpha": 8,
                  "val_size": 0, "use_cpu": True, "save_strategy": "no", "report_to": "none"}.items():
         argv += [f"--{k}", str(v)]
-    train(argv)
+    train_from_argv(argv)
     return out
 
 

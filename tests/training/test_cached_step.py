@@ -34,7 +34,7 @@ from cnclip_lora.config import CnClipTrainingArguments
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.modeling import apply_lora
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 from dist_utils import needs_gloo, run_torchrun
 
 DROPOUT = 0.1
@@ -193,7 +193,7 @@ def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
     }  # fmt: skip
     flags.update(extra)
     argv = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
-    result = train(argv)
+    result = train_from_argv(argv)
     weights = load_file(str(result.output_dir / "adapter_model.safetensors"))
     state = trainers[0].state
     logs = [h for h in state.log_history if "loss" in h]

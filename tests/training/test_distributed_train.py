@@ -20,7 +20,7 @@ from dist_utils import needs_gloo, run_torchrun, stray_files
 from safetensors.torch import load_file
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 PER_DEVICE = 4
 
@@ -56,7 +56,7 @@ def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_mode
     # Each rank destroyed the group it joined: no abort at exit, no leaked-group warning.
     assert "terminate called" not in log and "destroy_process_group" not in log
     out1 = tmp_path / "one"
-    train(_flags(tiny_model_dir, data, out1, 2 * PER_DEVICE) + ["--cache_images", "false"])
+    train_from_argv(_flags(tiny_model_dir, data, out1, 2 * PER_DEVICE) + ["--cache_images", "false"])
     cache_files = sorted(p.name for p in (tmp_path / "pixels").glob("*.arrow"))
     assert len(cache_files) == (1 if cache_images == "true" else 0), cache_files
 
@@ -96,4 +96,4 @@ def test_distributed_fsdp_is_refused_with_the_reason(how, monkeypatch, tmp_path)
     else:  # `accelerate launch` with an FSDP config file
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match=r"FSDP and DeepSpeed are not supported: .*logit_scale"):
-        train(argv)
+        train_from_argv(argv)

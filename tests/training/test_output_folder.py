@@ -17,7 +17,7 @@ import pytest
 
 from cnclip_lora.commands import main
 from cnclip_lora.utils.files import checkpoint_problem
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 
 def _flags(model: Path, data: Path, out: Path, **extra) -> list[str]:
@@ -38,7 +38,7 @@ def _flags(model: Path, data: Path, out: Path, **extra) -> list[str]:
 def first_run(tiny_model_dir, demo_dir, tmp_path_factory) -> Path:
     """A finished 2-step run with r=4, saving a checkpoint at every step (adapter + checkpoint-1, -2)."""
     out = tmp_path_factory.mktemp("first") / "out"
-    train(_flags(tiny_model_dir, demo_dir, out))
+    train_from_argv(_flags(tiny_model_dir, demo_dir, out))
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
     return out
 
@@ -185,5 +185,5 @@ def test_ctrl_c_says_how_to_resume_and_that_flag_resumes(tiny_model_dir, demo_di
 
 def test_resume_logs_its_checkpoint(tiny_model_dir, demo_dir, used_folder, caplog):
     caplog.set_level(logging.INFO, logger="cnclip_lora")
-    train(_flags(tiny_model_dir, demo_dir, used_folder, max_steps=3, resume_from_checkpoint="true"))
+    train_from_argv(_flags(tiny_model_dir, demo_dir, used_folder, max_steps=3, resume_from_checkpoint="true"))
     assert f"resuming from {used_folder / 'checkpoint-2'} (step 2)" in caplog.text
