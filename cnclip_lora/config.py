@@ -28,6 +28,7 @@ from transformers.hf_argparser import string_to_bool
 from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import parse_targets
 from cnclip_lora.options import (
     DEFAULT_MAX_LENGTH,
     Assign,
@@ -180,11 +181,7 @@ class LoraArguments:
 
     def apply_lora_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`cnclip_lora.apply_lora`."""
-        targets = None
-        if self.lora_target_modules:
-            given = self.lora_target_modules
-            entries = given.split(",") if isinstance(given, str) else [p for t in given for p in t.split(",")]
-            targets = [t.strip() for t in entries if t.strip()] or None
+        targets = parse_targets(self.lora_target_modules) or None  # an empty list is the default set too
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout, "targets": targets}
 
 

@@ -24,6 +24,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
+from cnclip_lora.options import parse_targets
 from cnclip_lora.errors import ConfigError, UnsafeArtifactError
 from cnclip_lora.options import TOWERS, tower_of
 from cnclip_lora.utils.files import is_pickle, pickled_files
@@ -196,8 +197,7 @@ def default_lora_targets(config: ChineseCLIPConfig) -> list[str]:
 def _parse_targets(targets: list[str] | str | None, config: ChineseCLIPConfig) -> list[str]:
     if targets is None:
         return default_lora_targets(config)
-    entries = targets.split(",") if isinstance(targets, str) else list(targets)
-    entries = [str(e).strip() for e in entries if str(e).strip()]
+    entries = parse_targets(targets) or []
     if not entries:
         raise ConfigError("lora targets: the list is empty; leave it unset for Q/K/V of both towers")
     return list(dict.fromkeys(entries))

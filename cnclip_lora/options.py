@@ -29,6 +29,7 @@ __all__ = [
     "TOWERS",
     "choices",
     "parse_choice",
+    "parse_targets",
     "tower_of",
 ]
 
@@ -108,6 +109,17 @@ def tower_of(name: str) -> str:
     if "vision_model" in parts:
         return "vision"
     return "other"
+
+
+def parse_targets(value: object) -> list[str] | None:
+    """LoRA target entries in one form, the one rule for recipes, flags, records and ``apply_lora``:
+    ``None`` (or a recorded ``"default..."``) means the default set (Q/K/V of both towers); a
+    comma-separated string or a list (whose items may hold commas too) gives its stripped,
+    de-duplicated entries in order."""
+    if value is None or (isinstance(value, str) and value.strip().startswith("default")):
+        return None
+    parts = str(value).split(",") if isinstance(value, str) else [p for t in value for p in str(t).split(",")]
+    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
 
 
 def choices(enum: type[_Choice]) -> list[str]:

@@ -24,7 +24,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.adapter.model_card import write_model_card
-from cnclip_lora.utils.files import is_pickle, pickled_files
+from cnclip_lora.adapter.validate import CONVERT_HINT, check_adapter_dir
+from cnclip_lora.utils.files import is_pickle
 from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
 __all__ = [
@@ -56,11 +57,6 @@ ADAPTER_FILES = (
     "README.md",
 )
 
-_CONVERT_HINT = (
-    "Only safetensors adapters are accepted. If you trust the file, convert it once: load the state dict with "
-    "torch.load(path, weights_only=True) and save it with safetensors.torch.save_file(state_dict, "
-    "'adapter_model.safetensors'), or reload the adapter with peft and call save_pretrained (safetensors by default)."
-)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -85,39 +81,6 @@ def _redact(text: str, token: str | None) -> str:
     """
     token = token or get_token()
     return text.replace(token, "***") if token else text
-
-
-def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> Path:
-    """Check that ``path`` holds a safetensors LoRA adapter (and no pickle-only one).
-
-    Args:
-        path: Folder to check.
-        source: How the user named it (a Hub id, say), for the error messages.
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Raises:
-        UnsafeArtifactError: The adapter exists only in a pickled format.
-        CnClipLoraError: The folder or its ``adapter_config.json`` / weights are missing.
-    """
-    folder = Path(path)
-    name = source or str(folder)
-    if not folder.is_dir():
-        raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
-    if not (folder / WEIGHTS_FILE).is_file():
-        pickles = pickled_files(folder)
-        if pickles:
-            raise UnsafeArtifactError(
-                f"Adapter {name!r} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
-                f"which can execute code when loaded. {_CONVERT_HINT}"
-            )
-        raise CnClipLoraError(
-            f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a training run saved its adapter in."
-        )
-    if not (folder / CONFIG_FILE).is_file():
-        raise CnClipLoraError(f"Adapter {name!r} has no adapter_config.json, so peft cannot rebuild it.")
-    return folder
 
 
 def adapter_files(output_dir: str | os.PathLike) -> list[str]:
@@ -253,6 +216,6 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
         if pickles:
             raise UnsafeArtifactError(
                 f"Hub adapter {where} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
-                f"which can execute code when loaded; they were not downloaded. {_CONVERT_HINT}"
+                f"which can execute code when loaded; they were not downloaded. {CONVERT_HINT}"
             )
     return check_adapter_dir(folder, source=adapter)

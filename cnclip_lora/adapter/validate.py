@@ -11,20 +11,64 @@ each of these into one message naming the file and what is wrong, before any emb
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from cnclip_lora.errors import CnClipLoraError
+from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
+from cnclip_lora.utils.files import pickled_files
 from cnclip_lora.options import tower_of
 
 __all__ = ["AdapterError", "validate_adapter_folder"]
 
 from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
+
+
+#: What to do with pickled weights (shared by the adapter and model checks).
+CONVERT_HINT = (
+    "Only safetensors adapters are accepted. If you trust the file, convert it once: load the state dict with "
+    "torch.load(path, weights_only=True) and save it with safetensors.torch.save_file(state_dict, "
+    "'adapter_model.safetensors'), or reload the adapter with peft and call save_pretrained (safetensors by default)."
+)
+
+
+def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> Path:
+    """Check that ``path`` holds a safetensors LoRA adapter (and no pickle-only one).
+
+    Args:
+        path: Folder to check.
+        source: How the user named it (a Hub id, say), for the error messages.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        UnsafeArtifactError: The adapter exists only in a pickled format.
+        CnClipLoraError: The folder or its ``adapter_config.json`` / weights are missing.
+    """
+    folder = Path(path)
+    name = source or str(folder)
+    if not folder.is_dir():
+        raise CnClipLoraError(f"Adapter directory {name!r} does not exist or is not a directory.")
+    if not (folder / WEIGHTS_FILE).is_file():
+        pickles = pickled_files(folder)
+        if pickles:
+            raise UnsafeArtifactError(
+                f"Adapter {name!r} has no adapter_model.safetensors, only pickled weights ({', '.join(pickles)}), "
+                f"which can execute code when loaded. {CONVERT_HINT}"
+            )
+        raise CnClipLoraError(
+            f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a training run saved its adapter in."
+        )
+    if not (folder / CONFIG_FILE).is_file():
+        raise CnClipLoraError(f"Adapter {name!r} has no adapter_config.json, so peft cannot rebuild it.")
+    return folder
 
 
 class AdapterError(CnClipLoraError):
@@ -97,7 +141,7 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
     """
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    folder = Path(adapter_dir)
+    folder = check_adapter_dir(adapter_dir)
     config = _read_config(folder)
     shapes = _read_shapes(folder)
     weights = folder / WEIGHTS_FILE
@@ -109,6 +153,8 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
             f"{folder / CONFIG_FILE}: target_modules {config.target_modules!r} match no module of the base model; "
             "the adapter was made for another architecture, or the config was edited."
         )
+    from torch import nn
+
     not_linear = [n for n in targeted if not isinstance(modules[n], nn.Linear)]
     if not_linear:
         raise AdapterError(

@@ -372,6 +372,14 @@ def _best_per_row(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return best
 
 
+def _dense_matching(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one exact solver of a dense cost matrix (rows, columns of the minimum-cost matching);
+    ``inf`` marks a forbidden pair, and a matrix without a full matching raises ``ValueError``."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(cost)
+
+
 def assign(
     scores,
     indices,
@@ -428,12 +436,10 @@ def assign(
     weights = scores[rows, pos]
     try:
         if n_q * n_cols <= _DENSE_ASSIGN_LIMIT:
-            from scipy.optimize import linear_sum_assignment
-
             cost = np.full((n_q, n_cols), np.inf)
             # A query listing the same image twice keeps its better score.
             np.minimum.at(cost, (rows, cols), -weights)
-            r, c = linear_sum_assignment(cost)
+            r, c = _dense_matching(cost)
         else:
             from scipy.sparse import csr_array
             from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -501,13 +507,11 @@ def assign_one_to_one(
             "use argmax assignment"
         )
     if n_q * n_g * 8 <= dense_limit_bytes:
-        from scipy.optimize import linear_sum_assignment
-
         with torch.no_grad():
             qn = _normalized(q.cpu(), "query", normalize)
             gn = _normalized(g.cpu(), "gallery", normalize)
             cost = -(qn.double() @ gn.double().T).numpy()
-        r, c = linear_sum_assignment(cost)
+        r, c = _dense_matching(cost)
         out = np.empty(n_q, dtype=np.int64)
         out[r] = c
         return out

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import parse_targets
 from cnclip_lora.adapter.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
 
 __all__ = ["requested_settings", "recorded_settings", "settings_differences", "previous_run_files",
@@ -42,11 +43,8 @@ _DEFAULT_TARGETS = None  # "Q/K/V of both towers", however the record spells it
 
 def _targets(value: Any) -> Any:
     """Requested/recorded LoRA targets in one comparable form (``None`` = the default set)."""
-    if value is None or (isinstance(value, str) and value.startswith("default")):
-        return _DEFAULT_TARGETS
-    if isinstance(value, str):
-        value = value.split(",")
-    return sorted(str(t).strip() for t in value if str(t).strip())
+    entries = parse_targets(value)
+    return _DEFAULT_TARGETS if entries is None else sorted(entries)
 
 
 def requested_settings(model_args: Any, data_args: Any, lora_args: Any) -> dict[str, Any]:
