@@ -32,7 +32,7 @@ def _parse_arm(text: str) -> tuple[str, dict[str, str]]:
 def main() -> None:
     from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
-    from cnclip_lora.training.run import train
+    from cnclip_lora.commands.train import train_from_argv
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", action="append", default=None, help="NAME=flag=value,flag=value (repeatable)")
@@ -51,7 +51,7 @@ def main() -> None:
             flags["num_train_epochs"] = args.num_train_epochs
         out = workdir / name
         start = time.time()
-        result = train(["--model_name_or_path", str(model_dir), "--data_dir", args.data_dir, "--output_dir", str(out),
+        result = train_from_argv(["--model_name_or_path", str(model_dir), "--data_dir", args.data_dir, "--output_dir", str(out),
                         "--cache_dir", str(workdir / "cache")], **flags)  # fmt: skip
         seconds = time.time() - start
         scores = evaluate_retrieval(EvaluateArguments(split="val", adapter=str(out), **common))

@@ -24,7 +24,7 @@ def main() -> None:
     from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.demo.data import make_demo_data
     from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
-    from cnclip_lora.training.run import train
+    from cnclip_lora.commands.train import train_from_argv
 
     work = Path(args.workdir)
     model_dir = ensure_demo_model(work / "tiny-model")
@@ -36,7 +36,7 @@ def main() -> None:
         for flip in args.flips:
             out = work / f"{domain}-{flip}"
             flags = {**DEMO_TRAIN_FLAGS, "flip": flip}
-            train(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)], **flags)
+            train_from_argv(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)], **flags)
             m = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), adapter=str(out),
                                                      data_dir=str(data_dir),
                                                      split="val", cache_dir="", device="cpu"))

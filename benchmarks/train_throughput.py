@@ -84,6 +84,7 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     if extra["threads"]:
         torch.set_num_threads(extra["threads"])
     train_mod = importlib.import_module("cnclip_lora.training.run")
+    from cnclip_lora.commands.train import train_from_argv
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -110,7 +111,7 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
             "--logging_steps", "100000", "--disable_tqdm", "true", "--cache_dir", str(Path(out) / "cache"), *flags,
         ]  # fmt: skip
         t_call = time.perf_counter()
-        train_mod.train(argv)
+        train_from_argv(argv)
     span = times[a.warmup + a.steps - 1] - times[a.warmup - 1]
     # setup_s: train() call to the end of step 1 (data checks, model load, a cold pixel cache build).
     return {"samples_per_s": a.steps * a.batch / span, "torch_threads": torch.get_num_threads(),

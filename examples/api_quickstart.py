@@ -19,8 +19,8 @@ model_dir = make_tiny_model(work / "tiny-model", seed=0)
 model, processor = load_model_and_processor(str(model_dir))
 apply_lora(model, r=8, alpha=16).print_trainable_parameters()
 
-# 2. Train: the same flags as `cnclip-lora train`, as a list and/or keyword arguments.
-result = train(["--model_name_or_path", str(model_dir), "--data_dir", "xfdata", "--output_dir", str(work / "adapter")],
+# 2. Train: every `cnclip-lora train` option as a keyword argument (a misspelt one names the closest).
+result = train(model_name_or_path=str(model_dir), data_dir="xfdata", output_dir=str(work / "adapter"),
                num_train_epochs=12, per_device_train_batch_size=32, learning_rate=2e-3, lora_r=32, lora_alpha=64,
                use_cpu=True, save_strategy="no", report_to="none")
 print("held-out metrics after training:", result.eval_metrics)

@@ -16,14 +16,14 @@ from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 from cnclip_lora.demo.tiny_model import make_tiny_model
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 
 @pytest.fixture(scope="module")
 def split_adapter(tiny_model_dir, demo_dir, tmp_path_factory) -> Path:
     """Trained with a non-default split: 20 held-out images, seed 7."""
     out = tmp_path_factory.mktemp("split-adapter") / "out"
-    train(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir", str(out),
+    train_from_argv(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir", str(out),
            "--max_steps", "2", "--per_device_train_batch_size", "8", "--lora_r", "4", "--lora_alpha", "8",
            "--val_size", "20", "--split_seed", "7", "--use_cpu", "true", "--save_strategy", "no",
            "--eval_strategy", "no", "--report_to", "none"])

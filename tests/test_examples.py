@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers.integrations import get_available_reporting_integrations
 
-from cnclip_lora.config import parse_train_args
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import parse_train_args
+from cnclip_lora.commands.train import train_from_argv
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "vit-h14-seed-recipe.yaml"
 
@@ -21,7 +21,7 @@ def test_seed_recipe_trains_on_cpu_with_a_tiny_model(tiny_model_dir, demo_dir, t
             "--val_size", "8", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
             "--per_device_eval_batch_size", "8", "--dataloader_num_workers", "0", "--lora_r", "4", "--lora_alpha", "8"]
     with caplog.at_level(logging.INFO):
-        result = train(argv)
+        result = train_from_argv(argv)
     assert (result.output_dir / "adapter_model.safetensors").is_file()
     assert "eval_t2i_MR" in result.eval_metrics
     if "tensorboard" not in get_available_reporting_integrations():

@@ -537,7 +537,7 @@ def test_hub_card_cnclip_snippet_loads_the_pushed_adapter(tiny_run, tmp_path, fa
 
 
 def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_path, fake_hub, tiny_model_dir, demo_dir):
-    from cnclip_lora.training.run import train
+    from cnclip_lora.commands.train import train_from_argv
 
     out = tmp_path / "run"
     argv = []
@@ -546,7 +546,7 @@ def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_pat
                        "use_cpu": "true", "save_strategy": "steps", "save_steps": 1, "report_to": "none",
                        "push_to_hub": "true", "hub_model_id": "user/trained-adapter"}.items():
         argv += [f"--{key}", str(value)]
-    result = train(argv)
+    result = train_from_argv(argv)
 
     assert result.pushed_to and "user/trained-adapter" in result.pushed_to
     assert (out / "checkpoint-2").is_dir()  # checkpoints exist locally...

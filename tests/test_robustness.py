@@ -401,7 +401,8 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
     from transformers import AutoConfig, ChineseCLIPModel
 
     from cnclip_lora import modeling
-    from cnclip_lora.config import ModelArguments, parse_train_args
+    from cnclip_lora.commands.train import parse_train_args
+    from cnclip_lora.config import ModelArguments
     from cnclip_lora.retrieve.arguments import (
         EvaluateArguments,
         ReportArguments,

@@ -13,7 +13,7 @@ from transformers import AutoProcessor, ChineseCLIPModel
 from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
-from cnclip_lora.training.run import train
+from cnclip_lora.commands.train import train_from_argv
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}
 
@@ -36,7 +36,7 @@ def _flags(model_dir: Path, data_dir: Path, out: Path, **extra) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "adapter"
-    result = train(_flags(tiny_model_dir, demo_dir, out, max_steps=4))
+    result = train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=4))
     return result
 
 
@@ -193,11 +193,11 @@ def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(tra
 
 def test_resume_from_checkpoint_continues_the_step_count(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "run"
-    train(_flags(tiny_model_dir, demo_dir, out, max_steps=2, save_strategy="steps", save_steps=2, val_size=0))
+    train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=2, save_strategy="steps", save_steps=2, val_size=0))
     ckpt = out / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file()
     assert not (ckpt / "model.safetensors").exists()
-    result = train(_flags(tiny_model_dir, demo_dir, out, max_steps=4, save_strategy="steps", save_steps=2, val_size=0,
+    result = train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=4, save_strategy="steps", save_steps=2, val_size=0,
                           resume_from_checkpoint=ckpt))
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4
@@ -208,7 +208,7 @@ def test_resume_from_checkpoint_continues_the_step_count(tiny_model_dir, demo_di
 
 def test_best_model_selection_uses_retrieval_metric(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "best"
-    train(_flags(tiny_model_dir, demo_dir, out, max_steps=4, eval_strategy="steps", eval_steps=2,
+    train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=4, eval_strategy="steps", eval_steps=2,
                  save_strategy="steps", save_steps=2, load_best_model_at_end="true",
                  metric_for_best_model="eval_t2i_MR", greater_is_better="true"))
     state = json.loads((out / "trainer_state.json").read_text())
@@ -252,7 +252,7 @@ def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, de
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
     trainers = _capture_trainers(monkeypatch)
     try:
-        result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True))
+        result = train_from_argv(_flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True))
     finally:
         torch._dynamo.reset()
 
@@ -268,7 +268,7 @@ def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_mod
     import math
 
     trainers = _capture_trainers(monkeypatch)
-    result = train(_flags(tiny_model_dir, demo_dir, tmp_path / "bf16", max_steps=2, bf16=True))
+    result = train_from_argv(_flags(tiny_model_dir, demo_dir, tmp_path / "bf16", max_steps=2, bf16=True))
     dtypes: dict[str, set] = {"base": set(), "lora": set()}
     for name, param in trainers[0].model.named_parameters():
         dtypes["lora" if "lora_" in name else "base"].add(param.dtype)
@@ -360,7 +360,7 @@ def test_a_diverged_step_shows_in_the_logs_with_a_warning(tiny_model_dir, demo_d
 
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
     with caplog.at_level(logging.WARNING, logger="cnclip_lora.training.trainer"):
-        train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=3, val_size=0))
+        train_from_argv(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=3, val_size=0))
     losses = [entry["loss"] for entry in trainers[0].state.log_history if "loss" in entry]
     assert len(losses) == 3 and math.isfinite(losses[0]) and math.isnan(losses[1])
     assert "training loss is nan at step 2" in caplog.text
@@ -379,7 +379,7 @@ def test_evaluating_a_diverged_model_names_the_divergence(tiny_model_dir, demo_d
 
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Diverging)
     with pytest.raises(CnClipLoraError, match="evaluation at step 2: .* training has diverged"):
-        train(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=2))
+        train_from_argv(_flags(tiny_model_dir, demo_dir, tmp_path / "out", max_steps=2))
 
 
 def test_a_model_reused_by_a_second_trainer_runs_that_trainers_precision(tiny_model_dir, demo_dir, tmp_path):
