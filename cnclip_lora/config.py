@@ -471,7 +471,12 @@ def train_arguments(
     """
     parser = parser or train_argument_parser()
     given = typed_values(options, option_actions(parser), source=source)
-    values = {a.dest: a.default for a in parser._actions if a.dest != "help" and a.default is not argparse.SUPPRESS}
+    values: dict[str, Any] = {}
+    for action in parser._actions:  # a --no_X action shares X's dest with the opposite default: skip it
+        if action.dest != "help" and action.default is not argparse.SUPPRESS and not isinstance(
+            action, argparse._StoreFalseAction
+        ):
+            values.setdefault(action.dest, action.default)
     values.update({k: v for k, v in (namespace or {}).items() if v is not None or k not in values})
     values.update(given)
     missing = [a.dest for a in parser._actions if a.required and values.get(a.dest) is None]

@@ -185,3 +185,19 @@ def test_bad_python_override_is_a_config_error_naming_it(tmp_path):
         parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)], {"max_steps": [1, 2]})
     with pytest.raises(ConfigError, match="unknown option 'max_step'"):
         parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)], {"max_step": 1})
+
+
+def test_train_options_in_python_parse_like_the_same_flags(tmp_path):
+    """``train(**options)`` and ``cnclip-lora train --flags`` build the same four dataclasses, defaults
+    included (a boolean defaulting to true must not take its ``--no_X`` flag's default)."""
+    import dataclasses
+
+    from cnclip_lora.config import train_arguments
+
+    flags = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
+                              "--lora_r", "8"])
+    python = train_arguments({"model_name_or_path": "m", "output_dir": str(tmp_path), "use_cpu": True, "lora_r": 8})
+    for a, b in zip(flags, python):
+        differ = {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+                  if getattr(a, f.name) != getattr(b, f.name)}
+        assert not differ, f"{type(a).__name__}: {differ}"
