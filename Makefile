@@ -32,9 +32,10 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    chromium chromium-driver fonts-noto-cjk || echo "chromium not installed: the browser tests will be skipped"; }
 
-# Lint first (seconds): the configuration is pyproject.toml's [tool.ruff].
+# Lint and format check first (seconds): the configuration is pyproject.toml's [tool.ruff].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP) chromium lint
 	$(PY) -m pytest -q

@@ -15,9 +15,10 @@ import resource
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["machine_info", "peak_rss_mb", "run_child", "child_main", "median_by_variant", "print_table", "write_json"]
 
@@ -71,7 +72,7 @@ def run_child(script: str, variant: str, extra: Sequence[str] = ()) -> dict[str,
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_RESULT_TAG):
-            return json.loads(line[len(_RESULT_TAG):])
+            return json.loads(line[len(_RESULT_TAG) :])
     raise RuntimeError(f"{variant} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 

@@ -30,9 +30,9 @@ def _parse_arm(text: str) -> tuple[str, dict[str, str]]:
 
 
 def main() -> None:
+    from cnclip_lora.commands.train import train_from_argv
     from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
     from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
-    from cnclip_lora.commands.train import train_from_argv
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arm", action="append", default=None, help="NAME=flag=value,flag=value (repeatable)")
@@ -42,8 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(args.workdir)
     model_dir = ensure_demo_model(workdir / "tiny-model")
-    common = dict(model_name_or_path=str(model_dir), data_dir=args.data_dir, cache_dir=str(workdir / "cache"),
-                  device="cpu")  # fmt: skip
+    common = dict(
+        model_name_or_path=str(model_dir), data_dir=args.data_dir, cache_dir=str(workdir / "cache"), device="cpu"
+    )
     results = []
     for name, overrides in map(_parse_arm, args.arm or DEFAULT_ARMS):
         flags = dict(DEMO_TRAIN_FLAGS, dataloader_num_workers=0, **overrides)
@@ -51,19 +52,40 @@ def main() -> None:
             flags["num_train_epochs"] = args.num_train_epochs
         out = workdir / name
         start = time.time()
-        result = train_from_argv(["--model_name_or_path", str(model_dir), "--data_dir", args.data_dir, "--output_dir", str(out),
-                        "--cache_dir", str(workdir / "cache")], **flags)  # fmt: skip
+        result = train_from_argv(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--data_dir",
+                args.data_dir,
+                "--output_dir",
+                str(out),
+                "--cache_dir",
+                str(workdir / "cache"),
+            ],
+            **flags,
+        )
         seconds = time.time() - start
         scores = evaluate_retrieval(EvaluateArguments(split="val", adapter=str(out), **common))
         if (Path(args.data_dir) / "test_answers.csv").is_file():
             scores.update(evaluate_retrieval(EvaluateArguments(split="test", adapter=str(out), **common)))
-        results.append({"arm": name, "flags": overrides, "train_s": round(seconds, 1),
-                        "train_loss": result.train_metrics.get("train_loss"), **scores})  # fmt: skip
+        results.append(
+            {
+                "arm": name,
+                "flags": overrides,
+                "train_s": round(seconds, 1),
+                "train_loss": result.train_metrics.get("train_loss"),
+                **scores,
+            }
+        )
         print(name, {k: v for k, v in results[-1].items() if "MR" in k or k == "train_s"}, flush=True)
-    rows = [[r["arm"], r.get("val_t2i_MR"), r.get("test_t2i_MR"), r.get("val_gallery_size"), r["train_s"]]
-            for r in results]  # fmt: skip
+    rows = [
+        [r["arm"], r.get("val_t2i_MR"), r.get("test_t2i_MR"), r.get("val_gallery_size"), r["train_s"]] for r in results
+    ]
     print_table(rows, ["arm", "val t2i MR", "test t2i MR", "val gallery", "train s"])
-    write_json(workdir / "results.json", {"machine": machine_info(), "command": " ".join(sys.argv), "results": results})
+    write_json(
+        workdir / "results.json", {"machine": machine_info(), "command": " ".join(sys.argv), "results": results}
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,10 @@ def child(variant: str, args: argparse.Namespace) -> None:
     import torch
     from transformers import ChineseCLIPModel
 
+    from cnclip_lora.demo.tiny_model import make_tiny_model
+    from cnclip_lora.modeling import apply_lora
     from cnclip_lora.training.cached_step import cached_contrastive_step
     from cnclip_lora.training.loss import ContrastiveLoss
-    from cnclip_lora.modeling import apply_lora
-    from cnclip_lora.demo.tiny_model import make_tiny_model
 
     torch.set_num_threads(args.threads)
     mode, batch_size = variant.split("@")
@@ -78,18 +78,30 @@ def child(variant: str, args: argparse.Namespace) -> None:
         step()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    child_main({"variant": variant, "mode": mode, "batch": batch_size,
-                "mini_batch": args.mini_batch if mode == "cached" else None,
-                "samples_per_s": round(args.steps * batch_size / elapsed, 2),
-                "baseline_rss_mb": round(baseline, 1), "step_peak_mb": round(peak - baseline, 1)})  # fmt: skip
+    child_main(
+        {
+            "variant": variant,
+            "mode": mode,
+            "batch": batch_size,
+            "mini_batch": args.mini_batch if mode == "cached" else None,
+            "samples_per_s": round(args.steps * batch_size / elapsed, 2),
+            "baseline_rss_mb": round(baseline, 1),
+            "step_peak_mb": round(peak - baseline, 1),
+        }
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--mini_batch", type=int, default=32)
-    parser.add_argument("--plain_batches", type=int, nargs="*", default=None,
-                        help="batch sizes for the plain step (default: the same as --batches)")
+    parser.add_argument(
+        "--plain_batches",
+        type=int,
+        nargs="*",
+        default=None,
+        help="batch sizes for the plain step (default: the same as --batches)",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "cached_batch_memory.json"))
@@ -105,8 +117,10 @@ def main() -> None:
     for variant in variants:
         runs.append(run_child(__file__, variant, extra))
         print(f"{variant}: {runs[-1]['samples_per_s']} samples/s, step peak {runs[-1]['step_peak_mb']} MB", flush=True)
-    rows = [[r["mode"], r["batch"], r["mini_batch"] or "-", r["step_peak_mb"], r["peak_rss_mb"], r["samples_per_s"]]
-            for r in runs]  # fmt: skip
+    rows = [
+        [r["mode"], r["batch"], r["mini_batch"] or "-", r["step_peak_mb"], r["peak_rss_mb"], r["samples_per_s"]]
+        for r in runs
+    ]
     print_table(rows, ["step", "B", "M", "step peak above model+batch (MB)", "process peak RSS (MB)", "samples/s"])
     write_json(args.out, {"machine": machine_info(), "command": " ".join(sys.argv), "runs": runs})
 

@@ -34,8 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _flags(flags: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"draft": True, "threads": None, "decode_threads": None, "before": False,
-                           "keep_threads": False}
+    out: dict[str, Any] = {
+        "draft": True,
+        "threads": None,
+        "decode_threads": None,
+        "before": False,
+        "keep_threads": False,
+    }
     it = iter(flags)
     for f in it:
         if f == "--no_draft":
@@ -77,8 +82,8 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
     import datasets
     import torch
 
-    from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.inference.embed import _map_embed, _normalise
+    from cnclip_lora.inputs.images import preprocess_images
     from cnclip_lora.modeling import get_image_embeds
 
     n_threads = num_threads or min(4, os.cpu_count() or 1)
@@ -95,8 +100,14 @@ def _embed_images_before(model, image_processor, paths, *, preprocessing, batch_
         return _normalise(get_image_embeds(model, pixels))
 
     try:
-        return _map_embed(datasets.Dataset.from_dict({"path": [str(p) for p in paths]}), embed_batch,
-                          batch_size=batch_size, cache_dir=None, fingerprint=None, desc="before")  # fmt: skip
+        return _map_embed(
+            datasets.Dataset.from_dict({"path": [str(p) for p in paths]}),
+            embed_batch,
+            batch_size=batch_size,
+            cache_dir=None,
+            fingerprint=None,
+            desc="before",
+        )
     finally:
         pool.shutdown()
 
@@ -114,14 +125,17 @@ def child_package(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     pre = Preprocessing(train_flip="always", draft=opts["draft"])
     kwargs = {"num_threads": opts["decode_threads"]} if opts["decode_threads"] else {}
     if opts["before"]:
+
         def embed(items):
-            return _embed_images_before(model, processor.image_processor, items, preprocessing=pre,
-                                        batch_size=a.batch, **kwargs)
+            return _embed_images_before(
+                model, processor.image_processor, items, preprocessing=pre, batch_size=a.batch, **kwargs
+            )
     else:
         encoder = RetrievalModel(model, processor, pre, batch_size=a.batch)
 
         def embed(items):
             return encoder.encode_images(items, cache=False, **kwargs)
+
     embed(paths[: a.batch])
     t0 = time.perf_counter()
     out = embed(paths)
@@ -138,8 +152,10 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
 
     opts = _flags(flags)
     model, processor, paths = _setup(a, opts)
-    batches = [preprocess_images(paths[i : i + a.batch], processor.image_processor, flips=True)
-               for i in range(0, len(paths), a.batch)]  # fmt: skip
+    batches = [
+        preprocess_images(paths[i : i + a.batch], processor.image_processor, flips=True)
+        for i in range(0, len(paths), a.batch)
+    ]
     with torch.inference_mode():
         torch.nn.functional.normalize(get_image_embeds(model, batches[0]), dim=-1)
         t0 = time.perf_counter()
@@ -166,7 +182,9 @@ def child_seed(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     ds = datasets.Dataset.from_dict({"path": paths})
     datasets.disable_progress_bars()
     t0 = time.perf_counter()
-    ds.map(fn, batched=True, batch_size=a.batch, remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False)
+    ds.map(
+        fn, batched=True, batch_size=a.batch, remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False
+    )
     span = time.perf_counter() - t0
     return {"images_per_s": len(paths) / span}
 
@@ -177,7 +195,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="gallery images (the folder's files, repeated if needed)")
     p.add_argument("--batch", type=int, default=64, help="retrieve's default --batch_size")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--image_size", type=int, default=64, help="the tiny model's input size (its processor resizes to it)")
+    p.add_argument(
+        "--image_size", type=int, default=64, help="the tiny model's input size (its processor resizes to it)"
+    )
     p.add_argument("--hidden", type=int, default=128, help="the tiny model's width (heads: hidden / 32)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--package", action="append", default=None, metavar="NAME=FLAGS")
@@ -206,8 +226,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from cnclip_lora.demo.tiny_model import make_tiny_model
 
-        model_dir = str(make_tiny_model(Path(tmp) / "tiny", image_size=a.image_size, hidden_size=a.hidden,
-                                        num_layers=a.layers, num_heads=max(1, a.hidden // 32)))
+        model_dir = str(
+            make_tiny_model(
+                Path(tmp) / "tiny",
+                image_size=a.image_size,
+                hidden_size=a.hidden,
+                num_layers=a.layers,
+                num_heads=max(1, a.hidden // 32),
+            )
+        )
         common = ["--data", str(a.data), "--n", str(a.n), "--batch", str(a.batch), "--model", model_dir]
         for rep in range(a.repeats):
             for name, flags in variants:
@@ -222,13 +249,30 @@ def main() -> None:
         m = med[name]
         s = m["images_per_s"]
         m.update(vs_model_only=round(s / limit, 3), vs_seed=round(s / seed, 3) if seed else None, flags=flags)
-        rows.append([name, flags or "-", round(s, 1), m["vs_model_only"], m["vs_seed"] or "-", round(m["peak_rss_mb"])])
+        rows.append(
+            [name, flags or "-", round(s, 1), m["vs_model_only"], m["vs_seed"] or "-", round(m["peak_rss_mb"])]
+        )
     table = print_table(rows, ["variant", "flags", "images/s (median)", "x model-only", "x seed-style", "peak RSS MB"])
-    setup = {"n_images": a.n, "batch": a.batch, "repeats": a.repeats, "data": str(a.data),
-             "model": f"make_tiny_model(image_size={a.image_size}, hidden_size={a.hidden}, num_layers={a.layers}, patch 16)",
-             "images": "224-px JPEGs (xfdata/image)"}  # fmt: skip
-    write_json(a.out, {"benchmark": "embed_throughput", "machine": machine_info(), "setup": setup,
-                       "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})  # fmt: skip
+    setup = {
+        "n_images": a.n,
+        "batch": a.batch,
+        "repeats": a.repeats,
+        "data": str(a.data),
+        "model": f"make_tiny_model(image_size={a.image_size}, hidden_size={a.hidden}, num_layers={a.layers}, patch 16)",
+        "images": "224-px JPEGs (xfdata/image)",
+    }
+    write_json(
+        a.out,
+        {
+            "benchmark": "embed_throughput",
+            "machine": machine_info(),
+            "setup": setup,
+            "command": " ".join(map(shlex.quote, sys.argv)),
+            "results": med,
+            "runs": runs,
+            "table": table,
+        },
+    )
     print(f"wrote {a.out}")
 
 

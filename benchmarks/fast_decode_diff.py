@@ -36,14 +36,19 @@ def _sharp_image(size: tuple[int, int], rng: random.Random):
     draw = ImageDraw.Draw(im)
     for _ in range(12):  # flat blocks with hard edges
         x0, y0 = rng.randrange(w), rng.randrange(h)
-        draw.rectangle([x0, y0, x0 + rng.randrange(20, w // 3), y0 + rng.randrange(20, h // 3)],
-                       fill=tuple(rng.randrange(256) for _ in range(3)))  # fmt: skip
+        draw.rectangle(
+            [x0, y0, x0 + rng.randrange(20, w // 3), y0 + rng.randrange(20, h // 3)],
+            fill=tuple(rng.randrange(256) for _ in range(3)),
+        )
     for y in range(0, h, rng.randrange(4, 9)):  # fine stripes over part of the image
         draw.line([(0, y), (w // 2, y)], fill=(20, 20, 20), width=1)
     for _ in range(60):  # print-like strokes, 1-3 px
         x, y = rng.randrange(w), rng.randrange(h)
-        draw.line([(x, y), (x + rng.randrange(-30, 30), y + rng.randrange(-30, 30))], fill=(0, 0, 0),
-                  width=rng.randrange(1, 4))  # fmt: skip
+        draw.line(
+            [(x, y), (x + rng.randrange(-30, 30), y + rng.randrange(-30, 30))],
+            fill=(0, 0, 0),
+            width=rng.randrange(1, 4),
+        )
     return im
 
 
@@ -89,8 +94,16 @@ def main() -> None:
     paths = write_images(workdir, args.n_per_size)
     model_dir = workdir / "vit-b16-random"
     if not (model_dir / "config.json").is_file():
-        make_tiny_model(model_dir, seed=0, image_size=224, patch_size=16, hidden_size=768, num_layers=12,
-                        num_heads=12, projection_dim=512)  # fmt: skip
+        make_tiny_model(
+            model_dir,
+            seed=0,
+            image_size=224,
+            patch_size=16,
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            projection_dim=512,
+        )
     model = ChineseCLIPModel.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
 
@@ -108,17 +121,36 @@ def main() -> None:
     results = []
     for s, size in enumerate(SIZES):
         sl = slice(s * args.n_per_size, (s + 1) * args.n_per_size)
-        r = {"size": f"{size[0]}x{size[1]}", "max_abs_pixel": diff[sl].amax().item(),
-             "mean_abs_pixel": diff[sl].mean().item(), "min_cosine": cos[sl].min().item(),
-             "mean_cosine": cos[sl].mean().item()}  # fmt: skip
+        r = {
+            "size": f"{size[0]}x{size[1]}",
+            "max_abs_pixel": diff[sl].amax().item(),
+            "mean_abs_pixel": diff[sl].mean().item(),
+            "min_cosine": cos[sl].min().item(),
+            "mean_cosine": cos[sl].mean().item(),
+        }
         results.append(r)
-        rows.append([r["size"], f"{r['max_abs_pixel']:.3f}", f"{r['mean_abs_pixel']:.4f}", f"{r['min_cosine']:.4f}",
-                     f"{r['mean_cosine']:.4f}"])  # fmt: skip
+        rows.append(
+            [
+                r["size"],
+                f"{r['max_abs_pixel']:.3f}",
+                f"{r['mean_abs_pixel']:.4f}",
+                f"{r['min_cosine']:.4f}",
+                f"{r['mean_cosine']:.4f}",
+            ]
+        )
     speedup = min(timings[False]) / min(timings[True])
     print_table(rows, ["image size", "max |dpixel|", "mean |dpixel|", "min cosine", "mean cosine"])
     print(f"\ndecode + squash of {len(paths)} images: exact / fast_decode time = {speedup:.2f}x")
-    write_json(Path(args.output), {"machine": machine_info(), "command": " ".join(sys.argv), "images": len(paths),
-                                   "decode_speedup": speedup, "by_size": results})  # fmt: skip
+    write_json(
+        Path(args.output),
+        {
+            "machine": machine_info(),
+            "command": " ".join(sys.argv),
+            "images": len(paths),
+            "decode_speedup": speedup,
+            "by_size": results,
+        },
+    )
 
 
 if __name__ == "__main__":

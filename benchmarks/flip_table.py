@@ -21,10 +21,10 @@ def main() -> None:
     parser.add_argument("--flips", nargs="+", default=["none", "random", "always"])
     args = parser.parse_args()
 
-    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
-    from cnclip_lora.demo.data import make_demo_data
-    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
     from cnclip_lora.commands.train import train_from_argv
+    from cnclip_lora.demo.data import make_demo_data
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS, ensure_demo_model
+    from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
     work = Path(args.workdir)
     model_dir = ensure_demo_model(work / "tiny-model")
@@ -36,17 +36,30 @@ def main() -> None:
         for flip in args.flips:
             out = work / f"{domain}-{flip}"
             flags = {**DEMO_TRAIN_FLAGS, "flip": flip}
-            train_from_argv(["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)], **flags)
-            m = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), adapter=str(out),
-                                                     data_dir=str(data_dir),
-                                                     split="val", cache_dir="", device="cpu"))
+            train_from_argv(
+                ["--model_name_or_path", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out)],
+                **flags,
+            )
+            m = evaluate_retrieval(
+                EvaluateArguments(
+                    model_name_or_path=str(model_dir),
+                    adapter=str(out),
+                    data_dir=str(data_dir),
+                    split="val",
+                    cache_dir="",
+                    device="cpu",
+                )
+            )
             rows.append((domain, flip, m))
             print(f"[flip] {domain} {flip}: {m}", flush=True)
     print("\n| domain | gallery | flip | R@1 | R@5 | R@10 | MR |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for domain, flip, m in rows:
-        print(f"| {domain} | {m['val_gallery_size']} | {flip} | " + " | ".join(
-            f"{m[f'val_t2i_{k}']:.1f}" for k in ("R@1", "R@5", "R@10", "MR")) + " |")
+        print(
+            f"| {domain} | {m['val_gallery_size']} | {flip} | "
+            + " | ".join(f"{m[f'val_t2i_{k}']:.1f}" for k in ("R@1", "R@5", "R@10", "MR"))
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_train_throughput import (  # noqa: E402
-    build_model, is_oom, peak_memory_gb, reset_memory, set_checkpointing, sync, synthetic_batch,
+    build_model,
+    is_oom,
+    peak_memory_gb,
+    reset_memory,
+    set_checkpointing,
+    sync,
+    synthetic_batch,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,10 +94,15 @@ def main() -> None:
     set_checkpointing(model, not a.no_checkpointing)
     plan = [(int(b), None) for b in a.plain_batches.split(",") if b]
     plan += [(int(b), int(m)) for b in a.batches.split(",") if b for m in a.mini_batches.split(",") if m]
-    results = {"benchmark": "gpu_cached_batch", "command": " ".join(sys.argv),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-               "checkpointing": not a.no_checkpointing, "runs": []}  # fmt: skip
+    results = {
+        "benchmark": "gpu_cached_batch",
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "checkpointing": not a.no_checkpointing,
+        "runs": [],
+    }
     start = time.time()
     for batch, mini in plan:
         if time.time() - start > a.budget_s:

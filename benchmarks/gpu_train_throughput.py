@@ -98,8 +98,8 @@ def build_model(smoke: bool, device, dtype, vocab_size: int):
     import torch
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.modeling import apply_lora, h14_config
     from cnclip_lora.demo.tiny_model import tiny_config
+    from cnclip_lora.modeling import apply_lora, h14_config
 
     config = tiny_config(vocab_size, image_size=64) if smoke else h14_config()
     # The tiny tokenizer's vocabulary is a little larger than ViT-H's 21,128: keep every id valid.
@@ -160,8 +160,19 @@ def is_oom(err: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- runs
-def model_only(model, config, batch: int, steps: int, warmup: int, device, amp: bool, vocab: int,
-               compiled: bool = False, profile_steps: int = 0, compile_mode: str | None = None) -> dict[str, Any]:
+def model_only(
+    model,
+    config,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device,
+    amp: bool,
+    vocab: int,
+    compiled: bool = False,
+    profile_steps: int = 0,
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
     """fwd + loss + bwd + fused AdamW on tensors already on the device.
 
     ``compiled``: run through ``accelerate.utils.compile_regions`` (each encoder layer compiled once
@@ -240,7 +251,9 @@ def kernel_family(name: str) -> str:
     return next((family for family, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "other")
 
 
-def kernel_time_summary(events: list[tuple[str, float, int]], wall_ms: float, steps: int, top: int = 25) -> dict[str, Any]:
+def kernel_time_summary(
+    events: list[tuple[str, float, int]], wall_ms: float, steps: int, top: int = 25
+) -> dict[str, Any]:
     """Per-step device time by kernel family and the top kernels, from ``(name, total_ms, calls)``.
 
     ``busy`` (kernel time / wall time) below 1 means the device waited on the host (launch gaps,
@@ -254,19 +267,27 @@ def kernel_time_summary(events: list[tuple[str, float, int]], wall_ms: float, st
         families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
     ranked = sorted(events, key=lambda e: -e[1])[:top]
     return {
-        "steps": steps, "wall_ms_per_step": wall_ms / steps, "kernel_ms_per_step": total / steps,
+        "steps": steps,
+        "wall_ms_per_step": wall_ms / steps,
+        "kernel_ms_per_step": total / steps,
         "busy": total / wall_ms if wall_ms else None,
-        "families": {f: {"ms_per_step": ms / steps, "share": ms / total if total else None}
-                     for f, ms in sorted(families.items(), key=lambda kv: -kv[1])},
-        "top": [{"name": n[:160], "family": kernel_family(n), "ms_per_step": ms / steps, "calls_per_step": c / steps}
-                for n, ms, c in ranked],
-    }  # fmt: skip
+        "families": {
+            f: {"ms_per_step": ms / steps, "share": ms / total if total else None}
+            for f, ms in sorted(families.items(), key=lambda kv: -kv[1])
+        },
+        "top": [
+            {"name": n[:160], "family": kernel_family(n), "ms_per_step": ms / steps, "calls_per_step": c / steps}
+            for n, ms, c in ranked
+        ],
+    }
 
 
 def print_profile(profile: dict[str, Any], label: str, top: int = 12) -> None:
     busy = f"{profile['busy']:.2f}" if profile["busy"] is not None else "-"
-    print(f"\nprofile of {label}: {profile['wall_ms_per_step']:.1f} ms/step wall, "
-          f"{profile['kernel_ms_per_step']:.1f} ms/step in kernels (busy {busy})")
+    print(
+        f"\nprofile of {label}: {profile['wall_ms_per_step']:.1f} ms/step wall, "
+        f"{profile['kernel_ms_per_step']:.1f} ms/step in kernels (busy {busy})"
+    )
     print("| kernel family | ms/step | share |\n|---|---|---|")
     for family, f in profile["families"].items():
         print(f"| {family} | {f['ms_per_step']:.2f} | {f['share']:.3f} |")
@@ -290,11 +311,17 @@ def profile_model_steps(step, steps: int, device) -> dict[str, Any]:
         sync(device)
         wall_ms = (time.perf_counter() - t0) * 1e3
     if cuda:
-        events = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
-                  if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]  # fmt: skip
+        events = [
+            (e.key, e.self_device_time_total / 1e3, e.count)
+            for e in prof.key_averages()
+            if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+        ]
     else:  # CPU smoke run: leaf-most time of the CPU ops stands in for kernels
-        events = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()
-                  if e.self_cpu_time_total > 0 and e.key.startswith("aten::")]  # fmt: skip
+        events = [
+            (e.key, e.self_cpu_time_total / 1e3, e.count)
+            for e in prof.key_averages()
+            if e.self_cpu_time_total > 0 and e.key.startswith("aten::")
+        ]
     return kernel_time_summary(events, wall_ms, steps)
 
 
@@ -321,8 +348,21 @@ def find_max_batch(model, config, candidates: list[int], device, amp: bool, voca
     return best
 
 
-def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, checkpointing: bool,
-             workers: int, device, bf16: bool, pixel_cache: Any = None, **extra_args: Any) -> dict[str, Any]:
+def pipeline(
+    model,
+    processor,
+    rows,
+    image_dir: Path,
+    batch: int,
+    steps: int,
+    warmup: int,
+    checkpointing: bool,
+    workers: int,
+    device,
+    bf16: bool,
+    pixel_cache: Any = None,
+    **extra_args: Any,
+) -> dict[str, Any]:
     """``CnClipLoraTrainer`` + ``ImageTextCollator``, as ``cnclip-lora train`` builds them.
 
     The clock is synchronised with the GPU only at the start and the end of the measured steps
@@ -332,8 +372,8 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
     import datasets
     from transformers import TrainerCallback
 
-    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
+    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.training.trainer import CnClipLoraTrainer, release_accelerate_preparation
 
     times: list[float] = []
@@ -356,33 +396,48 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
     reset_memory(device)
     with tempfile.TemporaryDirectory() as out:
         args = CnClipTrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch, max_steps=warmup + steps, bf16=bf16,
-            gradient_checkpointing=checkpointing, dataloader_num_workers=workers,
-            dataloader_persistent_workers=workers > 0, dataloader_prefetch_factor=2 if workers else None,
-            dataloader_pin_memory=device.type == "cuda", save_strategy="no", report_to="none",
-            logging_steps=10**6, disable_tqdm=True, use_cpu=device.type != "cuda",
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=warmup + steps,
+            bf16=bf16,
+            gradient_checkpointing=checkpointing,
+            dataloader_num_workers=workers,
+            dataloader_persistent_workers=workers > 0,
+            dataloader_prefetch_factor=2 if workers else None,
+            dataloader_pin_memory=device.type == "cuda",
+            save_strategy="no",
+            report_to="none",
+            logging_steps=10**6,
+            disable_tqdm=True,
+            use_cpu=device.type != "cuda",
             # Throughput only: rows repeat when n_images < 2 x batch, and the unique-image sampler
             # would then drop them (an epoch with no full batch stops training at step 0).
             **({"unique_images_per_batch": False} if "unique_images_per_batch" in fields else {}),
             **extra_args,
-        )  # fmt: skip
+        )
         from cnclip_lora.training.run import static_title_padding
 
         pad_to_max_length = static_title_padding(pad_to_max_length, args)
         trainer = CnClipLoraTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=processor,
-            data_collator=ImageTextCollator(processor, image_dir, flip="always", pixel_cache=pixel_cache,
-                                            pad_to_max_length=pad_to_max_length),
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+            data_collator=ImageTextCollator(
+                processor, image_dir, flip="always", pixel_cache=pixel_cache, pad_to_max_length=pad_to_max_length
+            ),
             callbacks=[StepTimer()],
-        )  # fmt: skip
+        )
         t_start = time.perf_counter()
         try:
             trainer.train()
             from accelerate.utils import has_compiled_regions, is_compiled_module
 
             wrapped = trainer.model_wrapped
-            compiled_state = {"dynamo_backend": str(trainer.accelerator.state.dynamo_plugin.backend),
-                              "model_compiled": is_compiled_module(wrapped) or has_compiled_regions(wrapped)}  # fmt: skip
+            compiled_state = {
+                "dynamo_backend": str(trainer.accelerator.state.dynamo_plugin.backend),
+                "model_compiled": is_compiled_module(wrapped) or has_compiled_regions(wrapped),
+            }
         finally:
             trainer.optimizer = None
             trainer.lr_scheduler = None
@@ -390,8 +445,15 @@ def pipeline(model, processor, rows, image_dir: Path, batch: int, steps: int, wa
             set_checkpointing(model, False)
             release_accelerate_preparation(model)
     span = times[warmup + steps - 1] - times[warmup - 1]
-    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device), "workers": workers,
-            "first_step_s": times[0] - t_start, "pad_to_max_length": pad_to_max_length, **compiled_state, **{k: str(v) for k, v in extra_args.items()}}  # fmt: skip
+    return {
+        "samples_per_s": steps * batch / span,
+        "peak_mem_gb": peak_memory_gb(device),
+        "workers": workers,
+        "first_step_s": times[0] - t_start,
+        "pad_to_max_length": pad_to_max_length,
+        **compiled_state,
+        **{k: str(v) for k, v in extra_args.items()},
+    }
 
 
 def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, warmup: int, device) -> dict[str, Any]:
@@ -411,7 +473,9 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
     model.train()
     release_accelerate_preparation(model)
     seen: dict[str, str] = {}
-    probe = next(m for n, m in model.named_modules() if n.endswith("vision_model.encoder.layers.0.self_attn.q_proj.base_layer"))
+    probe = next(
+        m for n, m in model.named_modules() if n.endswith("vision_model.encoder.layers.0.self_attn.q_proj.base_layer")
+    )
 
     def record_dtype(module, args, output) -> None:  # returns None: the output is left as it is
         seen.setdefault("dtype", str(output.dtype))
@@ -425,10 +489,18 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
                 sync(device)
                 t0 = time.perf_counter()
             chunk = [rows[(step * batch + i) % len(rows)] for i in range(batch)]
-            images = [Image.open(image_dir / r["path"]).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-                      for r in chunk]  # fmt: skip
-            inputs = processor(text=[r["title"] for r in chunk], images=images, return_tensors="pt",
-                               padding="max_length", truncation=True, max_length=TEXT_TOKENS)  # fmt: skip
+            images = [
+                Image.open(image_dir / r["path"]).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                for r in chunk
+            ]
+            inputs = processor(
+                text=[r["title"] for r in chunk],
+                images=images,
+                return_tensors="pt",
+                padding="max_length",
+                truncation=True,
+                max_length=TEXT_TOKENS,
+            )
             inputs = {k: v.to(device) for k, v in inputs.items()}
             model(**inputs, return_loss=True).loss.backward()
             optimizer.step()
@@ -439,8 +511,12 @@ def seed_loop(model, processor, rows, image_dir: Path, batch: int, steps: int, w
         del optimizer
         hook.remove()
         matmul.fp32_precision, conv.fp32_precision = precision
-    return {"samples_per_s": steps * batch / span, "peak_mem_gb": peak_memory_gb(device),
-            "fp32_precision_before": list(precision), "q_proj_output_dtype": seen.get("dtype")}
+    return {
+        "samples_per_s": steps * batch / span,
+        "peak_mem_gb": peak_memory_gb(device),
+        "fp32_precision_before": list(precision),
+        "q_proj_output_dtype": seen.get("dtype"),
+    }
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -452,35 +528,67 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed_steps", type=int, default=4)
-    p.add_argument("--n_images", type=int, default=4096,
-                   help="synthetic JPEGs; an epoch should outlast the measured steps (a new epoch restarts the "
-                   "workers' prefetch, which real epochs of thousands of steps do not see)")
+    p.add_argument(
+        "--n_images",
+        type=int,
+        default=4096,
+        help="synthetic JPEGs; an epoch should outlast the measured steps (a new epoch restarts the "
+        "workers' prefetch, which real epochs of thousands of steps do not see)",
+    )
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 2, at most 8)")
     p.add_argument("--batches_gc_off", default="32,64,128,256,512")
     p.add_argument("--batches_gc_on", default="64,128,256,512,1024")
     p.add_argument("--mem_cap", type=float, default=0.85, help="share of the card a model-only step may use")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--skip_seed", action="store_true")
-    p.add_argument("--compile", action="store_true",
-                   help="also measure model-only and pipeline with --torch_compile (regional), checkpointing off")
-    p.add_argument("--pixel_cache", action="store_true",
-                   help="also measure pipelines whose collator reads the decode-once pixel cache (its build is timed)")
-    p.add_argument("--no_eager_pipeline", action="store_true",
-                   help="with --compile, measure only compiled pipelines (checkpointing off): saves device time")
-    p.add_argument("--ab_syncs", action="store_true",
-                   help="after each pipeline run, repeat it with transformers' per-step syncs back "
-                        "(logging_nan_inf_filter on, blocking host-to-device copies): the A/B of those defaults")
-    p.add_argument("--compile_mode", default=None,
-                   help="torch.compile mode for the compiled runs (model-only and pipeline's torch_compile_mode), "
-                        "e.g. max-autotune-no-cudagraphs")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="profile this many extra model-only steps (compiled with --compile, checkpointing off) "
-                        "and report device time by kernel family: where the MFU is lost")
-    p.add_argument("--ab_pipeline_args", type=json.loads, default={},
-                   help="after each pipeline run, repeat it with these CnClipTrainingArguments on top, e.g. "
-                        "'{\"dataloader_num_workers\": 0}' (does a GPU box need DataLoader workers?)")
-    p.add_argument("--pipeline_args", type=json.loads, default={},
-                   help='JSON of extra CnClipTrainingArguments for every pipeline run, e.g. \'{"dataloader_prefetch_factor": 4}\'')
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure model-only and pipeline with --torch_compile (regional), checkpointing off",
+    )
+    p.add_argument(
+        "--pixel_cache",
+        action="store_true",
+        help="also measure pipelines whose collator reads the decode-once pixel cache (its build is timed)",
+    )
+    p.add_argument(
+        "--no_eager_pipeline",
+        action="store_true",
+        help="with --compile, measure only compiled pipelines (checkpointing off): saves device time",
+    )
+    p.add_argument(
+        "--ab_syncs",
+        action="store_true",
+        help="after each pipeline run, repeat it with transformers' per-step syncs back "
+        "(logging_nan_inf_filter on, blocking host-to-device copies): the A/B of those defaults",
+    )
+    p.add_argument(
+        "--compile_mode",
+        default=None,
+        help="torch.compile mode for the compiled runs (model-only and pipeline's torch_compile_mode), "
+        "e.g. max-autotune-no-cudagraphs",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="profile this many extra model-only steps (compiled with --compile, checkpointing off) "
+        "and report device time by kernel family: where the MFU is lost",
+    )
+    p.add_argument(
+        "--ab_pipeline_args",
+        type=json.loads,
+        default={},
+        help="after each pipeline run, repeat it with these CnClipTrainingArguments on top, e.g. "
+        "'{\"dataloader_num_workers\": 0}' (does a GPU box need DataLoader workers?)",
+    )
+    p.add_argument(
+        "--pipeline_args",
+        type=json.loads,
+        default={},
+        help="JSON of extra CnClipTrainingArguments for every pipeline run, e.g. '{\"dataloader_prefetch_factor\": 4}'",
+    )
     a = p.parse_args()
 
     import torch
@@ -495,11 +603,19 @@ def main() -> None:
     amp = device.type == "cuda"
     workers = a.workers if a.workers is not None else (0 if a.smoke else max(1, min(8, (os.cpu_count() or 4) - 2)))
     results: dict[str, Any] = {
-        "benchmark": "gpu_train_throughput", "command": " ".join(sys.argv), "smoke": a.smoke,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "cpu_count": os.cpu_count(),
-        "workers": workers, "compile_mode": a.compile_mode, "runs": [], "skipped": [], "errors": [],
-    }  # fmt: skip
+        "benchmark": "gpu_train_throughput",
+        "command": " ".join(sys.argv),
+        "smoke": a.smoke,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "workers": workers,
+        "compile_mode": a.compile_mode,
+        "runs": [],
+        "skipped": [],
+        "errors": [],
+    }
     import transformers
 
     results["transformers"] = transformers.__version__
@@ -514,8 +630,15 @@ def main() -> None:
     image_size = 64 if a.smoke else 224
     log(f"device {results['device']}; synthesising {a.n_images} {image_size}-px JPEGs")
     rows = build_data(work / "data", a.n_images, 224)
-    proc_dir = make_tiny_model(work / "proc", image_size=image_size, patch_size=16 if a.smoke else 14,
-                               hidden_size=32, num_layers=1, num_heads=2, projection_dim=16)  # fmt: skip
+    proc_dir = make_tiny_model(
+        work / "proc",
+        image_size=image_size,
+        patch_size=16 if a.smoke else 14,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        projection_dim=16,
+    )
     from cnclip_lora.modeling import pin_pil_image_processor
 
     # As cnclip-lora loads it: the PIL backend even where torchvision is installed (the GPU box).
@@ -534,12 +657,21 @@ def main() -> None:
 
     def record(kind: str, checkpointing: bool, batch: int, r: dict[str, Any], **extra: Any) -> None:
         tflops = r["samples_per_s"] * flops["total_gflops"] / 1e3
-        run = {"kind": kind, "checkpointing": checkpointing, "batch": batch, **r, "model_tflops": tflops,
-               "mfu": tflops / peak if peak else None, **extra}  # fmt: skip
+        run = {
+            "kind": kind,
+            "checkpointing": checkpointing,
+            "batch": batch,
+            **r,
+            "model_tflops": tflops,
+            "mfu": tflops / peak if peak else None,
+            **extra,
+        }
         results["runs"].append(run)
-        log(f"  {kind:<10} gc={checkpointing!s:<5} batch {batch:<5} {r['samples_per_s']:8.1f} samples/s  "
+        log(
+            f"  {kind:<10} gc={checkpointing!s:<5} batch {batch:<5} {r['samples_per_s']:8.1f} samples/s  "
             f"{tflops:7.1f} TFLOP/s  MFU {run['mfu'] if run['mfu'] is not None else float('nan'):.3f}  "
-            f"peak {r.get('peak_mem_gb') or 0:.1f} GB")  # fmt: skip
+            f"peak {r.get('peak_mem_gb') or 0:.1f} GB"
+        )
         save()
 
     def guarded(label: str, reserve_s: float, fn) -> Any:
@@ -566,8 +698,9 @@ def main() -> None:
             from cnclip_lora.training.pixel_cache import build_pixel_cache
 
             t0 = time.perf_counter()
-            cache["cache"] = build_pixel_cache(image_dir, [r["path"] for r in rows], processor.image_processor,
-                                               cache_dir=work / "pixels")
+            cache["cache"] = build_pixel_cache(
+                image_dir, [r["path"] for r in rows], processor.image_processor, cache_dir=work / "pixels"
+            )
             results["pixel_cache_build_s"] = time.perf_counter() - t0
             log(f"pixel cache: {len(cache['cache'])} images in {results['pixel_cache_build_s']:.1f} s")
         return cache["cache"]
@@ -580,16 +713,34 @@ def main() -> None:
     if a.ab_pipeline_args:
         ab_variants["ab " + json.dumps(a.ab_pipeline_args, sort_keys=True)] = a.ab_pipeline_args
 
-    def run_pipeline(checkpointing: bool, batch: int, *, compiled: bool, cached: bool, variant: str = "default") -> None:
+    def run_pipeline(
+        checkpointing: bool, batch: int, *, compiled: bool, cached: bool, variant: str = "default"
+    ) -> None:
         nonlocal best_pipeline
         extra = dict(a.pipeline_args, **({"torch_compile": True} if compiled else {}))
         if compiled and a.compile_mode:
             extra["torch_compile_mode"] = a.compile_mode
         extra.update(ab_variants.get(variant, {}))
         label = f"pipeline gc={checkpointing} compiled={compiled} cached={cached} variant={variant}"
-        r = guarded(label, 120 if compiled else 60,
-                    lambda: pipeline(model, processor, rows, image_dir, batch, a.steps, a.warmup, checkpointing, workers,
-                                     device, amp, pixel_cache=pixel_cache() if cached else None, **extra))  # fmt: skip
+        r = guarded(
+            label,
+            120 if compiled else 60,
+            lambda: pipeline(
+                model,
+                processor,
+                rows,
+                image_dir,
+                batch,
+                a.steps,
+                a.warmup,
+                checkpointing,
+                workers,
+                device,
+                amp,
+                pixel_cache=pixel_cache() if cached else None,
+                **extra,
+            ),
+        )
         if r:
             record("pipeline", checkpointing, batch, r, compiled=compiled, cached=cached, variant=variant)
             if variant == "default" and (best_pipeline is None or r["samples_per_s"] > best_pipeline[0]):
@@ -604,15 +755,22 @@ def main() -> None:
             continue
         set_checkpointing(model, checkpointing)
         log(f"gradient checkpointing {checkpointing}: searching the batch")
-        batch = guarded(f"batch search gc={checkpointing}", 30,
-                        lambda: find_max_batch(model, config, [int(x) for x in cands.split(",")], device, amp, vocab, a.mem_cap))  # fmt: skip
+        batch = guarded(
+            f"batch search gc={checkpointing}",
+            30,
+            lambda: find_max_batch(model, config, [int(x) for x in cands.split(",")], device, amp, vocab, a.mem_cap),
+        )
         if not batch:
             continue
         results[f"max_batch_gc_{'on' if checkpointing else 'off'}"] = batch
         profile_eager = a.profile if not (a.compile or checkpointing) else 0
-        r = guarded(f"model_only gc={checkpointing}", 30,
-                    lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab,
-                                       profile_steps=profile_eager))  # fmt: skip
+        r = guarded(
+            f"model_only gc={checkpointing}",
+            30,
+            lambda: model_only(
+                model, config, batch, a.steps, a.warmup, device, amp, vocab, profile_steps=profile_eager
+            ),
+        )
         if r:
             record("model_only", checkpointing, batch, r)
         reset_memory(device)
@@ -621,9 +779,23 @@ def main() -> None:
             if a.pixel_cache:
                 run_pipeline(checkpointing, batch, compiled=False, cached=True)
         if a.compile and not checkpointing:
-            r = guarded("model_only compiled", 120,
-                        lambda: model_only(model, config, batch, a.steps, a.warmup, device, amp, vocab, compiled=True,
-                                           profile_steps=a.profile, compile_mode=a.compile_mode))  # fmt: skip
+            r = guarded(
+                "model_only compiled",
+                120,
+                lambda: model_only(
+                    model,
+                    config,
+                    batch,
+                    a.steps,
+                    a.warmup,
+                    device,
+                    amp,
+                    vocab,
+                    compiled=True,
+                    profile_steps=a.profile,
+                    compile_mode=a.compile_mode,
+                ),
+            )
             if r:
                 record("model_only", checkpointing, batch, r, compiled=True)
             reset_memory(device)
@@ -637,8 +809,11 @@ def main() -> None:
         model.float()  # the seed trained in fp32
         for seed_gc in (False, True):
             set_checkpointing(model, seed_gc)
-            r = guarded(f"seed gc={seed_gc}", 60,
-                        lambda: seed_loop(model, processor, rows, work / "data" / "image", batch, a.seed_steps, 1, device))  # fmt: skip
+            r = guarded(
+                f"seed gc={seed_gc}",
+                60,
+                lambda: seed_loop(model, processor, rows, work / "data" / "image", batch, a.seed_steps, 1, device),
+            )
             if r:
                 record("seed", seed_gc, batch, r, dtype="float32")
                 break
@@ -654,8 +829,13 @@ def main() -> None:
     if bp:
         summary["pipeline_samples_per_s"] = bp["samples_per_s"]
         summary["pipeline_mfu"] = bp["mfu"]
-        same = [r for r in results["runs"] if r["kind"] == "model_only" and r["checkpointing"] == bp["checkpointing"]
-                and r.get("compiled", False) == bp.get("compiled", False)]
+        same = [
+            r
+            for r in results["runs"]
+            if r["kind"] == "model_only"
+            and r["checkpointing"] == bp["checkpointing"]
+            and r.get("compiled", False) == bp.get("compiled", False)
+        ]
         if same:
             summary["pipeline_vs_model_only_same_setting"] = bp["samples_per_s"] / same[0]["samples_per_s"]
     if bp and bm:
@@ -671,8 +851,10 @@ def main() -> None:
     for r in results["runs"]:
         mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
         variant = r.get("variant", "-")
-        print(f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {variant} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
-              f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |")  # fmt: skip
+        print(
+            f"| {r['kind']} | {r.get('compiled', False)} | {r.get('cached', '-')} | {variant} | {r['checkpointing']} | {r['batch']} | {r['samples_per_s']:.1f} | "
+            f"{r['model_tflops']:.1f} | {mfu} | {r.get('peak_mem_gb') or 0:.1f} |"
+        )
     for r in results["runs"]:
         if "profile" in r:
             print_profile(r["profile"], f"model_only compiled={r.get('compiled', False)} batch {r['batch']}")

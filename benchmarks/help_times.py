@@ -14,8 +14,19 @@ import sys
 import time
 
 VERBS = [
-    "train", "retrieve", "evaluate", "check-data", "make-demo-data", "make-tiny-model", "push", "demo",
-    "export-onnx", "cache", "convert-original", "report", "serve",
+    "train",
+    "retrieve",
+    "evaluate",
+    "check-data",
+    "make-demo-data",
+    "make-tiny-model",
+    "push",
+    "demo",
+    "export-onnx",
+    "cache",
+    "convert-original",
+    "report",
+    "serve",
 ]
 IMPORTS = {
     "import transformers.TrainingArguments": "from transformers import TrainingArguments",

@@ -67,12 +67,15 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
     if kind.endswith("_model"):  # engine only: inputs ready before the clock starts
         chunks = [items[i : i + a.batch] for i in range(0, len(items), a.batch)]
         if tower == "text":
-            inputs = [tokenize_titles(c, processor.tokenizer, prep.max_length, prep.title_normalization)
-                      for c in chunks]
+            inputs = [
+                tokenize_titles(c, processor.tokenizer, prep.max_length, prep.title_normalization) for c in chunks
+            ]
             step = lambda x: get_text_embeds(model, **x)  # noqa: E731
         else:
-            inputs = [preprocess_images(c, processor.image_processor, flips=prep.inference_flip, draft=prep.draft)
-                      for c in chunks]
+            inputs = [
+                preprocess_images(c, processor.image_processor, flips=prep.inference_flip, draft=prep.draft)
+                for c in chunks
+            ]
             step = lambda x: get_image_embeds(model, x)  # noqa: E731
         with torch.inference_mode():
             step(inputs[0])
@@ -123,8 +126,22 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, adapter_dir, export_dir = _prepare(Path(tmp), a)
-        common = ["--data", str(a.data), "--n_titles", str(a.n_titles), "--n_images", str(a.n_images),
-                  "--batch", str(a.batch), "--model", model_dir, "--adapter", adapter_dir, "--export", export_dir]
+        common = [
+            "--data",
+            str(a.data),
+            "--n_titles",
+            str(a.n_titles),
+            "--n_images",
+            str(a.n_images),
+            "--batch",
+            str(a.batch),
+            "--model",
+            model_dir,
+            "--adapter",
+            adapter_dir,
+            "--export",
+            export_dir,
+        ]
         for rep in range(a.repeats):
             for name in variants:
                 r = run_child(__file__, name, common)
@@ -139,11 +156,27 @@ def main() -> None:
         med[name]["vs_torch"] = round(s / ref, 3)
         rows.append([name, round(s, 1), med[name]["vs_torch"], round(med[name]["peak_rss_mb"])])
     table = print_table(rows, ["variant", "items/s (median)", "x torch", "peak RSS MB"])
-    setup = {"n_titles": a.n_titles, "n_images": a.n_images, "batch": a.batch, "repeats": a.repeats,
-             "model": f"make_tiny_model(image_size={a.image_size}, hidden_size={a.hidden}, num_layers={a.layers}, "
-                      "patch 16) + merged LoRA r=8", "data": str(a.data)}
-    write_json(a.out, {"benchmark": "onnx_embed", "machine": machine_info(), "setup": setup,
-                       "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})
+    setup = {
+        "n_titles": a.n_titles,
+        "n_images": a.n_images,
+        "batch": a.batch,
+        "repeats": a.repeats,
+        "model": f"make_tiny_model(image_size={a.image_size}, hidden_size={a.hidden}, num_layers={a.layers}, "
+        "patch 16) + merged LoRA r=8",
+        "data": str(a.data),
+    }
+    write_json(
+        a.out,
+        {
+            "benchmark": "onnx_embed",
+            "machine": machine_info(),
+            "setup": setup,
+            "command": " ".join(map(shlex.quote, sys.argv)),
+            "results": med,
+            "runs": runs,
+            "table": table,
+        },
+    )
     print(f"wrote {a.out}")
 
 
@@ -152,12 +185,17 @@ def _prepare(tmp: Path, a: argparse.Namespace) -> tuple[str, str, str]:
     import torch
 
     from cnclip_lora.adapter.record import Preprocessing, RunRecord
-    from cnclip_lora.retrieve.export_onnx import export_onnx
-    from cnclip_lora.modeling import apply_lora, load_model_and_processor
     from cnclip_lora.demo.tiny_model import make_tiny_model
+    from cnclip_lora.modeling import apply_lora, load_model_and_processor
+    from cnclip_lora.retrieve.export_onnx import export_onnx
 
-    model_dir = make_tiny_model(tmp / "tiny", image_size=a.image_size, hidden_size=a.hidden, num_layers=a.layers,
-                                num_heads=max(1, a.hidden // 32))
+    model_dir = make_tiny_model(
+        tmp / "tiny",
+        image_size=a.image_size,
+        hidden_size=a.hidden,
+        num_layers=a.layers,
+        num_heads=max(1, a.hidden // 32),
+    )
     model, processor = load_model_and_processor(str(model_dir))
     peft_model = apply_lora(model, r=8, alpha=16)
     torch.manual_seed(0)

@@ -87,7 +87,11 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         kwargs = {"use_faiss": True, "index_type": "flat"} if a.child == "faiss_flat" else {}
         _, idx = rank(q, g, k=a.k, **kwargs)
     seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"seconds": seconds, "extra_mb": round(peak_rss_mb() - base, 1), "base_rss_mb": round(base, 1)}
+    result: dict[str, Any] = {
+        "seconds": seconds,
+        "extra_mb": round(peak_rss_mb() - base, 1),
+        "base_rss_mb": round(base, 1),
+    }
     if idx is not None and not a.sorted_gallery:  # the planted best match exists only in the default data
         result["top1_correct"] = float((torch.as_tensor(idx)[:, 0] == torch.arange(a.queries)).float().mean())
     result["torch_threads"] = torch.get_num_threads()
@@ -101,8 +105,11 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--sorted_gallery", action="store_true",
-                   help="adversarial data: similarity rises with the gallery index (defeats the pruning)")
+    p.add_argument(
+        "--sorted_gallery",
+        action="store_true",
+        help="adversarial data: similarity rises with the gallery index (defeats the pruning)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--variants", nargs="*", default=["floor", "full_matrix", "package", "package_64mb", "faiss_flat"])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/rank_memory.json")
@@ -118,8 +125,19 @@ def main() -> None:
             import faiss  # noqa: F401
         except ImportError:
             variants.remove("faiss_flat")
-    common = ["--queries", str(a.queries), "--gallery", str(a.gallery), "--dim", str(a.dim), "--k", str(a.k),
-              "--threads", str(a.threads), *(["--sorted_gallery"] if a.sorted_gallery else [])]  # fmt: skip
+    common = [
+        "--queries",
+        str(a.queries),
+        "--gallery",
+        str(a.gallery),
+        "--dim",
+        str(a.dim),
+        "--k",
+        str(a.k),
+        "--threads",
+        str(a.threads),
+        *(["--sorted_gallery"] if a.sorted_gallery else []),
+    ]
     runs = []
     for rep in range(a.repeats):
         for name in variants:
@@ -138,14 +156,34 @@ def main() -> None:
     for name in variants:
         m = med[name]
         m["vs_floor"] = round(m["seconds"] / floor, 3) if floor else None
-        rows.append([name, round(m["seconds"], 2), m["vs_floor"] or "-", round(m["extra_mb"]),
-                     round(m["extra_mb"] / full_mb, 3), round(m["peak_rss_mb"]), m.get("top1_correct", "-")])  # fmt: skip
-    table = print_table(rows, ["variant", "seconds (median)", "x floor", "extra MB (max)", "x full matrix",
-                               "peak RSS MB", "top-1 ok"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                round(m["seconds"], 2),
+                m["vs_floor"] or "-",
+                round(m["extra_mb"]),
+                round(m["extra_mb"] / full_mb, 3),
+                round(m["peak_rss_mb"]),
+                m.get("top1_correct", "-"),
+            ]
+        )
+    table = print_table(
+        rows, ["variant", "seconds (median)", "x floor", "extra MB (max)", "x full matrix", "peak RSS MB", "top-1 ok"]
+    )
     setup = {k: getattr(a, k) for k in ("queries", "gallery", "dim", "k", "repeats", "threads", "sorted_gallery")}
     setup["full_score_matrix_mb"] = round(full_mb, 1)
-    write_json(a.out, {"benchmark": "rank_memory", "machine": machine_info(), "setup": setup,
-                       "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})  # fmt: skip
+    write_json(
+        a.out,
+        {
+            "benchmark": "rank_memory",
+            "machine": machine_info(),
+            "setup": setup,
+            "command": " ".join(map(shlex.quote, sys.argv)),
+            "results": med,
+            "runs": runs,
+            "table": table,
+        },
+    )
     print(f"wrote {a.out}")
 
 

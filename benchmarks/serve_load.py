@@ -58,13 +58,24 @@ def main() -> None:
         tmp = Path(tmp)
         make_tiny_model(tmp / "tiny", seed=0)
         make_demo_data(tmp / "xf", seed=0)
-        server = start_server(tmp, ["--model_name_or_path", str(tmp / "tiny"), "--data_dir", str(tmp / "xf"),
-                                    "--batch_wait_ms", str(args.batch_wait_ms), "--cache_dir", str(tmp / "cache")])
+        server = start_server(
+            tmp,
+            [
+                "--model_name_or_path",
+                str(tmp / "tiny"),
+                "--data_dir",
+                str(tmp / "xf"),
+                "--batch_wait_ms",
+                str(args.batch_wait_ms),
+                "--cache_dir",
+                str(tmp / "cache"),
+            ],
+        )
         try:
             gallery = json.loads(http_get(server.port, "/health"))["gallery_size"]
             queries = [f"云思木想2019秋装新款{i}号高领弹力修身长袖T恤女" for i in range(args.requests)]
             _client(server.port, queries[:20], args.k)  # warm-up
-            per_client = [queries[i::args.clients] for i in range(args.clients)]
+            per_client = [queries[i :: args.clients] for i in range(args.clients)]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 lat = [x for part in pool.map(lambda qs: _client(server.port, qs, args.k), per_client) for x in part]
@@ -74,15 +85,22 @@ def main() -> None:
             server.stop()
     lat_ms = sorted(x * 1000 for x in lat)
     result = {
-        "requests": len(lat_ms), "clients": args.clients, "k": args.k, "gallery": gallery,
-        "batch_wait_ms": args.batch_wait_ms, "qps": round(len(lat_ms) / wall, 1),
+        "requests": len(lat_ms),
+        "clients": args.clients,
+        "k": args.k,
+        "gallery": gallery,
+        "batch_wait_ms": args.batch_wait_ms,
+        "qps": round(len(lat_ms) / wall, 1),
         "p50_ms": round(statistics.median(lat_ms), 1),
         "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))], 1),
-        "recent_batch_sizes": batches, "machine": machine_info(),
+        "recent_batch_sizes": batches,
+        "machine": machine_info(),
     }
     print(json.dumps(result, ensure_ascii=False))
-    print(f"| {result['requests']} | {result['clients']} | {gallery} | {args.batch_wait_ms} | {result['qps']} | "
-          f"{result['p50_ms']} | {result['p99_ms']} |")
+    print(
+        f"| {result['requests']} | {result['clients']} | {gallery} | {args.batch_wait_ms} | {result['qps']} | "
+        f"{result['p50_ms']} | {result['p99_ms']} |"
+    )
 
 
 def http_get(port: int, path: str) -> bytes:

@@ -85,6 +85,7 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
         torch.set_num_threads(extra["threads"])
     train_mod = importlib.import_module("cnclip_lora.training.run")
     from cnclip_lora.commands.train import train_from_argv
+
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -104,28 +105,57 @@ def child_pipeline(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
         train_mod.ImageTextCollator = functools.partial(train_mod.ImageTextCollator, **collator_kwargs)
     with tempfile.TemporaryDirectory() as out:
         argv = [
-            "--model_name_or_path", a.model, "--data_dir", str(a.data), "--output_dir", out,
-            "--max_steps", str(a.warmup + a.steps), "--per_device_train_batch_size", str(a.batch),
-            "--lora_r", str(a.lora_r), "--lora_alpha", str(2 * a.lora_r), "--use_cpu", "true",
-            "--save_strategy", "no", "--report_to", "none", "--val_size", "0", "--check_images", "false",
-            "--logging_steps", "100000", "--disable_tqdm", "true", "--cache_dir", str(Path(out) / "cache"), *flags,
-        ]  # fmt: skip
+            "--model_name_or_path",
+            a.model,
+            "--data_dir",
+            str(a.data),
+            "--output_dir",
+            out,
+            "--max_steps",
+            str(a.warmup + a.steps),
+            "--per_device_train_batch_size",
+            str(a.batch),
+            "--lora_r",
+            str(a.lora_r),
+            "--lora_alpha",
+            str(2 * a.lora_r),
+            "--use_cpu",
+            "true",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--val_size",
+            "0",
+            "--check_images",
+            "false",
+            "--logging_steps",
+            "100000",
+            "--disable_tqdm",
+            "true",
+            "--cache_dir",
+            str(Path(out) / "cache"),
+            *flags,
+        ]
         t_call = time.perf_counter()
         train_from_argv(argv)
     span = times[a.warmup + a.steps - 1] - times[a.warmup - 1]
     # setup_s: train() call to the end of step 1 (data checks, model load, a cold pixel cache build).
-    return {"samples_per_s": a.steps * a.batch / span, "torch_threads": torch.get_num_threads(),
-            "setup_s": times[0] - t_call}  # fmt: skip
+    return {
+        "samples_per_s": a.steps * a.batch / span,
+        "torch_threads": torch.get_num_threads(),
+        "setup_s": times[0] - t_call,
+    }
 
 
 def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     import torch
     from transformers import Trainer
 
-    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import CnClipTrainingArguments
-    from cnclip_lora.training.loss import ContrastiveLoss
+    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.modeling import apply_lora, load_model_and_processor
+    from cnclip_lora.training.loss import ContrastiveLoss
 
     _, extra = _pop_pseudo_flags(flags)
     if extra["threads"]:
@@ -136,7 +166,9 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
     rows = _rows(a.data)
     # Titles padded as the package pads them: per batch to the longest (multiple of 8) unless
     # --fixed_padding; the same padding as a seed-style ``padding=True`` loop, up to 7 tokens.
-    collate = ImageTextCollator(processor, a.data / "image", flip="always", pad_to_max_length=extra["pad_to_max_length"])
+    collate = ImageTextCollator(
+        processor, a.data / "image", flip="always", pad_to_max_length=extra["pad_to_max_length"]
+    )
     batches = [collate(rows[i * a.batch : (i + 1) * a.batch]) for i in range(min(8, len(rows) // a.batch))]
     with tempfile.TemporaryDirectory() as out:
         targs = CnClipTrainingArguments(output_dir=out, use_cpu=True, report_to="none")
@@ -152,7 +184,11 @@ def child_model_only(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     span = time.perf_counter() - t0
-    return {"samples_per_s": a.steps * a.batch / span, "optimizer": opt_cls.__name__, "optimizer_kwargs": str(opt_kwargs)}
+    return {
+        "samples_per_s": a.steps * a.batch / span,
+        "optimizer": opt_cls.__name__,
+        "optimizer_kwargs": str(opt_kwargs),
+    }
 
 
 def child_seed(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
@@ -185,9 +221,13 @@ def child_seed(a: argparse.Namespace, flags: list[str]) -> dict[str, Any]:
             for r in chunk
         ]
         inputs = processor(
-            text=[r["title"] for r in chunk], images=images, return_tensors="pt",
-            padding="max_length", truncation=True, max_length=52,
-        )  # fmt: skip
+            text=[r["title"] for r in chunk],
+            images=images,
+            return_tensors="pt",
+            padding="max_length",
+            truncation=True,
+            max_length=52,
+        )
         model(**inputs, return_loss=True).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -204,13 +244,23 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--lora_r", type=int, default=16)
-    p.add_argument("--pipeline", action="append", default=None, metavar="NAME=FLAGS",
-                   help="a pipeline variant with extra train flags (repeatable); default: one, the package's defaults")
+    p.add_argument(
+        "--pipeline",
+        action="append",
+        default=None,
+        metavar="NAME=FLAGS",
+        help="a pipeline variant with extra train flags (repeatable); default: one, the package's defaults",
+    )
     p.add_argument("--skip", nargs="*", default=[], choices=["model_only", "seed"])
     p.add_argument("--seed_flags", default="", help="pseudo flags for the seed-style loop (e.g. '--threads 1')")
-    p.add_argument("--model_only", action="append", default=None, metavar="NAME=FLAGS",
-                   help="a model-only variant with pseudo flags (repeatable); the fastest one is the limit. "
-                   "Default: '--threads 1' and '--threads 2'")
+    p.add_argument(
+        "--model_only",
+        action="append",
+        default=None,
+        metavar="NAME=FLAGS",
+        help="a model-only variant with pseudo flags (repeatable); the fastest one is the limit. "
+        "Default: '--threads 1' and '--threads 2'",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/train_throughput.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -226,12 +276,24 @@ def main() -> None:
     pipelines = dict(v.split("=", 1) if "=" in v else (v, "") for v in (a.pipeline or ["default="]))
     variants = [(f"pipeline:{name}", flags) for name, flags in pipelines.items()]
     if "model_only" not in a.skip:
-        limits = dict(v.split("=", 1) if "=" in v else (v, "") for v in (a.model_only or ["t1=--threads 1", "t2=--threads 2"]))
+        limits = dict(
+            v.split("=", 1) if "=" in v else (v, "") for v in (a.model_only or ["t1=--threads 1", "t2=--threads 2"])
+        )
         variants[:0] = [(f"model_only:{name}", flags) for name, flags in limits.items()]
     if "seed" not in a.skip:
         variants.append(("seed", a.seed_flags))
-    common = ["--data", str(a.data), "--batch", str(a.batch), "--steps", str(a.steps),
-              "--warmup", str(a.warmup), "--lora_r", str(a.lora_r)]  # fmt: skip
+    common = [
+        "--data",
+        str(a.data),
+        "--batch",
+        str(a.batch),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+        "--lora_r",
+        str(a.lora_r),
+    ]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         from cnclip_lora.demo.tiny_model import make_tiny_model
@@ -250,16 +312,46 @@ def main() -> None:
     for name, flags in variants:
         m = med[name]
         s = m["samples_per_s"]
-        rows.append([name, flags or "-", round(s, 1), round(s / limit, 3) if limit else "-",
-                     round(s / seed, 3) if seed else "-", round(m["peak_rss_mb"]), round(m["peak_rss_children_mb"]),
-                     round(m["setup_s"], 2) if "setup_s" in m else "-"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                flags or "-",
+                round(s, 1),
+                round(s / limit, 3) if limit else "-",
+                round(s / seed, 3) if seed else "-",
+                round(m["peak_rss_mb"]),
+                round(m["peak_rss_children_mb"]),
+                round(m["setup_s"], 2) if "setup_s" in m else "-",
+            ]
+        )
         m.update(vs_model_only=rows[-1][3], vs_seed=rows[-1][4], flags=flags)
-    table = print_table(rows, ["variant", "flags", "samples/s (median)", "x model-only", "x seed-style",
-                               "peak RSS MB", "peak RSS workers MB", "setup s (to step 1)"])  # fmt: skip
+    table = print_table(
+        rows,
+        [
+            "variant",
+            "flags",
+            "samples/s (median)",
+            "x model-only",
+            "x seed-style",
+            "peak RSS MB",
+            "peak RSS workers MB",
+            "setup s (to step 1)",
+        ],
+    )
     setup = {k: getattr(a, k) for k in ("batch", "steps", "warmup", "repeats", "lora_r")}
     setup.update(data=str(a.data), model="make_tiny_model(image_size=64): hidden 128, 2+2 layers, patch 16")
-    write_json(a.out, {"benchmark": "train_throughput", "machine": machine_info(), "setup": setup,
-                       "command": " ".join(map(shlex.quote, sys.argv)), "results": med, "runs": runs, "table": table})  # fmt: skip
+    write_json(
+        a.out,
+        {
+            "benchmark": "train_throughput",
+            "machine": machine_info(),
+            "setup": setup,
+            "command": " ".join(map(shlex.quote, sys.argv)),
+            "results": med,
+            "runs": runs,
+            "table": table,
+        },
+    )
     print(f"wrote {a.out}")
 
 

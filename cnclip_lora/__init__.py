@@ -68,19 +68,19 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from cnclip_lora.inputs.collate import ImageTextCollator
+    from cnclip_lora.adapter.hub import push_adapter, resolve_adapter
     from cnclip_lora.adapter.record import Preprocessing, RunRecord
     from cnclip_lora.config import CnClipTrainingArguments, DataArguments, LoraArguments, ModelArguments
     from cnclip_lora.data import check_data, load_competition_data
     from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError, UnsafeArtifactError
-    from cnclip_lora.adapter.hub import push_adapter, resolve_adapter
-    from cnclip_lora.modeling import apply_lora, load_model_and_processor
+    from cnclip_lora.inference.evaluator import RetrievalEvaluator
     from cnclip_lora.inference.metrics import recall_at_k, recall_from_ranks, true_ranks
     from cnclip_lora.inference.model import RetrievalModel
-    from cnclip_lora.inference.evaluator import RetrievalEvaluator
+    from cnclip_lora.inference.search import assign, rank
+    from cnclip_lora.inputs.collate import ImageTextCollator
+    from cnclip_lora.modeling import apply_lora, load_model_and_processor
     from cnclip_lora.retrieve.arguments import EvaluateArguments, RetrieveArguments
     from cnclip_lora.retrieve.run import evaluate_retrieval, retrieve
-    from cnclip_lora.inference.search import assign, rank
     from cnclip_lora.training.loss import ContrastiveLoss
     from cnclip_lora.training.run import run_training, train
     from cnclip_lora.training.trainer import CnClipLoraTrainer

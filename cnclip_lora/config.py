@@ -19,18 +19,19 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data import parse_val_size
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.options import parse_targets
 from cnclip_lora.options import (
     DEFAULT_MAX_LENGTH,
+    DEFAULT_SPLIT_SEED,
+    DEFAULT_VAL_SIZE,
     Assign,
     Backend,
     CacheImages,
@@ -39,6 +40,7 @@ from cnclip_lora.options import (
     TitleNormalization,
     choices,
     parse_choice,
+    parse_targets,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,14 +64,21 @@ __all__ = [
     "train_argument_parser",
 ]
 
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "Base Chinese-CLIP checkpoint: a Hub id (e.g. OFA-Sys/chinese-clip-vit-huge-patch14) or a local folder."}
+        metadata={
+            "help": "Base Chinese-CLIP checkpoint: a Hub id (e.g. "
+            "OFA-Sys/chinese-clip-vit-huge-patch14) or a local folder."
+        }
     )
-    model_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the base checkpoint."})
+    model_revision: str | None = field(
+        default=None, metadata={"help": "Hub branch, tag or commit of the base checkpoint."}
+    )
     attn_implementation: str | None = field(
-        default="sdpa", metadata={"help": "Attention kernel passed to from_pretrained: sdpa (default), eager, flash_attention_2."}
+        default="sdpa",
+        metadata={"help": "Attention kernel passed to from_pretrained: sdpa (default), eager, flash_attention_2."},
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run code shipped with the checkpoint. Off unless you trust its author."}
@@ -80,17 +89,27 @@ class ModelArguments:
 class DataArguments:
     data_dir: str = field(
         default="xfdata",
-        metadata={"help": "Folder in the competition layout: train.csv (tab), test_query.csv, image/, sample_submit.csv."},
+        metadata={
+            "help": "Folder in the competition layout: train.csv (tab), test_query.csv, image/, sample_submit.csv."
+        },
     )
     val_size: float = field(
         default=DEFAULT_VAL_SIZE,
-        metadata={"help": "Held-out share of training images (0<x<1) or a count of images (whole number >= 1); 0 disables validation."},
+        metadata={
+            "help": "Held-out share of training images (0<x<1) or a count of images "
+            "(whole number >= 1); 0 disables validation."
+        },
     )
-    split_seed: int = field(default=DEFAULT_SPLIT_SEED, metadata={"help": "Seed of the deterministic train/validation split."})
+    split_seed: int = field(
+        default=DEFAULT_SPLIT_SEED, metadata={"help": "Seed of the deterministic train/validation split."}
+    )
     skip_bad_rows: bool = field(
-        default=False, metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."}
+        default=False,
+        metadata={"help": "Skip unusable training rows (each is counted and reported) instead of stopping."},
     )
-    check_images: bool = field(default=True, metadata={"help": "Decode every image once before training to catch corrupt files."})
+    check_images: bool = field(
+        default=True, metadata={"help": "Decode every image once before training to catch corrupt files."}
+    )
     max_length: int = field(
         default=DEFAULT_MAX_LENGTH,
         metadata={"help": f"Title length in tokens (the seed's {DEFAULT_MAX_LENGTH}); longer titles are truncated."},
@@ -141,7 +160,9 @@ class DataArguments:
     image_cache_max_gb: float = field(default=20.0, metadata={"help": "Largest pixel cache 'auto' builds (GB)."})
     cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Folder of the pixel cache; default: datasets' cache (HF_DATASETS_CACHE)/cnclip_lora/pixels."},
+        metadata={
+            "help": "Folder of the pixel cache; default: datasets' cache (HF_DATASETS_CACHE)/cnclip_lora/pixels."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -197,7 +218,8 @@ class CnClipTrainingArguments(TrainingArguments):
       for unused ones only costs time (and errors with frozen base weights under PEFT).
     * ``dataloader_drop_last=True``: contrastive batches are compared across processes, so every
       process must hold the same number of rows; a short last batch would also weaken negatives.
-    * ``activation_checkpointing_kwargs={"use_reentrant": False}`` (alias ``gradient_checkpointing_kwargs``): the re-entrant variant does not
+    * ``activation_checkpointing_kwargs={"use_reentrant": False}`` (alias ``gradient_checkpointing_kwargs``):
+      the re-entrant variant does not
       propagate gradients to LoRA weights when the inputs (frozen embeddings) need no grad.
     * ``logging_steps=10``, ``save_total_limit=2``, ``report_to="none"`` (pass ``tensorboard``,
       ``wandb``... to log).
@@ -215,9 +237,15 @@ class CnClipTrainingArguments(TrainingArguments):
       ``ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=false`` to compile the whole model instead.
     """
 
-    output_dir: str | None = field(default="outputs/cnclip-lora", metadata={"help": "Where adapters and checkpoints go."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw title/path columns for the collator."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "Every LoRA weight is used each step."})
+    output_dir: str | None = field(
+        default="outputs/cnclip-lora", metadata={"help": "Where adapters and checkpoints go."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep raw title/path columns for the collator."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every LoRA weight is used each step."}
+    )
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal contrastive batches on every process."})
     activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
@@ -283,18 +311,42 @@ class CnClipTrainingArguments(TrainingArguments):
         import math
 
         rules = [
-            ("--learning_rate", self.learning_rate, math.isfinite(self.learning_rate) and self.learning_rate >= 0,
-             "must be a finite number >= 0 (the seed used 4e-5)"),
-            ("--gradient_accumulation_steps", self.gradient_accumulation_steps, self.gradient_accumulation_steps >= 1,
-             "must be >= 1 (1 = update after every batch)"),
-            ("--per_device_train_batch_size", self.per_device_train_batch_size, self.per_device_train_batch_size >= 1,
-             "must be >= 1"),
-            ("--per_device_eval_batch_size", self.per_device_eval_batch_size, self.per_device_eval_batch_size >= 1,
-             "must be >= 1"),
-            ("--num_train_epochs", self.num_train_epochs,
-             math.isfinite(self.num_train_epochs) and self.num_train_epochs >= 0, "must be a finite number >= 0"),
-            ("--weight_decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             "must be >= 0"),
+            (
+                "--learning_rate",
+                self.learning_rate,
+                math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+                "must be a finite number >= 0 (the seed used 4e-5)",
+            ),
+            (
+                "--gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+                self.gradient_accumulation_steps >= 1,
+                "must be >= 1 (1 = update after every batch)",
+            ),
+            (
+                "--per_device_train_batch_size",
+                self.per_device_train_batch_size,
+                self.per_device_train_batch_size >= 1,
+                "must be >= 1",
+            ),
+            (
+                "--per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+                self.per_device_eval_batch_size >= 1,
+                "must be >= 1",
+            ),
+            (
+                "--num_train_epochs",
+                self.num_train_epochs,
+                math.isfinite(self.num_train_epochs) and self.num_train_epochs >= 0,
+                "must be a finite number >= 0",
+            ),
+            (
+                "--weight_decay",
+                self.weight_decay,
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                "must be >= 0",
+            ),
             ("--adam_epsilon", self.adam_epsilon, self.adam_epsilon > 0, "must be > 0"),
             ("--adam_beta1", self.adam_beta1, 0 <= self.adam_beta1 < 1, "must be in [0, 1)"),
             ("--adam_beta2", self.adam_beta2, 0 <= self.adam_beta2 < 1, "must be in [0, 1)"),
@@ -363,8 +415,11 @@ def _use_cpu_for_cpu_only_launch(args: TrainingArguments) -> None:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not args.use_cpu and not _has_accelerator():
-        logger.info("launched as %d processes on a machine without GPUs: training across them on CPU "
-                    "with the gloo backend (same as --use_cpu true).", world)
+        logger.info(
+            "launched as %d processes on a machine without GPUs: training across them on CPU "
+            "with the gloo backend (same as --use_cpu true).",
+            world,
+        )
         args.use_cpu = True
 
 
@@ -382,8 +437,11 @@ def _drop_missing_report_backends(args: TrainingArguments) -> None:
     available = set(get_available_reporting_integrations())
     missing = [r for r in requested if r not in available]
     if missing:
-        logger.warning("--report_to %s: not installed (pip install %s), so training runs without it.",
-                       ",".join(missing), " ".join(missing))
+        logger.warning(
+            "--report_to %s: not installed (pip install %s), so training runs without it.",
+            ",".join(missing),
+            " ".join(missing),
+        )
         kept = [r for r in args.report_to if r not in missing]
         args.report_to = kept  # [] = no logging backend (what "none" becomes after parsing)
 
@@ -459,7 +517,10 @@ def _check_kind(value: Any, convert: Any, choices: Any, where: str) -> None:
 
 
 def train_arguments(
-    options: Mapping[str, Any], *, source: str = "train()", parser: HfArgumentParser | None = None,
+    options: Mapping[str, Any],
+    *,
+    source: str = "train()",
+    parser: HfArgumentParser | None = None,
     namespace: Mapping[str, Any] | None = None,
 ) -> tuple[ModelArguments, DataArguments, LoraArguments, CnClipTrainingArguments]:
     """The four training dataclasses from typed option values (``{"max_steps": 10, "bf16": True}``),
@@ -473,8 +534,10 @@ def train_arguments(
     given = typed_values(options, option_actions(parser), source=source)
     values: dict[str, Any] = {}
     for action in parser._actions:  # a --no_X action shares X's dest with the opposite default: skip it
-        if action.dest != "help" and action.default is not argparse.SUPPRESS and not isinstance(
-            action, argparse._StoreFalseAction
+        if (
+            action.dest != "help"
+            and action.default is not argparse.SUPPRESS
+            and not isinstance(action, argparse._StoreFalseAction)
         ):
             values.setdefault(action.dest, action.default)
     values.update({k: v for k, v in (namespace or {}).items() if v is not None or k not in values})

@@ -18,39 +18,93 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnclip_lora.errors import ConfigError, UnsafeArtifactError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["VISION_MODELS", "TEXT_MODELS", "model_info_for", "hf_config_from_model_info", "convert_state_dict",
-           "convert_original"]
+__all__ = [
+    "VISION_MODELS",
+    "TEXT_MODELS",
+    "model_info_for",
+    "hf_config_from_model_info",
+    "convert_state_dict",
+    "convert_original",
+]
 
 #: The official ``cn_clip/clip/model_configs`` vision configs (ViT ones; ResNet-50 has no HF equivalent).
 VISION_MODELS: dict[str, dict[str, int]] = {
-    "ViT-B-16": {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768, "vision_patch_size": 16},
-    "ViT-B-32": {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768, "vision_patch_size": 32},
-    "ViT-L-14": {"embed_dim": 768, "image_resolution": 224, "vision_layers": 24, "vision_width": 1024, "vision_patch_size": 14},
-    "ViT-L-14-336": {"embed_dim": 768, "image_resolution": 336, "vision_layers": 24, "vision_width": 1024,
-                     "vision_patch_size": 14},
-    "ViT-H-14": {"embed_dim": 1024, "image_resolution": 224, "vision_layers": 32, "vision_width": 1280,
-                 "vision_head_width": 80, "vision_patch_size": 14},
+    "ViT-B-16": {
+        "embed_dim": 512,
+        "image_resolution": 224,
+        "vision_layers": 12,
+        "vision_width": 768,
+        "vision_patch_size": 16,
+    },
+    "ViT-B-32": {
+        "embed_dim": 512,
+        "image_resolution": 224,
+        "vision_layers": 12,
+        "vision_width": 768,
+        "vision_patch_size": 32,
+    },
+    "ViT-L-14": {
+        "embed_dim": 768,
+        "image_resolution": 224,
+        "vision_layers": 24,
+        "vision_width": 1024,
+        "vision_patch_size": 14,
+    },
+    "ViT-L-14-336": {
+        "embed_dim": 768,
+        "image_resolution": 336,
+        "vision_layers": 24,
+        "vision_width": 1024,
+        "vision_patch_size": 14,
+    },
+    "ViT-H-14": {
+        "embed_dim": 1024,
+        "image_resolution": 224,
+        "vision_layers": 32,
+        "vision_width": 1280,
+        "vision_head_width": 80,
+        "vision_patch_size": 14,
+    },
 }
-_TEXT_COMMON = {"vocab_size": 21128, "text_attention_probs_dropout_prob": 0.1, "text_hidden_act": "gelu",
-                "text_hidden_dropout_prob": 0.1, "text_initializer_range": 0.02, "text_max_position_embeddings": 512,
-                "text_type_vocab_size": 2}
+_TEXT_COMMON = {
+    "vocab_size": 21128,
+    "text_attention_probs_dropout_prob": 0.1,
+    "text_hidden_act": "gelu",
+    "text_hidden_dropout_prob": 0.1,
+    "text_initializer_range": 0.02,
+    "text_max_position_embeddings": 512,
+    "text_type_vocab_size": 2,
+}
 #: The official text configs.
 TEXT_MODELS: dict[str, dict[str, Any]] = {
-    "RoBERTa-wwm-ext-base-chinese": {**_TEXT_COMMON, "text_hidden_size": 768, "text_intermediate_size": 3072,
-                                     "text_num_attention_heads": 12, "text_num_hidden_layers": 12},
-    "RoBERTa-wwm-ext-large-chinese": {**_TEXT_COMMON, "text_hidden_size": 1024, "text_intermediate_size": 4096,
-                                      "text_num_attention_heads": 16, "text_num_hidden_layers": 24},
-    "RBT3-chinese": {**_TEXT_COMMON, "text_hidden_size": 768, "text_intermediate_size": 3072,
-                     "text_num_attention_heads": 12, "text_num_hidden_layers": 3},
+    "RoBERTa-wwm-ext-base-chinese": {
+        **_TEXT_COMMON,
+        "text_hidden_size": 768,
+        "text_intermediate_size": 3072,
+        "text_num_attention_heads": 12,
+        "text_num_hidden_layers": 12,
+    },
+    "RoBERTa-wwm-ext-large-chinese": {
+        **_TEXT_COMMON,
+        "text_hidden_size": 1024,
+        "text_intermediate_size": 4096,
+        "text_num_attention_heads": 16,
+        "text_num_hidden_layers": 24,
+    },
+    "RBT3-chinese": {
+        **_TEXT_COMMON,
+        "text_hidden_size": 768,
+        "text_intermediate_size": 3072,
+        "text_num_attention_heads": 12,
+        "text_num_hidden_layers": 3,
+    },
 }
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -58,12 +112,17 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 def model_info_for(vision_model: str, text_model: str) -> dict[str, Any]:
     """The official merged model config (``create_model``'s ``model_info``) for two config names."""
-    names = {"vision": (vision_model.replace("/", "-"), VISION_MODELS), "text": (text_model.replace("/", "-"), TEXT_MODELS)}
+    names = {
+        "vision": (vision_model.replace("/", "-"), VISION_MODELS),
+        "text": (text_model.replace("/", "-"), TEXT_MODELS),
+    }
     info: dict[str, Any] = {}
     for tower, (name, table) in names.items():
         if name not in table:
-            raise ConfigError(f"unknown {tower} model {name!r}; one of {', '.join(table)} "
-                              "(or give the merged config with --model_info FILE.json)")
+            raise ConfigError(
+                f"unknown {tower} model {name!r}; one of {', '.join(table)} "
+                "(or give the merged config with --model_info FILE.json)"
+            )
         info.update(table[name])
     return info
 
@@ -73,21 +132,42 @@ def hf_config_from_model_info(info: dict[str, Any], logit_scale: float = 4.6052)
     from transformers import ChineseCLIPConfig
 
     if isinstance(info.get("vision_layers"), (list, tuple, str)):
-        raise ConfigError("ResNet vision towers (RN50) have no transformers ChineseCLIP equivalent; only ViT ones convert")
+        raise ConfigError(
+            "ResNet vision towers (RN50) have no transformers ChineseCLIP equivalent; only ViT ones convert"
+        )
     width = int(info["vision_width"])
-    text = dict(vocab_size=info["vocab_size"], hidden_size=info["text_hidden_size"],
-                num_hidden_layers=info["text_num_hidden_layers"], num_attention_heads=info["text_num_attention_heads"],
-                intermediate_size=info["text_intermediate_size"], hidden_act=info["text_hidden_act"],
-                hidden_dropout_prob=info["text_hidden_dropout_prob"],
-                attention_probs_dropout_prob=info["text_attention_probs_dropout_prob"],
-                max_position_embeddings=info["text_max_position_embeddings"], type_vocab_size=info["text_type_vocab_size"],
-                initializer_range=info["text_initializer_range"], layer_norm_eps=1e-12, pad_token_id=0)
-    vision = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=int(info["vision_layers"]),
-                  num_attention_heads=width // int(info.get("vision_head_width", 64)),
-                  patch_size=int(info["vision_patch_size"]), image_size=int(info["image_resolution"]),
-                  hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=int(info["embed_dim"]))
-    return ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=int(info["embed_dim"]),
-                             logit_scale_init_value=float(logit_scale))
+    text = dict(
+        vocab_size=info["vocab_size"],
+        hidden_size=info["text_hidden_size"],
+        num_hidden_layers=info["text_num_hidden_layers"],
+        num_attention_heads=info["text_num_attention_heads"],
+        intermediate_size=info["text_intermediate_size"],
+        hidden_act=info["text_hidden_act"],
+        hidden_dropout_prob=info["text_hidden_dropout_prob"],
+        attention_probs_dropout_prob=info["text_attention_probs_dropout_prob"],
+        max_position_embeddings=info["text_max_position_embeddings"],
+        type_vocab_size=info["text_type_vocab_size"],
+        initializer_range=info["text_initializer_range"],
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+    )
+    vision = dict(
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=int(info["vision_layers"]),
+        num_attention_heads=width // int(info.get("vision_head_width", 64)),
+        patch_size=int(info["vision_patch_size"]),
+        image_size=int(info["image_resolution"]),
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=int(info["embed_dim"]),
+    )
+    return ChineseCLIPConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=int(info["embed_dim"]),
+        logit_scale_init_value=float(logit_scale),
+    )
 
 
 _VISION_RENAMES = [
@@ -96,7 +176,10 @@ _VISION_RENAMES = [
     (r"visual\.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
     (r"visual\.ln_pre\.", "vision_model.pre_layrnorm."),
     (r"visual\.ln_post\.", "vision_model.post_layernorm."),
-    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.", r"vision_model.encoder.layers.\1.self_attn.out_proj."),
+    (
+        r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.",
+        r"vision_model.encoder.layers.\1.self_attn.out_proj.",
+    ),
     (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.", r"vision_model.encoder.layers.\1.layer_norm1."),
     (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.", r"vision_model.encoder.layers.\1.layer_norm2."),
     (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.", r"vision_model.encoder.layers.\1.mlp.fc1."),
@@ -116,12 +199,12 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for key, value in state_dict.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         value = value.detach().to(torch.float32)
         if key.startswith("bert.pooler."):
             continue  # the official model never uses the pooler; the HF one has none
         if key.startswith("bert."):
-            out["text_model." + key[len("bert."):]] = value
+            out["text_model." + key[len("bert.") :]] = value
         elif key == "text_projection":
             out["text_projection.weight"] = value.t().contiguous()
         elif key == "visual.proj":
@@ -141,8 +224,10 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
             else:
                 unknown.append(key)
     if unknown:
-        raise ConfigError(f"{len(unknown)} weights are not those of an official ViT Chinese-CLIP model "
-                          f"(e.g. {', '.join(unknown[:5])})")
+        raise ConfigError(
+            f"{len(unknown)} weights are not those of an official ViT Chinese-CLIP model "
+            f"(e.g. {', '.join(unknown[:5])})"
+        )
     return out
 
 
@@ -155,8 +240,10 @@ def _load_official(ckpt: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means: not a plain-tensor checkpoint
         raise UnsafeArtifactError(
-            f"{ckpt}: not loadable with torch.load(weights_only=True) ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "only checkpoints of plain tensors (the official training's state_dict) are converted, never arbitrary pickles"
+            f"{ckpt}: not loadable with torch.load(weights_only=True) "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "only checkpoints of plain tensors (the official training's state_dict) "
+            "are converted, never arbitrary pickles"
         ) from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -190,10 +277,10 @@ def convert_original(
 
     Raises:
         UnsafeArtifactError: the file needs full unpickling.
-        ConfigError: unknown config names, a missing vocab, weights that do not fit the config, an existing ``out_dir``.
+        ConfigError: unknown config names, a missing vocab, weights that do not fit the config, an existing
+            ``out_dir``.
     """
     import torch
-
     from safetensors.torch import save_file
     from transformers import BertTokenizer, ChineseCLIPModel
     from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
@@ -207,8 +294,10 @@ def convert_original(
         model_info = model_info_for(vision_model, text_model)
     vocab_path = Path(vocab) if vocab else _default_vocab()
     if vocab_path is None:
-        raise ConfigError("no vocabulary: pass --vocab PATH/vocab.txt (the bert-base-chinese vocab the model was "
-                          "trained with; the cn-clip package ships it as cn_clip/clip/vocab.txt)")
+        raise ConfigError(
+            "no vocabulary: pass --vocab PATH/vocab.txt (the bert-base-chinese vocab the model was "
+            "trained with; the cn-clip package ships it as cn_clip/clip/vocab.txt)"
+        )
     if not vocab_path.is_file():
         raise ConfigError(f"vocab file {vocab_path} does not exist")
     n_vocab = len(vocab_path.read_text(encoding="utf-8").rstrip("\n").split("\n"))  # one token a line
@@ -222,28 +311,56 @@ def convert_original(
     extra = sorted(k for k in state if k not in expected)
     wrong = sorted(k for k in state if k in expected and state[k].shape != expected[k].shape)
     if missing or extra or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:4])}" for what, keys in
-                           (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
-        raise ConfigError(f"{ckpt}: weights do not fit the {vision_model or 'given'} + {text_model or 'given'} "
-                          f"architecture ({detail}); check the config names")
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}"
+            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+            if keys
+        )
+        raise ConfigError(
+            f"{ckpt}: weights do not fit the {vision_model or 'given'} + {text_model or 'given'} "
+            f"architecture ({detail}); check the config names"
+        )
     res = int(model_info["image_resolution"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         staging = Path(tmp) / "out"
         staging.mkdir()
         config.save_pretrained(staging)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(staging / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            str(staging / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         shutil.copyfile(vocab_path, staging / "vocab.txt")
-        tokenizer = BertTokenizer(vocab=str(staging / "vocab.txt"), do_lower_case=True,
-                                  model_max_length=int(model_info["text_max_position_embeddings"]))
+        tokenizer = BertTokenizer(
+            vocab=str(staging / "vocab.txt"),
+            do_lower_case=True,
+            model_max_length=int(model_info["text_max_position_embeddings"]),
+        )
         tokenizer.save_pretrained(staging)
-        ChineseCLIPImageProcessorPil(do_resize=True, size={"height": res, "width": res}, do_center_crop=False,
-                                     crop_size={"height": res, "width": res}, resample=3, do_convert_rgb=True,
-                                     image_mean=_CLIP_MEAN, image_std=_CLIP_STD).save_pretrained(staging)
+        ChineseCLIPImageProcessorPil(
+            do_resize=True,
+            size={"height": res, "width": res},
+            do_center_crop=False,
+            crop_size={"height": res, "width": res},
+            resample=3,
+            do_convert_rgb=True,
+            image_mean=_CLIP_MEAN,
+            image_std=_CLIP_STD,
+        ).save_pretrained(staging)
         (staging / "cnclip_lora_conversion.json").write_text(
-            json.dumps({"source": str(ckpt), "vision_model": vision_model, "text_model": text_model,
-                        "model_info": model_info}, indent=2) + "\n", encoding="utf-8")
+            json.dumps(
+                {
+                    "source": str(ckpt),
+                    "vision_model": vision_model,
+                    "text_model": text_model,
+                    "model_info": model_info,
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

@@ -22,11 +22,18 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoProcessor,
+    ChineseCLIPConfig,
+    ChineseCLIPModel,
+    ChineseCLIPProcessor,
+)
 
-from cnclip_lora.options import parse_targets
 from cnclip_lora.errors import ConfigError, UnsafeArtifactError
-from cnclip_lora.options import TOWERS, tower_of
+from cnclip_lora.options import TOWERS, parse_targets, tower_of
 from cnclip_lora.utils.files import is_pickle, pickled_files
 from cnclip_lora.utils.sources import check_source
 
@@ -118,8 +125,9 @@ def load_model_and_processor(
         # A Hub repo (no local folder to inspect) without safetensors weights ends up here;
         # a local folder was already checked, so its errors (e.g. no weights at all) pass through.
         if not Path(os.fspath(model_name_or_path)).is_dir() and "safetensors" in str(err):
+            at = f" at revision {revision!r}" if revision else ""
             raise UnsafeArtifactError(
-                f"{model_name_or_path!r} has no safetensors weights{f' at revision {revision!r}' if revision else ''}; "
+                f"{model_name_or_path!r} has no safetensors weights{at}; "
                 f"pickled weights are never loaded. {_CONVERT_HINT}"
             ) from err
         raise
@@ -142,8 +150,11 @@ def pin_pil_image_processor(processor: Any, model_name_or_path: str, **kwargs: A
     if image_processor is None or getattr(image_processor, "backend", "pil") == "pil":
         return processor
     pil = AutoImageProcessor.from_pretrained(model_name_or_path, backend="pil", **kwargs)
-    logger.info("image processor: %s -> %s (identical preprocessing on every machine)",
-                type(image_processor).__name__, type(pil).__name__)
+    logger.info(
+        "image processor: %s -> %s (identical preprocessing on every machine)",
+        type(image_processor).__name__,
+        type(pil).__name__,
+    )
     processor.image_processor = pil
     return processor
 
@@ -308,11 +319,16 @@ def apply_lora(
         raise ConfigError(f"lora targets: no LoRA module was created for {', '.join(missing[:5])}")
     params = trainable_parameters_by_tower(peft_model)
     logger.info(
-        "LoRA r=%d alpha=%s on %d modules (text %d, vision %d); trainable parameters: "
-        "text %s, vision %s, other %s",
-        r, alpha, len(adapted), counts["text"], counts["vision"],
-        f"{params['text']:,}", f"{params['vision']:,}", f"{params['other']:,}",
-    )  # fmt: skip
+        "LoRA r=%d alpha=%s on %d modules (text %d, vision %d); trainable parameters: text %s, vision %s, other %s",
+        r,
+        alpha,
+        len(adapted),
+        counts["text"],
+        counts["vision"],
+        f"{params['text']:,}",
+        f"{params['vision']:,}",
+        f"{params['other']:,}",
+    )
     return peft_model
 
 

@@ -79,7 +79,7 @@ class FakeHub:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -244,7 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(409, {"error": "You already created this model repo", "url": url})
             repo = FakeRepo(repo_id, private=payload.get("visibility") == "private")
             # The Hub starts every repo with a commit holding .gitattributes.
-            repo.branches["main"] = self.state.new_commit(repo, None, {".gitattributes": b"*.safetensors filter=lfs\n"})
+            repo.branches["main"] = self.state.new_commit(
+                repo, None, {".gitattributes": b"*.safetensors filter=lfs\n"}
+            )
             self.state.repos[repo_id] = repo
         return self._json(200, {"url": url, "name": repo_id})
 

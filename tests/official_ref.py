@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: Where the Makefile puts torchvision's code for the reference (override with CNCLIP_REFERENCE_DIR).
 REFERENCE_DIR = Path(os.environ.get("CNCLIP_REFERENCE_DIR", REPO / ".venv" / "cnclip-reference"))
 #: The bert-base-chinese vocab, beside the clone (tests only; never needed at run time).
-SHARED_VOCAB = Path(os.environ.get("CNCLIP_SHARED_VOCAB", REPO.parent / "shared" / "vocab" / "bert-base-chinese-vocab.txt"))
+SHARED_VOCAB = Path(
+    os.environ.get("CNCLIP_SHARED_VOCAB", REPO.parent / "shared" / "vocab" / "bert-base-chinese-vocab.txt")
+)
 
 
 def reference_available() -> str | None:
@@ -56,8 +58,9 @@ def run_reference(request: dict, tmp: Path) -> dict:
 
     req, out = tmp / "request.json", tmp / "out.safetensors"
     req.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
-    proc = subprocess.run([sys.executable, __file__, str(req), str(out)], env=child_env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(req), str(out)], env=child_env(), capture_output=True, text=True, timeout=600
+    )
     if proc.returncode:
         raise RuntimeError(f"official reference failed:\n{proc.stderr[-4000:]}")
     result = dict(load_file(str(out)))
@@ -70,6 +73,7 @@ def run_reference(request: dict, tmp: Path) -> dict:
 def _shim_torchvision() -> None:
     try:
         import torchvision.transforms  # noqa: F401
+
         return
     except Exception:  # noqa: BLE001 - the compiled ops fail to register; retry with the shim
         for name in list(sys.modules):
@@ -98,8 +102,9 @@ def _main(req_path: str, out_path: str) -> None:
 
         if op == "tokenize":
             # The official pipelines' _preprocess_text, then tokenize (cn_clip/training/data.py, eval/data.py).
-            out["input_ids"] = clip.tokenize([_preprocess(t) for t in request["texts"]],
-                                             context_length=request.get("context_length", 52))
+            out["input_ids"] = clip.tokenize(
+                [_preprocess(t) for t in request["texts"]], context_length=request.get("context_length", 52)
+            )
         elif op == "pixels":
             transform = clip.image_transform(request.get("size", 224))
             out["pixel_values"] = torch.stack([transform(Image.open(p)) for p in request["paths"]])
@@ -110,8 +115,10 @@ def _main(req_path: str, out_path: str) -> None:
                 with torch.no_grad():
                     for p in model.parameters():
                         p.add_(torch.randn_like(p) * 0.05)
-                torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
-                           request["ckpt"])
+                torch.save(
+                    {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+                    request["ckpt"],
+                )
             model = CLIP(**request["model_info"]).eval()
             state = torch.load(request["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
             model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
@@ -154,11 +161,11 @@ def _backend_probe(request: dict) -> dict:
     import torch
     from transformers import AutoImageProcessor
 
+    from cnclip_lora.adapter.record import Preprocessing
+    from cnclip_lora.inference.model import RetrievalModel
     from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.inputs.images import preprocess_images
-    from cnclip_lora.adapter.record import Preprocessing
     from cnclip_lora.modeling import load_model_and_processor
-    from cnclip_lora.inference.model import RetrievalModel
 
     plain = AutoImageProcessor.from_pretrained(request["model"])
     _, train_processor = load_model_and_processor(request["model"])

@@ -65,7 +65,10 @@ class Server:
         self.log = Path(env["CNCLIP_SERVE_LOG"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cnclip_lora", "serve", *args, "--port", str(self.port), "--device", "cpu"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
         )
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -91,23 +94,36 @@ class Server:
 
 
 def start_server(tmp: Path, args: list[str]) -> Server:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-               CNCLIP_SERVE_LOG=str(tmp / "serve.log"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        CNCLIP_SERVE_LOG=str(tmp / "serve.log"),
+    )
     return Server(args, env)
 
 
 def chromium_driver():
     """A headless Chromium driven by selenium, or a skip that says why there is none."""
     if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-        pytest.skip(f"Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); `make test` installs it with apt-get "
-                    "(Debian packages chromium, chromium-driver) where it can")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install 'cnclip-lora[browser]'")
+        pytest.skip(
+            f"Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); `make test` installs it with apt-get "
+            "(Debian packages chromium, chromium-driver) where it can"
+        )
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium not installed: pip install 'cnclip-lora[browser]'"
+    )
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1100,900", "--hide-scrollbars"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,900",
+        "--hide-scrollbars",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 

@@ -12,21 +12,47 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnclip_lora.commands import main
+from cnclip_lora.commands.train import train_from_argv
+from cnclip_lora.demo.tiny_model import make_tiny_model
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
-from cnclip_lora.demo.tiny_model import make_tiny_model
-from cnclip_lora.commands.train import train_from_argv
 
 
 @pytest.fixture(scope="module")
 def split_adapter(tiny_model_dir, demo_dir, tmp_path_factory) -> Path:
     """Trained with a non-default split: 20 held-out images, seed 7."""
     out = tmp_path_factory.mktemp("split-adapter") / "out"
-    train_from_argv(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir", str(out),
-           "--max_steps", "2", "--per_device_train_batch_size", "8", "--lora_r", "4", "--lora_alpha", "8",
-           "--val_size", "20", "--split_seed", "7", "--use_cpu", "true", "--save_strategy", "no",
-           "--eval_strategy", "no", "--report_to", "none"])
+    train_from_argv(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(demo_dir),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--val_size",
+            "20",
+            "--split_seed",
+            "7",
+            "--use_cpu",
+            "true",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--report_to",
+            "none",
+        ]
+    )
     return out
 
 
@@ -40,8 +66,9 @@ def other_bases(tmp_path_factory) -> dict[str, Path]:
 
 
 def _args(model: Path, adapter: Path, data: Path, **kw) -> EvaluateArguments:
-    return EvaluateArguments(model_name_or_path=str(model), adapter=str(adapter), data_dir=str(data), cache_dir="",
-                             device="cpu", **kw)
+    return EvaluateArguments(
+        model_name_or_path=str(model), adapter=str(adapter), data_dir=str(data), cache_dir="", device="cpu", **kw
+    )
 
 
 # --- item 1: base identity -----------------------------------------------------------------
@@ -72,12 +99,26 @@ def test_a_base_of_another_architecture_is_refused_naming_both(split_adapter, ti
             evaluate_retrieval(_args(other, split_adapter, demo_dir, allow_different_base=allow))
 
 
-def test_same_architecture_other_weights_is_refused_unless_allowed(split_adapter, other_bases, demo_dir, tmp_path,
-                                                                 capsys, caplog):
+def test_same_architecture_other_weights_is_refused_unless_allowed(
+    split_adapter, other_bases, demo_dir, tmp_path, capsys, caplog
+):
     other = other_bases["other_weights"]
     out = tmp_path / "submit.csv"
-    argv = ["retrieve", "--model_name_or_path", str(other), "--adapter", str(split_adapter), "--data_dir",
-            str(demo_dir), "--output", str(out), "--cache_dir", "", "--device", "cpu"]
+    argv = [
+        "retrieve",
+        "--model_name_or_path",
+        str(other),
+        "--adapter",
+        str(split_adapter),
+        "--data_dir",
+        str(demo_dir),
+        "--output",
+        str(out),
+        "--cache_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "same architecture but other weights" in err and "--allow_different_base" in err
@@ -114,9 +155,9 @@ def test_evaluate_val_uses_the_recorded_split(split_adapter, tiny_model_dir, dem
     record = json.loads((split_adapter / "cnclip_lora.json").read_text())["split"]
     assert record["val_size"] == 20 and record["split_seed"] == 7 and record["n_held_out_images"] == 20
     metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir))
-    default_split = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
-                                                         data_dir=str(demo_dir),
-                                                         cache_dir="", device="cpu"))
+    default_split = evaluate_retrieval(
+        EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), cache_dir="", device="cpu")
+    )
     # Queries = captions of the 20 held-out images (one caption each in the demo data), not the default 10 %.
     assert metrics["val_queries"] == 20
     assert default_split["val_queries"] != 20
@@ -127,8 +168,9 @@ def test_evaluate_val_refuses_another_split_unless_asked(split_adapter, tiny_mod
         evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=0.1))
     with pytest.raises(ConfigError, match=r"--split_seed 42 \(trained with 7\)"):
         evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, split_seed=42))
-    metrics = evaluate_retrieval(_args(tiny_model_dir, split_adapter, demo_dir, val_size=10,
-                                       allow_different_split=True))
+    metrics = evaluate_retrieval(
+        _args(tiny_model_dir, split_adapter, demo_dir, val_size=10, allow_different_split=True)
+    )
     assert metrics["val_queries"] == 10
 
 

@@ -13,16 +13,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_train_throughput as bench  # noqa: E402
 
 
-@pytest.mark.parametrize(("name", "family"), [
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "gemm"),
-    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopB_TNT", "gemm"),
-    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits>", "attention"),
-    ("triton_per_fused_add_native_layer_norm_3", "compiled (triton)"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
-    ("Memcpy HtoD (Pinned -> Device)", "copy / cast / fill"),
-    ("aten::mm", "gemm"),
-    ("some_new_kernel", "other"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "gemm"),
+        ("nvjet_tst_128x256_64x4_1x2_h_bz_coopB_TNT", "gemm"),
+        ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits>", "attention"),
+        ("triton_per_fused_add_native_layer_norm_3", "compiled (triton)"),
+        ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+        ("Memcpy HtoD (Pinned -> Device)", "copy / cast / fill"),
+        ("aten::mm", "gemm"),
+        ("some_new_kernel", "other"),
+    ],
+)
 def test_kernel_families(name, family):
     assert bench.kernel_family(name) == family
 

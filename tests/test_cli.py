@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnclip_lora", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cnclip_lora", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -70,8 +71,17 @@ def test_check_data_on_bad_data_exits_nonzero_without_traceback(tmp_path):
 
 
 def test_train_input_error_is_one_message_and_exit_2(tmp_path, tiny_model_dir):
-    result = _run("train", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(tmp_path / "missing"),
-                  "--output_dir", str(tmp_path / "out"), "--use_cpu", "true")
+    result = _run(
+        "train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tmp_path / "missing"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "true",
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "missing" in result.stderr
@@ -79,9 +89,19 @@ def test_train_input_error_is_one_message_and_exit_2(tmp_path, tiny_model_dir):
 
 
 def test_bad_lora_target_fails_before_training_naming_it(tmp_path, tiny_model_dir, demo_dir):
-    result = _run("train", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
-                  "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
-                  "--lora_target_modules", "query,vision_model.emcoder.layers.0.self_attn.q_proj")
+    result = _run(
+        "train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(demo_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "true",
+        "--lora_target_modules",
+        "query,vision_model.emcoder.layers.0.self_attn.q_proj",
+    )
     assert result.returncode == 2
     assert "emcoder" in result.stderr
     assert "Traceback" not in result.stderr
@@ -89,15 +109,45 @@ def test_bad_lora_target_fails_before_training_naming_it(tmp_path, tiny_model_di
 
 def test_cli_train_then_retrieve_end_to_end(tmp_path, tiny_model_dir, demo_dir):
     out = tmp_path / "adapter"
-    trained = _run("train", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
-                   "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
-                   "--lora_r", "4", "--lora_alpha", "8", "--use_cpu", "true", "--save_strategy", "no")
+    trained = _run(
+        "train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(demo_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--use_cpu",
+        "true",
+        "--save_strategy",
+        "no",
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert (out / "adapter_model.safetensors").is_file()
     sub = tmp_path / "submit.csv"
-    retrieved = _run("retrieve", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(out),
-                     "--data_dir", str(demo_dir), "--output", str(sub), "--cache_dir", str(tmp_path / "cache"),
-                     "--device", "cpu")
+    retrieved = _run(
+        "retrieve",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--adapter",
+        str(out),
+        "--data_dir",
+        str(demo_dir),
+        "--output",
+        str(sub),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+    )
     assert retrieved.returncode == 0, retrieved.stderr[-2000:]
     assert "gallery_size" in retrieved.stdout
     assert len(pd.read_csv(sub)) == len(pd.read_csv(demo_dir / "test_query.csv"))
@@ -132,17 +182,26 @@ def test_cache_command_lists_and_clears_only_what_it_is_told(tmp_path, monkeypat
 def test_every_option_of_every_command_has_help():
     from cnclip_lora.commands import COMMANDS
 
-    missing = [f"{name} {action.option_strings or action.dest}"
-               for name, command in COMMANDS.items() for action in command.parser()._actions
-               if not action.help or action.help == "==SUPPRESS=="]  # fmt: skip
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, command in COMMANDS.items()
+        for action in command.parser()._actions
+        if not action.help or action.help == "==SUPPRESS=="
+    ]
     assert not missing, missing
 
 
 @pytest.mark.parametrize(
     "command, foreign",
-    [("retrieve", ["--split", "val"]), ("retrieve", ["--allow_different_split"]), ("retrieve", ["--val_size", "0.2"]),
-     ("evaluate", ["--output", "x.csv"]), ("evaluate", ["--assign", "hungarian"]), ("evaluate", ["--top_k", "5"])],
-)  # fmt: skip
+    [
+        ("retrieve", ["--split", "val"]),
+        ("retrieve", ["--allow_different_split"]),
+        ("retrieve", ["--val_size", "0.2"]),
+        ("evaluate", ["--output", "x.csv"]),
+        ("evaluate", ["--assign", "hungarian"]),
+        ("evaluate", ["--top_k", "5"]),
+    ],
+)
 def test_retrieve_and_evaluate_refuse_each_others_options(command, foreign, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--model_name_or_path", "m", *foreign])
@@ -151,8 +210,10 @@ def test_retrieve_and_evaluate_refuse_each_others_options(command, foreign, caps
 
 
 def test_retrieve_and_evaluate_help_lists_only_their_options(capsys):
-    for command, own, foreign in (("retrieve", "--topk_output", "--allow_different_split"),
-                                  ("evaluate", "--allow_different_split", "--topk_output")):  # fmt: skip
+    for command, own, foreign in (
+        ("retrieve", "--topk_output", "--allow_different_split"),
+        ("evaluate", "--allow_different_split", "--topk_output"),
+    ):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         out = capsys.readouterr().out

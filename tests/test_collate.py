@@ -23,8 +23,6 @@ def test_collator_returns_the_documented_batch(processor, demo_dir):
     assert batch["pixel_values"].dtype == torch.float32
 
 
-
-
 def test_random_flip_follows_torch_seed(processor, asym_image, tmp_path):
     rows = [{"title": "红色", "path": asym_image.name}] * 16
     collate = ImageTextCollator(processor, tmp_path, flip="random")
@@ -34,7 +32,7 @@ def test_random_flip_follows_torch_seed(processor, asym_image, tmp_path):
     b = collate(rows)["pixel_values"]
     assert torch.equal(a, b)
     left_red = a[:, 0, :, 0].mean(dim=-1) > 0  # red channel high at the left edge = not flipped
-    assert 0 < int(left_red.sum()) < 16         # some flipped, some not
+    assert 0 < int(left_red.sum()) < 16  # some flipped, some not
 
 
 def test_collator_names_a_missing_image(processor, tmp_path):

@@ -24,10 +24,20 @@ def test_defaults_are_the_seed_recipe_and_task_defaults(tmp_path):
 
 
 def test_user_values_override_task_defaults(tmp_path):
-    _, _, _, args = parse_train_args([
-        "--model_name_or_path", "m", "--output_dir", str(tmp_path),
-        "--remove_unused_columns", "true", "--dataloader_drop_last", "false", "--learning_rate", "1e-3",
-    ])
+    _, _, _, args = parse_train_args(
+        [
+            "--model_name_or_path",
+            "m",
+            "--output_dir",
+            str(tmp_path),
+            "--remove_unused_columns",
+            "true",
+            "--dataloader_drop_last",
+            "false",
+            "--learning_rate",
+            "1e-3",
+        ]
+    )
     assert args.remove_unused_columns is True
     assert args.dataloader_drop_last is False
     assert args.learning_rate == pytest.approx(1e-3)
@@ -35,13 +45,15 @@ def test_user_values_override_task_defaults(tmp_path):
 
 @pytest.mark.parametrize(
     "flags,split,non_blocking",
-    [([], False, True),
-     (["--accelerator_config", '{"split_batches": true}'], True, True),
-     (["--accelerator_config", '{"non_blocking": false}'], False, False),
-     # --use_cpu turns pinning off: the package's default then stays off (no Trainer warning about it)
-     (["--use_cpu", "true"], False, False),
-     (["--use_cpu", "true", "--accelerator_config", '{"non_blocking": true}'], False, True)],
-)  # fmt: skip
+    [
+        ([], False, True),
+        (["--accelerator_config", '{"split_batches": true}'], True, True),
+        (["--accelerator_config", '{"non_blocking": false}'], False, False),
+        # --use_cpu turns pinning off: the package's default then stays off (no Trainer warning about it)
+        (["--use_cpu", "true"], False, False),
+        (["--use_cpu", "true", "--accelerator_config", '{"non_blocking": true}'], False, True),
+    ],
+)
 def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no(
     tiny_model_dir, tmp_path, flags, split, non_blocking
 ):
@@ -59,24 +71,27 @@ def test_batches_are_copied_to_the_device_asynchronously_unless_the_user_says_no
 
 @pytest.mark.parametrize(
     "flags,persistent",
-    [([], False), (["--dataloader_num_workers", "2"], True),
-     (["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "false"], False)],
-)  # fmt: skip
+    [
+        ([], False),
+        (["--dataloader_num_workers", "2"], True),
+        (["--dataloader_num_workers", "2", "--dataloader_persistent_workers", "false"], False),
+    ],
+)
 def test_workers_persist_across_epochs_unless_the_user_says_no(tmp_path, flags, persistent):
     _, _, _, args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), *flags])
     assert args.dataloader_persistent_workers is persistent
 
 
 def test_target_modules_are_split_on_commas(tmp_path):
-    _, _, lora, _ = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path),
-                                      "--lora_target_modules", "query, key ,q_proj"])
+    _, _, lora, _ = parse_train_args(
+        ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--lora_target_modules", "query, key ,q_proj"]
+    )
     assert lora.apply_lora_kwargs()["targets"] == ["query", "key", "q_proj"]
 
 
 def test_yaml_recipe_is_read_and_later_flags_override(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model_name_or_path: m\noutput_dir: %s\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n"
-                      % tmp_path)
+    recipe.write_text(f"model_name_or_path: m\noutput_dir: {tmp_path}\nlora_r: 8\nbf16: false\nnum_train_epochs: 3\n")
     _, _, lora, args = parse_train_args([str(recipe), "--num_train_epochs", "5"])
     assert lora.lora_r == 8
     assert args.num_train_epochs == 5
@@ -138,19 +153,30 @@ def test_recipe_values_keep_their_types(tmp_path):
 
 def test_precedence_is_defaults_recipe_flags_then_python_overrides(tmp_path):
     recipe = tmp_path / "r.json"
-    recipe.write_text('{"model_name_or_path": "m", "output_dir": "%s", "lora_r": 8, "lora_alpha": 16, '
-                      '"num_train_epochs": 3}' % tmp_path, encoding="utf-8")  # fmt: skip
-    _, _, lora, args = parse_train_args([str(recipe), "--lora_r", "12", "--num_train_epochs", "5"],
-                                        {"num_train_epochs": 7, "bf16": False})  # fmt: skip
+    recipe.write_text(
+        f'{{"model_name_or_path": "m", "output_dir": "{tmp_path}", "lora_r": 8, "lora_alpha": 16, '
+        '"num_train_epochs": 3}',
+        encoding="utf-8",
+    )
+    _, _, lora, args = parse_train_args(
+        [str(recipe), "--lora_r", "12", "--num_train_epochs", "5"], {"num_train_epochs": 7, "bf16": False}
+    )
     assert (lora.lora_r, lora.lora_alpha, args.num_train_epochs, args.bf16) == (12, 16, 7.0, False)
 
 
 def test_python_overrides_take_real_values_and_supply_required_options(tmp_path):
     model, _, lora, args = parse_train_args(
-        [], {"model_name_or_path": "m", "output_dir": str(tmp_path), "lora_target_modules": ["query", "key"],
-             "accelerator_config": {"split_batches": True}, "report_to": ["none"], "use_cpu": True,
-             "overwrite_output_dir": "true"},  # a flag-style string still reads as the flag would
-    )  # fmt: skip
+        [],
+        {
+            "model_name_or_path": "m",
+            "output_dir": str(tmp_path),
+            "lora_target_modules": ["query", "key"],
+            "accelerator_config": {"split_batches": True},
+            "report_to": ["none"],
+            "use_cpu": True,
+            "overwrite_output_dir": "true",
+        },  # a flag-style string still reads as the flag would
+    )
     assert model.model_name_or_path == "m"
     assert lora.apply_lora_kwargs()["targets"] == ["query", "key"]
     assert args.accelerator_config.split_batches is True
@@ -173,8 +199,12 @@ def test_python_overrides_take_real_values_and_supply_required_options(tmp_path)
 )
 def test_bad_recipe_values_name_the_file_and_the_option(tmp_path, recipe_text, match):
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text(f"model_name_or_path: m\noutput_dir: {tmp_path}\n" + recipe_text
-                      if not recipe_text.startswith("-") else recipe_text, encoding="utf-8")  # fmt: skip
+    recipe.write_text(
+        f"model_name_or_path: m\noutput_dir: {tmp_path}\n" + recipe_text
+        if not recipe_text.startswith("-")
+        else recipe_text,
+        encoding="utf-8",
+    )
     with pytest.raises(ConfigError, match=match) as info:
         parse_train_args([str(recipe)])
     assert "bad.yaml" in str(info.value)
@@ -194,10 +224,14 @@ def test_train_options_in_python_parse_like_the_same_flags(tmp_path):
 
     from cnclip_lora.config import train_arguments
 
-    flags = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
-                              "--lora_r", "8"])
+    flags = parse_train_args(
+        ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true", "--lora_r", "8"]
+    )
     python = train_arguments({"model_name_or_path": "m", "output_dir": str(tmp_path), "use_cpu": True, "lora_r": 8})
     for a, b in zip(flags, python):
-        differ = {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
-                  if getattr(a, f.name) != getattr(b, f.name)}
+        differ = {
+            f.name: (getattr(a, f.name), getattr(b, f.name))
+            for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)
+        }
         assert not differ, f"{type(a).__name__}: {differ}"

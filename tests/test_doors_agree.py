@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from official_ref import reference_available, run_reference
 from PIL import Image
+from serve_utils import http, make_random_adapter, start_server
 
 from cnclip_lora.adapter.record import Preprocessing, RunRecord
 from cnclip_lora.commands import main
 from cnclip_lora.inference.metrics import recall_from_ranks, true_ranks
 from cnclip_lora.inference.model import RetrievalModel
-from official_ref import reference_available, run_reference
-from serve_utils import http, make_random_adapter, start_server
 
 TITLES = [
     "云思木想ＸＬ２０１９秋装新款长袖Ｔ恤女",  # full-width letters and digits
@@ -68,12 +68,14 @@ def data_dir(tmp_path_factory) -> Path:
     gallery = _gallery(image_dir)
     for i in range(3):
         Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(image_dir / f"train_{i}.jpg")
-    (root / "train.csv").write_text("title\tpath\n" + "".join(f"训练标题{i}号\ttrain_{i}.jpg\n" for i in range(3)),
-                                    encoding="utf-8")
+    (root / "train.csv").write_text(
+        "title\tpath\n" + "".join(f"训练标题{i}号\ttrain_{i}.jpg\n" for i in range(3)), encoding="utf-8"
+    )
     frame = pd.DataFrame({"title": TITLES})
     frame.to_csv(root / "test_query.csv", index=False, encoding="utf-8")
-    pd.DataFrame({"query": range(len(TITLES)), "path": [gallery[i % len(gallery)] for i in range(len(TITLES))]}
-                 ).to_csv(root / "test_answers.csv", index=False)
+    pd.DataFrame(
+        {"query": range(len(TITLES)), "path": [gallery[i % len(gallery)] for i in range(len(TITLES))]}
+    ).to_csv(root / "test_answers.csv", index=False)
     return root
 
 
@@ -97,8 +99,18 @@ def door_setup(request, tiny_model_dir, data_dir, tmp_path_factory):
 
 
 def _common(tiny_model_dir: Path, adapter: Path, data_dir: Path) -> list[str]:
-    return ["--model_name_or_path", str(tiny_model_dir), "--adapter", str(adapter), "--data_dir", str(data_dir),
-            "--device", "cpu", "--cache_dir", ""]
+    return [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--adapter",
+        str(adapter),
+        "--data_dir",
+        str(data_dir),
+        "--device",
+        "cpu",
+        "--cache_dir",
+        "",
+    ]
 
 
 def _topk_matrix(path: Path, names: list[str]) -> np.ndarray:
@@ -136,8 +148,19 @@ def test_api_images_equal_the_official_path(door_setup, tmp_path):
 def test_retrieve_and_evaluate_equal_the_api(door_setup, tiny_model_dir, data_dir, tmp_path):
     _, _, adapter, names, api, _ = door_setup
     topk = tmp_path / "topk.csv"
-    assert main(["retrieve", *_common(tiny_model_dir, adapter, data_dir), "--topk_output", str(topk),
-                 "--top_k", str(len(names))]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                *_common(tiny_model_dir, adapter, data_dir),
+                "--topk_output",
+                str(topk),
+                "--top_k",
+                str(len(names)),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(_topk_matrix(topk, names), api, atol=2e-5)
 
     buf = io.StringIO()
@@ -158,23 +181,60 @@ def _ranks_of(scores: np.ndarray, names: list[str], data_dir: Path) -> np.ndarra
 def test_onnx_backend_equals_the_api(door_setup, tiny_model_dir, data_dir, tmp_path):
     _, _, adapter, names, api, _ = door_setup
     export = tmp_path / "onnx"
-    assert main(["export-onnx", str(export), "--model_name_or_path", str(tiny_model_dir), "--adapter",
-                 str(adapter)]) == 0
+    assert (
+        main(["export-onnx", str(export), "--model_name_or_path", str(tiny_model_dir), "--adapter", str(adapter)]) == 0
+    )
     topk = tmp_path / "topk.csv"
-    assert main(["retrieve", "--model_name_or_path", str(export), "--backend", "onnx", "--data_dir", str(data_dir),
-                 "--device", "cpu", "--cache_dir", "", "--topk_output", str(topk), "--top_k", str(len(names))]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                "--model_name_or_path",
+                str(export),
+                "--backend",
+                "onnx",
+                "--data_dir",
+                str(data_dir),
+                "--device",
+                "cpu",
+                "--cache_dir",
+                "",
+                "--topk_output",
+                str(topk),
+                "--top_k",
+                str(len(names)),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(_topk_matrix(topk, names), api, atol=1e-4)
 
 
 def test_report_equals_the_api(door_setup, tiny_model_dir, data_dir, tmp_path):
     _, _, adapter, names, api, _ = door_setup
     page = tmp_path / "report.html"
-    assert main(["report", *_common(tiny_model_dir, adapter, data_dir), "--split", "test", "--output", str(page),
-                 "--top_k", str(len(names)), "--max_queries", str(len(TITLES))]) == 0
+    assert (
+        main(
+            [
+                "report",
+                *_common(tiny_model_dir, adapter, data_dir),
+                "--split",
+                "test",
+                "--output",
+                str(page),
+                "--top_k",
+                str(len(names)),
+                "--max_queries",
+                str(len(TITLES)),
+            ]
+        )
+        == 0
+    )
     text = page.read_text(encoding="utf-8")
     expected_ranks = _ranks_of(api, names, data_dir)
-    for block in re.findall(r'<div class="query" data-query="(\d+)">(.*?)</div></div>(?=<div class="query"|\s*<)',
-                            text, flags=re.S):
+    for block in re.findall(
+        r'<div class="query" data-query="(\d+)">(.*?)</div></div>(?=<div class="query"|\s*<)', text, flags=re.S
+    ):
         q = int(block[0])
         assert html_lib.unescape(re.search(r'<div class="title">(.*?)</div>', block[1]).group(1)) == TITLES[q]
         rank = int(re.search(r"rank under tuned: <b>(\d+)</b>", block[1]).group(1))
@@ -188,8 +248,12 @@ def test_service_get_and_post_equal_the_api(door_setup, tiny_model_dir, data_dir
     server = start_server(tmp, _common(tiny_model_dir, adapter, data_dir))
     try:
         k = len(names)
-        status, body = http("POST", server.url + "/search", json.dumps({"queries": TITLES, "k": k}).encode(),
-                            {"Content-Type": "application/json"})
+        status, body = http(
+            "POST",
+            server.url + "/search",
+            json.dumps({"queries": TITLES, "k": k}).encode(),
+            {"Content-Type": "application/json"},
+        )
         assert status == 200, body
         posted = json.loads(body)["results"]
         for q, title in enumerate(TITLES):
@@ -202,8 +266,9 @@ def test_service_get_and_post_equal_the_api(door_setup, tiny_model_dir, data_dir
                 for hit in result["results"]:
                     row[names.index(hit["path"])] = hit["score"]
                 np.testing.assert_allclose(row, api[q], atol=2e-5)
-        long_title = json.loads(http("GET", server.url + "/search?" + urllib.parse.urlencode(
-            {"q": TITLES[3], "k": 1}))[1])
+        long_title = json.loads(
+            http("GET", server.url + "/search?" + urllib.parse.urlencode({"q": TITLES[3], "k": 1}))[1]
+        )
         assert long_title["truncated"] is True
         query = urllib.parse.urlencode({"q": TITLES[2], "k": 1})
         special = json.loads(http("GET", server.url + "/search?" + query)[1])

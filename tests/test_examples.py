@@ -7,8 +7,7 @@ from pathlib import Path
 
 from transformers.integrations import get_available_reporting_integrations
 
-from cnclip_lora.commands.train import parse_train_args
-from cnclip_lora.commands.train import train_from_argv
+from cnclip_lora.commands.train import parse_train_args, train_from_argv
 
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "vit-h14-seed-recipe.yaml"
 
@@ -16,10 +15,35 @@ RECIPE = Path(__file__).resolve().parents[1] / "examples" / "vit-h14-seed-recipe
 def test_seed_recipe_trains_on_cpu_with_a_tiny_model(tiny_model_dir, demo_dir, tmp_path, caplog):
     # Only the model, data, device and size of the run change; report_to, persistent workers,
     # eval/save strategies and load_best_model_at_end stay as shipped.
-    argv = [str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
-            "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false", "--torch_compile", "false",
-            "--val_size", "8", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-            "--per_device_eval_batch_size", "8", "--dataloader_num_workers", "0", "--lora_r", "4", "--lora_alpha", "8"]
+    argv = [
+        str(RECIPE),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(demo_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "true",
+        "--bf16",
+        "false",
+        "--torch_compile",
+        "false",
+        "--val_size",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--dataloader_num_workers",
+        "0",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
     with caplog.at_level(logging.INFO):
         result = train_from_argv(argv)
     assert (result.output_dir / "adapter_model.safetensors").is_file()
@@ -29,17 +53,40 @@ def test_seed_recipe_trains_on_cpu_with_a_tiny_model(tiny_model_dir, demo_dir, t
 
 
 def test_persistent_workers_only_with_workers(tmp_path):
-    args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
-                             "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "true"])[3]
+    args = parse_train_args(
+        [
+            "--model_name_or_path",
+            "m",
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--dataloader_num_workers",
+            "0",
+            "--dataloader_persistent_workers",
+            "true",
+        ]
+    )[3]
     assert args.dataloader_persistent_workers is False
-    args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
-                             "--dataloader_num_workers", "2"])[3]
+    args = parse_train_args(
+        [
+            "--model_name_or_path",
+            "m",
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--dataloader_num_workers",
+            "2",
+        ]
+    )[3]
     assert args.dataloader_persistent_workers is True
 
 
 def test_missing_report_backend_is_dropped_before_any_model_loads(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        args = parse_train_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true",
-                                 "--report_to", "wandb"])[3]
+        args = parse_train_args(
+            ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "wandb"]
+        )[3]
     if "wandb" not in get_available_reporting_integrations():
         assert "wandb" not in args.report_to and "not installed" in caplog.text

@@ -21,11 +21,11 @@ from cnclip_lora.errors import CnClipLoraError, DataError
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # Text that looks like a CSV: separators, quotes, line breaks, Chinese, full-width forms, controls.
-csv_alphabet = st.sampled_from(list('\t,"\n\r \'\\/.ab01titlepath云思木想ＸＬ２０，\x00\x0b\u200b\ufeff\u3000é'))
+csv_alphabet = st.sampled_from(list("\t,\"\n\r '\\/.ab01titlepath云思木想ＸＬ２０，\x00\x0b\u200b\ufeff\u3000é"))
 csv_text = st.text(csv_alphabet, max_size=200)
-header_then_text = st.tuples(st.sampled_from(["title\tpath\n", "title,path\n", "title\n", "path\n", ""]), csv_text).map(
-    "".join
-)
+header_then_text = st.tuples(
+    st.sampled_from(["title\tpath\n", "title,path\n", "title\n", "path\n", ""]), csv_text
+).map("".join)
 encoded = st.tuples(header_then_text, st.sampled_from(["utf-8", "utf-8-sig", "gb18030", "utf-16"])).map(
     lambda pair: pair[0].encode(pair[1], errors="replace")
 )
@@ -74,10 +74,23 @@ def fuzz_root(tmp_path_factory) -> Path:
 
 # Mostly well-formed training files, so the success path is exercised too: random titles (any
 # Unicode), real or broken image names, the odd stray separator.
-_names = st.sampled_from(["train_000.jpg", "train_001.jpg", "train_002.jpg", "gal_000.jpg", "image/train_003.jpg",
-                          "missing.jpg", "../x.jpg", "", " train_001.jpg "])
+_names = st.sampled_from(
+    [
+        "train_000.jpg",
+        "train_001.jpg",
+        "train_002.jpg",
+        "gal_000.jpg",
+        "image/train_003.jpg",
+        "missing.jpg",
+        "../x.jpg",
+        "",
+        " train_001.jpg ",
+    ]
+)
 _valid = st.sampled_from(["train_000.jpg", "train_001.jpg", "train_002.jpg"])
-_title = st.one_of(st.text(max_size=30), st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x4E40), min_size=1))
+_title = st.one_of(
+    st.text(max_size=30), st.text(st.characters(min_codepoint=0x4E00, max_codepoint=0x4E40), min_size=1)
+)
 _row = st.tuples(_title, st.one_of(_valid, _names)).map(lambda r: f"{r[0]}\t{r[1]}")
 plausible_train = st.tuples(
     st.lists(_row, max_size=8), st.sampled_from(["utf-8", "utf-8-sig", "gb18030"]), st.sampled_from(["\n", "\r\n"])
@@ -104,7 +117,9 @@ def test_load_competition_data_on_random_train_csv(fuzz_root, raw, skip):
 @FUZZ
 @given(raw=any_bytes)
 def test_load_competition_data_on_random_query_csv(fuzz_root, raw):
-    (fuzz_root / "train.csv").write_text("title\tpath\n红色T恤\ttrain_000.jpg\n蓝色T恤\ttrain_001.jpg\n", encoding="utf-8")
+    (fuzz_root / "train.csv").write_text(
+        "title\tpath\n红色T恤\ttrain_000.jpg\n蓝色T恤\ttrain_001.jpg\n", encoding="utf-8"
+    )
     (fuzz_root / "test_query.csv").write_bytes(raw)
     try:
         data = load_competition_data(fuzz_root, val_size=0, check_images=False)

@@ -18,8 +18,6 @@ import pytest
 from fake_hub import fake_hub  # noqa: F401 - a fixture, used by name
 from huggingface_hub import ModelCard
 
-from cnclip_lora.commands import main
-from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.adapter.hub import (
     ADAPTER_FILES,
     check_adapter_dir,
@@ -27,6 +25,8 @@ from cnclip_lora.adapter.hub import (
     resolve_adapter,
 )
 from cnclip_lora.adapter.model_card import build_model_card, summarize_lora_weights, write_model_card
+from cnclip_lora.commands import main
+from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 
 HUB_BASE = "OFA-Sys/chinese-clip-vit-base-patch16"
 TEXT_TARGETS = ("query", "key", "value")
@@ -102,8 +102,18 @@ def make_light_run(
         {
             "format_version": 1,
             "base_model": base,
-            "preprocessing": {"max_length": 52, "train_flip": "always", "inference_flip": True, "exif_transpose": True},
-            "data": {"data_dir": "/home/someone/private/xfdata", "n_train": 4500, "n_val": 500, "val_gallery_size": 500},
+            "preprocessing": {
+                "max_length": 52,
+                "train_flip": "always",
+                "inference_flip": True,
+                "exif_transpose": True,
+            },
+            "data": {
+                "data_dir": "/home/someone/private/xfdata",
+                "n_train": 4500,
+                "n_val": 500,
+                "val_gallery_size": 500,
+            },
             "lora": {"r": 4, "alpha": 8, "dropout": 0.05, "targets": list(TEXT_TARGETS + VISION_TARGETS)},
         },
     )
@@ -389,7 +399,9 @@ def test_hub_resolve_refuses_pickled_only_repo(tmp_path, fake_hub):
         ],
         commit_message="pickled adapter",
     )
-    with pytest.raises(UnsafeArtifactError, match=r"'user/pickled' has no adapter_model\.safetensors.*adapter_model\.bin"):
+    with pytest.raises(
+        UnsafeArtifactError, match=r"'user/pickled' has no adapter_model\.safetensors.*adapter_model\.bin"
+    ):
         resolve_adapter("user/pickled")
     downloaded = [p for p in Path(tmp_path / "hf_home").rglob("adapter_model.bin")]
     assert downloaded == []  # the pickle was never fetched
@@ -441,7 +453,12 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
         {
             "format_version": 1,
             "base_model": str(tiny_model_dir),
-            "preprocessing": {"max_length": 16, "train_flip": "always", "inference_flip": True, "exif_transpose": True},
+            "preprocessing": {
+                "max_length": 16,
+                "train_flip": "always",
+                "inference_flip": True,
+                "exif_transpose": True,
+            },
             "data": {"data_dir": str(root / "xfdata"), "n_train": 8, "n_val": 4, "val_gallery_size": 4},
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": list(TEXT_TARGETS + VISION_TARGETS)},
         },
@@ -541,16 +558,27 @@ def test_push_to_hub_at_the_end_of_training_uploads_only_the_adapter_set(tmp_pat
 
     out = tmp_path / "run"
     argv = []
-    for key, value in {"model_name_or_path": tiny_model_dir, "data_dir": demo_dir, "output_dir": out,
-                       "max_steps": 2, "per_device_train_batch_size": 8, "lora_r": 4, "lora_alpha": 8,
-                       "use_cpu": "true", "save_strategy": "steps", "save_steps": 1, "report_to": "none",
-                       "push_to_hub": "true", "hub_model_id": "user/trained-adapter"}.items():
+    for key, value in {
+        "model_name_or_path": tiny_model_dir,
+        "data_dir": demo_dir,
+        "output_dir": out,
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "use_cpu": "true",
+        "save_strategy": "steps",
+        "save_steps": 1,
+        "report_to": "none",
+        "push_to_hub": "true",
+        "hub_model_id": "user/trained-adapter",
+    }.items():
         argv += [f"--{key}", str(value)]
     result = train_from_argv(argv)
 
     assert result.pushed_to and "user/trained-adapter" in result.pushed_to
     assert (out / "checkpoint-2").is_dir()  # checkpoints exist locally...
-    (commit,) = fake_hub.commits            # ...but exactly one commit was pushed, at the end
+    (commit,) = fake_hub.commits  # ...but exactly one commit was pushed, at the end
     files = set(fake_hub.files("user/trained-adapter"))
     assert {"adapter_model.safetensors", "adapter_config.json", "cnclip_lora.json", "README.md"} <= files
     assert not any(name.startswith("checkpoint-") or name.endswith((".bin", ".pt", ".pth")) for name in files)

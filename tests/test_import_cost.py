@@ -16,10 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers")
 
-_REPORT = "print(json.dumps(sorted(m for m in %r if m in sys.modules)))" % (HEAVY,)
+_REPORT = f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
 
 #: Runs ``cnclip-lora ARGV`` (given as JSON in sys.argv[1]); prints the exit status, then the heavy modules.
-_CLI = """
+_CLI = (
+    """
 import contextlib, io, json, sys
 from cnclip_lora.commands import main
 with contextlib.redirect_stdout(io.StringIO()):
@@ -28,7 +29,9 @@ with contextlib.redirect_stdout(io.StringIO()):
     except SystemExit as exit_:  # argparse, after --help
         status = exit_.code
 print(status)
-""" + _REPORT
+"""
+    + _REPORT
+)
 
 
 def _python(code: str, *args: str, cwd: Path = ROOT) -> list[str]:
@@ -60,8 +63,19 @@ def test_light_commands_help_is_light(command):
 
 def test_make_demo_data_then_check_data_never_import_torch(tmp_path):
     data = tmp_path / "data"
-    made = _cli("make-demo-data", str(data), "--n_train", "20", "--n_queries", "5", "--n_distractors", "5",
-                "--image_size", "32", cwd=tmp_path)  # fmt: skip
+    made = _cli(
+        "make-demo-data",
+        str(data),
+        "--n_train",
+        "20",
+        "--n_queries",
+        "5",
+        "--n_distractors",
+        "5",
+        "--image_size",
+        "32",
+        cwd=tmp_path,
+    )
     assert made == (0, [])
     assert (data / "train.csv").is_file()
     assert _cli("check-data", str(data), cwd=tmp_path) == (0, [])

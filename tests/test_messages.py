@@ -7,15 +7,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from fake_hub import fake_hub  # noqa: F401  (fixture)
+from test_hub import make_light_run
 
+from cnclip_lora.adapter.hub import resolve_adapter
 from cnclip_lora.commands import main
 from cnclip_lora.data import check_data, load_competition_data
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
-from cnclip_lora.adapter.hub import resolve_adapter
 from cnclip_lora.utils.sources import check_source
-
-from fake_hub import fake_hub  # noqa: F401  (fixture)
-from test_hub import make_light_run
 
 
 def _dead_port() -> int:
@@ -41,13 +40,16 @@ def _stderr_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
 
-def test_model_path_typo_names_the_nearest_folder_in_one_line(tmp_path, tiny_model_dir, demo_dir, capsys,
-                                                              monkeypatch, no_hub):
+def test_model_path_typo_names_the_nearest_folder_in_one_line(
+    tmp_path, tiny_model_dir, demo_dir, capsys, monkeypatch, no_hub
+):
     work = tmp_path / "demo_output"
     shutil.copytree(tiny_model_dir, work / "tiny-model")
     monkeypatch.chdir(tmp_path)
-    for typo, guess in (("demo_output/tiny-modle", "demo_output/tiny-model"),
-                        (str(work / "tiny-modle"), str(work / "tiny-model"))):
+    for typo, guess in (
+        ("demo_output/tiny-modle", "demo_output/tiny-model"),
+        (str(work / "tiny-modle"), str(work / "tiny-model")),
+    ):
         code = main(["evaluate", "--model_name_or_path", typo, "--data_dir", str(demo_dir)])
         lines = _stderr_lines(capsys)
         assert code == 2
@@ -61,8 +63,19 @@ def test_adapter_path_typo_is_folder_not_found_not_a_hub_error(tmp_path, tiny_mo
     assert resolve_adapter(str(run)) == run
     with pytest.raises(ConfigError, match=r"adapter folder not found; did you mean '.*runs/adapter'"):
         resolve_adapter(str(tmp_path / "runs" / "adaptr"))
-    code = main(["retrieve", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(tmp_path / "runs" / "adaptr"),
-                 "--data_dir", str(demo_dir), "--output", str(tmp_path / "submit.csv")])
+    code = main(
+        [
+            "retrieve",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tmp_path / "runs" / "adaptr"),
+            "--data_dir",
+            str(demo_dir),
+            "--output",
+            str(tmp_path / "submit.csv"),
+        ]
+    )
     lines = _stderr_lines(capsys)
     assert code == 2 and len(lines) == 1 and "--adapter" in lines[0] and "cache" not in lines[0]
     assert not (tmp_path / "submit.csv").exists()
@@ -76,7 +89,9 @@ def test_relative_path_without_close_match_lists_the_folder(tmp_path, monkeypatc
 
 
 def test_hub_id_offline_and_not_cached_is_one_line(tmp_path, demo_dir, capsys, no_hub):
-    code = main(["evaluate", "--model_name_or_path", "OFA-Sys/chinese-clip-vit-base-patch16", "--data_dir", str(demo_dir)])
+    code = main(
+        ["evaluate", "--model_name_or_path", "OFA-Sys/chinese-clip-vit-base-patch16", "--data_dir", str(demo_dir)]
+    )
     lines = _stderr_lines(capsys)
     assert code == 2 and len(lines) == 1, lines
     assert "not in the local cache" in lines[0] and "cannot be reached" in lines[0]
@@ -134,9 +149,15 @@ def test_cli_prints_a_data_error_once(tmp_path, make_dataset_dir, tiny_model_dir
 
 def test_quoted_line_break_in_a_title_says_to_remove_it(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path)
-    (root / "train.csv").write_text('title\tpath\n"好看的\n连衣裙"\ttrain_000.jpg\n好\ttrain_001.jpg\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"line 2: a quoted field holds a line break \(lines 2-3\).*replace the line break") as err:
+    (root / "train.csv").write_text(
+        'title\tpath\n"好看的\n连衣裙"\ttrain_000.jpg\n好\ttrain_001.jpg\n', encoding="utf-8"
+    )
+    with pytest.raises(
+        DataError, match=r"line 2: a quoted field holds a line break \(lines 2-3\).*replace the line break"
+    ) as err:
         load_competition_data(root)
     assert "unmatched" not in str(err.value)
     (root / "test_query.csv").write_text('title\n"查询\n一"\n查询二\n查询三\n', encoding="utf-8")
-    assert any("test_query.csv, line 2: a quoted field holds a line break" in str(p) for p in check_data(root).problems)
+    assert any(
+        "test_query.csv, line 2: a quoted field holds a line break" in str(p) for p in check_data(root).problems
+    )

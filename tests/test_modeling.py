@@ -10,6 +10,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from transformers import BertConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
+from cnclip_lora.demo.tiny_model import make_tiny_model
 from cnclip_lora.errors import ConfigError, UnsafeArtifactError
 from cnclip_lora.modeling import (
     apply_lora,
@@ -22,7 +23,6 @@ from cnclip_lora.modeling import (
     resolve_lora_targets,
     trainable_parameters_by_tower,
 )
-from cnclip_lora.demo.tiny_model import make_tiny_model
 
 SIZE = 32
 TYPO = "vision_model.emcoder.layers.0.self_attn.q_proj"
@@ -91,7 +91,9 @@ def test_pickled_only_folder_is_refused(tiny_dir, tmp_path):
 
 
 def test_non_chinese_clip_checkpoint_is_refused(tmp_path):
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ConfigError, match="'bert' model, not 'chinese_clip'"):
         load_model_and_processor(str(tmp_path))
 
@@ -104,23 +106,30 @@ def test_default_targets_cover_qkv_of_both_towers(model):
     modules = dict(model.named_modules())
     assert all(isinstance(modules[t], torch.nn.Linear) for t in targets)
     assert len([t for t in targets if t.startswith("text_model.")]) == 3 * model.config.text_config.num_hidden_layers
-    assert len([t for t in targets if t.startswith("vision_model.")]) == 3 * model.config.vision_config.num_hidden_layers
+    assert (
+        len([t for t in targets if t.startswith("vision_model.")]) == 3 * model.config.vision_config.num_hidden_layers
+    )
     assert len(targets) == len(set(targets)) == 12
 
 
 def test_misspelled_target_fails_naming_it(model):
     targets = default_lora_targets(model.config)
     targets[targets.index("vision_model.encoder.layers.0.self_attn.q_proj")] = TYPO
-    with pytest.raises(ConfigError, match=r"1 of 12 entries match no nn\.Linear module: "
-                                          r"'vision_model\.emcoder\.layers\.0\.self_attn\.q_proj' "
-                                          r"\(did you mean 'vision_model\.encoder\.layers\.0\.self_attn\.q_proj'"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"1 of 12 entries match no nn\.Linear module: "
+        r"'vision_model\.emcoder\.layers\.0\.self_attn\.q_proj' "
+        r"\(did you mean 'vision_model\.encoder\.layers\.0\.self_attn\.q_proj'",
+    ):
         apply_lora(model, r=4, alpha=8, targets=targets)
     # Refused before anything was wrapped.
     assert not any(isinstance(m, LoraLayer) for m in model.modules())
 
 
 def test_every_unmatched_entry_is_reported(model):
-    with pytest.raises(ConfigError, match=r"2 of 3 entries .*'q_prj' \(did you mean 'q_proj'.*\); 'self_attn'\. An entry"):
+    with pytest.raises(
+        ConfigError, match=r"2 of 3 entries .*'q_prj' \(did you mean 'q_proj'.*\); 'self_attn'\. An entry"
+    ):
         apply_lora(model, targets="query, q_prj, self_attn")
 
 
@@ -151,9 +160,13 @@ def test_text_only_targets_leave_vision_without_adapters(model):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"r": 0}, "lora r must be a positive integer"), ({"alpha": -1}, "lora alpha must be positive"),
-     ({"dropout": 1.0}, r"lora dropout must be in \[0, 1\)"), ({"targets": " , "}, "the list is empty")],
-)  # fmt: skip
+    [
+        ({"r": 0}, "lora r must be a positive integer"),
+        ({"alpha": -1}, "lora alpha must be positive"),
+        ({"dropout": 1.0}, r"lora dropout must be in \[0, 1\)"),
+        ({"targets": " , "}, "the list is empty"),
+    ],
+)
 def test_bad_lora_options_are_refused(model, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         apply_lora(model, **kwargs)
@@ -283,8 +296,8 @@ def test_wrapping_and_loading_adapters_raise_no_deprecation_noise(tiny_model_dir
 
     from transformers import ChineseCLIPModel
 
-    from cnclip_lora.modeling import apply_lora
     from cnclip_lora.inference.model import RetrievalModel
+    from cnclip_lora.modeling import apply_lora
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)

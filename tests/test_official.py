@@ -17,12 +17,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from official_ref import SHARED_VOCAB, child_env, reference_available, run_reference
 from PIL import Image
 
-from official_ref import SHARED_VOCAB, child_env, reference_available, run_reference
-
-from cnclip_lora.inputs.images import decode_resized, pixel_values_from_uint8, preprocess_images
 from cnclip_lora.adapter.record import Preprocessing, RunRecord
+from cnclip_lora.inputs.images import decode_resized, pixel_values_from_uint8, preprocess_images
 from cnclip_lora.inputs.text import tokenize_titles
 
 _missing = reference_available() or (None if SHARED_VOCAB.is_file() else f"{SHARED_VOCAB} is missing")
@@ -44,8 +43,17 @@ TITLES = [
 
 def _random_titles(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    pools = [(0x20, 0x7E), (0x4E00, 0x9FFF), (0xFF01, 0xFF5E), (0x3000, 0x303F), (0x2000, 0x206F), (0x1F300, 0x1F64F),
-             (0x00A0, 0x017F), (0x0000, 0x001F), (0x2460, 0x24FF)]
+    pools = [
+        (0x20, 0x7E),
+        (0x4E00, 0x9FFF),
+        (0xFF01, 0xFF5E),
+        (0x3000, 0x303F),
+        (0x2000, 0x206F),
+        (0x1F300, 0x1F64F),
+        (0x00A0, 0x017F),
+        (0x0000, 0x001F),
+        (0x2460, 0x24FF),
+    ]
     out = []
     for _ in range(n):
         chars = []
@@ -102,23 +110,33 @@ def _images(root) -> list[str]:
 
 
 def test_pixels_equal_official_image_transform(tmp_path, tiny_model_dir):
+    from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
+
     from cnclip_lora.convert import _CLIP_MEAN, _CLIP_STD
     from cnclip_lora.training.pixel_cache import build_pixel_cache
-    from transformers.models.chinese_clip.image_processing_pil_chinese_clip import ChineseCLIPImageProcessorPil
 
     paths = _images(tmp_path)
     ref = run_reference({"op": "pixels", "paths": paths, "size": 224}, tmp_path)["pixel_values"]
     # The released checkpoints' preprocessor_config.json (convert-original writes the same).
-    processor = ChineseCLIPImageProcessorPil(size={"height": 224, "width": 224}, do_center_crop=False, resample=3,
-                                             crop_size={"height": 224, "width": 224}, image_mean=_CLIP_MEAN,
-                                             image_std=_CLIP_STD)
+    processor = ChineseCLIPImageProcessorPil(
+        size={"height": 224, "width": 224},
+        do_center_crop=False,
+        resample=3,
+        crop_size={"height": 224, "width": 224},
+        image_mean=_CLIP_MEAN,
+        image_std=_CLIP_STD,
+    )
     direct = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")["pixel_values"]
     ours = preprocess_images(paths, processor)  # the default path (fast uint8 route for squash processors)
     fast = pixel_values_from_uint8(decode_resized(paths, processor), [False] * len(paths), processor)
     cache = build_pixel_cache(tmp_path, [p.rsplit("/", 1)[1] for p in paths], processor, cache_dir=tmp_path / "c")
     cached = pixel_values_from_uint8(cache.get([p.rsplit("/", 1)[1] for p in paths]), [False] * len(paths), processor)
-    for name, got in (("processor", direct), ("preprocess_images", ours), ("collator fast path", fast),
-                      ("pixel cache", cached)):
+    for name, got in (
+        ("processor", direct),
+        ("preprocess_images", ours),
+        ("collator fast path", fast),
+        ("pixel cache", cached),
+    ):
         assert (got - ref).abs().max() < 1e-5, name
     # --fast_decode departs from it (measured for the README), and only for large JPEGs.
     drafted = preprocess_images(paths, processor, draft=True)
@@ -130,17 +148,34 @@ def test_converted_official_model_gives_official_embeddings(tmp_path):
     from cnclip_lora.inference.model import RetrievalModel
     from cnclip_lora.modeling import load_model_and_processor
 
-    info = {"embed_dim": 32, "image_resolution": 64, "vision_layers": 2, "vision_width": 64, "vision_head_width": 32,
-            "vision_patch_size": 16, "vocab_size": 21128, "text_attention_probs_dropout_prob": 0.1,
-            "text_hidden_act": "gelu", "text_hidden_dropout_prob": 0.1, "text_hidden_size": 64,
-            "text_initializer_range": 0.02, "text_intermediate_size": 128, "text_max_position_embeddings": 64,
-            "text_num_attention_heads": 2, "text_num_hidden_layers": 2, "text_type_vocab_size": 2}
+    info = {
+        "embed_dim": 32,
+        "image_resolution": 64,
+        "vision_layers": 2,
+        "vision_width": 64,
+        "vision_head_width": 32,
+        "vision_patch_size": 16,
+        "vocab_size": 21128,
+        "text_attention_probs_dropout_prob": 0.1,
+        "text_hidden_act": "gelu",
+        "text_hidden_dropout_prob": 0.1,
+        "text_hidden_size": 64,
+        "text_initializer_range": 0.02,
+        "text_intermediate_size": 128,
+        "text_max_position_embeddings": 64,
+        "text_num_attention_heads": 2,
+        "text_num_hidden_layers": 2,
+        "text_type_vocab_size": 2,
+    }
     paths = _images(tmp_path)
     ckpt = tmp_path / "epoch_latest.pt"
-    ref = run_reference({"op": "embed", "model_info": info, "ckpt": str(ckpt), "texts": TITLES, "paths": paths},
-                        tmp_path)
+    ref = run_reference(
+        {"op": "embed", "model_info": info, "ckpt": str(ckpt), "texts": TITLES, "paths": paths}, tmp_path
+    )
     out = convert_original(ckpt, tmp_path / "hf", model_info=info, vocab=SHARED_VOCAB)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt"} <= {
+        p.name for p in out.iterdir()
+    }
     model, processor = load_model_and_processor(str(out))
     encoder = RetrievalModel(model, processor, Preprocessing(max_length=52))
     text = encoder.encode_texts(TITLES)
@@ -161,9 +196,25 @@ class NotATensor:
 def test_convert_original_refuses_pickles_without_traceback(tmp_path):
     bad = tmp_path / "pickled.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "cfg": NotATensor()}, bad)
-    proc = subprocess.run([sys.executable, "-m", "cnclip_lora", "convert-original", str(bad), str(tmp_path / "o"),
-                           "--vision_model", "ViT-B-16", "--text_model", "RoBERTa-wwm-ext-base-chinese",
-                           "--vocab", str(SHARED_VOCAB)], capture_output=True, text=True, env=child_env(False))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnclip_lora",
+            "convert-original",
+            str(bad),
+            str(tmp_path / "o"),
+            "--vision_model",
+            "ViT-B-16",
+            "--text_model",
+            "RoBERTa-wwm-ext-base-chinese",
+            "--vocab",
+            str(SHARED_VOCAB),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(False),
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "weights_only" in proc.stderr and str(bad) in proc.stderr
     assert not (tmp_path / "o").exists()
@@ -182,8 +233,16 @@ def test_retrieval_pixels_equal_training_with_torchvision_importable(tmp_path, t
     apply_lora(model, r=2, alpha=4).save_pretrained(adapter)
     processor.save_pretrained(adapter)
     RunRecord(Preprocessing(train_flip="none")).save(adapter)
-    meta = run_reference({"op": "backend_probe", "model": str(tiny_model_dir), "adapter": str(adapter),
-                          "image_dir": str(tmp_path), "names": [p.rsplit("/", 1)[1] for p in paths]}, tmp_path)["meta"]
+    meta = run_reference(
+        {
+            "op": "backend_probe",
+            "model": str(tiny_model_dir),
+            "adapter": str(adapter),
+            "image_dir": str(tmp_path),
+            "names": [p.rsplit("/", 1)[1] for p in paths],
+        },
+        tmp_path,
+    )["meta"]
     assert meta["plain_backend"] == "torchvision", json.dumps(meta)  # the simulation really has torchvision
     assert meta["train_backend"] == meta["base_backend"] == meta["adapter_backend"] == "pil", json.dumps(meta)
     assert meta["base_max_diff"] == 0 and meta["adapter_max_diff"] == 0, json.dumps(meta)

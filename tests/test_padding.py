@@ -7,15 +7,21 @@ import pytest
 import torch
 from transformers import AutoProcessor, HfArgumentParser
 
-from cnclip_lora.inputs.collate import ImageTextCollator
-from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.config import CnClipTrainingArguments, DataArguments
 from cnclip_lora.inference.model import RetrievalModel
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.training.run import static_title_padding
 
-TITLES = ["裙", "红色条纹T恤", "纯棉圆领短袖上衣", "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723",
-          "夏季" * 40, "ab"]
+TITLES = [
+    "裙",
+    "红色条纹T恤",
+    "纯棉圆领短袖上衣",
+    "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723",
+    "夏季" * 40,
+    "ab",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,9 @@ def test_collator_pads_per_batch_or_to_max_length_with_and_without_memo(processo
     rows = pd.read_csv(demo_dir / "train.csv", sep="\t").head(5).to_dict("records")
     for memo in (0, 1024):
         dyn = ImageTextCollator(processor, demo_dir / "image", flip="none", max_memo_titles=memo)
-        fixed = ImageTextCollator(processor, demo_dir / "image", flip="none", max_memo_titles=memo,
-                                  pad_to_max_length=True)
+        fixed = ImageTextCollator(
+            processor, demo_dir / "image", flip="none", max_memo_titles=memo, pad_to_max_length=True
+        )
         for _ in range(2):  # the second call is served by the memo
             a, b = dyn(rows), fixed(rows)
             width = a["input_ids"].shape[1]

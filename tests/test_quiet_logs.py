@@ -15,8 +15,9 @@ _PROGRESS = re.compile(r"\d+%\||it/s|s/it|examples/s")
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="default")  # show every warning once per place
-    return subprocess.run([sys.executable, "-m", "cnclip_lora", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "cnclip_lora", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+    )
 
 
 def _lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -38,10 +39,31 @@ def _assert_quiet(proc: subprocess.CompletedProcess) -> list[str]:
 
 def test_train_and_retrieve_print_each_line_once(tmp_path, tiny_model_dir, demo_dir):
     out = tmp_path / "run"
-    train = _run("train", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
-                 "--output_dir", str(out), "--use_cpu", "true", "--max_steps", "2",
-                 "--per_device_train_batch_size", "8", "--lora_r", "4", "--save_strategy", "no",
-                 "--logging_steps", "1", "--eval_strategy", "no", "--dataloader_num_workers", "0")
+    train = _run(
+        "train",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(demo_dir),
+        "--output_dir",
+        str(out),
+        "--use_cpu",
+        "true",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--lora_r",
+        "4",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--dataloader_num_workers",
+        "0",
+    )
     lines = _assert_quiet(train)
     assert sum("eval_t2i_MR" in line for line in lines) == 1, lines  # end-of-training metrics once
     assert sum("train_runtime" in line for line in lines) == 1, lines
@@ -50,15 +72,43 @@ def test_train_and_retrieve_print_each_line_once(tmp_path, tiny_model_dir, demo_
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "cnclip-lora" in card and "More Information Needed" not in card  # the package's card, not peft's
 
-    retrieve = _run("retrieve", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(out),
-                    "--data_dir", str(demo_dir), "--output", str(tmp_path / "submit.csv"), "--device", "cpu",
-                    "--use_faiss", "true", "--cache_dir", "")
+    retrieve = _run(
+        "retrieve",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--adapter",
+        str(out),
+        "--data_dir",
+        str(demo_dir),
+        "--output",
+        str(tmp_path / "submit.csv"),
+        "--device",
+        "cpu",
+        "--use_faiss",
+        "true",
+        "--cache_dir",
+        "",
+    )
     lines = _assert_quiet(retrieve)
     assert sum("submission written" in line for line in lines) == 1
 
-    quiet = _run("retrieve", "--log_level", "warning", "--model_name_or_path", str(tiny_model_dir), "--adapter",
-                 str(out), "--data_dir", str(demo_dir), "--output", str(tmp_path / "submit2.csv"), "--device", "cpu",
-                 "--cache_dir", "")
+    quiet = _run(
+        "retrieve",
+        "--log_level",
+        "warning",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--adapter",
+        str(out),
+        "--data_dir",
+        str(demo_dir),
+        "--output",
+        str(tmp_path / "submit2.csv"),
+        "--device",
+        "cpu",
+        "--cache_dir",
+        "",
+    )
     assert quiet.returncode == 0 and not any(line.startswith("INFO ") for line in _lines(quiet))
     assert (tmp_path / "submit2.csv").read_bytes() == (tmp_path / "submit.csv").read_bytes()
 
@@ -71,8 +121,14 @@ def test_replica_processes_log_warnings_only(tmp_path):
         "logging.getLogger('cnclip_lora.x').info('hidden'); logging.getLogger('cnclip_lora.x').warning('shown')\n"
         "import transformers; transformers.utils.logging.get_logger('transformers.y').warning('lib')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["WARNING cnclip_lora.x: shown", "WARNING transformers.y: lib"], lines

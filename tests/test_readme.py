@@ -59,8 +59,11 @@ def test_every_readme_command_and_flag_exists(capsys):
                 helps[verb] = _help(verb, capsys)
             for word in words[1:]:
                 flag = word.split("=", 1)[0].strip("[]")
-                if flag.startswith("--") and flag not in ("--help", "--log_level") and \
-                        not re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", helps[verb]):
+                if (
+                    flag.startswith("--")
+                    and flag not in ("--help", "--log_level")
+                    and not re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", helps[verb])
+                ):
                     missing.append(f"{verb} {flag}")
     assert not missing, missing
 

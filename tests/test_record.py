@@ -20,17 +20,41 @@ from cnclip_lora.adapter.record import (
 # A record exactly as training wrote it before the record was typed (format 1, every section).
 PREVIOUS_RECORD = {
     "format_version": 1,
-    "preprocessing": {"max_length": 40, "train_flip": "always", "exif_transpose": True, "draft": True,
-                      "title_normalization": "official", "inference_flip": True},
+    "preprocessing": {
+        "max_length": 40,
+        "train_flip": "always",
+        "exif_transpose": True,
+        "draft": True,
+        "title_normalization": "official",
+        "inference_flip": True,
+    },
     "base_model": "OFA-Sys/chinese-clip-vit-base-patch16",
-    "base_identity": {"name": "OFA-Sys/chinese-clip-vit-base-patch16", "revision": None, "hub_commit": "abc",
-                      "architecture": {"model_type": "chinese_clip", "vision.image_size": 224},
-                      "vocab_sha256": "0" * 64, "weights": {"logit_scale": {"shape": [], "values": [4.6]}}},
-    "data": {"data_dir": "/data/xfdata", "n_train": 4500, "n_val": 500, "val_gallery_size": 500, "skipped_rows": 2,
-             "truncated_titles": 7, "title_padding": "longest, multiple of 8", "pixel_cache": False},
+    "base_identity": {
+        "name": "OFA-Sys/chinese-clip-vit-base-patch16",
+        "revision": None,
+        "hub_commit": "abc",
+        "architecture": {"model_type": "chinese_clip", "vision.image_size": 224},
+        "vocab_sha256": "0" * 64,
+        "weights": {"logit_scale": {"shape": [], "values": [4.6]}},
+    },
+    "data": {
+        "data_dir": "/data/xfdata",
+        "n_train": 4500,
+        "n_val": 500,
+        "val_gallery_size": 500,
+        "skipped_rows": 2,
+        "truncated_titles": 7,
+        "title_padding": "longest, multiple of 8",
+        "pixel_cache": False,
+    },
     "split": {"val_size": 0.1, "split_seed": 42, "n_held_out_images": 500, "held_out_sha256": "f" * 64},
-    "lora": {"r": 64, "alpha": 96, "dropout": 0.0, "targets": "default: Q/K/V of both towers",
-             "adapted_modules": {"text": 36, "vision": 96}},
+    "lora": {
+        "r": 64,
+        "alpha": 96,
+        "dropout": 0.0,
+        "targets": "default: Q/K/V of both towers",
+        "adapted_modules": {"text": 36, "vision": 96},
+    },
 }
 
 # An early record: no format version, no draft / title_normalization, no split or base identity.
@@ -127,8 +151,8 @@ def test_an_unreadable_record_is_refused_naming_the_file_and_the_problem(tmp_pat
 
 
 def test_every_preprocessing_default_is_the_training_default(tmp_path):
-    from cnclip_lora.inputs.collate import ImageTextCollator
     from cnclip_lora.config import DataArguments
+    from cnclip_lora.inputs.collate import ImageTextCollator
 
     args, prep, collate = DataArguments(), Preprocessing(), ImageTextCollator(processor=None, image_dir=tmp_path)
     assert prep.train_flip == args.flip == collate.flip

@@ -30,10 +30,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnclip_lora.commands import main
-from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.adapter.record import Preprocessing
-from cnclip_lora.inputs.text import tokenize_titles
+from cnclip_lora.commands import main
 from cnclip_lora.data import (
     MAX_PIXELS_ENV,
     check_data,
@@ -43,6 +41,8 @@ from cnclip_lora.data import (
     open_image,
 )
 from cnclip_lora.errors import ConfigError, DataError
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.training.sampler import UniqueImageSampler, has_duplicate_images, unique_image_sampler_for
 
 
@@ -213,13 +213,27 @@ def test_query_file_extra_columns_and_submission_columns_survive_retrieval(
     tmp_path, make_dataset_dir, tiny_model_dir, capsys
 ):
     root = make_dataset_dir(tmp_path, n_queries=3, n_gallery=4)
-    (root / "test_query.csv").write_text("id,title,shop\n1,查询0号女装,a\n2,查询1号,b\n3,查询2号,c\n", encoding="utf-8")
+    (root / "test_query.csv").write_text(
+        "id,title,shop\n1,查询0号女装,a\n2,查询1号,b\n3,查询2号,c\n", encoding="utf-8"
+    )
     (root / "sample_submit.csv").write_text(
         "id,title,path,extra\n1,查询0号女装,,e1\n2,查询1号,,e2\n3,查询2号,,e3\n", encoding="utf-8"
     )
     out = tmp_path / "pred" / "submit.csv"
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", tiny_model_dir, "--data_dir", root,
-                          "--output", out, "--cache_dir", "", "--device", "cpu")
+    code, text = _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        root,
+        "--output",
+        out,
+        "--cache_dir",
+        "",
+        "--device",
+        "cpu",
+    )
     assert code == 0, text
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert list(sub.columns) == ["id", "title", "path", "extra"]
@@ -296,7 +310,9 @@ def test_unique_image_sampler_holds_across_processes():
     per_device, world = 4, 2
     sampler = UniqueImageSampler(paths, group_size=per_device * world, seed=0)
     shards = [
-        list(BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=True), num_processes=world, process_index=p))
+        list(
+            BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=True), num_processes=world, process_index=p)
+        )
         for p in range(world)
     ]
     assert len(shards[0]) == len(shards[1]) == 9
@@ -328,10 +344,16 @@ def test_trainer_batches_hold_each_image_once(tiny_model_dir, processor, tmp_pat
         return {"paths": [r["path"] for r in rows]}
 
     def make(**extra):
-        args = CnClipTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=6, use_cpu=True,
-                                       report_to="none", seed=3, **extra)
-        return CnClipLoraTrainer(model=ChineseCLIPModel.from_pretrained(tiny_model_dir), args=args,
-                                 train_dataset=dataset, data_collator=collate, processing_class=processor)
+        args = CnClipTrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=6, use_cpu=True, report_to="none", seed=3, **extra
+        )
+        return CnClipLoraTrainer(
+            model=ChineseCLIPModel.from_pretrained(tiny_model_dir),
+            args=args,
+            train_dataset=dataset,
+            data_collator=collate,
+            processing_class=processor,
+        )
 
     trainer = make()
     assert isinstance(trainer._get_train_sampler(), UniqueImageSampler)
@@ -347,8 +369,18 @@ def test_trainer_batches_hold_each_image_once(tiny_model_dir, processor, tmp_pat
 
 def test_empty_gallery_is_a_clear_error(tmp_path, make_dataset_dir, tiny_model_dir, capsys):
     root = make_dataset_dir(tmp_path, n_gallery=0, answers=False)
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", tiny_model_dir, "--data_dir", root,
-                          "--output", tmp_path / "submit.csv", "--cache_dir", "")
+    code, text = _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        root,
+        "--output",
+        tmp_path / "submit.csv",
+        "--cache_dir",
+        "",
+    )
     assert code == 2
     assert "the gallery is empty (every image is named in train.csv)" in text
     assert not (tmp_path / "submit.csv").exists()
@@ -356,11 +388,24 @@ def test_empty_gallery_is_a_clear_error(tmp_path, make_dataset_dir, tiny_model_d
 
 def test_more_queries_than_gallery_images_with_hungarian(tmp_path, make_dataset_dir, tiny_model_dir, capsys):
     root = make_dataset_dir(tmp_path, n_gallery=2, n_queries=5)
-    argv = ["retrieve", "--model_name_or_path", tiny_model_dir, "--data_dir", root,
-            "--output", tmp_path / "submit.csv", "--cache_dir", "", "--device", "cpu"]
+    argv = [
+        "retrieve",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        root,
+        "--output",
+        tmp_path / "submit.csv",
+        "--cache_dir",
+        "",
+        "--device",
+        "cpu",
+    ]
     code, text = _run_cli(capsys, *argv, "--assign", "hungarian")
     assert code == 2
-    assert re.search(r"needs at least as many gallery images as queries: 5 queries, 2 images; use --assign argmax", text)
+    assert re.search(
+        r"needs at least as many gallery images as queries: 5 queries, 2 images; use --assign argmax", text
+    )
     assert not (tmp_path / "submit.csv").exists()
     code, text = _run_cli(capsys, *argv, "--assign", "argmax")  # the documented alternative works
     assert code == 0, text
@@ -377,8 +422,20 @@ def test_pickled_adapter_is_refused_by_the_cli(tmp_path, make_dataset_dir, tiny_
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     (adapter / name).write_bytes(b"\x80\x04not really a pickle")
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", tiny_model_dir, "--data_dir", root,
-                          "--adapter", adapter, "--output", tmp_path / "submit.csv", "--cache_dir", "")
+    code, text = _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        root,
+        "--adapter",
+        adapter,
+        "--output",
+        tmp_path / "submit.csv",
+        "--cache_dir",
+        "",
+    )
     assert code == 2
     assert re.search(rf"no adapter_model\.safetensors, only pickled weights \({re.escape(name)}\).*execute code", text)
     assert not (tmp_path / "submit.csv").exists()
@@ -392,8 +449,18 @@ def test_pickled_base_checkpoint_is_refused_by_the_cli(tmp_path, make_dataset_di
     shutil.copytree(tiny_model_dir, base)
     for weights in base.glob("*.safetensors"):
         weights.rename(weights.with_name("pytorch_model.bin"))
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", base, "--data_dir", root,
-                          "--output", tmp_path / "s.csv", "--cache_dir", "")
+    code, text = _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        base,
+        "--data_dir",
+        root,
+        "--output",
+        tmp_path / "s.csv",
+        "--cache_dir",
+        "",
+    )
     assert code == 2 and "has only pickled weights (pytorch_model.bin)" in text
 
 
@@ -422,6 +489,7 @@ def test_trust_remote_code_is_off_unless_asked(tiny_model_dir, monkeypatch):
         def wrapper(*args, **kwargs):
             seen.append(kwargs)
             return real(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", spy(real_config))
@@ -455,8 +523,12 @@ def test_check_data_reports_every_problem_with_counts(tmp_path, make_dataset_dir
     code, text = _run_cli(capsys, "check-data", root)
     assert code != 0
     expected = {
-        "corrupt image": 2, "missing image": 2, "empty title": 2, "duplicate row": 1,  # one title in the queries
-        "malformed row": 1, "bad path": 1,
+        "corrupt image": 2,
+        "missing image": 2,
+        "empty title": 2,
+        "duplicate row": 1,  # one title in the queries
+        "malformed row": 1,
+        "bad path": 1,
     }
     for kind, count in expected.items():
         assert f"[fatal] {kind} ({count}):" in text, (kind, text)
@@ -473,4 +545,6 @@ def test_sampler_logs_rows_it_leaves_out(caplog):
     with caplog.at_level("WARNING", logger="cnclip_lora.training.sampler"):
         sampler = unique_image_sampler_for(dataset, batch_size=2, world_size=2, seed=0, mode=None)
     assert sampler.num_unplaced == 2
-    assert re.search(r"2 caption row\(s\) per epoch left out: .*\(max 6\) than an epoch has batches \(4\)", caplog.text)
+    assert re.search(
+        r"2 caption row\(s\) per epoch left out: .*\(max 6\) than an epoch has batches \(4\)", caplog.text
+    )

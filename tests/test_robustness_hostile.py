@@ -33,11 +33,10 @@ from PIL import Image
 
 from cnclip_lora.adapter.validate import AdapterError, validate_adapter_folder
 from cnclip_lora.commands import main
-from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.data import IMAGE_EXTENSIONS, check_data, load_competition_data, open_image, submission_order
 from cnclip_lora.errors import DataError
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.retrieve.run import write_submission
-
 
 
 def _unloadable_model(tmp_path: Path) -> Path:
@@ -45,6 +44,7 @@ def _unloadable_model(tmp_path: Path) -> Path:
     folder = tmp_path / "unloadable-model"
     folder.mkdir(exist_ok=True)
     return folder
+
 
 def _run_cli(capsys, *argv) -> tuple[int, str]:
     code = main([str(a) for a in argv])
@@ -55,8 +55,21 @@ def _run_cli(capsys, *argv) -> tuple[int, str]:
 
 
 def _retrieve(capsys, model, root, out, *extra):
-    return _run_cli(capsys, "retrieve", "--model_name_or_path", model, "--data_dir", root, "--output", out,
-                    "--cache_dir", "", "--device", "cpu", *extra)
+    return _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        model,
+        "--data_dir",
+        root,
+        "--output",
+        out,
+        "--cache_dir",
+        "",
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 def _kinds(report) -> dict[str, list[str]]:
@@ -205,8 +218,9 @@ def test_gbk_file_name_in_a_subfolder_is_refused(tmp_path, make_dataset_dir):
     assert any("image/sub/" in m and "测试图片.jpg" in m for m in _kinds(check_data(root))["undecodable name"])
 
 
-def test_retrieve_writes_a_utf8_submission_beside_an_undecodable_name(tmp_path, make_dataset_dir, tiny_model_dir,
-                                                                      capsys):
+def test_retrieve_writes_a_utf8_submission_beside_an_undecodable_name(
+    tmp_path, make_dataset_dir, tiny_model_dir, capsys
+):
     root = make_dataset_dir(tmp_path, n_gallery=3, n_queries=2)
     _gbk_file(root / "image")
     out = tmp_path / "submit.csv"
@@ -230,12 +244,15 @@ def _pixels() -> Image.Image:
     return Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 16, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("name,exif", [
-    ("ascii_orientation.jpg", _exif([(0x0112, 2, 4, b"abc\x00")])),
-    ("orientation_9.jpg", _exif([(0x0112, 3, 1, b"\x00\x09\x00\x00")])),
-    ("rational_zero.jpg", _exif([(0x0112, 5, 1, struct.pack(">I", 26))], struct.pack(">II", 6, 0))),
-    ("truncated_ifd.jpg", _exif([(0x0112, 3, 1, b"\x00\x06\x00\x00")])[:14]),
-])
+@pytest.mark.parametrize(
+    "name,exif",
+    [
+        ("ascii_orientation.jpg", _exif([(0x0112, 2, 4, b"abc\x00")])),
+        ("orientation_9.jpg", _exif([(0x0112, 3, 1, b"\x00\x09\x00\x00")])),
+        ("rational_zero.jpg", _exif([(0x0112, 5, 1, struct.pack(">I", 26))], struct.pack(">II", 6, 0))),
+        ("truncated_ifd.jpg", _exif([(0x0112, 3, 1, b"\x00\x06\x00\x00")])[:14]),
+    ],
+)
 def test_damaged_jpeg_orientation_leaves_the_image_as_stored(tmp_path, name, exif):
     path = tmp_path / name
     _pixels().save(path, "JPEG", quality=95, exif=exif)
@@ -358,8 +375,9 @@ def test_template_in_another_order_is_filled_by_title(tmp_path, make_dataset_dir
 
 def test_template_title_that_is_no_query_is_refused_naming_the_line(tmp_path, make_dataset_dir, capsys):
     root = make_dataset_dir(tmp_path)
-    (root / "sample_submit.csv").write_text("title,path\n查询0号女装长袖T恤,\n别的标题,\n查询2号女装长袖T恤,\n",
-                                            encoding="utf-8")
+    (root / "sample_submit.csv").write_text(
+        "title,path\n查询0号女装长袖T恤,\n别的标题,\n查询2号女装长袖T恤,\n", encoding="utf-8"
+    )
     out = tmp_path / "submit.csv"
     code, text = _retrieve(capsys, _unloadable_model(tmp_path), root, out)
     assert code == 2 and not out.exists()
@@ -369,15 +387,19 @@ def test_template_title_that_is_no_query_is_refused_naming_the_line(tmp_path, ma
 def test_template_repeating_a_title_more_often_than_the_queries_is_refused(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path)
     (root / "sample_submit.csv").write_text(
-        "title,path\n查询0号女装长袖T恤,\n查询0号女装长袖T恤,\n查询2号女装长袖T恤,\n", encoding="utf-8")
+        "title,path\n查询0号女装长袖T恤,\n查询0号女装长袖T恤,\n查询2号女装长袖T恤,\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"sample_submit\.csv, line 3: title `查询0号女装长袖T恤` occurs more often"):
         load_competition_data(root)
 
 
-@pytest.mark.parametrize("template", [
-    pd.DataFrame({"id": ["a", "b", "c"], "path": ["", "", ""]}),
-    pd.DataFrame({"title": ["", " ", ""], "path": ["", "", ""]}),
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        pd.DataFrame({"id": ["a", "b", "c"], "path": ["", "", ""]}),
+        pd.DataFrame({"title": ["", " ", ""], "path": ["", "", ""]}),
+    ],
+)
 def test_template_without_titles_is_filled_in_query_order(tmp_path, template):
     out = write_submission(tmp_path / "s.csv", template, ["q0", "q1", "q2"], ["x.jpg", "y.jpg", "z.jpg"])
     assert list(pd.read_csv(out)["path"]) == ["x.jpg", "y.jpg", "z.jpg"]
@@ -420,6 +442,7 @@ def base(tiny_model_dir):
 def copy_adapter(adapter_dir, tmp_path):
     def make() -> Path:
         return Path(shutil.copytree(adapter_dir, tmp_path / "adapter_copy"))
+
     return make
 
 
@@ -436,8 +459,9 @@ def test_genuine_adapter_passes_with_both_towers(adapter_dir, base):
     assert counts["text"] > 0 and counts["vision"] > 0
 
 
-def test_truncated_adapter_weights_are_refused_by_retrieve(copy_adapter, make_dataset_dir, tmp_path, tiny_model_dir,
-                                                           capsys):
+def test_truncated_adapter_weights_are_refused_by_retrieve(
+    copy_adapter, make_dataset_dir, tmp_path, tiny_model_dir, capsys
+):
     folder = copy_adapter()
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -494,8 +518,11 @@ def test_adapter_for_a_base_of_another_size_is_refused(adapter_dir, tmp_path, ma
 def test_adapter_missing_its_vision_tensors_is_refused_naming_the_tower(copy_adapter, base):
     folder = copy_adapter()
     _rewrite_tensors(folder, lambda t: {k: v for k, v in t.items() if "vision_model" not in k})
-    with pytest.raises(AdapterError, match=r"tensor\(s\) that adapter_config\.json calls for are missing \(\d+ on the "
-                                           r"vision tower"):
+    with pytest.raises(
+        AdapterError,
+        match=r"tensor\(s\) that adapter_config\.json calls for are missing \(\d+ on the "
+        r"vision tower",
+    ):
         validate_adapter_folder(folder, base)
 
 
@@ -517,11 +544,17 @@ def test_adapter_whose_config_and_record_disagree_on_a_tower_is_refused(copy_ada
     folder = copy_adapter()
     _rewrite_tensors(folder, lambda t: {k: v for k, v in t.items() if "vision_model" not in k})
     config = json.loads((folder / "adapter_config.json").read_text())
-    config["target_modules"] = [t for t in config["target_modules"] if t.startswith("text_model")] or ["query", "key",
-                                                                                                        "value"]
+    config["target_modules"] = [t for t in config["target_modules"] if t.startswith("text_model")] or [
+        "query",
+        "key",
+        "value",
+    ]
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterError, match=r"training recorded \d+ adapted vision-tower module\(s\) in cnclip_lora\.json"
-                                           r", but the adapter holds 0"):
+    with pytest.raises(
+        AdapterError,
+        match=r"training recorded \d+ adapted vision-tower module\(s\) in cnclip_lora\.json"
+        r", but the adapter holds 0",
+    ):
         validate_adapter_folder(folder, base)
 
 
@@ -533,7 +566,9 @@ def test_adapter_weights_for_modules_the_base_lacks_are_refused(copy_adapter, ba
         return tensors
 
     _rewrite_tensors(folder, add_foreign)
-    with pytest.raises(AdapterError, match=r"module\(s\) the base model does not have \(text_model\.encoder\.layer\.99"):
+    with pytest.raises(
+        AdapterError, match=r"module\(s\) the base model does not have \(text_model\.encoder\.layer\.99"
+    ):
         validate_adapter_folder(folder, base)
 
 
@@ -543,6 +578,7 @@ def test_adapter_weights_for_modules_the_base_lacks_are_refused(copy_adapter, ba
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if training gets as far as loading the model."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the option was checked")
 
@@ -552,36 +588,66 @@ def no_model_load(monkeypatch):
 
 
 def _train(capsys, model, root, out, *extra):
-    return _run_cli(capsys, "train", "--model_name_or_path", model, "--data_dir", root, "--output_dir", out,
-                    "--use_cpu", "true", "--val_size", "0", "--max_steps", "1", *extra)
+    return _run_cli(
+        capsys,
+        "train",
+        "--model_name_or_path",
+        model,
+        "--data_dir",
+        root,
+        "--output_dir",
+        out,
+        "--use_cpu",
+        "true",
+        "--val_size",
+        "0",
+        "--max_steps",
+        "1",
+        *extra,
+    )
 
 
-def test_max_length_above_the_models_positions_is_refused(tmp_path, make_dataset_dir, tiny_model_dir, capsys,
-                                                          no_model_load):
+def test_max_length_above_the_models_positions_is_refused(
+    tmp_path, make_dataset_dir, tiny_model_dir, capsys, no_model_load
+):
     from transformers import AutoConfig
 
     limit = AutoConfig.from_pretrained(tiny_model_dir).text_config.max_position_embeddings
-    code, text = _train(capsys, tiny_model_dir, make_dataset_dir(tmp_path), tmp_path / "out",
-                        "--max_length", limit + 1, "--per_device_train_batch_size", 2)
+    code, text = _train(
+        capsys,
+        tiny_model_dir,
+        make_dataset_dir(tmp_path),
+        tmp_path / "out",
+        "--max_length",
+        limit + 1,
+        "--per_device_train_batch_size",
+        2,
+    )
     assert code == 2 and f"--max_length {limit + 1} is above the {limit} positions" in text
 
 
-@pytest.mark.parametrize("flag,value,expected", [
-    ("--learning_rate", "-1e-4", "--learning_rate -0.0001 must be a finite number >= 0"),
-    ("--gradient_accumulation_steps", "0", "--gradient_accumulation_steps 0 must be >= 1"),
-    ("--per_device_train_batch_size", "0", "--per_device_train_batch_size 0 must be >= 1"),
-    ("--adam_beta2", "1.5", "--adam_beta2 1.5 must be in [0, 1)"),
-    ("--weight_decay", "nan", "--weight_decay nan must be >= 0"),
-])
-def test_optimizer_and_batch_values_that_cannot_train_are_refused(tmp_path, make_dataset_dir, capsys, flag, value,
-                                                                  expected, no_model_load):
-    code, text = _train(capsys, _unloadable_model(tmp_path), make_dataset_dir(tmp_path), tmp_path / "out",
-                        f"{flag}={value}")
+@pytest.mark.parametrize(
+    "flag,value,expected",
+    [
+        ("--learning_rate", "-1e-4", "--learning_rate -0.0001 must be a finite number >= 0"),
+        ("--gradient_accumulation_steps", "0", "--gradient_accumulation_steps 0 must be >= 1"),
+        ("--per_device_train_batch_size", "0", "--per_device_train_batch_size 0 must be >= 1"),
+        ("--adam_beta2", "1.5", "--adam_beta2 1.5 must be in [0, 1)"),
+        ("--weight_decay", "nan", "--weight_decay nan must be >= 0"),
+    ],
+)
+def test_optimizer_and_batch_values_that_cannot_train_are_refused(
+    tmp_path, make_dataset_dir, capsys, flag, value, expected, no_model_load
+):
+    code, text = _train(
+        capsys, _unloadable_model(tmp_path), make_dataset_dir(tmp_path), tmp_path / "out", f"{flag}={value}"
+    )
     assert code == 2 and expected in text
 
 
-def test_batch_larger_than_the_data_with_drop_last_is_zero_steps_and_an_error(tmp_path, make_dataset_dir,
-                                                                               tiny_model_dir, capsys, no_model_load):
+def test_batch_larger_than_the_data_with_drop_last_is_zero_steps_and_an_error(
+    tmp_path, make_dataset_dir, tiny_model_dir, capsys, no_model_load
+):
     out = tmp_path / "out"
     code, text = _train(capsys, tiny_model_dir, make_dataset_dir(tmp_path), out, "--per_device_train_batch_size", 64)
     assert code == 2 and "zero steps would be trained" in text and "only 6 training pairs" in text
@@ -589,9 +655,24 @@ def test_batch_larger_than_the_data_with_drop_last_is_zero_steps_and_an_error(tm
 
 
 def test_zero_epochs_is_an_error(tmp_path, make_dataset_dir, tiny_model_dir, capsys, no_model_load):
-    code, text = _run_cli(capsys, "train", "--model_name_or_path", tiny_model_dir, "--data_dir",
-                          make_dataset_dir(tmp_path), "--output_dir", tmp_path / "o", "--use_cpu", "true",
-                          "--val_size", "0", "--num_train_epochs", "0", "--per_device_train_batch_size", "2")
+    code, text = _run_cli(
+        capsys,
+        "train",
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        make_dataset_dir(tmp_path),
+        "--output_dir",
+        tmp_path / "o",
+        "--use_cpu",
+        "true",
+        "--val_size",
+        "0",
+        "--num_train_epochs",
+        "0",
+        "--per_device_train_batch_size",
+        "2",
+    )
     assert code == 2 and "--num_train_epochs 0.0 trains zero steps" in text
 
 
@@ -627,15 +708,33 @@ def test_output_and_topk_output_naming_one_file_are_refused(tmp_path, capsys):
 
 def test_device_naming_an_absent_accelerator_is_refused(tmp_path, capsys):
     # Index 99 exists on no machine, with or without a GPU.
-    code, text = _run_cli(capsys, "retrieve", "--model_name_or_path", _unloadable_model(tmp_path), "--data_dir",
-                          tmp_path / "d", "--output", tmp_path / "s.csv", "--device", "cuda:99")
+    code, text = _run_cli(
+        capsys,
+        "retrieve",
+        "--model_name_or_path",
+        _unloadable_model(tmp_path),
+        "--data_dir",
+        tmp_path / "d",
+        "--output",
+        tmp_path / "s.csv",
+        "--device",
+        "cuda:99",
+    )
     assert code == 2 and "--device 'cuda:99'" in text
     assert ("no cuda device" in text) != ("only" in text and "cuda device(s) here" in text)
 
 
 def test_device_that_is_no_device_name_is_refused_by_evaluate(tmp_path, capsys):
-    code, text = _run_cli(capsys, "evaluate", "--model_name_or_path", _unloadable_model(tmp_path), "--data_dir",
-                          tmp_path / "d", "--device", "gpu0")
+    code, text = _run_cli(
+        capsys,
+        "evaluate",
+        "--model_name_or_path",
+        _unloadable_model(tmp_path),
+        "--data_dir",
+        tmp_path / "d",
+        "--device",
+        "gpu0",
+    )
     assert code == 2 and "--device 'gpu0' is not a device name" in text
 
 
@@ -679,6 +778,6 @@ def test_same_picture_as_gif_and_png_reaches_the_model_identically(tmp_path, tin
     picture.convert("RGB").save(tmp_path / "p.png")
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     pixels = ImageTextCollator(processor, tmp_path, flip="none")(
-        [{"title": "t", "path": "p.gif"}, {"title": "t", "path": "p.png"}])["pixel_values"]
+        [{"title": "t", "path": "p.gif"}, {"title": "t", "path": "p.png"}]
+    )["pixel_values"]
     torch.testing.assert_close(pixels[0], pixels[1], atol=0, rtol=0)
-

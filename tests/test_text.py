@@ -19,7 +19,7 @@ def test_long_titles_are_truncated_to_max_length(processor):
     enc = tokenize_titles([long_title, "短"], processor.tokenizer, max_length=52)
     assert enc["input_ids"].shape == (2, 52)
     assert enc["attention_mask"][0].sum() == 52  # the long one fills every position
-    assert enc["attention_mask"][1].sum() < 52   # the short one is padded
+    assert enc["attention_mask"][1].sum() < 52  # the short one is padded
 
 
 def test_an_unknown_title_normalization_is_refused_naming_the_choices():
@@ -71,8 +71,10 @@ def test_token_memo_stops_growing_at_capacity_and_stays_exact(processor):
 def test_token_memo_widens_values_a_narrow_column_cannot_hold():
     def fake_tokenizer(batch, **kwargs):
         n = len(batch)
-        return {"input_ids": torch.full((n, 4), 70_000, dtype=torch.long),
-                "token_type_ids": torch.tensor([[0, 1, 300, -5]] * n)}  # fmt: skip
+        return {
+            "input_ids": torch.full((n, 4), 70_000, dtype=torch.long),
+            "token_type_ids": torch.tensor([[0, 1, 300, -5]] * n),
+        }
 
     memo = TitleTokenMemo()
     memo(["a"], fake_tokenizer, 4)

@@ -29,10 +29,22 @@ __all__ = ["base_identity", "check_base_identity", "recorded_base_identity"]
 logger = logging.getLogger(__name__)
 
 _ARCH_FIELDS = {
-    "text": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-             "max_position_embeddings"),
-    "vision": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
-               "patch_size"),
+    "text": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ),
+    "vision": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "image_size",
+        "patch_size",
+    ),
 }
 # Fixed tensors present in every Chinese-CLIP model: both towers' input embeddings and both projections.
 _FINGERPRINT_TENSORS = (
@@ -48,8 +60,10 @@ _REL_TOL = 2e-2
 
 
 def _architecture(config: Any) -> dict[str, Any]:
-    arch: dict[str, Any] = {"model_type": getattr(config, "model_type", None),
-                            "projection_dim": getattr(config, "projection_dim", None)}
+    arch: dict[str, Any] = {
+        "model_type": getattr(config, "model_type", None),
+        "projection_dim": getattr(config, "projection_dim", None),
+    }
     for tower, fields in _ARCH_FIELDS.items():
         sub = getattr(config, f"{tower}_config", None)
         for name in fields:
@@ -116,9 +130,11 @@ def recorded_base_identity(adapter_dir: str | os.PathLike) -> dict[str, Any] | N
 
 
 def _describe(arch: dict[str, Any]) -> str:
-    return (f"text {arch.get('text.num_hidden_layers')}x{arch.get('text.hidden_size')}, vision "
-            f"{arch.get('vision.num_hidden_layers')}x{arch.get('vision.hidden_size')} at "
-            f"{arch.get('vision.image_size')}px, embed {arch.get('projection_dim')}")
+    return (
+        f"text {arch.get('text.num_hidden_layers')}x{arch.get('text.hidden_size')}, vision "
+        f"{arch.get('vision.num_hidden_layers')}x{arch.get('vision.hidden_size')} at "
+        f"{arch.get('vision.image_size')}px, embed {arch.get('projection_dim')}"
+    )
 
 
 def _weights_differ(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -153,8 +169,12 @@ def check_base_identity(
     """
     base = current.get("name")
     if recorded is None:
-        logger.warning("adapter %s records no base model identity (trained by an older version): cannot check "
-                       "that it belongs to %s; results are wrong if it was trained on another base.", adapter, base)
+        logger.warning(
+            "adapter %s records no base model identity (trained by an older version): cannot check "
+            "that it belongs to %s; results are wrong if it was trained on another base.",
+            adapter,
+            base,
+        )
         return
     trained_on = recorded.get("name")
     arch_a, arch_b = recorded.get("architecture") or {}, current.get("architecture") or {}
@@ -167,21 +187,36 @@ def check_base_identity(
             f"trained on as --model_name_or_path."
         )
     problems = []
-    if recorded.get("vocab_sha256") and current.get("vocab_sha256") and recorded["vocab_sha256"] != current["vocab_sha256"]:
+    if (
+        recorded.get("vocab_sha256")
+        and current.get("vocab_sha256")
+        and recorded["vocab_sha256"] != current["vocab_sha256"]
+    ):
         problems.append("another tokenizer vocabulary")
     tensor = _weights_differ(recorded.get("weights") or {}, current.get("weights") or {})
     if tensor is not None:
         problems.append(f"other weights ({tensor} differs)")
     commit_a, commit_b = recorded.get("hub_commit"), current.get("hub_commit")
     if not problems and commit_a and commit_b and commit_a != commit_b:
-        logger.info("adapter %s: base %s is at Hub commit %s, trained at %s; the weights match.",
-                    adapter, base, commit_b, commit_a)
+        logger.info(
+            "adapter %s: base %s is at Hub commit %s, trained at %s; the weights match.",
+            adapter,
+            base,
+            commit_b,
+            commit_a,
+        )
     if not problems:
         return
     what = " and ".join(problems)
     if allow_different_base:
-        logger.warning("adapter %s was trained on %r; the base loaded, %r, has the same architecture but %s "
-                       "(--allow_different_base).", adapter, trained_on, base, what)
+        logger.warning(
+            "adapter %s was trained on %r; the base loaded, %r, has the same architecture but %s "
+            "(--allow_different_base).",
+            adapter,
+            trained_on,
+            base,
+            what,
+        )
         return
     raise ConfigError(
         f"adapter {adapter} was trained on {trained_on!r}; the base loaded, {base!r}, has the same architecture "

@@ -12,7 +12,6 @@ this module carries a token.
 
 from __future__ import annotations
 
-from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import importlib
 import logging
 import os
@@ -22,9 +21,10 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_downl
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.adapter.validate import CONVERT_HINT, check_adapter_dir
+from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.utils.files import is_pickle
 from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
 
@@ -56,7 +56,6 @@ ADAPTER_FILES = (
     "training_args.json",
     "README.md",
 )
-
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -191,13 +190,16 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
         return check_adapter_dir(local, source=adapter)
     if local.exists() or looks_local(adapter):
         if local.exists():
-            raise CnClipLoraError(f"--adapter {adapter!r} is a file; pass the folder a training run saved its adapter in.")
+            raise CnClipLoraError(
+                f"--adapter {adapter!r} is a file; pass the folder a training run saved its adapter in."
+            )
         raise not_found(adapter, "--adapter", "adapter")
     where = f"{adapter!r}" + (f" at revision {revision!r}" if revision else "")
     offline = hub_reachable() is not None  # then only the cache can serve it, without the client's retry loop
     try:
-        path = snapshot_download(adapter, revision=revision, token=token, allow_patterns=list(ADAPTER_FILES),
-                                 local_files_only=offline)
+        path = snapshot_download(
+            adapter, revision=revision, token=token, allow_patterns=list(ADAPTER_FILES), local_files_only=offline
+        )
     except RevisionNotFoundError:
         raise CnClipLoraError(f"Hub repo {adapter!r} has no revision {revision!r}.") from None
     except RepositoryNotFoundError:
@@ -208,7 +210,10 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
     except _transport_errors() as err:
         reason = hub_reachable() or str(err).splitlines()[0]
         raise CnClipLoraError(
-            _redact(f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({reason}).", token)
+            _redact(
+                f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({reason}).",
+                token,
+            )
         ) from None
     folder = Path(path)
     if not (folder / WEIGHTS_FILE).is_file():

@@ -8,7 +8,6 @@ the gallery size they were measured against, and a run without metrics says so.
 
 from __future__ import annotations
 
-from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import json
 import math
 import os
@@ -19,9 +18,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from cnclip_lora.adapter.record import DataSummary, RunRecord
 from cnclip_lora.errors import CnClipLoraError
 from cnclip_lora.options import TOWERS, tower_of
-from cnclip_lora.adapter.record import DataSummary, RunRecord
 from cnclip_lora.utils.files import atomic_write_text
 
 __all__ = [
@@ -171,7 +171,9 @@ def _lora_section(adapter_config: dict[str, Any], weights: dict[str, dict[str, A
         "## LoRA configuration",
         "",
         f"- rank `r`: {r}, `lora_alpha`: {alpha}"
-        + (f" (scale alpha/r = {alpha / r:g})" if isinstance(r, int) and r and isinstance(alpha, (int, float)) else ""),
+        + (
+            f" (scale alpha/r = {alpha / r:g})" if isinstance(r, int) and r and isinstance(alpha, (int, float)) else ""
+        ),
         f"- dropout: {adapter_config.get('lora_dropout', 'n/a')}",
         f"- requested target modules: {targets or 'n/a'}",
     ]
@@ -226,8 +228,10 @@ def _data_section(data: DataSummary | None, description: str | None) -> list[str
     if data is not None:
         # Only the folder name: a full local path says nothing to readers and leaks a home layout.
         data_dir = Path(str(data.data_dir or "")).name or "n/a"
-        shown = {k: "n/a" if v is None else v for k, v in
-                 (("n_train", data.n_train), ("n_val", data.n_val), ("gallery", data.val_gallery_size))}
+        shown = {
+            k: "n/a" if v is None else v
+            for k, v in (("n_train", data.n_train), ("n_val", data.n_val), ("gallery", data.val_gallery_size))
+        }
         lines += [
             "",
             f"- data folder: `{data_dir}`",
@@ -261,7 +265,10 @@ def _evaluation_section(groups: dict[str, dict[str, Any]], metrics: dict[str, An
                 lines.append(f"| {label} | {cells} | {size or 'n/a'} |")
         lines.append("")
     if groups:
-        lines.append("MR is the mean of R@1, R@5 and R@10. Recall falls as the gallery grows: compare runs only at equal gallery size.")
+        lines.append(
+            "MR is the mean of R@1, R@5 and R@10. Recall falls as the gallery grows: "
+            "compare runs only at equal gallery size."
+        )
     if "train_loss" in metrics:
         lines += ["", f"Final training loss: {_fmt(metrics['train_loss'])}."]
     return lines

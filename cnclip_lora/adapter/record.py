@@ -75,8 +75,7 @@ class Preprocessing:
     train_flip: str = Flip.RANDOM
     exif_transpose: bool = True
     draft: bool = False
-    title_normalization: str = field(default=TitleNormalization.OFFICIAL,
-                                     metadata={"absent": TitleNormalization.NFKC})
+    title_normalization: str = field(default=TitleNormalization.OFFICIAL, metadata={"absent": TitleNormalization.NFKC})
 
     @property
     def inference_flip(self) -> bool:
@@ -108,8 +107,9 @@ class Preprocessing:
             try:
                 values[name] = enum(values[name])
             except ValueError:
-                raise RecordError(f"{source}: {name} must be one of {', '.join(choices(enum))}; "
-                                  f"got {values[name]!r}.") from None
+                raise RecordError(
+                    f"{source}: {name} must be one of {', '.join(choices(enum))}; got {values[name]!r}."
+                ) from None
         return cls(**values)
 
     @classmethod
@@ -137,8 +137,9 @@ class _Section:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
         known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={k: v for k, v in data.items() if k not in known})
+        return cls(
+            **{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known}
+        )
 
 
 @dataclass
@@ -232,14 +233,18 @@ class RunRecord:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise RecordError(f"{source}: format_version must be a whole number >= 1; got {version!r}.")
         if version > FORMAT_VERSION:
-            raise RecordError(f"{source}: written by a newer cnclip-lora (record format {version}; this version "
-                              f"reads up to {FORMAT_VERSION}). Upgrade cnclip-lora to use this adapter.")
+            raise RecordError(
+                f"{source}: written by a newer cnclip-lora (record format {version}; this version "
+                f"reads up to {FORMAT_VERSION}). Upgrade cnclip-lora to use this adapter."
+            )
         pre = data.get("preprocessing")
         if pre is not None and not isinstance(pre, dict):
             raise RecordError(f"{source}: 'preprocessing' must be an object; got {type(pre).__name__}.")
         # Sections of the wrong kind were ignored by every reader before the record was typed: still are.
-        sections = {key: kind.from_dict(data[key]) if isinstance(data.get(key), dict) else None
-                    for key, kind in _SECTIONS.items()}
+        sections = {
+            key: kind.from_dict(data[key]) if isinstance(data.get(key), dict) else None
+            for key, kind in _SECTIONS.items()
+        }
         identity = data.get("base_identity")
         base_model = data.get("base_model")
         known = {"format_version", "preprocessing", "base_model", "base_identity", *_SECTIONS}

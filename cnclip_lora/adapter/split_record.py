@@ -13,12 +13,19 @@ import hashlib
 import os
 from typing import Any
 
-from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
-from cnclip_lora.errors import ConfigError
 from cnclip_lora.adapter.record import RunRecord, SplitRecord
+from cnclip_lora.errors import ConfigError
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
-__all__ = ["DEFAULT_VAL_SIZE", "DEFAULT_SPLIT_SEED", "split_record", "held_out_fingerprint",
-           "recorded_split", "resolve_split", "check_held_out"]
+__all__ = [
+    "DEFAULT_VAL_SIZE",
+    "DEFAULT_SPLIT_SEED",
+    "split_record",
+    "held_out_fingerprint",
+    "recorded_split",
+    "resolve_split",
+    "check_held_out",
+]
 
 #: Training's defaults (``DataArguments``), used when nothing is recorded or given.
 
@@ -34,8 +41,12 @@ def split_record(val_size: float | int, split_seed: int, held_out_paths: Any) ->
     from cnclip_lora.data import parse_val_size
 
     names = sorted({str(p) for p in held_out_paths})
-    return SplitRecord(val_size=parse_val_size(val_size), split_seed=split_seed, n_held_out_images=len(names),
-                       held_out_sha256=held_out_fingerprint(names))
+    return SplitRecord(
+        val_size=parse_val_size(val_size),
+        split_seed=split_seed,
+        n_held_out_images=len(names),
+        held_out_sha256=held_out_fingerprint(names),
+    )
 
 
 def recorded_split(adapter_dir: str | os.PathLike | None) -> SplitRecord | None:
@@ -63,16 +74,24 @@ def _show(size: Any) -> str:
         return str(size)
 
 
-def resolve_split(val_size: float | None, split_seed: int | None, recorded: SplitRecord | None,
-                  *, allow_different_split: bool = False, adapter: str | None = None) -> tuple[float, int]:
+def resolve_split(
+    val_size: float | None,
+    split_seed: int | None,
+    recorded: SplitRecord | None,
+    *,
+    allow_different_split: bool = False,
+    adapter: str | None = None,
+) -> tuple[float, int]:
     """``(val_size, split_seed)`` for ``evaluate --split val``: the recorded ones unless given.
 
     Raises:
         ConfigError: an explicit value differs from the recorded split and ``allow_different_split`` is off.
     """
     if recorded is None:
-        return (DEFAULT_VAL_SIZE if val_size is None else val_size,
-                DEFAULT_SPLIT_SEED if split_seed is None else split_seed)
+        return (
+            DEFAULT_VAL_SIZE if val_size is None else val_size,
+            DEFAULT_SPLIT_SEED if split_seed is None else split_seed,
+        )
     rec_size = recorded.val_size
     rec_seed = int(DEFAULT_SPLIT_SEED if recorded.split_seed is None else recorded.split_seed)
     diffs = []
@@ -89,8 +108,14 @@ def resolve_split(val_size: float | None, split_seed: int | None, recorded: Spli
     return (rec_size if val_size is None else val_size, rec_seed if split_seed is None else int(split_seed))
 
 
-def check_held_out(recorded: SplitRecord | None, held_out_paths: Any, *, data_dir: str,
-                   allow_different_split: bool = False, adapter: str | None = None) -> None:
+def check_held_out(
+    recorded: SplitRecord | None,
+    held_out_paths: Any,
+    *,
+    data_dir: str,
+    allow_different_split: bool = False,
+    adapter: str | None = None,
+) -> None:
     """Refuse a held-out list other than training's (e.g. train.csv changed since).
 
     Raises:

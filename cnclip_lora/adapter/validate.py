@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
-from cnclip_lora.utils.files import pickled_files
 from cnclip_lora.options import tower_of
+from cnclip_lora.utils.files import pickled_files
 
 __all__ = ["AdapterError", "validate_adapter_folder"]
 
 from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>A|B)\.weight$")
 
 
@@ -64,7 +65,8 @@ def check_adapter_dir(path: str | os.PathLike, *, source: str | None = None) -> 
                 f"which can execute code when loaded. {CONVERT_HINT}"
             )
         raise CnClipLoraError(
-            f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a training run saved its adapter in."
+            f"Adapter {name!r} has no adapter_model.safetensors: point to the folder a "
+            "training run saved its adapter in."
         )
     if not (folder / CONFIG_FILE).is_file():
         raise CnClipLoraError(f"Adapter {name!r} has no adapter_config.json, so peft cannot rebuild it.")
@@ -190,8 +192,13 @@ def validate_adapter_folder(adapter_dir: str | Path, base_model: nn.Module) -> d
         )
     for name in targeted:
         layer, a_shape, b_shape = modules[name], found[name]["A"], found[name]["B"]
-        fits = (len(a_shape) == 2 and len(b_shape) == 2 and a_shape[1] == layer.in_features
-                and b_shape[0] == layer.out_features and a_shape[0] == b_shape[1])
+        fits = (
+            len(a_shape) == 2
+            and len(b_shape) == 2
+            and a_shape[1] == layer.in_features
+            and b_shape[0] == layer.out_features
+            and a_shape[0] == b_shape[1]
+        )
         if not fits:
             raise AdapterError(
                 f"{weights}: {name} has LoRA shapes A{a_shape} B{b_shape}, but the base layer is "

@@ -74,10 +74,14 @@ def _version() -> str:
 
 
 def _usage() -> str:
-    lines = ["usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)",
-             "       cnclip-lora --version",
-             "every command also takes --log_level debug|info|warning|error (default: the package at info, "
-             "libraries at warning)", "", "commands:"]  # fmt: skip
+    lines = [
+        "usage: cnclip-lora COMMAND [options]   (cnclip-lora COMMAND --help for its options)",
+        "       cnclip-lora --version",
+        "every command also takes --log_level debug|info|warning|error (default: the package at info, "
+        "libraries at warning)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<16} {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 

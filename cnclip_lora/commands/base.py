@@ -15,7 +15,14 @@ import typing
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-__all__ = ["Command", "DataclassCommand", "dataclass_parser", "print_metrics", "string_to_bool", "unknown_options_message"]
+__all__ = [
+    "Command",
+    "DataclassCommand",
+    "dataclass_parser",
+    "print_metrics",
+    "string_to_bool",
+    "unknown_options_message",
+]
 
 
 def print_metrics(metrics: dict) -> None:
@@ -104,8 +111,7 @@ def dataclass_parser(cls: type, *, prog: str, description: str) -> argparse.Argu
             kwargs.update(type=string_to_bool, nargs="?", const=True, default=bool(default))
             parser.add_argument(*names, **kwargs)
             if default is True:
-                parser.add_argument(f"--no_{f.name}", action="store_false", dest=f.name,
-                                    help=f"Turn --{f.name} off.")  # fmt: skip
+                parser.add_argument(f"--no_{f.name}", action="store_false", dest=f.name, help=f"Turn --{f.name} off.")
             continue
         kwargs["type"] = kind if kind in (int, float) else str
         if has_default:

@@ -14,8 +14,13 @@ class CacheCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from cnclip_lora.utils.caches import CACHE_KINDS
 
-        parser.add_argument("--clear", nargs="*", choices=CACHE_KINDS, metavar="KIND",
-                            help=f"delete these caches ({', '.join(CACHE_KINDS)}); none named = all")  # fmt: skip
+        parser.add_argument(
+            "--clear",
+            nargs="*",
+            choices=CACHE_KINDS,
+            metavar="KIND",
+            help=f"delete these caches ({', '.join(CACHE_KINDS)}); none named = all",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from cnclip_lora.utils.caches import CACHE_KINDS, cache_root, cache_usage, clear_cache, human_bytes

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.commands.base import Command
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
 
 class CheckDataCommand(Command):
@@ -16,15 +16,24 @@ class CheckDataCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("data_dir", help="folder in the competition layout (train.csv, test_query.csv, image/)")
         parser.add_argument("--val_size", type=float, default=DEFAULT_VAL_SIZE, help="held-out share (0<x<1) or count")
-        parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED,
-                            help="seed of the train/validation split (as in train)")  # fmt: skip
+        parser.add_argument(
+            "--split_seed",
+            type=int,
+            default=DEFAULT_SPLIT_SEED,
+            help="seed of the train/validation split (as in train)",
+        )
         parser.add_argument("--skip_bad_rows", action="store_true", help="treat bad training rows as skippable")
         parser.add_argument("--no_check_images", action="store_true", help="only check that images exist (faster)")
 
     def run(self, args: argparse.Namespace) -> int:
         from cnclip_lora.data import check_data
 
-        report = check_data(args.data_dir, val_size=args.val_size, seed=args.split_seed,
-                            skip_bad_rows=args.skip_bad_rows, check_images=not args.no_check_images)  # fmt: skip
+        report = check_data(
+            args.data_dir,
+            val_size=args.val_size,
+            seed=args.split_seed,
+            skip_bad_rows=args.skip_bad_rows,
+            check_images=not args.no_check_images,
+        )
         print(report.summary())
         return 0 if report.ok else 1

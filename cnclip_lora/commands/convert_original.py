@@ -16,12 +16,14 @@ class ConvertOriginalCommand(Command):
         from cnclip_lora.convert import TEXT_MODELS, VISION_MODELS
 
         parser.add_argument("ckpt", help="checkpoint written by the official training (a dict with a state_dict)")
-        parser.add_argument("out_dir",
-                            help="new folder for config.json, model.safetensors, processor and tokenizer files")
+        parser.add_argument(
+            "out_dir", help="new folder for config.json, model.safetensors, processor and tokenizer files"
+        )
         parser.add_argument("--vision_model", help=f"official vision config name: {', '.join(VISION_MODELS)}")
         parser.add_argument("--text_model", help=f"official text config name: {', '.join(TEXT_MODELS)}")
-        parser.add_argument("--model_info",
-                            help="instead of the names: the merged model config as JSON (official keys)")
+        parser.add_argument(
+            "--model_info", help="instead of the names: the merged model config as JSON (official keys)"
+        )
         parser.add_argument("--vocab", help="vocab.txt the model was trained with (default: the installed cn_clip's)")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -34,7 +36,13 @@ class ConvertOriginalCommand(Command):
                 info = json.loads(open(args.model_info, encoding="utf-8").read())
             except (OSError, json.JSONDecodeError) as err:
                 raise ConfigError(f"--model_info {args.model_info}: {err}") from None
-        path = convert_original(args.ckpt, args.out_dir, vision_model=args.vision_model, text_model=args.text_model,
-                                model_info=info, vocab=args.vocab)  # fmt: skip
+        path = convert_original(
+            args.ckpt,
+            args.out_dir,
+            vision_model=args.vision_model,
+            text_model=args.text_model,
+            model_info=info,
+            vocab=args.vocab,
+        )
         print(f"converted model written to {path}")
         return 0

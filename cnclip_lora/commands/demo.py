@@ -12,8 +12,9 @@ class DemoCommand(Command):
     help = "the main job on the embedded default: tiny model + xfdata, base vs fine-tuned"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data_dir", default="xfdata",
-                            help="competition-layout data (default: the committed sample)")  # fmt: skip
+        parser.add_argument(
+            "--data_dir", default="xfdata", help="competition-layout data (default: the committed sample)"
+        )
         parser.add_argument("--workdir", default="demo_output", help="tiny model, adapter and caches go here")
         parser.add_argument("--output", default="prediction_result/submit.csv", help="the submission file")
         parser.add_argument("--num_train_epochs", type=float, default=None, help="override the demo's epoch budget")

@@ -21,15 +21,26 @@ class MakeDemoDataCommand(Command):
         parser.add_argument("--n_queries", type=int, default=100, help="test queries (each with its own target image)")
         parser.add_argument("--n_distractors", type=int, default=300, help="extra gallery images")
         parser.add_argument("--image_size", type=int, default=224, help="side of the square images, in pixels")
-        parser.add_argument("--domain", choices=list(DOMAINS), default=DOMAINS[0],
-                            help="what the titles and images show (default: %(default)s)")  # fmt: skip
+        parser.add_argument(
+            "--domain",
+            choices=list(DOMAINS),
+            default=DOMAINS[0],
+            help="what the titles and images show (default: %(default)s)",
+        )
         parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
 
     def run(self, args: argparse.Namespace) -> int:
         from cnclip_lora.demo.data import make_demo_data
 
-        counts = make_demo_data(args.out_dir, seed=args.seed, n_train=args.n_train, n_queries=args.n_queries,
-                                n_distractors=args.n_distractors, image_size=args.image_size, domain=args.domain,
-                                overwrite=args.overwrite)  # fmt: skip
+        counts = make_demo_data(
+            args.out_dir,
+            seed=args.seed,
+            n_train=args.n_train,
+            n_queries=args.n_queries,
+            n_distractors=args.n_distractors,
+            image_size=args.image_size,
+            domain=args.domain,
+            overwrite=args.overwrite,
+        )
         print(f"wrote {args.out_dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         return 0

@@ -15,19 +15,19 @@ import os
 import stat
 import unicodedata
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data.report import DataReport, Problem, error_message
 from cnclip_lora.data.split import held_out_images, parse_val_size
 from cnclip_lora.data.tables import Record, Table, parse_table
 from cnclip_lora.errors import DataError
 from cnclip_lora.inputs.images import IMAGE_EXTENSIONS, decode_errors
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
 __all__ = [
     "DataFolder",
@@ -73,7 +73,9 @@ def normalize_title(title: str) -> str:
     return " ".join("".join(cleaned).split())
 
 
-def count_truncated(titles: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 1024) -> int:
+def count_truncated(
+    titles: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 1024
+) -> int:
     """How many titles are longer than ``max_length`` tokens (special tokens included).
 
     Long titles are never an error: the collator truncates them to ``max_length`` (the seed
@@ -93,7 +95,6 @@ def count_truncated(titles: Sequence[str], tokenizer, max_length: int = DEFAULT_
         ids = tokenizer(chunk, add_special_tokens=True, truncation=False)["input_ids"]
         count += sum(1 for seq in ids if len(seq) > max_length)
     return count
-
 
 
 # ------------------------------------------------------------------ paths and names
@@ -148,8 +149,13 @@ def _entry_problem(path: Path, root: Path) -> tuple[str, str] | None:
         if stat.S_ISREG(target_mode):
             return None
         info = os.stat(path)
-    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
-             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    kinds = {
+        stat.S_ISFIFO: "a named pipe",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISDIR: "a folder",
+    }
     what = next((name for test, name in kinds.items() if test(info.st_mode)), "not a regular file")
     return "special file", f"is {what}, not a regular file; only regular image files are read (it was not opened)"
 
@@ -242,8 +248,10 @@ def submission_order(sample_submit: pd.DataFrame, titles: Sequence[str], *, disp
         extra = "is blank" if not title else f"`{title}` is not a query in {_QUERY}"
         if title and title in titles:
             extra = f"`{title}` occurs more often than in {_QUERY}"
-        msg = (f"title {extra}, so the row cannot be matched to its query; make the titles those of "
-               f"{_QUERY} (any order), or remove the title column to fill the rows in query order")
+        msg = (
+            f"title {extra}, so the row cannot be matched to its query; make the titles those of "
+            f"{_QUERY} (any order), or remove the title column to fill the rows in query order"
+        )
         problems.append(Problem(display, lines[row], msg, True, "submission title"))
     if problems:
         raise DataError(error_message(display, problems), problems)
@@ -259,7 +267,6 @@ def _missing_hint(path: str, files: set[str], lower: dict[str, str]) -> str:
         if path + ext in files:
             return f"; did you mean `{path + ext}`?"
     return ""
-
 
 
 def _image_dir_hint(root: Path) -> str:
@@ -302,7 +309,11 @@ class DataFolder:
         self, name: str, sep: str, required: Sequence[str], missing_hint: str = "", keep_blank: bool = False
     ) -> Table:
         return parse_table(
-            self.root / name, self.disp(name), sep=sep, required=required, missing_hint=missing_hint,
+            self.root / name,
+            self.disp(name),
+            sep=sep,
+            required=required,
+            missing_hint=missing_hint,
             keep_blank=keep_blank,
         )
 
@@ -495,11 +506,15 @@ def check_queries(folder: DataFolder, require_queries: bool) -> QueryTitles:
     if not require_queries and not (folder.root / _QUERY).exists():
         return QueryTitles()
     table = folder.read(
-        _QUERY, ",", ("title",), "it must hold the test queries, a comma CSV with a `title` column",
+        _QUERY,
+        ",",
+        ("title",),
+        "it must hold the test queries, a comma CSV with a `title` column",
         keep_blank=True,
     )
-    out = QueryTitles(problems=table.problems + [p for _, p in table.bad_rows],
-                      encodings=folder.encodings(_QUERY, table))
+    out = QueryTitles(
+        problems=table.problems + [p for _, p in table.bad_rows], encodings=folder.encodings(_QUERY, table)
+    )
     if not table.usable:
         return out
     where = folder.disp(_QUERY)
@@ -530,8 +545,9 @@ def check_submit(folder: DataFolder, queries: QueryTitles) -> CheckedFrame:
     if not (folder.root / _SUBMIT).exists():
         return CheckedFrame()
     table = folder.read(_SUBMIT, ",", ("path",), keep_blank=True)
-    out = CheckedFrame(problems=table.problems + [p for _, p in table.bad_rows],
-                       encodings=folder.encodings(_SUBMIT, table))
+    out = CheckedFrame(
+        problems=table.problems + [p for _, p in table.bad_rows], encodings=folder.encodings(_SUBMIT, table)
+    )
     if not table.usable or table.bad_rows:
         return out
     out.frame = table.frame()
@@ -566,8 +582,9 @@ def check_answers(
             out.problems.append(Problem(folder.disp(name), None, msg, True, "missing file"))
         return out
     table = folder.read(name, ",", ("query", "path"))
-    out = CheckedFrame(problems=table.problems + [p for _, p in table.bad_rows],
-                       encodings=folder.encodings(name, table))
+    out = CheckedFrame(
+        problems=table.problems + [p for _, p in table.bad_rows], encodings=folder.encodings(name, table)
+    )
     if not table.usable or table.bad_rows or listing.missing:
         return out  # without image/ every answer would be "not found": the folder problem says it once
     index = {p: i for i, p in enumerate(gallery)}
@@ -711,8 +728,15 @@ def scan_folder(
         **_split_counts(kept.train, held_out, kept.gallery),
     )
     return FolderScan(
-        report, folder.root, folder.image_dir, kept.train, kept.gallery, held_out, queries.titles,
-        submit.frame, answers.frame,
+        report,
+        folder.root,
+        folder.image_dir,
+        kept.train,
+        kept.gallery,
+        held_out,
+        queries.titles,
+        submit.frame,
+        answers.frame,
     )
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 from cnclip_lora.data.checks import scan_folder
 from cnclip_lora.data.report import DataReport, error_message
 from cnclip_lora.errors import DataError
+from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
 __all__ = ["CompetitionData", "load_competition_data"]
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["DataReport", "Problem", "SKIP_FLAG", "error_message"]
 
@@ -89,9 +89,7 @@ class DataReport:
         ]
         if self.excluded_images:
             rows.append(("excluded images", f"{self.excluded_images:,}"))
-        rows.append(
-            ("images decoded", f"{self.images_decoded:,}" if self.images_decoded else "none (existence only)")
-        )
+        rows.append(("images decoded", f"{self.images_decoded:,}" if self.images_decoded else "none (existence only)"))
         if self.truncated_titles is not None:
             rows.append(("truncated titles", f"{self.truncated_titles:,}"))
         if self.encodings:

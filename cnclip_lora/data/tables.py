@@ -11,9 +11,9 @@ import codecs
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -61,8 +61,7 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
             ) from None
     if "\x00" in text:
         raise _FileProblem(
-            "contains NUL characters (UTF-16 without a byte-order mark, or a binary file); "
-            "re-save it as UTF-8 text",
+            "contains NUL characters (UTF-16 without a byte-order mark, or a binary file); re-save it as UTF-8 text",
             None,
         )
     return text, encoding
@@ -266,11 +265,8 @@ def read_table(
             separator is wrong, or a row is malformed; ``.problems`` lists them all.
     """
     display = display_name or str(path)
-    table = parse_table(
-        Path(path), display, sep=sep, required=required_columns, missing_hint="check the path"
-    )
+    table = parse_table(Path(path), display, sep=sep, required=required_columns, missing_hint="check the path")
     problems = table.problems + [p for _, p in table.bad_rows]
     if problems:
         raise DataError(error_message(display, problems), problems)
     return table.frame()
-

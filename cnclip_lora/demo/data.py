@@ -24,9 +24,9 @@ import itertools
 import logging
 import random
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -423,18 +423,30 @@ _SLEEVES2 = ("长袖", "短袖")
 CLOTHING = DomainSpec(
     name="clothing",
     items=(
-        ItemType("T恤", (("neck", ("圆领", "V领", "高领")), ("sleeve", _SLEEVES2)), _garment(0.40, 0.62), _details_tshirt),
-        ItemType("衬衫", (("neck", ("翻领", "圆领", "V领")), ("sleeve", _SLEEVES3)), _garment(0.40, 0.70), _details_shirt),
-        ItemType("卫衣", (("neck", ("圆领", "连帽", "高领")), ("sleeve", _SLEEVES2)), _garment(0.46, 0.60), _details_hoodie),
-        ItemType("外套", (("neck", ("翻领", "连帽", "高领")), ("sleeve", ("长袖",))), _garment(0.46, 0.75), _details_coat),
-        ItemType("毛衣", (("neck", ("圆领", "V领", "高领")), ("sleeve", _SLEEVES2)), _garment(0.44, 0.60), _details_sweater),
+        ItemType(
+            "T恤", (("neck", ("圆领", "V领", "高领")), ("sleeve", _SLEEVES2)), _garment(0.40, 0.62), _details_tshirt
+        ),
+        ItemType(
+            "衬衫", (("neck", ("翻领", "圆领", "V领")), ("sleeve", _SLEEVES3)), _garment(0.40, 0.70), _details_shirt
+        ),
+        ItemType(
+            "卫衣", (("neck", ("圆领", "连帽", "高领")), ("sleeve", _SLEEVES2)), _garment(0.46, 0.60), _details_hoodie
+        ),
+        ItemType(
+            "外套", (("neck", ("翻领", "连帽", "高领")), ("sleeve", ("长袖",))), _garment(0.46, 0.75), _details_coat
+        ),
+        ItemType(
+            "毛衣", (("neck", ("圆领", "V领", "高领")), ("sleeve", _SLEEVES2)), _garment(0.44, 0.60), _details_sweater
+        ),
         ItemType(
             "连衣裙",
             (("neck", ("圆领", "V领", "翻领", "高领")), ("sleeve", _SLEEVES3)),
             _garment(0.32, 0.92, waist=((0.27, -0.04), (0.62, 0.92))),
             _details_dress,
         ),
-        ItemType("半身裙", (("length", ("长款", "短款")), ("cut", ("A字", "百褶", "包臀"))), _shape_skirt, _details_skirt),
+        ItemType(
+            "半身裙", (("length", ("长款", "短款")), ("cut", ("A字", "百褶", "包臀"))), _shape_skirt, _details_skirt
+        ),
         ItemType("裤子", (("length", ("长款", "短款")), ("fit", ("阔腿", "直筒"))), _shape_pants, _details_pants),
     ),
     colours={
@@ -451,10 +463,37 @@ CLOTHING = DomainSpec(
     },
     patterns={"纯色": "solid", "条纹": "stripes", "格子": "check", "波点": "dots", "印花": "print"},
     noise=NoiseVocab(
-        shops=("云思木想", "南风衣橱", "柚子家", "若水小铺", "森屿时光", "暖阳衣社", "橘猫小姐", "星辰衣舍", "花间集", "木槿生活馆"),
+        shops=(
+            "云思木想",
+            "南风衣橱",
+            "柚子家",
+            "若水小铺",
+            "森屿时光",
+            "暖阳衣社",
+            "橘猫小姐",
+            "星辰衣舍",
+            "花间集",
+            "木槿生活馆",
+        ),
         latin=("YSMX", "LOVEME", "ZQ", "MUMU", "KOKO", "chic", "ins风", "Lady"),
         times=("春装", "秋装", "冬季", "夏季", "春秋款", "秋冬", "早春"),
-        promos=("新款", "爆款", "包邮", "韩版", "宽松", "修身", "百搭", "显瘦", "洋气", "网红", "气质", "复古", "日系", "港风", "学生"),
+        promos=(
+            "新款",
+            "爆款",
+            "包邮",
+            "韩版",
+            "宽松",
+            "修身",
+            "百搭",
+            "显瘦",
+            "洋气",
+            "网红",
+            "气质",
+            "复古",
+            "日系",
+            "港风",
+            "学生",
+        ),
         fillers=("弹力", "纯棉", "加绒", "薄款", "前后打揽", "织带", "减龄", "时尚"),
         suffixes=("女", "女装", "女士", "女生", "少女"),
         sizes=("S-XL", "M码", "大码", "XXL", "均码", "165/88A"),
@@ -581,7 +620,12 @@ HOMEWARE = DomainSpec(
         ItemType("花瓶", (("shape", ("圆肚", "细长", "方形")), ("size", _SIZES)), _shape_vase, _details_vase),
         ItemType("台灯", (("shape", ("锥形", "圆筒", "球形")), ("size", _SIZES)), _shape_lamp, _details_lamp),
         ItemType("抱枕", (("shape", ("方形", "圆形", "长方形")), ("size", _SIZES)), _shape_cushion, _details_cushion),
-        ItemType("收纳盒", (("shape", ("方形", "长方形")), ("lid", ("带盖", "无盖")), ("size", _SIZES)), _shape_box, _details_box),
+        ItemType(
+            "收纳盒",
+            (("shape", ("方形", "长方形")), ("lid", ("带盖", "无盖")), ("size", _SIZES)),
+            _shape_box,
+            _details_box,
+        ),
         ItemType("碗", (("depth", ("深口", "浅口")), ("size", _SIZES)), _shape_bowl, _details_bowl),
     ),
     colours={
@@ -798,8 +842,12 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[str]], delimiter: s
 
 
 def _check_args(n_train: int, n_queries: int, n_distractors: int, image_size: int) -> None:
-    limits = (("n_train", n_train, 0), ("n_queries", n_queries, 1), ("n_distractors", n_distractors, 0),
-              ("image_size", image_size, 32))
+    limits = (
+        ("n_train", n_train, 0),
+        ("n_queries", n_queries, 1),
+        ("n_distractors", n_distractors, 0),
+        ("image_size", image_size, 32),
+    )
     for name, value, low in limits:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

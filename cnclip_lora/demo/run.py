@@ -107,8 +107,9 @@ def run_demo(
     tuned = _scores(split="val", **tuned_args)
     if has_answers:
         tuned.update(_scores(split="test", **tuned_args))
-    result = retrieve(RetrieveArguments(output=output, topk_output=str(Path(output).with_name("topk.csv")),
-                                        top_k=10, **tuned_args))
+    result = retrieve(
+        RetrieveArguments(output=output, topk_output=str(Path(output).with_name("topk.csv")), top_k=10, **tuned_args)
+    )
 
     report_path = _write_report(model_dir, data_dir, adapter_dir, cache, workdir / "report.html")
 
@@ -124,9 +125,17 @@ def _write_report(model_dir: Path, data_dir: Path, adapter_dir: Path, cache: str
     """The HTML report of the held-out split, base vs fine-tuned (embeddings come from the cache)."""
     from cnclip_lora.retrieve.report import ReportArguments, build_report
 
-    return build_report(ReportArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
-                                        adapter=str(adapter_dir), compare_base=True, output=str(output),
-                                        cache_dir=cache, device="cpu"))
+    return build_report(
+        ReportArguments(
+            model_name_or_path=str(model_dir),
+            data_dir=str(data_dir),
+            adapter=str(adapter_dir),
+            compare_base=True,
+            output=str(output),
+            cache_dir=cache,
+            device="cpu",
+        )
+    )
 
 
 def _print_table(base: dict[str, float], tuned: dict[str, float]) -> None:

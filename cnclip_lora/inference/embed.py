@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
 
-from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.adapter.record import Preprocessing
+from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 from cnclip_lora.utils.distributed import join_launch_group, rank_and_world
@@ -94,8 +95,9 @@ def _map_embed(
     if quiet:
         datasets.disable_progress_bars()
     try:
-        out = shard.map(_fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc,
-                        **map_kwargs)
+        out = shard.map(
+            _fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc, **map_kwargs
+        )
     finally:
         if quiet:
             datasets.enable_progress_bars()
@@ -137,14 +139,25 @@ def embed_texts(
 
     @torch.inference_mode()
     def embed_batch(batch: dict[str, list]) -> np.ndarray:
-        enc = tokenize_titles(batch["title"], tokenizer, preprocessing.max_length, preprocessing.title_normalization,
-                              pad_to_max_length=pad_to_max_length)
+        enc = tokenize_titles(
+            batch["title"],
+            tokenizer,
+            preprocessing.max_length,
+            preprocessing.title_normalization,
+            pad_to_max_length=pad_to_max_length,
+        )
         enc = {k: v.to(device) for k, v in enc.items()}
         return _normalise(get_text_embeds(model, **enc))
 
     dataset = datasets.Dataset.from_dict({"title": list(titles)})
-    return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
-                      fingerprint=fingerprint, desc="Embedding titles")
+    return _map_embed(
+        dataset,
+        embed_batch,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        fingerprint=fingerprint,
+        desc="Embedding titles",
+    )
 
 
 def embed_images(
@@ -208,7 +221,13 @@ def embed_images(
 
     dataset = datasets.Dataset.from_dict({"row": list(range(len(all_items)))})
     try:
-        return _map_embed(dataset, embed_batch, batch_size=batch_size, cache_dir=cache_dir,
-                          fingerprint=fingerprint, desc="Embedding images")
+        return _map_embed(
+            dataset,
+            embed_batch,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            fingerprint=fingerprint,
+            desc="Embedding images",
+        )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -17,8 +17,9 @@ preprocessing. Recall comes from the exact full-gallery ranks (:mod:`cnclip_lora
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -89,8 +90,9 @@ class RetrievalEvaluator:
             raise ConfigError(f"RetrievalEvaluator: {len(self.labels)} labels for {len(self.titles)} titles.")
         bad = [x for x in self.labels if not 0 <= x < len(self.gallery_paths)]
         if bad:
-            raise ConfigError(f"RetrievalEvaluator: label {bad[0]} is outside the gallery of "
-                              f"{len(self.gallery_paths)} images.")
+            raise ConfigError(
+                f"RetrievalEvaluator: label {bad[0]} is outside the gallery of {len(self.gallery_paths)} images."
+            )
         self.ks = tuple(self.ks)
 
     def __len__(self) -> int:
@@ -128,9 +130,12 @@ class RetrievalEvaluator:
         encoder = self.encoder(model)
         was_training = bool(getattr(encoder.model, "training", False))
         try:
-            gallery = encoder.encode_images(self.gallery_paths, batch_size=self.batch_size, pixel_cache=self.pixel_cache)
-            queries = encoder.encode_texts(self.titles, batch_size=self.batch_size,
-                                           pad_to_max_length=self.pad_to_max_length)
+            gallery = encoder.encode_images(
+                self.gallery_paths, batch_size=self.batch_size, pixel_cache=self.pixel_cache
+            )
+            queries = encoder.encode_texts(
+                self.titles, batch_size=self.batch_size, pad_to_max_length=self.pad_to_max_length
+            )
         finally:
             if was_training:
                 encoder.model.train()

@@ -121,13 +121,13 @@ def true_ranks(queries, gallery, positives: Sequence[Positive], *, block: int = 
     single = all(p.size == 1 for p in pos_sets)
     out = np.full(len(queries), np.inf)
     for start in range(0, len(queries), block):
-        sims = queries[start:start + block] @ gallery.T
+        sims = queries[start : start + block] @ gallery.T
         if single:  # one positive per query: the whole block at once
-            labels = np.concatenate(pos_sets[start:start + block]) if len(sims) else np.zeros(0, np.int64)
+            labels = np.concatenate(pos_sets[start : start + block]) if len(sims) else np.zeros(0, np.int64)
             best = sims[np.arange(len(sims)), labels]
-            out[start:start + len(sims)] = (sims >= best[:, None]).sum(axis=1)
+            out[start : start + len(sims)] = (sims >= best[:, None]).sum(axis=1)
             continue
-        for row, pos in enumerate(pos_sets[start:start + block]):
+        for row, pos in enumerate(pos_sets[start : start + block]):
             if not pos.size:
                 continue
             scores = sims[row]

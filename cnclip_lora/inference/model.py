@@ -31,7 +31,6 @@ from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import Backend, Flip, parse_choice
 
 if TYPE_CHECKING:
-
     from cnclip_lora.adapter.record import Preprocessing
 
 __all__ = ["DTYPES", "ImageInput", "RetrievalModel", "check_device"]
@@ -58,7 +57,9 @@ def check_device(device: str | None) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError) as err:
-        raise ConfigError(f"--device {device!r} is not a device name ({err}); give e.g. cpu, cuda, cuda:1, mps.") from None
+        raise ConfigError(
+            f"--device {device!r} is not a device name ({err}); give e.g. cpu, cuda, cuda:1, mps."
+        ) from None
     if parsed.type in ("cpu", "meta"):
         return
     backend = getattr(torch, parsed.type, None)
@@ -70,11 +71,15 @@ def check_device(device: str | None) -> None:
     else:
         available, count = False, 0
     if not available:
-        raise ConfigError(f"--device {device!r}: this machine has no {parsed.type} device; use --device cpu "
-                          "or leave --device unset (the GPU when there is one).")
+        raise ConfigError(
+            f"--device {device!r}: this machine has no {parsed.type} device; use --device cpu "
+            "or leave --device unset (the GPU when there is one)."
+        )
     if parsed.index is not None and parsed.index >= count:
-        raise ConfigError(f"--device {device!r}: only {count} {parsed.type} device(s) here "
-                          f"({parsed.type}:0 to {parsed.type}:{count - 1}).")
+        raise ConfigError(
+            f"--device {device!r}: only {count} {parsed.type} device(s) here "
+            f"({parsed.type}:0 to {parsed.type}:{count - 1})."
+        )
 
 
 def _torch_dtype(dtype: str | None) -> Any:
@@ -101,7 +106,10 @@ def _source_identity(model_name_or_path: str, revision: str | None, commit: str 
     path = Path(model_name_or_path)
     if path.is_dir():
         files = sorted([*path.glob("*.safetensors"), *path.glob("*.onnx")])
-        return {"dir": str(path.resolve()), "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]}
+        return {
+            "dir": str(path.resolve()),
+            "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        }
     return {"hub": model_name_or_path, "revision": revision, "commit": commit}
 
 
@@ -190,20 +198,30 @@ class RetrievalModel:
         common = dict(cache_dir=cache_dir, source=model_name_or_path, batch_size=batch_size)
         if backend == Backend.ONNX:
             if adapter or dtype:
-                raise ConfigError("--backend onnx takes an export folder as --model_name_or_path, with the adapter "
-                                  "already merged and float32 weights: drop --adapter/--dtype (or export again with "
-                                  "that adapter).")
+                raise ConfigError(
+                    "--backend onnx takes an export folder as --model_name_or_path, with the adapter "
+                    "already merged and float32 weights: drop --adapter/--dtype (or export again with "
+                    "that adapter)."
+                )
             model, processor, preprocessing = cls._load_onnx(model_name_or_path, device)
             return cls(model, processor, preprocessing, backend=Backend.ONNX, **common)
         model, processor, preprocessing, adapter_dir = cls._load_torch(
-            model_name_or_path, adapter, model_revision=model_revision, adapter_revision=adapter_revision,
-            allow_different_base=allow_different_base)  # fmt: skip
+            model_name_or_path,
+            adapter,
+            model_revision=model_revision,
+            adapter_revision=adapter_revision,
+            allow_different_base=allow_different_base,
+        )
         model = cls._place(model, device, dtype)
         return cls(model, processor, preprocessing, revision=model_revision, adapter_dir=adapter_dir, **common)
 
     @staticmethod
     def _load_torch(
-        model_name_or_path: str, adapter: str | None, *, model_revision: str | None, adapter_revision: str | None,
+        model_name_or_path: str,
+        adapter: str | None,
+        *,
+        model_revision: str | None,
+        adapter_revision: str | None,
         allow_different_base: bool,
     ) -> tuple[Any, Any, Preprocessing | None, str | None]:
         from cnclip_lora.adapter.record import Preprocessing
@@ -226,8 +244,9 @@ class RetrievalModel:
         check_base_identity(
             recorded_base_identity(adapter_dir),
             base_identity(model, processor.tokenizer, model_name_or_path, model_revision),
-            adapter=adapter, allow_different_base=allow_different_base,
-        )  # fmt: skip
+            adapter=adapter,
+            allow_different_base=allow_different_base,
+        )
         validate_adapter_folder(adapter_dir, model)  # damaged, foreign or incomplete: refused before peft
         with quiet_peft_wrapping():
             model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -247,8 +266,10 @@ class RetrievalModel:
         model = OnnxChineseCLIP(folder, providers=onnx_providers(device))
         preprocessing = Preprocessing.load(folder)
         if preprocessing is None:  # the export always writes it: without it the inputs would be guessed
-            raise ConfigError(f"{folder}: no {RECORD_FILE} beside the ONNX files, so how titles and images were "
-                              "prepared is unknown; export again with `cnclip-lora export-onnx`.")
+            raise ConfigError(
+                f"{folder}: no {RECORD_FILE} beside the ONNX files, so how titles and images were "
+                "prepared is unknown; export again with `cnclip-lora export-onnx`."
+            )
         processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
         return model, processor, preprocessing
 
@@ -284,27 +305,53 @@ class RetrievalModel:
         return str(next(self.model.parameters()).dtype)
 
     # ---------------------------------------------------------------- encoding
-    def encode_texts(self, titles: Sequence[str], *, batch_size: int | None = None, cache: bool = True,
-                     pad_to_max_length: bool = False) -> np.ndarray:
+    def encode_texts(
+        self,
+        titles: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        cache: bool = True,
+        pad_to_max_length: bool = False,
+    ) -> np.ndarray:
         """L2-normalised embeddings ``[len(titles), D]`` (float32, input order), each title prepared,
         truncated and padded as the record says; through the embedding cache when there is one."""
         from cnclip_lora.inference.embed import embed_texts
 
         titles = [str(t) for t in titles]
-        return embed_texts(self.model, self.tokenizer, titles, preprocessing=self.preprocessing,
-                           batch_size=batch_size or self.batch_size, pad_to_max_length=pad_to_max_length,
-                           **self._cache("text", titles, cache))  # fmt: skip
+        return embed_texts(
+            self.model,
+            self.tokenizer,
+            titles,
+            preprocessing=self.preprocessing,
+            batch_size=batch_size or self.batch_size,
+            pad_to_max_length=pad_to_max_length,
+            **self._cache("text", titles, cache),
+        )
 
-    def encode_images(self, images: Sequence[Any], *, batch_size: int | None = None, cache: bool = True,
-                      pixel_cache: Any = None, num_threads: int | None = None) -> np.ndarray:
+    def encode_images(
+        self,
+        images: Sequence[Any],
+        *,
+        batch_size: int | None = None,
+        cache: bool = True,
+        pixel_cache: Any = None,
+        num_threads: int | None = None,
+    ) -> np.ndarray:
         """L2-normalised embeddings ``[len(images), D]`` of image files or PIL images, decoded, turned
         upright, flipped and resized as the record says; through the embedding cache when there is one."""
         from cnclip_lora.inference.embed import embed_images
 
         images = list(images)
-        return embed_images(self.model, self.image_processor, images, preprocessing=self.preprocessing,
-                            batch_size=batch_size or self.batch_size, pixel_cache=pixel_cache,
-                            num_threads=num_threads, **self._cache("image", images, cache))  # fmt: skip
+        return embed_images(
+            self.model,
+            self.image_processor,
+            images,
+            preprocessing=self.preprocessing,
+            batch_size=batch_size or self.batch_size,
+            pixel_cache=pixel_cache,
+            num_threads=num_threads,
+            **self._cache("image", images, cache),
+        )
 
     def count_tokens(self, titles: Sequence[str]) -> list[int]:
         """Tokens each title takes (with ``[CLS]``/``[SEP]``) before truncation to :attr:`max_length`,
@@ -343,4 +390,6 @@ class RetrievalModel:
 
     def __repr__(self) -> str:
         adapter = f", adapter={self.adapter_dir!r}" if self.adapter_dir else ""
-        return f"RetrievalModel(source={self.source!r}{adapter}, backend={self.backend!s}, max_length={self.max_length})"
+        return (
+            f"RetrievalModel(source={self.source!r}{adapter}, backend={self.backend!s}, max_length={self.max_length})"
+        )

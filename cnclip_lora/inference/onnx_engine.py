@@ -4,15 +4,24 @@ behind ``ChineseCLIPModel``'s embedding methods (see :mod:`cnclip_lora.retrieve.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
-__all__ = ["EXPORT_FILE", "TEXT_FILE", "TEXT_INPUTS", "VISION_FILE", "OnnxChineseCLIP", "is_onnx_export",
-           "onnx_providers", "require"]
+__all__ = [
+    "EXPORT_FILE",
+    "TEXT_FILE",
+    "TEXT_INPUTS",
+    "VISION_FILE",
+    "OnnxChineseCLIP",
+    "is_onnx_export",
+    "onnx_providers",
+    "require",
+]
 
 TEXT_FILE = "text_model.onnx"
 VISION_FILE = "vision_model.onnx"
@@ -45,15 +54,18 @@ class OnnxChineseCLIP(torch.nn.Module):
     runs unchanged over onnxruntime sessions. The returned embeddings are already normalised.
     """
 
-    def __init__(self, folder: str | os.PathLike, providers: Sequence[str] | None = None,
-                 num_threads: int | None = None):
+    def __init__(
+        self, folder: str | os.PathLike, providers: Sequence[str] | None = None, num_threads: int | None = None
+    ):
         super().__init__()
         ort = require("onnxruntime")
         folder = Path(folder)
         if not is_onnx_export(folder):
             missing = [f for f in (TEXT_FILE, VISION_FILE) if not (folder / f).is_file()]
-            raise ConfigError(f"{folder}: not an ONNX export (missing {', '.join(missing)}); "
-                              f"write one with `cnclip-lora export-onnx`.")
+            raise ConfigError(
+                f"{folder}: not an ONNX export (missing {', '.join(missing)}); "
+                f"write one with `cnclip-lora export-onnx`."
+            )
         options = ort.SessionOptions()
         # As many threads as torch uses, so both backends get the same cores.
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
@@ -66,8 +78,12 @@ class OnnxChineseCLIP(torch.nn.Module):
         # take float32 tensors on the CPU side.
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
@@ -87,7 +103,9 @@ def onnx_providers(device: str | None) -> list[str]:
     if device and device.startswith("cuda"):
         ort = require("onnxruntime")
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError(f"--device {device} with --backend onnx needs onnxruntime-gpu; "
-                              f"this onnxruntime offers {', '.join(ort.get_available_providers())}.")
+            raise ConfigError(
+                f"--device {device} with --backend onnx needs onnxruntime-gpu; "
+                f"this onnxruntime offers {', '.join(ort.get_available_providers())}."
+            )
         providers.insert(0, "CUDAExecutionProvider")
     return providers

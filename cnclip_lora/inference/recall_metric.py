@@ -6,7 +6,7 @@ Kept apart from :mod:`cnclip_lora.inference.metrics` because importing ``evaluat
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import datasets
 import evaluate

@@ -20,9 +20,9 @@ near-ties between *different* vectors may order differently with other chunk siz
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.options import Assign, FaissIndex, parse_choice
@@ -54,6 +54,7 @@ FAISS_HINT = "install the faiss extra: pip install 'cnclip-lora[faiss]'"
 
 def _as_float_tensor(x, name: str) -> torch.Tensor:
     import torch
+
     t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x.detach()
     if t.ndim != 2:
         raise CnClipLoraError(f"{name} must be a 2-D [n, dim] array, got shape {tuple(t.shape)}")
@@ -66,6 +67,7 @@ def _inv_norms(x: torch.Tensor, name: str) -> torch.Tensor:
     """1 / row norms; also the finiteness check (a NaN/inf anywhere makes its row norm non-finite),
     which is far cheaper than ``torch.isfinite`` over the whole array."""
     import torch
+
     norms = x.float().norm(dim=1)
     if not bool(torch.isfinite(norms).all()):
         raise CnClipLoraError(f"{name} embeddings contain NaN or infinite values")
@@ -75,6 +77,7 @@ def _inv_norms(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def _normalized(x: torch.Tensor, name: str, normalize: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     import torch
+
     x = x.float()
     inv = _inv_norms(x, name)
     if not normalize:
@@ -103,6 +106,7 @@ def _check_inputs(query, gallery, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _lexsorted_topk(scores: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of small candidate rows ordered by (-score, index): ``[n, c]`` -> ``[n, k]``."""
     import torch
+
     by_index = torch.sort(index, dim=1, stable=True)
     s = scores.gather(1, by_index.indices)
     by_score = torch.sort(s, dim=1, descending=True, stable=True)
@@ -116,6 +120,7 @@ def _block_topk(block: torch.Tensor, k: int, run_max: torch.Tensor | None = None
     ``run_max``: the block's maxima over runs of ``_GROUP`` columns, when the caller has them.
     """
     import torch
+
     n, w = block.shape
     if k >= w:
         vals, idx = block.topk(w, dim=1, sorted=True)
@@ -160,6 +165,7 @@ def _rank_exact(
     q: torch.Tensor, g: torch.Tensor, k: int, chunk_size: int | None, query_chunk_size: int | None, normalize: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
+
     n_q, n_g = q.shape[0], g.shape[0]
     dev = g.device
     block_elements = _BLOCK_ELEMENTS if dev.type == "cpu" else _GPU_BLOCK_ELEMENTS
@@ -198,6 +204,7 @@ def _rank_exact(
 def _merge(best_s: torch.Tensor, best_i: torch.Tensor, rows, vals: torch.Tensor, idx: torch.Tensor, k: int) -> None:
     """Merge candidate (score, gallery index) columns into the running top-k of ``rows``."""
     import torch
+
     cand_s = torch.cat([best_s[rows], vals], dim=1)
     cand_i = torch.cat([best_i[rows], idx], dim=1)
     # Unfilled slots (-inf, -1) sort last: -inf loses to any finite score.
@@ -217,6 +224,7 @@ def _merge_pruned(
     plus that pass: the expected number of new top-k entries falls as k / blocks seen.
     """
     import torch
+
     n, w = block.shape
     kth = best_s[rows, k - 1]
     m = _GROUP if w % _GROUP == 0 else w  # a ragged block is one run per row
@@ -346,6 +354,7 @@ def rank(
         CnClipLoraError: empty gallery, dimension mismatch, non-finite values, faiss missing.
     """
     import torch
+
     q, g = _check_inputs(query_embeds, gallery_embeds, k)
     for name, value in (("chunk_size", chunk_size), ("query_chunk_size", query_chunk_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
@@ -497,14 +506,14 @@ def assign_one_to_one(
         ``[Q]`` int64 gallery indices, all distinct.
     """
     import torch
+
     q, g = _check_inputs(query_embeds, gallery_embeds, 1)
     n_q, n_g = q.shape[0], g.shape[0]
     if n_q == 0:
         return np.zeros(0, dtype=np.int64)
     if n_q > n_g:
         raise CnClipLoraError(
-            f"one-to-one assignment is impossible: {n_q} queries but only {n_g} gallery images; "
-            "use argmax assignment"
+            f"one-to-one assignment is impossible: {n_q} queries but only {n_g} gallery images; use argmax assignment"
         )
     if n_q * n_g * 8 <= dense_limit_bytes:
         with torch.no_grad():

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
-from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip, TitleNormalization, parse_choice
 from cnclip_lora.inputs.text import TitleTokenMemo, tokenize_titles
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip, TitleNormalization, parse_choice
 
 __all__ = ["ImageTextCollator"]
 
@@ -63,10 +63,16 @@ class ImageTextCollator:
 
     def _tokens(self, titles: list[str]) -> dict[str, torch.Tensor]:
         if self._token_memo is None:
-            return tokenize_titles(titles, self.processor.tokenizer, self.max_length, self.title_normalization,
-                                   pad_to_max_length=self.pad_to_max_length)
-        return self._token_memo(titles, self.processor.tokenizer, self.max_length, self.title_normalization,
-                                self.pad_to_max_length)
+            return tokenize_titles(
+                titles,
+                self.processor.tokenizer,
+                self.max_length,
+                self.title_normalization,
+                pad_to_max_length=self.pad_to_max_length,
+            )
+        return self._token_memo(
+            titles, self.processor.tokenizer, self.max_length, self.title_normalization, self.pad_to_max_length
+        )
 
     def _flips(self, n: int) -> list[bool]:
         if self.flip == Flip.ALWAYS:

@@ -17,9 +17,10 @@ import functools
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -68,8 +69,19 @@ class _ImageTooLarge(ValueError):
 # Pillow raises these for unreadable images; DecompressionBombError is not an OSError.
 # Pillow's format plugins also leak struct.error, IndexError, TypeError... on damaged files: all mean
 # "this file cannot be decoded" and are reported as such, never as a traceback.
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, struct.error,
-                 IndexError, KeyError, TypeError, AttributeError, ArithmeticError)
+_IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    ArithmeticError,
+)
 
 
 # ------------------------------------------------------------------------- decoding
@@ -95,9 +107,7 @@ def open_image(path: str | os.PathLike, *, draft_size: int | None = None) -> Ima
     try:
         return _decode_image(Path(path), draft=(draft_size, draft_size) if draft_size else None, limit=limit)
     except _IMAGE_ERRORS as exc:
-        raise DataError(
-            f"cannot read image {path}: {_image_error_text(exc)}; replace or remove the file"
-        ) from exc
+        raise DataError(f"cannot read image {path}: {_image_error_text(exc)}; replace or remove the file") from exc
 
 
 def max_image_pixels() -> int | None:

@@ -11,7 +11,8 @@ the package's behaviour before ``official`` existed.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -45,8 +46,10 @@ def padded_width(longest: int, max_length: int) -> int:
 
 
 def _pad_values(tokenizer: Any) -> dict[str, int]:
-    return {"input_ids": getattr(tokenizer, "pad_token_id", None) or 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0}
+    return {
+        "input_ids": getattr(tokenizer, "pad_token_id", None) or 0,
+        "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0) or 0,
+    }
 
 
 def tokenize_titles(
@@ -105,8 +108,13 @@ def count_tokens(
     official = title_normalization == TitleNormalization.OFFICIAL
     if official:
         _official_word_limit(tokenizer)
-    enc = tokenizer(prepare_titles(titles, title_normalization), add_special_tokens=True, truncation=False,
-                    verbose=False, **({"split_special_tokens": True} if official else {}))  # fmt: skip
+    enc = tokenizer(
+        prepare_titles(titles, title_normalization),
+        add_special_tokens=True,
+        truncation=False,
+        verbose=False,
+        **({"split_special_tokens": True} if official else {}),
+    )
     return [len(ids) for ids in enc["input_ids"]]
 
 
@@ -151,8 +159,9 @@ class TitleTokenMemo:
         new = [t for t in dict.fromkeys(titles) if t not in self._row]
         if new:
             if len(self._row) + len(new) > self.capacity:
-                return tokenize_titles(titles, tokenizer, max_length, title_normalization,
-                                       pad_to_max_length=pad_to_max_length)
+                return tokenize_titles(
+                    titles, tokenizer, max_length, title_normalization, pad_to_max_length=pad_to_max_length
+                )
             rows = tokenize_titles(new, tokenizer, max_length, title_normalization, pad_to_max_length=True)
             self._remember(new, rows)
         rows = torch.tensor([self._row[t] for t in titles], dtype=torch.long)
@@ -168,8 +177,10 @@ class TitleTokenMemo:
         n = len(self._row)
         if not self._store:
             # ids need 32 bits; masks and segment ids fit 8 (widened below if a value does not).
-            self._store = {k: v.new_empty((0, v.shape[1]), dtype=torch.int32 if k == "input_ids" else torch.int8)
-                           for k, v in enc.items()}  # fmt: skip
+            self._store = {
+                k: v.new_empty((0, v.shape[1]), dtype=torch.int32 if k == "input_ids" else torch.int8)
+                for k, v in enc.items()
+            }
         for key, values in enc.items():
             store = self._store[key]
             if store.shape[0] < n + len(titles):  # grow by doubling (amortised O(1) per title), up to capacity

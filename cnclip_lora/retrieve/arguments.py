@@ -42,8 +42,11 @@ class ModelSourceArguments(_Group):
     """Which model: a base checkpoint, an optional adapter, their revisions."""
 
     model_name_or_path: str = field(
-        metadata={"help": "Base Chinese-CLIP checkpoint (Hub id or local folder); with --backend onnx an "
-                          "`export-onnx` folder."})  # fmt: skip
+        metadata={
+            "help": "Base Chinese-CLIP checkpoint (Hub id or local folder); with --backend onnx an "
+            "`export-onnx` folder."
+        }
+    )
     adapter: str | None = field(
         default=None, metadata={"help": "LoRA adapter folder or Hub id; none = the base model (zero-shot baseline)."}
     )
@@ -51,10 +54,12 @@ class ModelSourceArguments(_Group):
     adapter_revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit of the adapter."})
     allow_different_base: bool = field(
         default=False,
-        metadata={"help": "Use the adapter on a base with the same architecture but other weights or vocabulary "
-                          "than it was trained on (a re-saved or converted copy of that base; a deliberate "
-                          "transfer experiment). Off: such a pair is refused, since its rankings are silently wrong."},
-    )  # fmt: skip
+        metadata={
+            "help": "Use the adapter on a base with the same architecture but other weights or vocabulary "
+            "than it was trained on (a re-saved or converted copy of that base; a deliberate "
+            "transfer experiment). Off: such a pair is refused, since its rankings are silently wrong."
+        },
+    )
 
     def check_sources(self) -> None:
         """A mistyped model or adapter path fails at once, before the data checks and any heavy
@@ -74,18 +79,22 @@ class RuntimeArguments(_Group):
 
     backend: str = field(
         default=Backend.TORCH,
-        metadata={"help": "torch: the checkpoint (+ merged adapter). onnx: onnxruntime over a `cnclip-lora "
-                          "export-onnx` folder given as --model_name_or_path (onnx extra).",
-                  "choices": choices(Backend)},
-    )  # fmt: skip
+        metadata={
+            "help": "torch: the checkpoint (+ merged adapter). onnx: onnxruntime over a `cnclip-lora "
+            "export-onnx` folder given as --model_name_or_path (onnx extra).",
+            "choices": choices(Backend),
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "cuda, cpu...; default: cuda when available."})
     dtype: str | None = field(default=None, metadata={"help": "float32 | bfloat16 | float16 for the model."})
     batch_size: int = field(default=64, metadata={"help": "Embedding batch size."})
     cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Embedding cache folder (keyed by model, adapter, processor, images, preprocessing); "
-                          "default: HF_DATASETS_CACHE/cnclip_lora/embeddings (see `cnclip-lora cache`); '' disables."},
-    )  # fmt: skip
+        metadata={
+            "help": "Embedding cache folder (keyed by model, adapter, processor, images, preprocessing); "
+            "default: HF_DATASETS_CACHE/cnclip_lora/embeddings (see `cnclip-lora cache`); '' disables."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,9 +102,11 @@ class RuntimeArguments(_Group):
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1; got {self.batch_size}.")
         if self.backend == Backend.ONNX and (getattr(self, "adapter", None) or self.dtype):
-            raise ConfigError("--backend onnx takes an export folder as --model_name_or_path, with the adapter "
-                              "already merged and float32 weights: drop --adapter/--dtype (or export again with "
-                              "that adapter).")
+            raise ConfigError(
+                "--backend onnx takes an export folder as --model_name_or_path, with the adapter "
+                "already merged and float32 weights: drop --adapter/--dtype (or export again with "
+                "that adapter)."
+            )
 
 
 @dataclass
@@ -116,18 +127,22 @@ class SplitArguments(DataDirArguments):
     )
     val_size: float | None = field(
         default=None,
-        metadata={"help": "--split val: held-out share or count. Default: the adapter's recorded training "
-                          "split (0.1 without a record); a different value needs --allow_different_split."},
-    )  # fmt: skip
+        metadata={
+            "help": "--split val: held-out share or count. Default: the adapter's recorded training "
+            "split (0.1 without a record); a different value needs --allow_different_split."
+        },
+    )
     split_seed: int | None = field(
         default=None,
         metadata={"help": "--split val: split seed. Default: the adapter's recorded one (42 without)."},
     )
     allow_different_split: bool = field(
         default=False,
-        metadata={"help": "--split val: accept a split other than the adapter's training split (its held-out "
-                          "recall then includes trained-on images)."},
-    )  # fmt: skip
+        metadata={
+            "help": "--split val: accept a split other than the adapter's training split (its held-out "
+            "recall then includes trained-on images)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,22 +152,30 @@ class SplitArguments(DataDirArguments):
 
 # ---------------------------------------------------------------- the verbs
 
+
 @dataclass
 class RetrieveArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments):
     """``cnclip-lora retrieve``: rank the gallery for the test queries and write the files."""
 
-    output: str | None = field(default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."})
+    output: str | None = field(
+        default=None, metadata={"help": "Submission CSV (sample_submit.csv's columns and order)."}
+    )
     top_k: int = field(
         default=10,
-        metadata={"help": "Results kept per query in the top-k file (metrics and the one-to-one assignment use the "
-                          "whole gallery)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Results kept per query in the top-k file (metrics and the one-to-one assignment use the "
+            "whole gallery)."
+        },
+    )
     topk_output: str | None = field(default=None, metadata={"help": "CSV with query,rank,path,score for the top-k."})
     assign: str = field(
         default=Assign.ARGMAX,
-        metadata={"help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
-                          "similarity over the whole gallery.", "choices": choices(Assign)},
-    )  # fmt: skip
+        metadata={
+            "help": "argmax: best image per query. hungarian: one distinct image per query, maximising total "
+            "similarity over the whole gallery.",
+            "choices": choices(Assign),
+        },
+    )
     use_faiss: bool = field(default=False, metadata={"help": "Rank with a FAISS inner-product index (faiss extra)."})
     faiss_index: str = field(
         default=FaissIndex.FLAT,
@@ -183,7 +206,9 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
     compare_base: bool = field(default=False, metadata={"help": "Compare with the base model without adapter."})
     output: str = field(default="report.html", metadata={"help": "The HTML file to write."})
     top_k: int = field(default=5, metadata={"help": "Thumbnails shown per query and model."})
-    max_queries: int = field(default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."})
+    max_queries: int = field(
+        default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."}
+    )
     thumb_size: int = field(default=96, metadata={"help": "Thumbnail edge in pixels."})
     training_dir: str | None = field(
         default=None, metadata={"help": "Folder with trainer_state.json for the curves; default: the adapter folder."}
@@ -199,8 +224,9 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
         if self.compare_base and not self.adapter:
             raise ConfigError("--compare_base needs --adapter (otherwise both models are the base model).")
         if self.backend == Backend.ONNX and (self.compare_base or self.baseline_adapter):
-            raise ConfigError("--backend onnx serves one export folder: --compare_base/--baseline_adapter need the "
-                              "torch backend.")
+            raise ConfigError(
+                "--backend onnx serves one export folder: --compare_base/--baseline_adapter need the torch backend."
+            )
         if not self.output.lower().endswith((".html", ".htm")):
             raise ConfigError(f"--output must be an .html file; got {self.output!r}.")
 

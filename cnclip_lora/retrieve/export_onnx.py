@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -36,8 +37,6 @@ __all__ = ["DEFAULT_OPSET", "export_onnx"]
 logger = logging.getLogger(__name__)
 
 
-
-
 class _TextTower(torch.nn.Module):
     """CLS state -> text projection -> L2 normalisation, as one graph."""
 
@@ -45,7 +44,9 @@ class _TextTower(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         from cnclip_lora.modeling import get_text_embeds
 
         embeds = get_text_embeds(self.model, input_ids, attention_mask, token_type_ids)
@@ -68,8 +69,13 @@ class _VisionTower(torch.nn.Module):
 def _example_text(tokenizer: Any) -> dict[str, torch.Tensor]:
     """Two titles of different lengths: the traced graph must keep the padding mask (with an
     all-ones mask transformers may skip building one, and the graph would ignore padding)."""
-    enc = tokenizer(["红色条纹T恤", "云思木想2019秋装新款高领弹力修身长袖T恤女"], padding=True, truncation=True,
-                    max_length=DEFAULT_MAX_LENGTH, return_tensors="pt")
+    enc = tokenizer(
+        ["红色条纹T恤", "云思木想2019秋装新款高领弹力修身长袖T恤女"],
+        padding=True,
+        truncation=True,
+        max_length=DEFAULT_MAX_LENGTH,
+        return_tensors="pt",
+    )
     if "token_type_ids" not in enc:
         enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
     return {k: enc[k] for k in TEXT_INPUTS}
@@ -79,15 +85,29 @@ def _image_size(model: torch.nn.Module) -> int:
     return int(model.config.vision_config.image_size)
 
 
-def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: Sequence[str], output_name: str,
-            dynamic: dict[str, dict[int, str]], opset: int) -> None:
+def _export(
+    module: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    input_names: Sequence[str],
+    output_name: str,
+    dynamic: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
     with warnings.catch_warnings():
         # The tracer warns about Python-level shape checks inside transformers; the dynamic axes
         # are verified by the tests (batch and title length both vary).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=opset, input_names=list(input_names),
-            output_names=[output_name], dynamic_axes={**dynamic, output_name: {0: "batch"}}, do_constant_folding=True,
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_axes={**dynamic, output_name: {0: "batch"}},
+            do_constant_folding=True,
         )
 
 
@@ -123,29 +143,56 @@ def export_onnx(
     from cnclip_lora.adapter.record import RECORD_FILE, RunRecord
     from cnclip_lora.inference.model import RetrievalModel
 
-    loaded = RetrievalModel.from_pretrained(model_name_or_path, adapter, model_revision=model_revision,
-                                            adapter_revision=adapter_revision, device="cpu", dtype="float32")
+    loaded = RetrievalModel.from_pretrained(
+        model_name_or_path,
+        adapter,
+        model_revision=model_revision,
+        adapter_revision=adapter_revision,
+        device="cpu",
+        dtype="float32",
+    )
     model, processor, adapter_dir = loaded.model, loaded.processor, loaded.adapter_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         text = _example_text(processor.tokenizer)
-        _export(_TextTower(model).eval(), tuple(text[k] for k in TEXT_INPUTS), staging / TEXT_FILE, TEXT_INPUTS,
-                "text_embeds", {k: {0: "batch", 1: "sequence"} for k in TEXT_INPUTS}, opset)
+        _export(
+            _TextTower(model).eval(),
+            tuple(text[k] for k in TEXT_INPUTS),
+            staging / TEXT_FILE,
+            TEXT_INPUTS,
+            "text_embeds",
+            {k: {0: "batch", 1: "sequence"} for k in TEXT_INPUTS},
+            opset,
+        )
         size = _image_size(model)
         pixels = torch.zeros(2, 3, size, size)
-        _export(_VisionTower(model).eval(), (pixels,), staging / VISION_FILE, ("pixel_values",), "image_embeds",
-                {"pixel_values": {0: "batch"}}, opset)
+        _export(
+            _VisionTower(model).eval(),
+            (pixels,),
+            staging / VISION_FILE,
+            ("pixel_values",),
+            "image_embeds",
+            {"pixel_values": {0: "batch"}},
+            opset,
+        )
         processor.save_pretrained(staging)
         record = Path(adapter_dir) / RECORD_FILE if adapter_dir else None
         if record is not None and record.is_file():
             shutil.copy2(record, staging / RECORD_FILE)
         else:  # the preprocessing the model object replays (base alone: its own, no flip)
             RunRecord(loaded.preprocessing).save(staging)
-        info = {"base_model": model_name_or_path, "model_revision": model_revision, "adapter": adapter,
-                "adapter_revision": adapter_revision, "opset": opset, "exporter": "torchscript",
-                "projection_dim": int(model.config.projection_dim), "image_size": size,
-                "outputs": "L2-normalised projected embeddings"}
+        info = {
+            "base_model": model_name_or_path,
+            "model_revision": model_revision,
+            "adapter": adapter,
+            "adapter_revision": adapter_revision,
+            "opset": opset,
+            "exporter": "torchscript",
+            "projection_dim": int(model.config.projection_dim),
+            "image_size": size,
+            "outputs": "L2-normalised projected embeddings",
+        }
         (staging / EXPORT_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.chmod(staging, 0o777 & ~_umask())
         _move_into_place(staging, out)
@@ -175,5 +222,3 @@ def _move_into_place(staging: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-

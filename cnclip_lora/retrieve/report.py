@@ -17,9 +17,10 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,9 +42,9 @@ class ModelRun:
 
     name: str
     metrics: dict[str, float]
-    ranks: np.ndarray                 # [Q] 1-based rank of each query's true image in the whole gallery
-    top_scores: np.ndarray            # [Q, k]
-    top_indices: np.ndarray           # [Q, k]
+    ranks: np.ndarray  # [Q] 1-based rank of each query's true image in the whole gallery
+    top_scores: np.ndarray  # [Q, k]
+    top_indices: np.ndarray  # [Q, k]
 
 
 def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
@@ -61,6 +62,7 @@ def _run_model(args: ReportArguments, adapter: str | None, name: str, split: Lab
 
 
 # ------------------------------------------------------------------------------------ rendering
+
 
 def _thumbnail(path: str, size: int, memo: dict[str, str]) -> str:
     """``data:`` URI of a JPEG thumbnail (memoised: an image shown twice is encoded once)."""
@@ -102,8 +104,11 @@ def training_curves_png(state_file: str | os.PathLike) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [[k for k in series if "loss" in k], [k for k in series if k == "t2i_acc"],
-              [k for k in series if k.endswith("MR")]]
+    groups = [
+        [k for k in series if "loss" in k],
+        [k for k in series if k == "t2i_acc"],
+        [k for k in series if k.endswith("MR")],
+    ]
     groups = [g for g in groups if g]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.0), dpi=90, squeeze=False)
     for ax, keys in zip(axes[0], groups):
@@ -141,24 +146,50 @@ figure.true figcaption{color:#1a9c3a;font-weight:600}
 
 
 def _metrics_table(runs: Sequence[ModelRun]) -> str:
-    cols = [("t2i", "R@1"), ("t2i", "R@5"), ("t2i", "R@10"), ("t2i", "MR"),
-            ("i2t", "R@1"), ("i2t", "R@5"), ("i2t", "R@10"), ("i2t", "MR")]
+    cols = [
+        ("t2i", "R@1"),
+        ("t2i", "R@5"),
+        ("t2i", "R@10"),
+        ("t2i", "MR"),
+        ("i2t", "R@1"),
+        ("i2t", "R@5"),
+        ("i2t", "R@10"),
+        ("i2t", "MR"),
+    ]
     head = "".join(f"<th>{d} {m}</th>" for d, m in cols)
     rows = []
     for run in runs:
         cells = "".join(f"<td>{run.metrics[f'{d}_{m}']:.1f}</td>" for d, m in cols)
-        rows.append(f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['gallery_size'])}</td>"
-                    f"<td>{int(run.metrics['queries'])}</td></tr>")
-    return (f'<table class="metrics" id="metrics"><tr><th>model</th>{head}<th>gallery</th><th>queries</th></tr>'
-            + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['gallery_size'])}</td>"
+            f"<td>{int(run.metrics['queries'])}</td></tr>"
+        )
+    return (
+        f'<table class="metrics" id="metrics"><tr><th>model</th>{head}<th>gallery</th><th>queries</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
 
 
-def _query_block(q: int, title: str, label: int, runs: Sequence[ModelRun], names: Sequence[str],
-                 paths: Sequence[str], size: int, memo: dict[str, str]) -> str:
-    ranks = "".join(f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
-                    f"<b>{int(r.ranks[q])}</b></span>" for r in runs)
-    truth = (f'<figure class="truth"><img class="thumb" src="{_thumbnail(paths[label], size, memo)}" '
-             f'width="{size}" alt="true image"><figcaption>true image</figcaption></figure>')
+def _query_block(
+    q: int,
+    title: str,
+    label: int,
+    runs: Sequence[ModelRun],
+    names: Sequence[str],
+    paths: Sequence[str],
+    size: int,
+    memo: dict[str, str],
+) -> str:
+    ranks = "".join(
+        f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
+        f"<b>{int(r.ranks[q])}</b></span>"
+        for r in runs
+    )
+    truth = (
+        f'<figure class="truth"><img class="thumb" src="{_thumbnail(paths[label], size, memo)}" '
+        f'width="{size}" alt="true image"><figcaption>true image</figcaption></figure>'
+    )
     rows = []
     for run in runs:
         figs = []
@@ -167,12 +198,18 @@ def _query_block(q: int, title: str, label: int, runs: Sequence[ModelRun], names
                 continue
             cls = "true" if idx == label else "cand"
             mark = "&#10003; " if idx == label else ""
-            figs.append(f'<figure class="{cls}"><img class="thumb" src="{_thumbnail(paths[idx], size, memo)}" '
-                        f'width="{size}" alt="{html.escape(names[idx])}" title="{html.escape(names[idx])}">'
-                        f"<figcaption>{mark}{score:.3f}</figcaption></figure>")
-        rows.append(f'<div class="row"><div class="label">{html.escape(run.name)} top-{len(figs)}</div>{"".join(figs)}</div>')
-    return (f'<div class="query" data-query="{q}"><div class="title">{html.escape(title)}</div>'
-            f'<div class="ranks">{ranks}</div><div class="row"><div class="label"></div>{truth}</div>{"".join(rows)}</div>')
+            figs.append(
+                f'<figure class="{cls}"><img class="thumb" src="{_thumbnail(paths[idx], size, memo)}" '
+                f'width="{size}" alt="{html.escape(names[idx])}" title="{html.escape(names[idx])}">'
+                f"<figcaption>{mark}{score:.3f}</figcaption></figure>"
+            )
+        rows.append(
+            f'<div class="row"><div class="label">{html.escape(run.name)} top-{len(figs)}</div>{"".join(figs)}</div>'
+        )
+    return (
+        f'<div class="query" data-query="{q}"><div class="title">{html.escape(title)}</div>'
+        f'<div class="ranks">{ranks}</div><div class="row"><div class="label"></div>{truth}</div>{"".join(rows)}</div>'
+    )
 
 
 def render_report(
@@ -193,34 +230,46 @@ def render_report(
     paths = [str(Path(image_dir) / n) for n in names]
     memo: dict[str, str] = {}
     main = runs[0]
-    parts = [f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>Retrieval report: {html.escape(split)} split</h1>",
-             f"<p>{len(titles)} queries against a gallery of {len(names)} images. Ranks are 1-based over the whole "
-             f"gallery; the true image has a green frame.</p>",
-             "<h2>Metrics</h2>", _metrics_table(runs)]
+    parts = [
+        f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Retrieval report: {html.escape(split)} split</h1>",
+        f"<p>{len(titles)} queries against a gallery of {len(names)} images. Ranks are 1-based over the whole "
+        f"gallery; the true image has a green frame.</p>",
+        "<h2>Metrics</h2>",
+        _metrics_table(runs),
+    ]
     if len(runs) > 1:
         base = runs[1]
         fixed = [q for q in range(len(titles)) if main.ranks[q] == 1 and base.ranks[q] > 1]
         broken = [q for q in range(len(titles)) if main.ranks[q] > 1 and base.ranks[q] == 1]
         for kind, qs, cls in (("fixed", fixed, "good"), ("broken", broken, "bad")):
             qs = sorted(qs, key=lambda q: (-abs(int(main.ranks[q]) - int(base.ranks[q])), q))
-            what = (f"top-1 under {main.name}, not under {base.name}" if kind == "fixed"
-                    else f"top-1 under {base.name}, not under {main.name}")
-            parts.append(f'<h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
-                         f"({html.escape(what)}): {len(qs)}</h2>")
+            what = (
+                f"top-1 under {main.name}, not under {base.name}"
+                if kind == "fixed"
+                else f"top-1 under {base.name}, not under {main.name}"
+            )
+            parts.append(
+                f'<h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
+                f"({html.escape(what)}): {len(qs)}</h2>"
+            )
             shown = qs[:max_queries]
             if len(qs) > len(shown):
                 parts.append(f"<p>showing {len(shown)} of {len(qs)}</p>")
             parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in shown)
     order = sorted(range(len(titles)), key=lambda q: (-int(main.ranks[q]), q))[:max_queries]
-    parts.append(f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
-                 f"(showing {len(order)} of {len(titles)})</h2>")
+    parts.append(
+        f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
+        f"(showing {len(order)} of {len(titles)})</h2>"
+    )
     parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in order)
     parts.append("<h2>Training curves</h2>")
     if curves_png:
-        parts.append(f'<img id="curves" alt="training curves" src="data:image/png;base64,'
-                     f'{base64.b64encode(curves_png).decode("ascii")}">')
+        parts.append(
+            f'<img id="curves" alt="training curves" src="data:image/png;base64,'
+            f'{base64.b64encode(curves_png).decode("ascii")}">'
+        )
     else:
         parts.append(f"<p id='no-curves'>{html.escape(curves_note or 'no training curves')}</p>")
     parts.append("</body></html>")
@@ -262,9 +311,18 @@ def build_report(args: ReportArguments) -> Path:
     elif args.baseline_adapter:
         runs.append(_run_model(args, args.baseline_adapter, "baseline", split))
     curves, note = _curves(args)
-    page = render_report(titles=split.titles, labels=split.labels, names=split.names, image_dir=split.image_dir,
-                         runs=runs, split=args.split, max_queries=args.max_queries, thumb_size=args.thumb_size,
-                         curves_png=curves, curves_note=note)  # fmt: skip
+    page = render_report(
+        titles=split.titles,
+        labels=split.labels,
+        names=split.names,
+        image_dir=split.image_dir,
+        runs=runs,
+        split=args.split,
+        max_queries=args.max_queries,
+        thumb_size=args.thumb_size,
+        curves_png=curves,
+        curves_note=note,
+    )
     with atomic_path(args.output) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return Path(args.output)

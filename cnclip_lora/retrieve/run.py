@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,9 +54,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RetrievalResult:
-    assignment: np.ndarray              # [Q] gallery index per query
-    scores: np.ndarray                  # [Q, k]
-    indices: np.ndarray                 # [Q, k]
+    assignment: np.ndarray  # [Q] gallery index per query
+    scores: np.ndarray  # [Q, k]
+    indices: np.ndarray  # [Q, k]
     gallery_paths: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -71,11 +72,17 @@ def open_model(args: Any, adapter: str | None | bool = True) -> RetrievalModel:
     chosen = args.adapter if adapter is True else adapter
     cache_dir = None if args.cache_dir == "" else usable_cache_dir(args.cache_dir, "embeddings")
     return RetrievalModel.from_pretrained(
-        args.model_name_or_path, chosen or None, model_revision=args.model_revision,
-        adapter_revision=args.adapter_revision if chosen == args.adapter else None, backend=args.backend,
-        device=args.device, dtype=args.dtype, allow_different_base=args.allow_different_base, cache_dir=cache_dir,
+        args.model_name_or_path,
+        chosen or None,
+        model_revision=args.model_revision,
+        adapter_revision=args.adapter_revision if chosen == args.adapter else None,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        allow_different_base=args.allow_different_base,
+        cache_dir=cache_dir,
         batch_size=args.batch_size,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -94,21 +101,38 @@ class LabelledSplit:
 
     def evaluator(self, *, name: str | None = None, batch_size: int = 64) -> RetrievalEvaluator:
         """The :class:`RetrievalEvaluator` of this split (metrics named ``{name}_t2i_R@1``)."""
-        return RetrievalEvaluator(self.titles, self.labels, self.gallery_paths,
-                                  name=self.name if name is None else name, batch_size=batch_size)
+        return RetrievalEvaluator(
+            self.titles,
+            self.labels,
+            self.gallery_paths,
+            name=self.name if name is None else name,
+            batch_size=batch_size,
+        )
 
 
-def labelled_split(data_dir: str, split: str, *, val_size: float, split_seed: int,
-                   answers: str | None = None) -> LabelledSplit:
+def labelled_split(
+    data_dir: str, split: str, *, val_size: float, split_seed: int, answers: str | None = None
+) -> LabelledSplit:
     """The held-out split (``split="val"``) or the test queries with an answers file (``"test"``),
     validated before any model is loaded."""
-    data = load_competition_data(data_dir, val_size=val_size, seed=split_seed, skip_bad_rows=True,
-                                 require_queries=split == "test", answers_file=answers)  # fmt: skip
+    data = load_competition_data(
+        data_dir,
+        val_size=val_size,
+        seed=split_seed,
+        skip_bad_rows=True,
+        require_queries=split == "test",
+        answers_file=answers,
+    )
     if split == "val":
         if len(data.val) == 0:
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
-        return LabelledSplit(list(data.val["title"]), [int(x) for x in data.val["label"]],
-                             list(data.val_gallery["path"]), Path(data.image_dir), "val")  # fmt: skip
+        return LabelledSplit(
+            list(data.val["title"]),
+            [int(x) for x in data.val["label"]],
+            list(data.val_gallery["path"]),
+            Path(data.image_dir),
+            "val",
+        )
     if data.answers is None:
         raise ConfigError(
             f"--split test needs answers: {Path(data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
@@ -124,8 +148,13 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
     """The labelled set ``evaluate`` and ``report`` score: for ``--split val`` the adapter's
     *recorded* training split (an explicit other split only with ``--allow_different_split``), and
     the held-out images checked against the ones training validated on."""
-    from cnclip_lora.adapter.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE, check_held_out, recorded_split
-    from cnclip_lora.adapter.split_record import resolve_split
+    from cnclip_lora.adapter.split_record import (
+        DEFAULT_SPLIT_SEED,
+        DEFAULT_VAL_SIZE,
+        check_held_out,
+        recorded_split,
+        resolve_split,
+    )
 
     if args.split == "test":
         size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
@@ -136,16 +165,23 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
         from cnclip_lora.adapter.hub import resolve_adapter
 
         recorded = recorded_split(resolve_adapter(adapter, revision=adapter_revision))
-    size, seed = resolve_split(args.val_size, args.split_seed, recorded,
-                               allow_different_split=args.allow_different_split, adapter=adapter)  # fmt: skip
+    size, seed = resolve_split(
+        args.val_size, args.split_seed, recorded, allow_different_split=args.allow_different_split, adapter=adapter
+    )
     split = labelled_split(args.data_dir, "val", val_size=size, split_seed=seed, answers=args.answers)
-    check_held_out(recorded, [split.names[i] for i in split.labels], data_dir=args.data_dir,
-                   allow_different_split=args.allow_different_split, adapter=adapter)  # fmt: skip
+    check_held_out(
+        recorded,
+        [split.names[i] for i in split.labels],
+        data_dir=args.data_dir,
+        allow_different_split=args.allow_different_split,
+        adapter=adapter,
+    )
     return split
 
 
-def write_submission(path: str | os.PathLike, sample_submit: pd.DataFrame | None, titles: Sequence[str],
-                     chosen_paths: Sequence[str]) -> Path:
+def write_submission(
+    path: str | os.PathLike, sample_submit: pd.DataFrame | None, titles: Sequence[str], chosen_paths: Sequence[str]
+) -> Path:
     """Fill ``sample_submit.csv``'s ``path`` column (its other columns and row order kept), atomically."""
     if sample_submit is not None:
         if len(sample_submit) != len(chosen_paths):
@@ -166,12 +202,14 @@ def write_submission(path: str | os.PathLike, sample_submit: pd.DataFrame | None
 def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray, gallery_paths: Sequence[str]) -> Path:
     """``query,rank,path,score`` rows (query = row in test_query.csv, rank = 1..k), atomically."""
     q, k = indices.shape
-    frame = pd.DataFrame({
-        "query": np.repeat(np.arange(q), k),
-        "rank": np.tile(np.arange(1, k + 1), q),
-        "path": [gallery_paths[i] for i in indices.reshape(-1)],
-        "score": np.round(scores.reshape(-1).astype(np.float64), 6),
-    })
+    frame = pd.DataFrame(
+        {
+            "query": np.repeat(np.arange(q), k),
+            "rank": np.tile(np.arange(1, k + 1), q),
+            "path": [gallery_paths[i] for i in indices.reshape(-1)],
+            "score": np.round(scores.reshape(-1).astype(np.float64), 6),
+        }
+    )
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, encoding="utf-8")
     return Path(path)
@@ -184,7 +222,9 @@ def check_output_paths(args: RetrieveArguments) -> None:
         ConfigError: An output is an existing folder, lies under an existing file, or
             ``--output`` and ``--topk_output`` name the same file (the second would replace the first).
     """
-    given = [(flag, value) for flag, value in (("--output", args.output), ("--topk_output", args.topk_output)) if value]
+    given = [
+        (flag, value) for flag, value in (("--output", args.output), ("--topk_output", args.topk_output)) if value
+    ]
     for flag, value in given:
         path = Path(value)
         if path.is_dir():
@@ -195,8 +235,10 @@ def check_output_paths(args: RetrieveArguments) -> None:
                     raise ConfigError(f"{flag} {value}: {parent} is a file, not a folder; choose another path.")
                 break
     if len(given) == 2 and os.path.realpath(args.output) == os.path.realpath(args.topk_output):
-        raise ConfigError(f"--output and --topk_output both name {args.output}; the top-k file would replace the "
-                          "submission: give them different paths.")
+        raise ConfigError(
+            f"--output and --topk_output both name {args.output}; the top-k file would replace the "
+            "submission: give them different paths."
+        )
 
 
 def retrieve(args: RetrieveArguments) -> RetrievalResult:
@@ -219,8 +261,13 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
     titles = list(data.queries["title"])
     gallery = model.encode_images(gallery_paths)
     queries = model.encode_texts(titles)
-    scores, indices = rank(queries, gallery, k=args.top_k, use_faiss=args.use_faiss,
-                           **({"index_type": args.faiss_index} if args.use_faiss else {}))  # fmt: skip
+    scores, indices = rank(
+        queries,
+        gallery,
+        k=args.top_k,
+        use_faiss=args.use_faiss,
+        **({"index_type": args.faiss_index} if args.use_faiss else {}),
+    )
     if args.assign == Assign.HUNGARIAN:  # over the whole gallery, not only the top-k file's candidates
         chosen = assign_one_to_one(queries, gallery)
     else:
@@ -244,8 +291,7 @@ def _load_test_data(args: RetrieveArguments) -> CompetitionData:
     from cnclip_lora.adapter.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
     # Training rows do not matter here (skipped if bad); the queries must be clean.
-    data = load_competition_data(args.data_dir, val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED,
-                                 skip_bad_rows=True)  # fmt: skip
+    data = load_competition_data(args.data_dir, val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True)
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
     if args.assign == Assign.HUNGARIAN and len(data.queries) > len(data.gallery):

@@ -19,10 +19,11 @@ Built on FastAPI + uvicorn (``pip install 'cnclip-lora[serve]'``); binds 127.0.0
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +31,17 @@ from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.inputs.images import IMAGE_EXTENSIONS
 from cnclip_lora.retrieve.arguments import ServeArguments
 
-__all__ = ["ServeArguments", "SearchEngine", "MicroBatcher", "load_engine", "create_app", "serve", "gallery_from_folder"]
+__all__ = [
+    "ServeArguments",
+    "SearchEngine",
+    "MicroBatcher",
+    "load_engine",
+    "create_app",
+    "serve",
+    "gallery_from_folder",
+]
 
 logger = logging.getLogger(__name__)
-
 
 
 def gallery_from_folder(image_dir: str | os.PathLike) -> list[str]:
@@ -47,8 +55,12 @@ def gallery_from_folder(image_dir: str | os.PathLike) -> list[str]:
     usable, refused = readable_image_files(folder)
     names = [n for n in usable if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
     if refused:
-        logger.warning("--image_dir %s: %d entries are not served: %s", image_dir, len(refused),
-                       "; ".join(f"{name} {why}" for name, (_, why) in sorted(refused.items())[:5]))
+        logger.warning(
+            "--image_dir %s: %d entries are not served: %s",
+            image_dir,
+            len(refused),
+            "; ".join(f"{name} {why}" for name, (_, why) in sorted(refused.items())[:5]),
+        )
     if not names:
         raise CnClipLoraError(f"--image_dir {image_dir}: no readable image files.")
     return names
@@ -84,8 +96,15 @@ class SearchEngine:
         out = []
         for q, n in enumerate(self.model.count_tokens(list(queries))):
             keep = indices[q] >= 0
-            out.append(QueryResult(queries[q], n > self.max_length, n, [int(i) for i in indices[q][keep]],
-                                   [round(float(s), 6) for s in scores[q][keep]]))
+            out.append(
+                QueryResult(
+                    queries[q],
+                    n > self.max_length,
+                    n,
+                    [int(i) for i in indices[q][keep]],
+                    [round(float(s), 6) for s in scores[q][keep]],
+                )
+            )
         return out
 
 
@@ -94,7 +113,9 @@ class MicroBatcher:
     as one call of ``fn(queries, k)`` in a single worker thread, so the model sees one batch and
     the event loop stays free."""
 
-    def __init__(self, fn: Callable[[list[str], int], list[Any]], *, max_batch: int = 64, wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, fn: Callable[[list[str], int], list[Any]], *, max_batch: int = 64, wait_ms: float = 5.0
+    ) -> None:
         self.fn, self.max_batch, self.wait = fn, max_batch, wait_ms / 1000.0
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
@@ -144,7 +165,7 @@ class MicroBatcher:
             self.batches = (self.batches + [len(flat)])[-100:]
             start = 0
             for queries, k_i, fut in items:
-                part = results[start:start + len(queries)]
+                part = results[start : start + len(queries)]
                 start += len(queries)
                 if not fut.done():
                     fut.set_result([_cut(r, k_i) for r in part])
@@ -185,8 +206,14 @@ def _safe_image_path(engine: SearchEngine, name: str) -> Path | None:
     return path
 
 
-def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, batch_wait_ms: float = 5.0,
-               info: dict[str, Any] | None = None):
+def create_app(
+    engine: SearchEngine,
+    *,
+    max_k: int = 100,
+    max_batch: int = 64,
+    batch_wait_ms: float = 5.0,
+    info: dict[str, Any] | None = None,
+):
     """The FastAPI application over a loaded :class:`SearchEngine`."""
     from contextlib import asynccontextmanager
 
@@ -222,13 +249,21 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
         return queries
 
     def _json(r: QueryResult, k: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"query": r.query, "k": k, "truncated": r.truncated, "tokens": r.tokens,
-                               "max_length": engine.max_length,
-                               "results": [{"path": engine.names[i], "score": s, "url": f"/image/{engine.names[i]}"}
-                                           for i, s in zip(r.indices, r.scores)]}
+        out: dict[str, Any] = {
+            "query": r.query,
+            "k": k,
+            "truncated": r.truncated,
+            "tokens": r.tokens,
+            "max_length": engine.max_length,
+            "results": [
+                {"path": engine.names[i], "score": s, "url": f"/image/{engine.names[i]}"}
+                for i, s in zip(r.indices, r.scores)
+            ],
+        }
         if r.truncated:
-            out["note"] = (f"the query has {r.tokens} tokens; only the first {engine.max_length} "
-                           f"(with [CLS]/[SEP]) were used.")
+            out["note"] = (
+                f"the query has {r.tokens} tokens; only the first {engine.max_length} (with [CLS]/[SEP]) were used."
+            )
         return out
 
     @app.get("/search")
@@ -246,7 +281,9 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
         except ValueError:
             raise HTTPException(400, 'the body must be JSON: {"queries": ["..."], "k": 10}.') from None
         if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
-            raise HTTPException(400, 'the body must be a JSON object with a list "queries": {"queries": ["..."], "k": 10}.')
+            raise HTTPException(
+                400, 'the body must be a JSON object with a list "queries": {"queries": ["..."], "k": 10}.'
+            )
         queries, k = body["queries"], body.get("k", 10)
         if isinstance(k, bool) or not isinstance(k, int):
             raise HTTPException(400, f"k must be an integer; got {k!r}.")
@@ -266,8 +303,13 @@ def create_app(engine: SearchEngine, *, max_k: int = 100, max_batch: int = 64, b
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "gallery_size": len(engine.names), "max_length": engine.max_length,
-                "recent_batches": batcher.batches[-10:], **(info or {})}
+        return {
+            "status": "ok",
+            "gallery_size": len(engine.names),
+            "max_length": engine.max_length,
+            "recent_batches": batcher.batches[-10:],
+            **(info or {}),
+        }
 
     @app.get("/", response_class=HTMLResponse)
     async def page():

@@ -23,6 +23,7 @@ from cnclip_lora.options import TOWERS, tower_of
 
 __all__ = ["batch_shape_tokens", "training_flops_per_sample"]
 
+
 def _weights_by_tower(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{tower: (frozen linear/conv weights, LoRA weights)}``, one walk over the modules."""
     counts = {tower: [0, 0] for tower in TOWERS}
@@ -37,7 +38,9 @@ def _weights_by_tower(model: nn.Module) -> dict[str, tuple[int, int]]:
     return {tower: (frozen, lora) for tower, (frozen, lora) in counts.items()}
 
 
-def training_flops_per_sample(model: nn.Module, config, text_tokens: int, image_tokens: int | None = None) -> dict[str, float]:
+def training_flops_per_sample(
+    model: nn.Module, config, text_tokens: int, image_tokens: int | None = None
+) -> dict[str, float]:
     """FLOPs of one (title, image) training sample, per tower and in total (``total``).
 
     ``image_tokens`` defaults to the config's patches + CLS. The result also lists the weight
@@ -49,11 +52,21 @@ def training_flops_per_sample(model: nn.Module, config, text_tokens: int, image_
     weights = _weights_by_tower(model)
     out: dict[str, float] = {}
     total = 0.0
-    for tower, tokens, cfg in (("text", text_tokens, config.text_config), ("vision", image_tokens, config.vision_config)):
+    for tower, tokens, cfg in (
+        ("text", text_tokens, config.text_config),
+        ("vision", image_tokens, config.vision_config),
+    ):
         frozen, lora = weights[tower]
         attention = 3 * 4 * tokens**2 * cfg.hidden_size * cfg.num_hidden_layers
         flops = 4 * frozen * tokens + 6 * lora * tokens + attention
-        out.update({f"{tower}_frozen_params": frozen, f"{tower}_lora_params": lora, f"{tower}_tokens": tokens, tower: float(flops)})
+        out.update(
+            {
+                f"{tower}_frozen_params": frozen,
+                f"{tower}_lora_params": lora,
+                f"{tower}_tokens": tokens,
+                tower: float(flops),
+            }
+        )
         total += flops
     total += 4 * (config.text_config.hidden_size + config.vision_config.hidden_size) * config.projection_dim
     out["total"] = float(total)

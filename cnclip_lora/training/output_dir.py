@@ -16,7 +16,6 @@ numbers. So, before any data or model is loaded:
 
 from __future__ import annotations
 
-from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 import json
 import logging
 import os
@@ -24,20 +23,36 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cnclip_lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from cnclip_lora.adapter.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import parse_targets
-from cnclip_lora.adapter.record import RECORD_FILE, LoraSummary, RecordError, RunRecord
 
-__all__ = ["requested_settings", "recorded_settings", "settings_differences", "previous_run_files",
-           "check_output_dir", "remove_previous_run", "resume_hint"]
+__all__ = [
+    "requested_settings",
+    "recorded_settings",
+    "settings_differences",
+    "previous_run_files",
+    "check_output_dir",
+    "remove_previous_run",
+    "resume_hint",
+]
 
 logger = logging.getLogger(__name__)
 
 
 #: Files a training run writes at the top of its output folder (besides the processor files, which
 #: the next run rewrites anyway). Anything else in the folder is not ours and is left alone.
-RUN_FILES = (WEIGHTS_FILE, CONFIG_FILE, RECORD_FILE, "training_args.json", "trainer_state.json",
-             "all_results.json", "train_results.json", "eval_results.json")
+RUN_FILES = (
+    WEIGHTS_FILE,
+    CONFIG_FILE,
+    RECORD_FILE,
+    "training_args.json",
+    "trainer_state.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+)
 _DEFAULT_TARGETS = None  # "Q/K/V of both towers", however the record spells it
 
 
@@ -68,8 +83,11 @@ def requested_settings(model_args: Any, data_args: Any, lora_args: Any) -> dict[
 
         from cnclip_lora.adapter.base_identity import _architecture
 
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
-                                            trust_remote_code=model_args.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
         settings["base architecture"] = _architecture(config)
     except Exception as err:  # noqa: BLE001 - reported properly where the model loads
         logger.debug("base config not readable before loading: %s", err)
@@ -177,8 +195,9 @@ def _where(folder: Path, output_dir: Path) -> str:
     return "the adapter" if folder == output_dir else folder.name
 
 
-def check_output_dir(output_dir: str | os.PathLike, requested: dict[str, Any], *, resume: str | None,
-                     overwrite: bool) -> None:
+def check_output_dir(
+    output_dir: str | os.PathLike, requested: dict[str, Any], *, resume: str | None, overwrite: bool
+) -> None:
     """Refuse to start a run that would mix with another run in ``output_dir`` (see module docstring).
 
     Args:
@@ -194,8 +213,10 @@ def check_output_dir(output_dir: str | os.PathLike, requested: dict[str, Any], *
     out = Path(output_dir)
     if resume is not None:
         if overwrite:
-            raise ConfigError("--overwrite_output_dir true and --resume_from_checkpoint contradict each other: "
-                              "overwriting would delete the checkpoint to resume; drop one of them.")
+            raise ConfigError(
+                "--overwrite_output_dir true and --resume_from_checkpoint contradict each other: "
+                "overwriting would delete the checkpoint to resume; drop one of them."
+            )
         checkpoint = Path(resume)
         recorded = recorded_settings(checkpoint) or {}
         diffs = settings_differences(recorded, requested, checkpoint.name)
@@ -218,8 +239,11 @@ def check_output_dir(output_dir: str | os.PathLike, requested: dict[str, Any], *
     if checkpoints:
         held.append(f"checkpoints ({', '.join(checkpoints[:3])}{', ...' if len(checkpoints) > 3 else ''})")
     held_text = " and ".join(held)
-    why = f"another run's {held_text}, with other settings: {'; '.join(diffs[:4])}" if diffs else \
-        f"an earlier run's {held_text}, with the same settings"
+    why = (
+        f"another run's {held_text}, with other settings: {'; '.join(diffs[:4])}"
+        if diffs
+        else f"an earlier run's {held_text}, with the same settings"
+    )
     resume_hint_text = " continue it with --resume_from_checkpoint true," if checkpoints and not diffs else ""
     raise ConfigError(
         f"--output_dir {out} holds {why}. A new run there would mix with it:{resume_hint_text} choose another "
@@ -239,8 +263,11 @@ def remove_previous_run(output_dir: str | os.PathLike) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     if removed:
-        logger.info("--overwrite_output_dir: removed the previous run's %s from %s",
-                    ", ".join(p.name for p in removed), output_dir)
+        logger.info(
+            "--overwrite_output_dir: removed the previous run's %s from %s",
+            ", ".join(p.name for p in removed),
+            output_dir,
+        )
     return removed
 
 
@@ -250,7 +277,11 @@ def resume_hint(output_dir: str | os.PathLike) -> str:
 
     latest, _ = latest_complete_checkpoint(output_dir)
     if latest is None:
-        return ("no checkpoint was saved yet (see --save_strategy/--save_steps), so nothing can be resumed: "
-                "run the same command again to start over.")
-    return (f"to continue from {latest}, run the same command again with --resume_from_checkpoint true "
-            f"(and without --overwrite_output_dir); it picks the newest complete checkpoint in {output_dir}.")
+        return (
+            "no checkpoint was saved yet (see --save_strategy/--save_steps), so nothing can be resumed: "
+            "run the same command again to start over."
+        )
+    return (
+        f"to continue from {latest}, run the same command again with --resume_from_checkpoint true "
+        f"(and without --overwrite_output_dir); it picks the newest complete checkpoint in {output_dir}."
+    )

@@ -19,16 +19,17 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
 
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inputs.images import decode_resized, squash_plan, supports_uint8_path
-from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.options import CacheImages, parse_choice
+from cnclip_lora.utils.caches import default_cache_dir
 from cnclip_lora.utils.files import hash_file_stats
 
 __all__ = ["PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
@@ -44,8 +45,13 @@ class PixelCache:
     """Resized uint8 images keyed by the path strings the cache was built from (relative to its
     ``image_dir``); ``get`` returns ``[B, H, W, 3]``."""
 
-    def __init__(self, dataset: datasets.Dataset, paths: Sequence[str], shape: tuple[int, int, int],
-                 cache_file: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        paths: Sequence[str],
+        shape: tuple[int, int, int],
+        cache_file: str | None = None,
+    ):
         # Arrow, not the numpy formatter: that one widens the uint8 values to int64 (8x the copy).
         self.dataset = dataset.with_format("arrow", columns=["pixels"])
         self.index = {p: i for i, p in enumerate(paths)}
@@ -67,7 +73,9 @@ def pixel_cache_bytes(n_images: int, image_processor: Any) -> int:
     return 0 if plan is None else n_images * plan.height * plan.width * 3
 
 
-def should_cache(mode: str, *, n_images: int, epochs: float, image_processor: Any, max_gb: float = DEFAULT_MAX_GB) -> tuple[bool, str]:
+def should_cache(
+    mode: str, *, n_images: int, epochs: float, image_processor: Any, max_gb: float = DEFAULT_MAX_GB
+) -> tuple[bool, str]:
     """Decide whether to cache, and say why (logged, so the choice is never silent).
 
     ``auto`` caches when training sees the images more than once and the pixels fit in ``max_gb``;
@@ -133,7 +141,10 @@ def build_pixel_cache(
     # A flat fixed-length list: Arrow stores it as one contiguous buffer (Array3D would add an
     # offset per pixel row and column, more than the pixels themselves), read back as one array.
     features = datasets.Features(
-        {"path": datasets.Value("string"), "pixels": datasets.List(datasets.Value("uint8"), length=int(np.prod(shape)))}
+        {
+            "path": datasets.Value("string"),
+            "pixels": datasets.List(datasets.Value("uint8"), length=int(np.prod(shape))),
+        }
     )
     root = Path(image_dir)
 

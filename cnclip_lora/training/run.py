@@ -20,11 +20,7 @@ from typing import Any
 import torch
 from transformers import set_seed
 
-from cnclip_lora.utils.caches import usable_cache_dir
-from cnclip_lora.inputs.collate import ImageTextCollator
-from cnclip_lora.options import CacheImages
 from cnclip_lora.adapter.record import DataSummary, LoraSummary, Preprocessing, RunRecord
-from cnclip_lora.inputs.text import prepare_titles
 from cnclip_lora.config import (
     CnClipTrainingArguments,
     DataArguments,
@@ -33,10 +29,14 @@ from cnclip_lora.config import (
 )
 from cnclip_lora.data import CompetitionData, count_truncated, load_competition_data
 from cnclip_lora.errors import ConfigError, DataError
-from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
-from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
 from cnclip_lora.inference.evaluator import RetrievalEvaluator
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.inputs.text import prepare_titles
+from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
+from cnclip_lora.options import CacheImages
+from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
 from cnclip_lora.training.trainer import CnClipLoraTrainer
+from cnclip_lora.utils.caches import usable_cache_dir
 
 __all__ = ["TrainResult", "train", "val_evaluator", "run_training"]
 
@@ -56,8 +56,9 @@ class TrainResult:
     pushed_to: str | None = None
 
 
-def val_evaluator(data: CompetitionData, processor: Any, preprocessing: Preprocessing,
-                  **kwargs: Any) -> RetrievalEvaluator:
+def val_evaluator(
+    data: CompetitionData, processor: Any, preprocessing: Preprocessing, **kwargs: Any
+) -> RetrievalEvaluator:
     """The held-out titles against the validation gallery (held-out images + non-train images),
     the split ``cnclip-lora evaluate --split val`` scores (:func:`cnclip_lora.retrieve.run.labelled_split`).
 
@@ -90,8 +91,9 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
             "check that the launcher set MASTER_ADDR/MASTER_PORT/RANK/LOCAL_RANK."
         )
     # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
-    engine_env = [v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
-                  if os.environ.get(v, "").lower() == "true"]
+    engine_env = [
+        v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if os.environ.get(v, "").lower() == "true"
+    ]
     if training_args.fsdp or training_args.deepspeed or engine_env:
         raise ConfigError(
             "FSDP and DeepSpeed are not supported: with LoRA the base model is frozen, so sharding saves little "
@@ -153,7 +155,8 @@ def check_steps(training_args: CnClipTrainingArguments, n_train: int) -> None:
     if batches == 0:
         raise ConfigError(
             f"--per_device_train_batch_size {training_args.per_device_train_batch_size} x "
-            f"{max(training_args.world_size, 1)} process(es) = {per_step} rows per batch, but there are only {n_train} "
+            f"{max(training_args.world_size, 1)} process(es) = {per_step} rows per "
+            f"batch, but there are only {n_train} "
             "training pairs and --dataloader_drop_last drops the short batch: zero steps would be trained. "
             "Use a smaller batch size (or --dataloader_drop_last false)."
         )
@@ -176,12 +179,16 @@ def run_training(
     check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
     check_output_path(training_args.output_dir)
     # 0. The output folder: never mix this run with another one's adapter and checkpoints.
-    from cnclip_lora.utils.files import resolve_resume_checkpoint
     from cnclip_lora.training.output_dir import check_output_dir, remove_previous_run, requested_settings
+    from cnclip_lora.utils.files import resolve_resume_checkpoint
 
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    check_output_dir(training_args.output_dir, requested_settings(model_args, data_args, lora_args),
-                     resume=resume, overwrite=training_args.overwrite_output_dir)
+    check_output_dir(
+        training_args.output_dir,
+        requested_settings(model_args, data_args, lora_args),
+        resume=resume,
+        overwrite=training_args.overwrite_output_dir,
+    )
     # 1. Data first: every input problem is reported before a model is loaded.
     data = load_competition_data(
         data_args.data_dir,
@@ -214,8 +221,12 @@ def run_training(
         prepare_titles(data.train["title"], data_args.title_normalization), processor.tokenizer, data_args.max_length
     )
     if data.report.truncated_titles:
-        logger.info("%d of %d training titles are longer than --max_length %d tokens and are truncated",
-                    data.report.truncated_titles, len(data.train), data_args.max_length)
+        logger.info(
+            "%d of %d training titles are longer than --max_length %d tokens and are truncated",
+            data.report.truncated_titles,
+            len(data.train),
+            data_args.max_length,
+        )
     from cnclip_lora.adapter.base_identity import base_identity
     from cnclip_lora.adapter.split_record import split_record
 
@@ -229,8 +240,12 @@ def run_training(
     model = apply_lora(model, **lora_kwargs)
     lora_counts = count_lora_modules(model)
 
-    preprocessing = Preprocessing(max_length=data_args.max_length, train_flip=data_args.flip,
-                                  draft=data_args.fast_decode, title_normalization=data_args.title_normalization)
+    preprocessing = Preprocessing(
+        max_length=data_args.max_length,
+        train_flip=data_args.flip,
+        draft=data_args.fast_decode,
+        title_normalization=data_args.title_normalization,
+    )
     record = RunRecord(
         preprocessing=preprocessing,
         base_model=model_args.model_name_or_path,
@@ -263,11 +278,17 @@ def run_training(
     evaluator = None
     if len(data.val):
         # The training batches' padding rule: a compiled model keeps its static shape.
-        evaluator = val_evaluator(data, processor, preprocessing, batch_size=training_args.per_device_eval_batch_size,
-                                  pad_to_max_length=pad_to_max_length).first(training_args.eval_max_queries)
+        evaluator = val_evaluator(
+            data,
+            processor,
+            preprocessing,
+            batch_size=training_args.per_device_eval_batch_size,
+            pad_to_max_length=pad_to_max_length,
+        ).first(training_args.eval_max_queries)
     elif training_args.eval_strategy != "no":
-        logger.warning("--eval_strategy %s but --val_size 0: there is nothing to evaluate on.",
-                       training_args.eval_strategy)
+        logger.warning(
+            "--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy
+        )
 
     pixel_cache, eval_pixel_cache = _pixel_caches(data, evaluator, data_args, training_args, processor)
     record.data.pixel_cache = pixel_cache is not None
@@ -278,8 +299,13 @@ def run_training(
         args=training_args,
         train_dataset=data.train,
         data_collator=ImageTextCollator(
-            processor, data.image_dir, max_length=data_args.max_length, flip=data_args.flip, pixel_cache=pixel_cache,
-            draft=data_args.fast_decode, title_normalization=data_args.title_normalization,
+            processor,
+            data.image_dir,
+            max_length=data_args.max_length,
+            flip=data_args.flip,
+            pixel_cache=pixel_cache,
+            draft=data_args.fast_decode,
+            title_normalization=data_args.title_normalization,
             pad_to_max_length=pad_to_max_length,
         ),
         processing_class=processor,
@@ -338,14 +364,22 @@ def run_training(
 def planned_epochs(training_args: CnClipTrainingArguments, n_train: int) -> float:
     """How many times training will read each row (``--max_steps`` wins over ``--num_train_epochs``)."""
     if training_args.max_steps and training_args.max_steps > 0:
-        per_step = (training_args.per_device_train_batch_size * training_args.world_size
-                    * training_args.gradient_accumulation_steps)  # fmt: skip
+        per_step = (
+            training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps
+        )
         return training_args.max_steps * per_step / max(n_train, 1)
     return float(training_args.num_train_epochs)
 
 
-def _pixel_caches(data: CompetitionData, evaluator: RetrievalEvaluator | None, data_args: DataArguments,
-                  training_args: CnClipTrainingArguments, processor: Any) -> tuple[Any, Any]:  # fmt: skip
+def _pixel_caches(
+    data: CompetitionData,
+    evaluator: RetrievalEvaluator | None,
+    data_args: DataArguments,
+    training_args: CnClipTrainingArguments,
+    processor: Any,
+) -> tuple[Any, Any]:
     """``(training images, validation gallery)`` decoded-once pixel caches, each ``None`` when off.
 
     The training cache follows ``--cache_images`` (the decision is logged). With it on and an
@@ -353,23 +387,36 @@ def _pixel_caches(data: CompetitionData, evaluator: RetrievalEvaluator | None, d
     The main process decodes; the others then load the same files by their fingerprints.
     """
     paths = list(data.train["path"])
-    use, why = should_cache(data_args.cache_images, n_images=len(set(paths)), image_processor=processor.image_processor,
-                            epochs=planned_epochs(training_args, len(paths)), max_gb=data_args.image_cache_max_gb)  # fmt: skip
+    use, why = should_cache(
+        data_args.cache_images,
+        n_images=len(set(paths)),
+        image_processor=processor.image_processor,
+        epochs=planned_epochs(training_args, len(paths)),
+        max_gb=data_args.image_cache_max_gb,
+    )
     if use:
-        cache_dir = usable_cache_dir(data_args.cache_dir, "pixels", required=data_args.cache_images == CacheImages.TRUE)
+        cache_dir = usable_cache_dir(
+            data_args.cache_dir, "pixels", required=data_args.cache_images == CacheImages.TRUE
+        )
         if cache_dir is None:
             use, why = False, f"{why}, but its folder cannot be written (warning above)"
     logger.info("pixel cache %s: %s", "on" if use else "off", why)
     if not use:
         return None, None
     with training_args.main_process_first(desc="pixel cache"):
-        train_cache = build_pixel_cache(data.image_dir, paths, processor.image_processor, cache_dir=cache_dir,
-                                        draft=data_args.fast_decode)
+        train_cache = build_pixel_cache(
+            data.image_dir, paths, processor.image_processor, cache_dir=cache_dir, draft=data_args.fast_decode
+        )
         eval_cache = None
         if evaluator is not None and training_args.eval_strategy != "no":
             # Gallery paths already include the image folder: keyed as given, relative to ".".
-            eval_cache = build_pixel_cache(".", evaluator.gallery_paths, processor.image_processor,
-                                           cache_dir=cache_dir, draft=data_args.fast_decode)  # fmt: skip
+            eval_cache = build_pixel_cache(
+                ".",
+                evaluator.gallery_paths,
+                processor.image_processor,
+                cache_dir=cache_dir,
+                draft=data_args.fast_decode,
+            )
     return train_cache, eval_cache
 
 
@@ -386,7 +433,9 @@ def static_title_padding(requested: bool | None, training_args: Any) -> bool:
 
 
 def run_launched(
-    model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
     training_args: CnClipTrainingArguments,
 ) -> TrainResult:
     """:func:`run_training`, with a process group a launcher made this process join torn down after."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,12 +165,16 @@ def unique_image_sampler_for(
     sampler = UniqueImageSampler(paths, group_size=batch_size * max(1, world_size), seed=seed)
     logger.info(
         "unique_images_per_batch: %d rows of %d images in global batches of %d without repeated images",
-        sampler.num_rows, sampler.num_images, sampler.group_size,
+        sampler.num_rows,
+        sampler.num_images,
+        sampler.group_size,
     )
     if sampler.num_unplaced:
         logger.warning(
             "unique_images_per_batch: %d caption row(s) per epoch left out: some images have more captions "
             "(max %d) than an epoch has batches (%d); a different subset is left out each epoch",
-            sampler.num_unplaced, sampler.max_captions, sampler.max_per_epoch,
+            sampler.num_unplaced,
+            sampler.max_captions,
+            sampler.max_per_epoch,
         )
     return sampler

@@ -44,14 +44,14 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.adapter.record import Preprocessing, RunRecord
 from cnclip_lora.errors import CnClipLoraError, ConfigError
-from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
-from cnclip_lora.utils.files import atomic_write_text, resolve_resume_checkpoint, staged_dir
-from cnclip_lora.training.loss import ContrastiveLoss
-from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.inference.evaluator import NonFiniteEmbeddingsError, RetrievalEvaluator
+from cnclip_lora.training.flops import batch_shape_tokens, training_flops_per_sample
+from cnclip_lora.training.loss import ContrastiveLoss
 from cnclip_lora.training.sampler import unique_image_sampler_for
+from cnclip_lora.utils.files import atomic_write_text, resolve_resume_checkpoint, staged_dir
 
 __all__ = ["CnClipLoraTrainer", "release_accelerate_preparation"]
 
@@ -109,8 +109,10 @@ class CnClipLoraTrainer(Trainer):
     ):
         model = kwargs.get("model", args[0] if args else None)
         if release_accelerate_preparation(model):
-            logger.info("The model was prepared by an earlier Trainer: released it so this run's "
-                        "precision and compilation settings apply.")
+            logger.info(
+                "The model was prepared by an earlier Trainer: released it so this run's "
+                "precision and compilation settings apply."
+            )
         # transformers refuses an eval_strategy without an eval_dataset; the evaluator is what is
         # evaluated here, so (like sentence-transformers) the check sees a marker, removed right after.
         given = inspect.signature(Trainer.__init__).bind_partial(self, *args, **kwargs).arguments
@@ -143,8 +145,9 @@ class CnClipLoraTrainer(Trainer):
         resume = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume is not None:
             logger.info("resuming from %s (step %s)", resume, _checkpoint_step(resume))
-        return super().train(resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
-                             **kwargs)
+        return super().train(
+            resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+        )
 
     def _get_train_sampler(self, train_dataset=None):
         # Two captions of one image in a batch are each other's false negatives (cnclip_lora.training.sampler).
@@ -185,7 +188,9 @@ class CnClipLoraTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         return self._cached_training_step(model, inputs, mini_batch_size)
 
-    def _cached_training_step(self, model: torch.nn.Module, inputs: dict[str, Any], mini_batch_size: int) -> torch.Tensor:
+    def _cached_training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], mini_batch_size: int
+    ) -> torch.Tensor:
         """``training_step`` through :func:`cnclip_lora.training.cached_step.cached_contrastive_step`: the
         Trainer's scaling (accumulation steps, mixed precision via ``accelerator.backward``), once
         per accumulation step, each step one cached big batch."""
@@ -194,19 +199,25 @@ class CnClipLoraTrainer(Trainer):
         from cnclip_lora.training.cached_step import cached_contrastive_step
 
         if self.is_deepspeed_enabled:
-            raise ConfigError("--contrastive_mini_batch_size does not work with DeepSpeed (its engine owns the "
-                              "backward and gradient synchronisation); drop one of the two.")
+            raise ConfigError(
+                "--contrastive_mini_batch_size does not work with DeepSpeed (its engine owns the "
+                "backward and gradient synchronisation); drop one of the two."
+            )
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         inputs = self._prepare_inputs(inputs)
         steps = self.current_gradient_accumulation_steps
         out = cached_contrastive_step(
-            model, inputs, self.contrastive_loss, self._logit_scale(model), mini_batch_size,
+            model,
+            inputs,
+            self.contrastive_loss,
+            self._logit_scale(model),
+            mini_batch_size,
             backward=lambda surrogate: self.accelerator.backward(surrogate / steps),
             no_sync=functools.partial(self.accelerator.no_sync, model=model),
             autocast=self.compute_loss_context_manager,
-        )  # fmt: skip
+        )
         step_counts = torch.stack([out.t2i_correct, out.total]).detach().to(torch.float64)
         self._acc_counts = step_counts if self._acc_counts is None else self._acc_counts + step_counts
         return out.loss / steps
@@ -270,7 +281,9 @@ class CnClipLoraTrainer(Trainer):
         batch, text_tokens, image_tokens = shape
         cache = self.__dict__.setdefault("_flops_per_sample", {})
         if (text_tokens, image_tokens) not in cache:
-            cache[(text_tokens, image_tokens)] = training_flops_per_sample(model, config, text_tokens, image_tokens)["total"]
+            cache[(text_tokens, image_tokens)] = training_flops_per_sample(model, config, text_tokens, image_tokens)[
+                "total"
+            ]
         return int(batch * cache[(text_tokens, image_tokens)])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -302,13 +315,21 @@ class CnClipLoraTrainer(Trainer):
             return DataLoader([])
         return super().get_eval_dataloader(eval_dataset)
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix: str = "eval"):
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
-                                         ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only=prediction_loss_only,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
         if self.evaluator is not None and len(self.evaluator):
             output.metrics.update(self.evaluator_metrics(metric_key_prefix))
-            if not output.num_samples:  # evaluator only: its titles and images are the samples (eval_samples_per_second)
+            if (
+                not output.num_samples
+            ):  # evaluator only: its titles and images are the samples (eval_samples_per_second)
                 output = output._replace(num_samples=len(self.evaluator) + len(self.evaluator.gallery_paths))
         return output
 

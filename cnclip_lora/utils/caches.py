@@ -22,9 +22,15 @@ from pathlib import Path
 from cnclip_lora.errors import ConfigError
 
 __all__ = [
-    "CACHE_KINDS", "CacheUsage", "cache_root", "cache_usage", "clear_cache", "default_cache_dir", "human_bytes",
+    "CACHE_KINDS",
+    "CacheUsage",
+    "cache_root",
+    "cache_usage",
+    "clear_cache",
+    "default_cache_dir",
+    "human_bytes",
     "usable_cache_dir",
-]  # fmt: skip
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,11 @@ def usable_cache_dir(requested: str | os.PathLike | None, kind: str, *, required
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(f"no write permission on {path}")
     except OSError as err:
-        fix = "choose a writable --cache_dir" if requested else "set HF_DATASETS_CACHE or --cache_dir to a writable folder"
+        fix = (
+            "choose a writable --cache_dir"
+            if requested
+            else "set HF_DATASETS_CACHE or --cache_dir to a writable folder"
+        )
         if requested or required:
             raise ConfigError(f"cannot write the {kind} cache in {path}: {err}; {fix}.") from err
         logger.warning("cannot write the %s cache in %s (%s): continuing without it; %s.", kind, path, err, fix)

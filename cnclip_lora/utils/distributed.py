@@ -19,8 +19,14 @@ import os
 import sys
 from datetime import timedelta
 
-__all__ = ["rank_and_world", "is_main_process", "join_launch_group", "group_exists", "adopt_new_process_group",
-           "release_process_group"]
+__all__ = [
+    "rank_and_world",
+    "is_main_process",
+    "join_launch_group",
+    "group_exists",
+    "adopt_new_process_group",
+    "release_process_group",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ on POSIX and Windows. A reader therefore sees the old file, or the new one, neve
 
 from __future__ import annotations
 
-from cnclip_lora.adapter import WEIGHTS_FILE
 import contextlib
 import json
 import logging
@@ -16,9 +15,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
+from cnclip_lora.adapter import WEIGHTS_FILE
 from cnclip_lora.errors import ConfigError
 
 __all__ = [
@@ -53,12 +54,13 @@ def pickled_files(folder: str | os.PathLike) -> list[str]:
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_file() and is_pickle(p.name))
 
+
 def hash_file_stats(h: Any, paths: Iterable[str]) -> None:
     """Feed each path with its size and mtime into the hash ``h`` (a cache key that changes when a
     file is replaced, without reading gigabytes of images on every run)."""
     for item in paths:
         st = os.stat(item)
-        h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode("utf-8"))
+        h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(b"\0")
 
 
@@ -241,9 +243,7 @@ def resolve_resume_checkpoint(value: str | bool | os.PathLike | None, output_dir
     if text.lower() in _RESUME_LATEST and not Path(text).is_dir():
         latest, skipped = latest_complete_checkpoint(output_dir)
         for folder in skipped:
-            logging.getLogger(__name__).warning(
-                "skipping %s: %s", folder, checkpoint_problem(folder)
-            )
+            logging.getLogger(__name__).warning("skipping %s: %s", folder, checkpoint_problem(folder))
         if latest is None:
             extra = f" ({len(skipped)} incomplete: {', '.join(p.name for p in skipped)})" if skipped else ""
             raise ConfigError(

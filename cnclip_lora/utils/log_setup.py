@@ -17,8 +17,14 @@ from cnclip_lora.utils.distributed import is_main_process
 __all__ = ["LOG_LEVELS", "pop_log_level", "setup_logging"]
 
 #: ``--log_level`` values (TrainingArguments' names; ``passive`` keeps the defaults).
-LOG_LEVELS = {"debug": logging.DEBUG, "detail": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-              "error": logging.ERROR, "critical": logging.CRITICAL}
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "detail": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 _LIBRARIES = ("transformers", "huggingface_hub", "datasets", "accelerate", "peft", "faiss", "httpx")
 _MARK = "_cnclip_lora_handler"
 
@@ -31,7 +37,7 @@ def pop_log_level(argv: list[str], *, keep: bool = False) -> tuple[list[str], st
         if arg == "--log_level" and i + 1 < len(argv):
             level = argv[i + 1]
             if keep:
-                out += argv[i:i + 2]
+                out += argv[i : i + 2]
             i += 2
             continue
         if arg.startswith("--log_level="):

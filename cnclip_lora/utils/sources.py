@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cnclip_lora.errors import ConfigError, CnClipLoraError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
 
 __all__ = ["HubSource", "check_source", "hub_reachable", "looks_local", "nearest_existing", "not_found"]
 
@@ -83,7 +83,7 @@ def not_found(name: str, option: str, what: str) -> ConfigError:
     return ConfigError(f"{option} {name!r}: {what} folder not found{hint}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(host: str, port: int, timeout: float) -> str | None:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -117,8 +117,9 @@ class HubSource:
         return {"local_files_only": True} if self.local_files_only else {}
 
 
-def check_source(name: str, *, option: str, what: str = "model", revision: str | None = None,
-                 cached_file: str = "config.json") -> HubSource | None:
+def check_source(
+    name: str, *, option: str, what: str = "model", revision: str | None = None, cached_file: str = "config.json"
+) -> HubSource | None:
     """Check a ``--model_name_or_path``/``--adapter`` value before any loading.
 
     Returns ``None`` for an existing local path, or a :class:`HubSource` for a Hub id.

@@ -172,9 +172,7 @@ def test_comma_separated_train_csv(tmp_path, make_dataset_dir):
 def test_tab_separated_test_query(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path, sample_submit=False, answers=False)
     (root / "test_query.csv").write_text("id\ttitle\n0\t查询一\n", encoding="utf-8")
-    with pytest.raises(
-        DataError, match=r"test_query\.csv must be comma-separated with header `title`; found a TAB"
-    ):
+    with pytest.raises(DataError, match=r"test_query\.csv must be comma-separated with header `title`; found a TAB"):
         load_competition_data(root)
 
 
@@ -188,19 +186,11 @@ def test_test_query_extra_columns_ignored(tmp_path, make_dataset_dir):
 
 def test_malformed_rows_name_their_line(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path)
-    (root / "train.csv").write_text(
-        "title\tpath\n好\ttrain_000.jpg\n坏\t标题\ttrain_001.jpg\n", encoding="utf-8"
-    )
-    with pytest.raises(
-        DataError, match=r"train\.csv, line 3: 3 fields but the header `title<TAB>path` has 2"
-    ):
+    (root / "train.csv").write_text("title\tpath\n好\ttrain_000.jpg\n坏\t标题\ttrain_001.jpg\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train\.csv, line 3: 3 fields but the header `title<TAB>path` has 2"):
         load_competition_data(root)
-    (root / "train.csv").write_text(
-        'title\tpath\n"坏标题\ttrain_000.jpg\n好\ttrain_001.jpg\n', encoding="utf-8"
-    )
-    with pytest.raises(
-        DataError, match=r"line 2: a field spans lines 2-3: probably an unmatched double quote"
-    ):
+    (root / "train.csv").write_text('title\tpath\n"坏标题\ttrain_000.jpg\n好\ttrain_001.jpg\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2: a field spans lines 2-3: probably an unmatched double quote"):
         load_competition_data(root)
 
 
@@ -213,9 +203,7 @@ def test_empty_and_whitespace_titles(tmp_path, make_dataset_dir):
     report = check_data(root)
     empty = [p for p in report.problems if p.kind == "empty title"]
     assert [p.line for p in empty] == [3, 4]
-    assert str(empty[0]).endswith(
-        "xfdata/train.csv, line 3: empty title; write the product title or delete the row"
-    )
+    assert str(empty[0]).endswith("xfdata/train.csv, line 3: empty title; write the product title or delete the row")
 
 
 def test_duplicate_rows_fatal_but_multi_captions_allowed(tmp_path, make_dataset_dir):
@@ -274,9 +262,7 @@ def test_subdirectory_paths_inside_image_dir_are_fine(tmp_path, make_dataset_dir
 
 def test_missing_images_get_hints(tmp_path, make_dataset_dir):
     root = make_dataset_dir(tmp_path)
-    _write_train(
-        root, [("一", "image/train_000.jpg"), ("二", "TRAIN_001.JPG"), ("三", "train_002"), ("四", "x.jpg")]
-    )
+    _write_train(root, [("一", "image/train_000.jpg"), ("二", "TRAIN_001.JPG"), ("三", "train_002"), ("四", "x.jpg")])
     with pytest.raises(DataError) as info:
         load_competition_data(root)
     text = str(info.value)
@@ -393,9 +379,7 @@ def test_skip_bad_rows_may_leave_no_training_pairs(tmp_path, make_dataset_dir):
     assert len(data.train) == len(data.val) == 0 and data.report.skipped_rows == 2
     assert any(p.kind == "skipped row" and not p.fatal for p in data.report.problems)
     # train_000.jpg is named by train.csv (row skipped), so it stays out of the gallery
-    assert list(data.gallery["path"]) == ["gal_000.jpg", "gal_001.jpg"] + [
-        f"train_{i:03d}.jpg" for i in range(1, 6)
-    ]
+    assert list(data.gallery["path"]) == ["gal_000.jpg", "gal_001.jpg"] + [f"train_{i:03d}.jpg" for i in range(1, 6)]
 
 
 def test_skip_bad_rows_keeps_query_problems_fatal(tmp_path, make_dataset_dir):
@@ -474,9 +458,7 @@ def test_val_split_deterministic_grouped_and_order_free(tmp_path, make_dataset_d
     again = load_competition_data(root, val_size=0.2, seed=3)
     assert first.val["path"] == again.val["path"] and first.val_gallery["path"] == again.val_gallery["path"]
     assert len(set(first.val["path"])) == 6 and len(first.val) == 18
-    others = {
-        tuple(sorted(set(load_competition_data(root, val_size=0.2, seed=s).val["path"]))) for s in range(4, 8)
-    }
+    others = {tuple(sorted(set(load_competition_data(root, val_size=0.2, seed=s).val["path"]))) for s in range(4, 8)}
     assert len(others | {tuple(sorted(set(first.val["path"])))}) > 1
 
     lines = (root / "train.csv").read_text(encoding="utf-8").splitlines()
@@ -497,9 +479,7 @@ def test_val_size_count_zero_and_errors(tmp_path, make_dataset_dir):
     for bad in (-1, 1.5, float("nan"), True, "0.1"):
         with pytest.raises(ConfigError, match=r"--val_size .* is invalid"):
             check_data(root, val_size=bad)
-    with pytest.raises(
-        ConfigError, match=r"--val_size 5 holds out 5 images but train\.csv has only 5 usable images"
-    ):
+    with pytest.raises(ConfigError, match=r"--val_size 5 holds out 5 images but train\.csv has only 5 usable images"):
         load_competition_data(root, val_size=5)
 
 

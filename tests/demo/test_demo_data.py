@@ -106,7 +106,9 @@ def test_same_seed_gives_identical_bytes_other_seed_differs(clothing, tmp_path):
         assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
 
     make_demo_data(tmp_path / "other", seed=1, **SMALL)
-    assert not set(p.name for p in (out / "image").iterdir()) & set(p.name for p in (tmp_path / "other/image").iterdir())
+    assert not set(p.name for p in (out / "image").iterdir()) & set(
+        p.name for p in (tmp_path / "other/image").iterdir()
+    )
     for name in dd.OUTPUT_CSVS:
         assert (out / name).read_bytes() != (tmp_path / "other" / name).read_bytes(), name
 
@@ -126,7 +128,7 @@ def test_titles_carry_every_visible_attribute_and_noise(domain):
         for w in sorted(words, key=len, reverse=True):
             rest = rest.replace(w, "", 1)
         assert rest, title  # some noise besides the attribute words
-        assert not any(c in title for c in ",\t\"\n")
+        assert not any(c in title for c in ',\t"\n')
         assert not any(v in rest for v in visible if len(v) > 1 and v not in words), (title, rest)
         lengths.append(len(title))
     assert 20 <= min(lengths) and np.mean(lengths) <= 40
@@ -155,7 +157,7 @@ def test_noise_vocabulary_never_names_a_visible_attribute(domain):
     noise_words = noise.shops + noise.latin + noise.times + noise.promos + noise.fillers + noise.suffixes + noise.sizes
     for word in noise_words:
         assert not any(v in word for v in spec.visible_words()), word
-        assert not any(c in word for c in ",\t\"\n"), word
+        assert not any(c in word for c in ',\t"\n'), word
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

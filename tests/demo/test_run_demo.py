@@ -13,8 +13,19 @@ XFDATA = Path(__file__).resolve().parents[2] / "xfdata"
 def test_demo_runs_end_to_end_and_learns(tmp_path, capsys):
     work, submit = tmp_path / "work", tmp_path / "out" / "submit.csv"
     # A fraction of the demo's budget: enough to move well clear of the untrained model.
-    code = main(["demo", "--data_dir", str(XFDATA), "--workdir", str(work), "--output", str(submit),
-                 "--num_train_epochs", "10"])  # fmt: skip
+    code = main(
+        [
+            "demo",
+            "--data_dir",
+            str(XFDATA),
+            "--workdir",
+            str(work),
+            "--output",
+            str(submit),
+            "--num_train_epochs",
+            "10",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
 

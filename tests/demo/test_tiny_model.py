@@ -32,7 +32,13 @@ def test_vocab_has_specials_first_and_unique_entries():
 
 def test_folder_looks_like_a_hub_checkpoint(tiny_dir):
     names = {p.name for p in tiny_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.txt", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    } <= names
     assert not any(n.endswith((".bin", ".pt", ".tmp")) or n.startswith(".") for n in names)
     # No staging folder is left beside the output.
     assert [p.name for p in tiny_dir.parent.iterdir()] == [tiny_dir.name]
@@ -102,8 +108,9 @@ def test_forward_on_processor_output(tiny_dir):
     processor = AutoProcessor.from_pretrained(tiny_dir)
     model = AutoModel.from_pretrained(tiny_dir).eval()
     images = [Image.new("RGB", (40, 20), c) for c in ("red", "blue")]
-    inputs = processor(text=[TITLE, "蓝色"], images=images, padding="max_length", max_length=52,
-                       truncation=True, return_tensors="pt")  # fmt: skip
+    inputs = processor(
+        text=[TITLE, "蓝色"], images=images, padding="max_length", max_length=52, truncation=True, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model(**inputs, return_loss=True)
     assert out.logits_per_text.shape == (2, 2)

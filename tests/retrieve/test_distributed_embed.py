@@ -37,19 +37,47 @@ def embed_all(model_dir: Path, data_dir: Path, cache_dir: Path) -> tuple[dict[st
     out: dict[str, np.ndarray] = {}
     for n in SIZES:
         # Cached under a fixed name, so the shard files each process wrote can be inspected.
-        out[f"text{n}"] = embed_texts(model.model, model.tokenizer, titles[:n], preprocessing=model.preprocessing,
-                                      batch_size=2, cache_dir=cache_dir, fingerprint=f"text{n}")
+        out[f"text{n}"] = embed_texts(
+            model.model,
+            model.tokenizer,
+            titles[:n],
+            preprocessing=model.preprocessing,
+            batch_size=2,
+            cache_dir=cache_dir,
+            fingerprint=f"text{n}",
+        )
         out[f"image{n}"] = model.encode_images(paths[:n], batch_size=2)
-    metrics = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(model_dir), data_dir=str(data_dir),
-                                                   split="val",
-                                                   val_size=4, cache_dir="", device="cpu"))
+    metrics = evaluate_retrieval(
+        EvaluateArguments(
+            model_name_or_path=str(model_dir),
+            data_dir=str(data_dir),
+            split="val",
+            val_size=4,
+            cache_dir="",
+            device="cpu",
+        )
+    )
     return out, metrics
 
 
 def retrieve_argv(model_dir: Path, data_dir: Path, out_dir: Path, cache_dir: str) -> list[str]:
-    return ["retrieve", "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir),
-            "--output", str(out_dir / "submit.csv"), "--topk_output", str(out_dir / "topk.csv"), "--top_k", "3",
-            "--cache_dir", cache_dir, "--device", "cpu"]
+    return [
+        "retrieve",
+        "--model_name_or_path",
+        str(model_dir),
+        "--data_dir",
+        str(data_dir),
+        "--output",
+        str(out_dir / "submit.csv"),
+        "--topk_output",
+        str(out_dir / "topk.csv"),
+        "--top_k",
+        "3",
+        "--cache_dir",
+        cache_dir,
+        "--device",
+        "cpu",
+    ]
 
 
 def _worker(model_dir: str, data_dir: str, out_dir: str) -> None:
@@ -71,8 +99,9 @@ def data_dir(tmp_path_factory) -> Path:
     from conftest import build_dataset_dir
 
     # 12 pairs, 4 held out; 5 test-gallery images for 4 queries (3 + 2 and 2 + 2 per process).
-    return build_dataset_dir(tmp_path_factory.mktemp("dist-embed") / "xfdata", n_train_images=12, n_gallery=5,
-                             n_queries=4)
+    return build_dataset_dir(
+        tmp_path_factory.mktemp("dist-embed") / "xfdata", n_train_images=12, n_gallery=5, n_queries=4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +142,9 @@ def test_distributed_embed_two_processes_equal_single_process(two_process_run, t
 
 
 @needs_gloo
-def test_distributed_retrieve_cli_two_processes_equal_single_process(two_process_run, tiny_model_dir, data_dir,
-                                                                     tmp_path):
+def test_distributed_retrieve_cli_two_processes_equal_single_process(
+    two_process_run, tiny_model_dir, data_dir, tmp_path
+):
     from cnclip_lora.commands import main
 
     out2, out1 = two_process_run / "submission", tmp_path / "one"

@@ -24,8 +24,9 @@ def _naive(sims: np.ndarray, positives: list[set[int]], ks=(1, 5, 10)) -> dict[s
 
 
 def _evaluator(labels, n_gallery, **kwargs) -> RetrievalEvaluator:
-    return RetrievalEvaluator([f"t{i}" for i in range(len(labels))], labels, [f"{j}.jpg" for j in range(n_gallery)],
-                              processor=None, **kwargs)
+    return RetrievalEvaluator(
+        [f"t{i}" for i in range(len(labels))], labels, [f"{j}.jpg" for j in range(n_gallery)], processor=None, **kwargs
+    )
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -9,14 +9,14 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`")
 
-from cnclip_lora.commands import main
 from cnclip_lora.adapter.record import RECORD_FILE, Preprocessing
+from cnclip_lora.commands import main
+from cnclip_lora.commands.train import train_from_argv
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.model import RetrievalModel
 from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE
 from cnclip_lora.retrieve.export_onnx import export_onnx
 from cnclip_lora.retrieve.run import EvaluateArguments, RetrieveArguments, evaluate_retrieval, retrieve
-from cnclip_lora.commands.train import train_from_argv
 
 # One character up to far past the 52-token limit (truncated), mixed scripts, so batches pad differently.
 TITLES = [
@@ -34,9 +34,21 @@ TITLES = [
 def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx-adapter") / "out"
     argv = []
-    for k, v in {"model_name_or_path": tiny_model_dir, "data_dir": demo_dir, "output_dir": out, "max_steps": 3,
-                 "per_device_train_batch_size": 8, "learning_rate": 5e-2, "lora_r": 4, "lora_alpha": 8,
-                 "flip": "always", "val_size": 0, "use_cpu": True, "save_strategy": "no", "report_to": "none"}.items():
+    for k, v in {
+        "model_name_or_path": tiny_model_dir,
+        "data_dir": demo_dir,
+        "output_dir": out,
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "flip": "always",
+        "val_size": 0,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "report_to": "none",
+    }.items():
         argv += [f"--{k}", str(v)]
     train_from_argv(argv)
     return out
@@ -45,8 +57,10 @@ def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def export_dir(adapter_dir, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx-export") / "onnx"
-    assert main(["export-onnx", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(adapter_dir),
-                 str(out)]) == 0
+    assert (
+        main(["export-onnx", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(adapter_dir), str(out)])
+        == 0
+    )
     return out
 
 
@@ -87,27 +101,56 @@ def test_onnxruntime_image_embeddings_equal_pytorch(export_dir, adapter_dir, tin
     assert _cosines(got, ref).min() >= 0.9999
 
 
-def test_retrieve_and_evaluate_with_the_onnx_backend_rank_like_torch(export_dir, adapter_dir, tiny_model_dir,
-                                                                     demo_dir, tmp_path):
+def test_retrieve_and_evaluate_with_the_onnx_backend_rank_like_torch(
+    export_dir, adapter_dir, tiny_model_dir, demo_dir, tmp_path
+):
     common = dict(data_dir=str(demo_dir), cache_dir="", batch_size=7)
-    ref = retrieve(RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
-                                     output=str(tmp_path / "torch.csv"), top_k=5, **common))
-    got = retrieve(RetrieveArguments(model_name_or_path=str(export_dir), backend="onnx",
-                                     output=str(tmp_path / "onnx.csv"), top_k=5, **common))
+    ref = retrieve(
+        RetrieveArguments(
+            model_name_or_path=str(tiny_model_dir),
+            adapter=str(adapter_dir),
+            output=str(tmp_path / "torch.csv"),
+            top_k=5,
+            **common,
+        )
+    )
+    got = retrieve(
+        RetrieveArguments(
+            model_name_or_path=str(export_dir), backend="onnx", output=str(tmp_path / "onnx.csv"), top_k=5, **common
+        )
+    )
     np.testing.assert_array_equal(got.indices[:, 0], ref.indices[:, 0])
     np.testing.assert_allclose(got.scores, ref.scores, atol=1e-4)
     assert (tmp_path / "onnx.csv").read_text() == (tmp_path / "torch.csv").read_text()
-    ev_ref = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir),
-                                                  split="test", **common))
-    ev_got = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(export_dir), backend="onnx", split="test",
-                                                  **common))
+    ev_ref = evaluate_retrieval(
+        EvaluateArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), split="test", **common)
+    )
+    ev_got = evaluate_retrieval(
+        EvaluateArguments(model_name_or_path=str(export_dir), backend="onnx", split="test", **common)
+    )
     assert ev_got == ev_ref
 
 
 def test_cli_retrieve_accepts_backend_onnx(export_dir, demo_dir, tmp_path):
     out = tmp_path / "submit.csv"
-    assert main(["retrieve", "--model_name_or_path", str(export_dir), "--backend", "onnx", "--data_dir",
-                 str(demo_dir), "--output", str(out), "--cache_dir", ""]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                "--model_name_or_path",
+                str(export_dir),
+                "--backend",
+                "onnx",
+                "--data_dir",
+                str(demo_dir),
+                "--output",
+                str(out),
+                "--cache_dir",
+                "",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from serve_utils import make_random_adapter
 
 from cnclip_lora.inference.metrics import recall_at_k, recall_from_ranks, true_ranks
 from cnclip_lora.retrieve.arguments import RetrieveArguments
 from cnclip_lora.retrieve.run import retrieve
-from serve_utils import make_random_adapter
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,17 @@ def test_retrieve_metrics_do_not_depend_on_top_k(tiny_model_dir, demo_dir, adapt
     assert (demo_dir / "test_answers.csv").is_file()
     metrics = {}
     for k in (1, 2, 10, 100):
-        result = retrieve(RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter),
-                                            data_dir=str(demo_dir), topk_output=str(tmp_path / f"top{k}.csv"),
-                                            top_k=k, device="cpu", cache_dir=str(tmp_path / "cache")))
+        result = retrieve(
+            RetrieveArguments(
+                model_name_or_path=str(tiny_model_dir),
+                adapter=str(adapter),
+                data_dir=str(demo_dir),
+                topk_output=str(tmp_path / f"top{k}.csv"),
+                top_k=k,
+                device="cpu",
+                cache_dir=str(tmp_path / "cache"),
+            )
+        )
         assert result.indices.shape[1] == min(k, result.metrics["gallery_size"])
         metrics[k] = result.metrics
     assert metrics[1] == metrics[2] == metrics[10] == metrics[100]

@@ -39,17 +39,20 @@ def _run(name: str, ranks: list[int], top: list[list[int]]) -> ModelRun:
     metrics = {f"{d}_{m}": 50.0 for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")}
     metrics.update(gallery_size=4, queries=len(ranks))
     top_arr = np.asarray(top)
-    return ModelRun(name, metrics, np.asarray(ranks), np.linspace(0.9, 0.1, top_arr.size).reshape(top_arr.shape), top_arr)
+    return ModelRun(
+        name, metrics, np.asarray(ranks), np.linspace(0.9, 0.1, top_arr.size).reshape(top_arr.shape), top_arr
+    )
 
 
 def test_render_marks_true_images_sorts_worst_first_and_splits_fixed_from_broken(tmp_path):
     names = _images(tmp_path, 4)
     titles = ["<script>alert(1)</script>连衣裙", "长袖T恤 & 衬衫", "牛仔裤"]
     labels = [0, 1, 2]
-    tuned = _run("tuned", [1, 3, 2], [[0, 1], [2, 3], [3, 2]])   # q0 fixed; q1 broken
+    tuned = _run("tuned", [1, 3, 2], [[0, 1], [2, 3], [3, 2]])  # q0 fixed; q1 broken
     base = _run("base", [4, 1, 2], [[3, 2], [1, 0], [3, 2]])
-    page = render_report(titles=titles, labels=labels, names=names, image_dir=tmp_path, runs=[tuned, base],
-                         split="val", thumb_size=32)
+    page = render_report(
+        titles=titles, labels=labels, names=names, image_dir=tmp_path, runs=[tuned, base], split="val", thumb_size=32
+    )
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;连衣裙" in page
     assert "长袖T恤 &amp; 衬衫" in page
     fixed = page.split('id="fixed"')[1].split('id="broken"')[0]
@@ -68,29 +71,39 @@ def test_render_marks_true_images_sorts_worst_first_and_splits_fixed_from_broken
 def test_training_curves_png_reads_loss_acc_and_eval_mr(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed: pip install 'cnclip-lora[report]'")
     state = tmp_path / "trainer_state.json"
-    state.write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0, "t2i_acc": 0.1},
-                                                 {"step": 2, "eval_t2i_MR": 30.0}]}))
+    state.write_text(
+        json.dumps({"log_history": [{"step": 1, "loss": 2.0, "t2i_acc": 0.1}, {"step": 2, "eval_t2i_MR": 30.0}]})
+    )
     png = training_curves_png(state)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     state.write_text(json.dumps({"log_history": [{"step": 1, "learning_rate": 0.1}]}))
     assert training_curves_png(state) is None
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(compare_base=True), "--compare_base needs --adapter"),
-    (dict(adapter="a", compare_base=True, baseline_adapter="b"), "either --compare_base or --baseline_adapter"),
-    (dict(top_k=0), "--top_k must be >= 1"),
-    (dict(output="report.txt"), "must be an .html file"),
-    (dict(backend="onnx", baseline_adapter="b"), "need the torch backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(compare_base=True), "--compare_base needs --adapter"),
+        (dict(adapter="a", compare_base=True, baseline_adapter="b"), "either --compare_base or --baseline_adapter"),
+        (dict(top_k=0), "--top_k must be >= 1"),
+        (dict(output="report.txt"), "must be an .html file"),
+        (dict(backend="onnx", baseline_adapter="b"), "need the torch backend"),
+    ],
+)
 def test_report_arguments_reject_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ReportArguments(model_name_or_path="m", **kwargs)
 
 
 def test_report_arguments_take_the_model_options_and_the_recorded_split_by_default():
-    args = ReportArguments(model_name_or_path="m", adapter="a", model_revision="r1", adapter_revision="r2",
-                           allow_different_base=True, backend="torch")
+    args = ReportArguments(
+        model_name_or_path="m",
+        adapter="a",
+        model_revision="r1",
+        adapter_revision="r2",
+        allow_different_base=True,
+        backend="torch",
+    )
     assert (args.model_revision, args.adapter_revision, args.allow_different_base) == ("r1", "r2", True)
     assert args.val_size is None and args.split_seed is None  # None = the adapter's recorded split
 
@@ -101,14 +114,29 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "r" / "report.html"
-    common = ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--device", "cpu",
-              "--cache_dir", str(tmp_path / "cache")]
+    common = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(demo_dir),
+        "--device",
+        "cpu",
+        "--cache_dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(["report", *common, "--adapter", str(adapter), "--compare_base", "--output", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     page = out.read_text(encoding="utf-8")
     for name, adapter_arg in (("tuned", str(adapter)), ("base", None)):
-        ref = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir),
-                                                   adapter=adapter_arg, device="cpu", cache_dir=""))
+        ref = evaluate_retrieval(
+            EvaluateArguments(
+                model_name_or_path=str(tiny_model_dir),
+                data_dir=str(demo_dir),
+                adapter=adapter_arg,
+                device="cpu",
+                cache_dir="",
+            )
+        )
         row = re.search(rf"<tr><th>{name}</th>(.*?)</tr>", page).group(1)
         cells = [float(c) for c in re.findall(r"<td>([\d.]+)</td>", row)]
         expected = [ref[f"val_{d}_{m}"] for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")]
@@ -119,8 +147,19 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
 
 
 def test_report_cli_bad_training_dir_is_one_line_error(tiny_model_dir, demo_dir, tmp_path, capsys):
-    code = main(["report", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
-                 "--training_dir", str(tmp_path), "--output", str(tmp_path / "r.html")])
+    code = main(
+        [
+            "report",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(demo_dir),
+            "--training_dir",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "r.html"),
+        ]
+    )
     assert code == 2
     assert "no trainer_state.json" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()

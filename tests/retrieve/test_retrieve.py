@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cnclip_lora.inputs.images import preprocess_images
 from cnclip_lora.adapter.record import Preprocessing
-from cnclip_lora.inputs.text import tokenize_titles
-from cnclip_lora.inference.embed import embed_images, embed_texts
+from cnclip_lora.commands.train import train_from_argv
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
+from cnclip_lora.inference.embed import embed_images, embed_texts
 from cnclip_lora.inference.model import RetrievalModel
+from cnclip_lora.inputs.images import preprocess_images
+from cnclip_lora.inputs.text import tokenize_titles
+from cnclip_lora.modeling import get_image_embeds, get_text_embeds, load_model_and_processor
 from cnclip_lora.retrieve.run import (
     EvaluateArguments,
     RetrieveArguments,
@@ -25,16 +26,26 @@ from cnclip_lora.retrieve.run import (
     retrieve,
     write_submission,
 )
-from cnclip_lora.commands.train import train_from_argv
 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter") / "out"
     argv = []
-    for k, v in {"model_name_or_path": tiny_model_dir, "data_dir": demo_dir, "output_dir": out, "max_steps": 3,
-                 "per_device_train_batch_size": 8, "learning_rate": 5e-3, "lora_r": 4, "lora_alpha": 8,
-                 "val_size": 0, "use_cpu": True, "save_strategy": "no", "report_to": "none"}.items():
+    for k, v in {
+        "model_name_or_path": tiny_model_dir,
+        "data_dir": demo_dir,
+        "output_dir": out,
+        "max_steps": 3,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "val_size": 0,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "report_to": "none",
+    }.items():
         argv += [f"--{k}", str(v)]
     train_from_argv(argv)
     return out
@@ -90,8 +101,9 @@ def test_cache_hit_reuses_and_fingerprint_changes_invalidate(tiny_model_dir, dem
     again = cached.encode_images(paths)
     np.testing.assert_array_equal(first, again)
     # Every input of the key changes it.
-    other_prep = RetrievalModel(model, processor, Preprocessing(train_flip="always"), cache_dir=tmp_path,
-                                source=str(tiny_model_dir)).fingerprint("image", paths)
+    other_prep = RetrievalModel(
+        model, processor, Preprocessing(train_flip="always"), cache_dir=tmp_path, source=str(tiny_model_dir)
+    ).fingerprint("image", paths)
     fewer = cached.fingerprint("image", paths[:-1])
     assert len({fp, other_prep, fewer}) == 3
     fresh = cached.encode_images(paths[:-1])
@@ -108,8 +120,10 @@ def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_m
     model, processor = load_model_and_processor(str(tiny_model_dir))
 
     def key(a):
-        return RetrievalModel(model, processor, Preprocessing(), source=str(tiny_model_dir),
-                              adapter_dir=str(a)).fingerprint("image", [str(image_copy)])
+        return RetrievalModel(
+            model, processor, Preprocessing(), source=str(tiny_model_dir), adapter_dir=str(a)
+        ).fingerprint("image", [str(image_copy)])
+
     before = key(copy)
     assert key(copy) == before
     weights = load_file(copy / "adapter_model.safetensors")
@@ -124,9 +138,16 @@ def test_fingerprint_follows_adapter_weights_and_image_files(adapter_dir, tiny_m
 
 
 def test_retrieve_writes_a_valid_submission_and_topk(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
-    args = RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
-                              output=str(tmp_path / "sub" / "submit.csv"), top_k=5, topk_output=str(tmp_path / "topk.csv"),
-                              cache_dir=str(tmp_path / "cache"), device="cpu")
+    args = RetrieveArguments(
+        model_name_or_path=str(tiny_model_dir),
+        adapter=str(adapter_dir),
+        data_dir=str(demo_dir),
+        output=str(tmp_path / "sub" / "submit.csv"),
+        top_k=5,
+        topk_output=str(tmp_path / "topk.csv"),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     result = retrieve(args)
     sample = pd.read_csv(demo_dir / "sample_submit.csv")
     sub = pd.read_csv(tmp_path / "sub" / "submit.csv")
@@ -145,9 +166,16 @@ def test_retrieve_writes_a_valid_submission_and_topk(adapter_dir, tiny_model_dir
 
 
 def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
-    args = RetrieveArguments(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
-                              output=str(tmp_path / "submit.csv"), top_k=20, assign="hungarian",
-                              cache_dir=str(tmp_path / "cache"), device="cpu")
+    args = RetrieveArguments(
+        model_name_or_path=str(tiny_model_dir),
+        adapter=str(adapter_dir),
+        data_dir=str(demo_dir),
+        output=str(tmp_path / "submit.csv"),
+        top_k=20,
+        assign="hungarian",
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     retrieve(args)
     sub = pd.read_csv(tmp_path / "submit.csv")
     assert sub["path"].is_unique
@@ -155,9 +183,11 @@ def test_hungarian_never_assigns_an_image_twice(adapter_dir, tiny_model_dir, dem
 
 def test_evaluate_reports_both_directions_with_gallery_size(tiny_model_dir, demo_dir, tmp_path):
     for split in ("val", "test"):
-        metrics = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
-                                                       data_dir=str(demo_dir), split=split,
-                                                       cache_dir="", device="cpu"))
+        metrics = evaluate_retrieval(
+            EvaluateArguments(
+                model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split=split, cache_dir="", device="cpu"
+            )
+        )
         for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "t2i_MR", "i2t_R@1", "i2t_MR", "gallery_size"):
             assert f"{split}_{key}" in metrics
         assert metrics[f"{split}_t2i_R@1"] <= metrics[f"{split}_t2i_R@5"] <= metrics[f"{split}_t2i_R@10"]
@@ -183,20 +213,32 @@ def test_retrieval_arguments_validate():
 
 def test_retrieve_with_a_flat_faiss_index_matches_exact_search(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
     pytest.importorskip("faiss", reason="the faiss extra is part of `make test`'s install")
-    common = dict(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir), top_k=5,
-                  cache_dir=str(tmp_path / "cache"), device="cpu")
+    common = dict(
+        model_name_or_path=str(tiny_model_dir),
+        adapter=str(adapter_dir),
+        data_dir=str(demo_dir),
+        top_k=5,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     exact = retrieve(RetrieveArguments(output=str(tmp_path / "exact.csv"), **common))
-    flat = retrieve(RetrieveArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common))
+    flat = retrieve(
+        RetrieveArguments(output=str(tmp_path / "faiss.csv"), use_faiss=True, faiss_index="flat", **common)
+    )
     np.testing.assert_allclose(flat.scores, exact.scores, atol=1e-5)
     assert pd.read_csv(tmp_path / "faiss.csv").equals(pd.read_csv(tmp_path / "exact.csv"))
 
 
-def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_default(tiny_model_dir, demo_dir, tmp_path):
+def test_evaluate_answers_file_outside_the_data_folder_is_validated_like_the_default(
+    tiny_model_dir, demo_dir, tmp_path
+):
     import shutil
 
     from cnclip_lora.errors import DataError
 
-    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="test", cache_dir="", device="cpu")
+    common = dict(
+        model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), split="test", cache_dir="", device="cpu"
+    )
     elsewhere = tmp_path / "answers.csv"
     shutil.copy(demo_dir / "test_answers.csv", elsewhere)
     elsewhere_metrics = evaluate_retrieval(EvaluateArguments(answers=str(elsewhere), **common))
@@ -223,9 +265,11 @@ def test_default_embedding_cache_is_shared_across_working_directories(tiny_model
         (tmp_path / cwd).mkdir(parents=True)
         monkeypatch.chdir(tmp_path / cwd)
         data = relative_data if cwd == "a" else str(demo_dir)  # same images, named two ways
-        runs.append(evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=data,
-                                                          split="val",
-                                                          device="cpu")))  # fmt: skip
+        runs.append(
+            evaluate_retrieval(
+                EvaluateArguments(model_name_or_path=str(tiny_model_dir), data_dir=data, split="val", device="cpu")
+            )
+        )
         assert not list((tmp_path / cwd).iterdir())  # nothing written where the command ran
     usage = {u.kind: u for u in cache_usage()}
     assert usage["embeddings"].path == tmp_path / "hf" / "cnclip_lora" / "embeddings"
@@ -240,16 +284,18 @@ def test_fingerprint_keys_the_loaded_commit_and_dtype(tiny_model_dir):
     def key(model_commit="a" * 40, dtype=torch.float32):
         model.config._commit_hash = model_commit
         model.to(dtype)
-        return RetrievalModel(model, processor, Preprocessing(),
-                              source="OFA-Sys/chinese-clip-vit-huge-patch14").fingerprint("text", ["标题"])
+        return RetrievalModel(
+            model, processor, Preprocessing(), source="OFA-Sys/chinese-clip-vit-huge-patch14"
+        ).fingerprint("text", ["标题"])
 
     assert key(model_commit="a" * 40) != key(model_commit="b" * 40)  # "main" moved on the Hub
     assert key(dtype=torch.float32) != key(dtype=torch.bfloat16)
     assert key(model_commit="a" * 40, dtype=torch.float32) == key(model_commit="a" * 40, dtype=torch.float32)
 
 
-def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model_dir, demo_dir, tmp_path,
-                                                                      monkeypatch, caplog):
+def test_unwritable_default_embedding_cache_warns_and_still_retrieves(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, caplog
+):
     import datasets
 
     blocker = tmp_path / "not-a-folder"
@@ -265,8 +311,13 @@ def test_unwritable_default_embedding_cache_warns_and_still_retrieves(tiny_model
 
 
 def test_retrieve_metrics_come_from_full_gallery_ranks_whatever_top_k(adapter_dir, tiny_model_dir, demo_dir, tmp_path):
-    common = dict(model_name_or_path=str(tiny_model_dir), adapter=str(adapter_dir), data_dir=str(demo_dir),
-                  cache_dir=str(tmp_path / "cache"), device="cpu")
+    common = dict(
+        model_name_or_path=str(tiny_model_dir),
+        adapter=str(adapter_dir),
+        data_dir=str(demo_dir),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     runs = [retrieve(RetrieveArguments(output=str(tmp_path / f"k{k}.csv"), top_k=k, **common)).metrics for k in (1, 5)]
     t2i = [{k: v for k, v in m.items() if k.startswith("test_t2i_")} for m in runs]
     assert t2i[0] and t2i[0] == t2i[1]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnclip_lora.inference import search as ranking
 from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.inference import search as ranking
 from cnclip_lora.inference.search import DENSE_ONE_TO_ONE_BYTES, assign, assign_one_to_one, rank
 
 
@@ -325,7 +325,9 @@ def test_assign_errors():
     # Enough distinct candidates overall, but two queries can only take image 0.
     scores3, indices3 = np.array([[0.9], [0.8], [0.7]]), np.array([[0], [0], [1]])
     with pytest.raises(CnClipLoraError, match="no one-to-one assignment exists"):
-        assign(np.hstack([scores3, [[-np.inf], [-np.inf], [0.1]]]), np.hstack([indices3, [[-1], [-1], [2]]]), "hungarian")
+        assign(
+            np.hstack([scores3, [[-np.inf], [-np.inf], [0.1]]]), np.hstack([indices3, [[-1], [-1], [2]]]), "hungarian"
+        )
     with pytest.raises(ConfigError, match="must be one of argmax, hungarian; got 'greedy'"):
         assign(scores, indices, "greedy")
     with pytest.raises(CnClipLoraError, match="same shape"):

@@ -32,9 +32,23 @@ def served(tiny_model_dir, demo_dir, tmp_path_factory):
     shutil.copy(next(gallery.iterdir()), secret)
     (gallery / "evil.jpg").symlink_to(secret)
     adapter = make_random_adapter(tiny_model_dir, tmp / "adapter")
-    server = start_server(tmp, ["--model_name_or_path", str(tiny_model_dir), "--image_dir", str(gallery),
-                                "--adapter", str(adapter), "--max_k", "20", "--max_batch", "8",
-                                "--cache_dir", str(tmp / "cache")])
+    server = start_server(
+        tmp,
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--image_dir",
+            str(gallery),
+            "--adapter",
+            str(adapter),
+            "--max_k",
+            "20",
+            "--max_batch",
+            "8",
+            "--cache_dir",
+            str(tmp / "cache"),
+        ],
+    )
     yield server, gallery, adapter
     server.stop()
 
@@ -80,8 +94,12 @@ def test_long_query_is_truncated_and_says_so(served):
 def test_batch_post_equals_single_gets(served):
     server, *_ = served
     queries = ["连衣裙", "牛仔裤 男", "长袖T恤"]
-    code, body = http("POST", server.url + "/search", json.dumps({"queries": queries, "k": 4}).encode(),
-                      {"Content-Type": "application/json"})
+    code, body = http(
+        "POST",
+        server.url + "/search",
+        json.dumps({"queries": queries, "k": 4}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert code == 200
     batch = json.loads(body)["results"]
     singles = [_search(server, q, 4)["results"] for q in queries]
@@ -103,22 +121,25 @@ def test_concurrent_requests_get_their_own_answers(served):
         assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-4)
 
 
-@pytest.mark.parametrize("method, path, body, code, message", [
-    ("GET", "/search?q=", None, 400, "q is empty"),
-    ("GET", "/search", None, 400, "q is empty"),
-    ("GET", "/search?q=%20%20", None, 400, "q is empty"),
-    ("GET", "/search?q=a&k=0", None, 400, "k must be between 1 and 20"),
-    ("GET", "/search?q=a&k=21", None, 400, "k must be between 1 and 20"),
-    ("GET", "/search?q=a&k=abc", None, 422, "malformed request: query.k"),
-    ("POST", "/search", b"not json", 400, "must be JSON"),
-    ("POST", "/search", b'["a"]', 400, 'list "queries"'),
-    ("POST", "/search", b'{"queries": "a"}', 400, 'list "queries"'),
-    ("POST", "/search", b'{"queries": []}', 400, "no queries"),
-    ("POST", "/search", b'{"queries": ["a", 3]}', 400, "item 1 is int"),
-    ("POST", "/search", b'{"queries": ["a", ""]}', 400, "query 1 is empty"),
-    ("POST", "/search", b'{"queries": ["a"], "k": "5"}', 400, "k must be an integer"),
-    ("POST", "/search", json.dumps({"queries": ["a"] * 9}).encode(), 413, "at most 8 queries"),
-])
+@pytest.mark.parametrize(
+    "method, path, body, code, message",
+    [
+        ("GET", "/search?q=", None, 400, "q is empty"),
+        ("GET", "/search", None, 400, "q is empty"),
+        ("GET", "/search?q=%20%20", None, 400, "q is empty"),
+        ("GET", "/search?q=a&k=0", None, 400, "k must be between 1 and 20"),
+        ("GET", "/search?q=a&k=21", None, 400, "k must be between 1 and 20"),
+        ("GET", "/search?q=a&k=abc", None, 422, "malformed request: query.k"),
+        ("POST", "/search", b"not json", 400, "must be JSON"),
+        ("POST", "/search", b'["a"]', 400, 'list "queries"'),
+        ("POST", "/search", b'{"queries": "a"}', 400, 'list "queries"'),
+        ("POST", "/search", b'{"queries": []}', 400, "no queries"),
+        ("POST", "/search", b'{"queries": ["a", 3]}', 400, "item 1 is int"),
+        ("POST", "/search", b'{"queries": ["a", ""]}', 400, "query 1 is empty"),
+        ("POST", "/search", b'{"queries": ["a"], "k": "5"}', 400, "k must be an integer"),
+        ("POST", "/search", json.dumps({"queries": ["a"] * 9}).encode(), 413, "at most 8 queries"),
+    ],
+)
 def test_bad_requests_get_4xx_with_a_message(served, method, path, body, code, message):
     server, *_ = served
     got_code, got = http(method, server.url + path, body, {"Content-Type": "application/json"})
@@ -138,11 +159,23 @@ def _raw_get(server, raw_path: str) -> int:
     return status
 
 
-@pytest.mark.parametrize("raw", [
-    "/image/../secret.jpg", "/image/..%2Fsecret.jpg", "/image/%2e%2e%2fsecret.jpg", "/image/%2E%2E/secret.jpg",
-    "/image//etc/passwd", "/image/%2Fetc%2Fpasswd", "/image/..%5Csecret.jpg", "/image/evil.jpg",
-    "/image/not-in-gallery.jpg", "/image/", "/image/..", "/image/.",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/image/../secret.jpg",
+        "/image/..%2Fsecret.jpg",
+        "/image/%2e%2e%2fsecret.jpg",
+        "/image/%2E%2E/secret.jpg",
+        "/image//etc/passwd",
+        "/image/%2Fetc%2Fpasswd",
+        "/image/..%5Csecret.jpg",
+        "/image/evil.jpg",
+        "/image/not-in-gallery.jpg",
+        "/image/",
+        "/image/..",
+        "/image/.",
+    ],
+)
 def test_image_endpoint_serves_only_gallery_files(served, raw):
     server, *_ = served
     assert _raw_get(server, raw) in (403, 404)
@@ -176,8 +209,9 @@ def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
         batcher = MicroBatcher(fn, max_batch=16, wait_ms=200)
         await batcher.start()
         try:
-            return await asyncio.gather(*(batcher.submit([f"q{i}"], k=1 + i % 3) for i in range(5)),
-                                        batcher.submit(["a", "b"], k=2))
+            return await asyncio.gather(
+                *(batcher.submit([f"q{i}"], k=1 + i % 3) for i in range(5)), batcher.submit(["a", "b"], k=2)
+            )
         finally:
             await batcher.stop()
 
@@ -188,6 +222,7 @@ def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
 
 
 # ---------------------------------------------------------------------------------- real browser
+
 
 def test_search_page_in_chromium(served, tmp_path):
     from selenium.webdriver.common.by import By
@@ -205,10 +240,12 @@ def test_search_page_in_chromium(served, tmp_path):
         WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-done") == "1")
         # Wait until every image finished (loaded or failed), then require that all loaded: a broken
         # image fails here with its URL instead of as a timeout.
-        WebDriverWait(driver, 120).until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#grid img')].every(i => i.complete)"))
+        WebDriverWait(driver, 120).until(
+            lambda d: d.execute_script("return [...document.querySelectorAll('#grid img')].every(i => i.complete)")
+        )
         broken = driver.execute_script(
-            "return [...document.querySelectorAll('#grid img')].filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+            "return [...document.querySelectorAll('#grid img')].filter(i => !(i.naturalWidth > 0)).map(i => i.src)"
+        )
         assert broken == [], broken
         cards = driver.find_elements(By.CSS_SELECTOR, "#grid .card")
         assert len(cards) == 8
@@ -227,8 +264,27 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
 
     adapter = make_random_adapter(tiny_model_dir, tmp_path / "adapter")
     out = tmp_path / "report.html"
-    assert main(["report", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--device", "cpu",
-                 "--adapter", str(adapter), "--compare_base", "--output", str(out), "--cache_dir", ""]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--data_dir",
+                str(demo_dir),
+                "--device",
+                "cpu",
+                "--adapter",
+                str(adapter),
+                "--compare_base",
+                "--output",
+                str(out),
+                "--cache_dir",
+                "",
+            ]
+        )
+        == 0
+    )
     moved = tmp_path / "elsewhere" / "r.html"  # self-contained: opens from any folder
     moved.parent.mkdir()
     shutil.move(out, moved)
@@ -237,11 +293,13 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         driver.get(moved.as_uri())
         loaded = driver.execute_script(
             "const imgs=[...document.querySelectorAll('img')];"
-            "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]")
+            "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]"
+        )
         assert loaded[0] > 10 and loaded[0] == loaded[1]
         # The true image's frame is drawn: a green border on every marked candidate.
         colors = driver.execute_script(
-            "return [...document.querySelectorAll('figure.true img')].map(i => getComputedStyle(i).borderTopColor)")
+            "return [...document.querySelectorAll('figure.true img')].map(i => getComputedStyle(i).borderTopColor)"
+        )
         assert colors and set(colors) == {"rgb(26, 156, 58)"}
         assert driver.execute_script("return document.getElementById('curves').naturalWidth") > 100
         assert re.search(r"t2i R@1", driver.find_element("id", "metrics").text)

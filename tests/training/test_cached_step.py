@@ -25,17 +25,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_utils import needs_gloo, run_torchrun
 from safetensors.torch import load_file
 from transformers import AutoProcessor, ChineseCLIPConfig, ChineseCLIPModel
 
-from cnclip_lora.training.cached_step import cached_contrastive_step, model_embeddings
-from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.commands.train import train_from_argv
 from cnclip_lora.config import CnClipTrainingArguments
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.training.loss import ContrastiveLoss
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.modeling import apply_lora
-from cnclip_lora.commands.train import train_from_argv
-from dist_utils import needs_gloo, run_torchrun
+from cnclip_lora.training.cached_step import cached_contrastive_step, model_embeddings
+from cnclip_lora.training.loss import ContrastiveLoss
 
 DROPOUT = 0.1
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -157,10 +157,24 @@ def test_a_bad_mini_batch_size_on_the_command_line_is_a_one_line_error(tiny_mode
     import subprocess
 
     proc = subprocess.run(
-        [sys.executable, "-m", "cnclip_lora", "train", "--model_name_or_path", str(tiny_model_dir), "--data_dir",
-         str(demo_dir), "--output_dir", str(tmp_path / "o"), "--contrastive_mini_batch_size", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cnclip_lora",
+            "train",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(demo_dir),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--contrastive_mini_batch_size",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "--contrastive_mini_batch_size must be a positive integer" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -186,11 +200,25 @@ def _run(model_dir: Path, data_dir: Path, out: Path, monkeypatch, **extra):
     rows: list[int] = []
     monkeypatch.setattr(train_mod, "CnClipLoraTrainer", Recording)
     flags = {
-        "model_name_or_path": model_dir, "data_dir": data_dir, "output_dir": out, "per_device_train_batch_size": 8,
-        "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8, "val_size": 8, "use_cpu": True, "seed": 0,
-        "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "report_to": "none",
-        "dataloader_num_workers": 0, "max_steps": 2, "flip": "none", "adam_epsilon": ADAM_EPS,
-    }  # fmt: skip
+        "model_name_or_path": model_dir,
+        "data_dir": data_dir,
+        "output_dir": out,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "val_size": 8,
+        "use_cpu": True,
+        "seed": 0,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "max_steps": 2,
+        "flip": "none",
+        "adam_epsilon": ADAM_EPS,
+    }
     flags.update(extra)
     argv = [x for k, v in flags.items() for x in (f"--{k}", str(v))]
     result = train_from_argv(argv)
@@ -339,8 +367,15 @@ def test_trainer_cached_step_under_regional_torch_compile_equals_the_eager_plain
 
     plain = _run(tiny_model_dir, demo_dir, tmp_path / "plain", monkeypatch)
     counters.clear()
-    compiled = _run(tiny_model_dir, demo_dir, tmp_path / "compiled", monkeypatch, contrastive_mini_batch_size=3,
-                    torch_compile=True, torch_compile_backend="aot_eager")  # fmt: skip
+    compiled = _run(
+        tiny_model_dir,
+        demo_dir,
+        tmp_path / "compiled",
+        monkeypatch,
+        contrastive_mini_batch_size=3,
+        torch_compile=True,
+        torch_compile_backend="aot_eager",
+    )
     assert counters["stats"]["unique_graphs"] > 0  # the step really ran compiled graphs
     assert compiled[-1] == 3
     _assert_same_runs(compiled, plain)

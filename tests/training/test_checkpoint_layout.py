@@ -33,22 +33,46 @@ def hub_like_dir(tmp_path_factory) -> Path:
     """config.json + model.safetensors + preprocessor_config.json + vocab.txt, as the Hub repos ship."""
     root = tmp_path_factory.mktemp("ofa-like") / "chinese-clip-vit-base-patch16"
     config = ChineseCLIPConfig(
-        text_config={"vocab_size": 21128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "intermediate_size": 64, "max_position_embeddings": 512, "type_vocab_size": 2},
-        vision_config={"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
-                       "image_size": 224, "patch_size": 32},
+        text_config={
+            "vocab_size": 21128,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 512,
+            "type_vocab_size": 2,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)
     ChineseCLIPModel(config).save_pretrained(root)  # safetensors
-    (root / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": 224, "do_center_crop": False, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "ChineseCLIPFeatureExtractor", "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-        "resample": 3, "size": {"height": 224, "width": 224},
-    }))
+    (root / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "crop_size": 224,
+                "do_center_crop": False,
+                "do_normalize": True,
+                "do_resize": True,
+                "feature_extractor_type": "ChineseCLIPFeatureExtractor",
+                "image_mean": CLIP_MEAN,
+                "image_std": CLIP_STD,
+                "resample": 3,
+                "size": {"height": 224, "width": 224},
+            }
+        )
+    )
     shutil.copy(VOCAB, root / "vocab.txt")
-    (root / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512,
-                                                             "tokenizer_class": "BertTokenizer"}))
+    (root / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": True, "model_max_length": 512, "tokenizer_class": "BertTokenizer"})
+    )
     return root
 
 
@@ -65,7 +89,7 @@ def test_real_vocab_tokenises_a_competition_title_without_unk(hub_like_dir):
 def test_checkpoint_preprocessing_squashes_instead_of_cropping(hub_like_dir, tmp_path):
     _, processor = load_model_and_processor(str(hub_like_dir))
     wide = np.zeros((100, 300, 3), dtype=np.uint8)
-    wide[:, :100] = (255, 0, 0)   # left third red: a center crop would cut it away
+    wide[:, :100] = (255, 0, 0)  # left third red: a center crop would cut it away
     wide[:, 100:] = (0, 0, 255)
     path = tmp_path / "wide.png"
     Image.fromarray(wide).save(path)

@@ -95,8 +95,16 @@ def test_distributed_gather_two_processes_equal_single_process(tmp_path):
     script = tmp_path / "ddp_step.py"
     script.write_text(SCRIPT, encoding="utf-8")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -154,8 +162,10 @@ def test_gather_simulated_two_ranks_gradients_match_global_batch():
     ref = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     ref_grads = torch.autograd.grad(ref, [text, image, scale])
     t, i = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
-    losses = [gathered_contrastive_loss(t[r * 4 : r * 4 + 4], i[r * 4 : r * 4 + 4], t, i, scale, rank=r).loss
-              for r in range(2)]
+    losses = [
+        gathered_contrastive_loss(t[r * 4 : r * 4 + 4], i[r * 4 : r * 4 + 4], t, i, scale, rank=r).loss
+        for r in range(2)
+    ]
     grads = torch.autograd.grad(sum(losses) / 2, [text, image, scale])
     assert (sum(losses) / 2).item() == pytest.approx(ref.item(), abs=1e-6)
     for g, rg in zip(grads, ref_grads):

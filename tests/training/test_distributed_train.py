@@ -19,27 +19,62 @@ import torch
 from dist_utils import needs_gloo, run_torchrun, stray_files
 from safetensors.torch import load_file
 
-from cnclip_lora.errors import ConfigError
 from cnclip_lora.commands.train import train_from_argv
+from cnclip_lora.errors import ConfigError
 
 PER_DEVICE = 4
 
 
 def _flags(model: Path, data: Path, out: Path, batch_size: int) -> list[str]:
     return [
-        "--model_name_or_path", str(model), "--data_dir", str(data), "--output_dir", str(out),
-        "--val_size", "4", "--max_steps", "1", "--per_device_train_batch_size", str(batch_size),
-        "--lora_r", "4", "--lora_alpha", "8", "--optim", "sgd", "--learning_rate", "0.2",
-        "--max_grad_norm", "0", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
-        "--flip", "none", "--dataloader_num_workers", "0", "--logging_steps", "1",
-        "--use_cpu", "true", "--save_strategy", "no", "--report_to", "none", "--seed", "7",
+        "--model_name_or_path",
+        str(model),
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--val_size",
+        "4",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        str(batch_size),
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--optim",
+        "sgd",
+        "--learning_rate",
+        "0.2",
+        "--max_grad_norm",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--warmup_steps",
+        "0",
+        "--flip",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "1",
+        "--use_cpu",
+        "true",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--seed",
+        "7",
     ]
 
 
 @needs_gloo
 @pytest.mark.parametrize("cache_images", ["false", "true"])
-def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_model_dir, make_dataset_dir, tmp_path,
-                                                                      cache_images):
+def test_distributed_train_torchrun_two_processes_equal_single_process(
+    tiny_model_dir, make_dataset_dir, tmp_path, cache_images
+):
     # 20 pairs, 4 held out: 16 training rows, so the first global batch of 8 is a real choice
     # among them (a wrong cut across processes would pick a different set of rows).
     data = make_dataset_dir(tmp_path, n_train_images=20, n_gallery=5, n_queries=4)
@@ -89,8 +124,18 @@ def test_distributed_train_torchrun_two_processes_equal_single_process(tiny_mode
 
 @pytest.mark.parametrize("how", ["flag", "accelerate"])
 def test_distributed_fsdp_is_refused_with_the_reason(how, monkeypatch, tmp_path):
-    argv = ["--model_name_or_path", "unused", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"),
-            "--use_cpu", "true", "--report_to", "none"]
+    argv = [
+        "--model_name_or_path",
+        "unused",
+        "--data_dir",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
     if how == "flag":
         argv += ["--fsdp", "full_shard"]
     else:  # `accelerate launch` with an FSDP config file

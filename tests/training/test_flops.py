@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import ChineseCLIPModel
 
-from cnclip_lora.training.flops import training_flops_per_sample
 from cnclip_lora.modeling import apply_lora, h14_config
+from cnclip_lora.training.flops import training_flops_per_sample
 
 
 def test_vit_h14_lora_counts_match_the_architecture():
@@ -34,9 +34,31 @@ def test_vit_h14_lora_counts_match_the_architecture():
 def _train_flos(tiny_model_dir, demo_dir, out, *extra: str) -> float:
     from cnclip_lora.commands.train import train_from_argv
 
-    result = train_from_argv(["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir), "--output_dir",
-                    str(out), "--max_steps", "3", "--per_device_train_batch_size", "8", "--lora_r", "8",
-                    "--lora_alpha", "16", "--use_cpu", "true", "--val_size", "0", "--save_strategy", "no", *extra])  # fmt: skip
+    result = train_from_argv(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(demo_dir),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--use_cpu",
+            "true",
+            "--val_size",
+            "0",
+            "--save_strategy",
+            "no",
+            *extra,
+        ]
+    )
     return json.loads((result.output_dir / "trainer_state.json").read_text())["total_flos"]
 
 

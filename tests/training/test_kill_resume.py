@@ -42,11 +42,24 @@ def workdir(tmp_path_factory) -> Path:
 
 def _command(root: Path, out: Path, *extra: str) -> list[str]:
     flags = {
-        "model_name_or_path": root / "model", "data_dir": root / "data", "output_dir": out,
-        "max_steps": MAX_STEPS, "save_strategy": "steps", "save_steps": SAVE_STEPS, "save_total_limit": 10,
-        "per_device_train_batch_size": 4, "learning_rate": 1e-3, "lora_r": 4, "lora_alpha": 8,
-        "val_size": 0, "dataloader_num_workers": 0, "seed": 0, "use_cpu": "true", "report_to": "none",
-        "logging_steps": 1, "check_images": "false",
+        "model_name_or_path": root / "model",
+        "data_dir": root / "data",
+        "output_dir": out,
+        "max_steps": MAX_STEPS,
+        "save_strategy": "steps",
+        "save_steps": SAVE_STEPS,
+        "save_total_limit": 10,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "val_size": 0,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "use_cpu": "true",
+        "report_to": "none",
+        "logging_steps": 1,
+        "check_images": "false",
         # Random flips are drawn afresh after a resume (like any augmentation outside the saved RNG
         # state); without them the resumed run must match the uninterrupted one exactly.
         "flip": "none",
@@ -59,8 +72,14 @@ def _command(root: Path, out: Path, *extra: str) -> list[str]:
 
 def _env() -> dict[str, str]:
     # One thread everywhere: identical reductions in every run, and kinder to small CI machines.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -99,8 +118,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(workdir, tmp_pa
     assert latest is not None and latest.name.startswith("checkpoint-") and half in skipped
     assert int(latest.name.split("-")[1]) >= KILL_AFTER
 
-    resumed = subprocess.run(_command(workdir, killed_out, "--resume_from_checkpoint", "true"),
-                             capture_output=True, text=True, env=_env(), timeout=300)
+    resumed = subprocess.run(
+        _command(workdir, killed_out, "--resume_from_checkpoint", "true"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"skipping {half}" in resumed.stderr
     assert full.wait(timeout=300) == 0, (tmp_path / "full.log").read_text()[-3000:]
@@ -176,7 +200,9 @@ def test_resume_true_picks_latest_complete_and_paths_are_checked(tmp_path):
     for value in (True, "true", "True", "last"):
         assert resolve_resume_checkpoint(value, tmp_path) == str(tmp_path / "checkpoint-4")
     assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-2"), tmp_path) == str(tmp_path / "checkpoint-2")
-    with pytest.raises(ConfigError, match=r"checkpoint-6: not a complete checkpoint .*latest complete one is .*checkpoint-4"):
+    with pytest.raises(
+        ConfigError, match=r"checkpoint-6: not a complete checkpoint .*latest complete one is .*checkpoint-4"
+    ):
         resolve_resume_checkpoint(str(broken), tmp_path)
     with pytest.raises(ConfigError, match="not a complete checkpoint \\(not a folder\\)"):
         resolve_resume_checkpoint(str(tmp_path / "nowhere"), tmp_path)

@@ -16,16 +16,30 @@ from pathlib import Path
 import pytest
 
 from cnclip_lora.commands import main
-from cnclip_lora.utils.files import checkpoint_problem
 from cnclip_lora.commands.train import train_from_argv
+from cnclip_lora.utils.files import checkpoint_problem
 
 
 def _flags(model: Path, data: Path, out: Path, **extra) -> list[str]:
     flags = {
-        "model_name_or_path": model, "data_dir": data, "output_dir": out, "max_steps": 2,
-        "save_strategy": "steps", "save_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
-        "lora_r": 4, "lora_alpha": 8, "val_size": 0, "use_cpu": "true", "seed": 0, "report_to": "none",
-        "dataloader_num_workers": 0, "check_images": "false", "cache_images": "false", "logging_steps": 1,
+        "model_name_or_path": model,
+        "data_dir": data,
+        "output_dir": out,
+        "max_steps": 2,
+        "save_strategy": "steps",
+        "save_steps": 1,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "val_size": 0,
+        "use_cpu": "true",
+        "seed": 0,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "check_images": "false",
+        "cache_images": "false",
+        "logging_steps": 1,
     }
     flags.update(extra)
     argv: list[str] = []
@@ -59,8 +73,9 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_other_lora_rank_in_a_used_folder_is_refused_before_data_or_model(tiny_model_dir, used_folder, tmp_path,
-                                                                          capsys):
+def test_other_lora_rank_in_a_used_folder_is_refused_before_data_or_model(
+    tiny_model_dir, used_folder, tmp_path, capsys
+):
     before = _snapshot(used_folder)
     # A data folder that does not exist: the refusal must come before the data (and so the model) is read.
     code, err = _cli(_flags(tiny_model_dir, tmp_path / "no-data", used_folder, lora_r=8), capsys)
@@ -96,11 +111,23 @@ def test_adapter_without_record_is_compared_through_adapter_config(tiny_model_di
     assert code == 2 and "lora_r 16 in the adapter vs 4 requested" in err
 
 
-def test_overwrite_output_dir_replaces_the_old_run_and_keeps_other_files(tiny_model_dir, demo_dir, used_folder,
-                                                                         capsys):
+def test_overwrite_output_dir_replaces_the_old_run_and_keeps_other_files(
+    tiny_model_dir, demo_dir, used_folder, capsys
+):
     (used_folder / "notes.txt").write_text("mine")
-    code, err = _cli(_flags(tiny_model_dir, demo_dir, used_folder, lora_r=8, lora_alpha=16, max_steps=1,
-                            save_strategy="no", overwrite_output_dir="true"), capsys)
+    code, err = _cli(
+        _flags(
+            tiny_model_dir,
+            demo_dir,
+            used_folder,
+            lora_r=8,
+            lora_alpha=16,
+            max_steps=1,
+            save_strategy="no",
+            overwrite_output_dir="true",
+        ),
+        capsys,
+    )
     assert code == 0, err
     assert not list(used_folder.glob("checkpoint-*"))
     assert json.loads((used_folder / "adapter_config.json").read_text())["r"] == 8
@@ -108,10 +135,10 @@ def test_overwrite_output_dir_replaces_the_old_run_and_keeps_other_files(tiny_mo
     assert (used_folder / "notes.txt").read_text() == "mine"
 
 
-def test_resume_with_other_lora_rank_is_one_line_naming_the_difference(tiny_model_dir, demo_dir, used_folder,
-                                                                       capsys):
-    code, err = _cli(_flags(tiny_model_dir, demo_dir, used_folder, lora_r=8, max_steps=4,
-                            resume_from_checkpoint="true"), capsys)
+def test_resume_with_other_lora_rank_is_one_line_naming_the_difference(tiny_model_dir, demo_dir, used_folder, capsys):
+    code, err = _cli(
+        _flags(tiny_model_dir, demo_dir, used_folder, lora_r=8, max_steps=4, resume_from_checkpoint="true"), capsys
+    )
     assert code == 2
     assert "lora_r 4 in checkpoint-2 vs 8 requested" in err
     assert "Traceback" not in err and "size mismatch" not in err
@@ -127,26 +154,44 @@ def test_resume_with_other_base_is_refused(demo_dir, used_folder, tmp_path, caps
 
 
 def test_resume_and_overwrite_together_are_refused(tiny_model_dir, demo_dir, used_folder, capsys):
-    code, err = _cli(_flags(tiny_model_dir, demo_dir, used_folder, resume_from_checkpoint="true",
-                            overwrite_output_dir="true"), capsys)
+    code, err = _cli(
+        _flags(tiny_model_dir, demo_dir, used_folder, resume_from_checkpoint="true", overwrite_output_dir="true"),
+        capsys,
+    )
     assert code == 2 and "contradict" in err
     assert (used_folder / "checkpoint-2").is_dir()
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def test_ctrl_c_says_how_to_resume_and_that_flag_resumes(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cnclip_lora", "train", *_flags(tiny_model_dir, demo_dir, out, max_steps=100000,
-                                                                 save_total_limit=100)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnclip_lora",
+        "train",
+        *_flags(tiny_model_dir, demo_dir, out, max_steps=100000, save_total_limit=100),
+    ]
     log = open(tmp_path / "run.log", "w+")
     # A shell that starts a job in the background (`cmd &`, as CI runners may) makes it ignore SIGINT, and
     # children inherit that; a user's Ctrl-C reaches a process with the default handler, so restore it.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     try:
         while checkpoint_problem(out / "checkpoint-2") is not None:
@@ -175,9 +220,10 @@ def test_ctrl_c_says_how_to_resume_and_that_flag_resumes(tiny_model_dir, demo_di
     # The advice works: the same command plus the flag (with a reachable --max_steps) resumes,
     # and the log says from which checkpoint.
     step = int(last.split(str(out / "checkpoint-"))[1].split(",")[0].split()[0])
-    argv = cmd[cmd.index("train") + 1:] + ["--resume_from_checkpoint", "true", "--max_steps", str(step + 1)]
-    resumed = subprocess.run([sys.executable, "-m", "cnclip_lora", "train", *argv], capture_output=True, text=True,
-                             env=_env(), timeout=300)
+    argv = cmd[cmd.index("train") + 1 :] + ["--resume_from_checkpoint", "true", "--max_steps", str(step + 1)]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cnclip_lora", "train", *argv], capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {out / f'checkpoint-{step}'} (step {step})" in resumed.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 1

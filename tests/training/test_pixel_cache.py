@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import cnclip_lora.training.pixel_cache as pixel_cache_mod
-from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.errors import ConfigError, DataError
+from cnclip_lora.inputs.collate import ImageTextCollator
 from cnclip_lora.modeling import load_model_and_processor
 from cnclip_lora.training.pixel_cache import build_pixel_cache, pixel_cache_bytes, should_cache
 
@@ -40,7 +40,9 @@ def _images(root: Path, n: int = 10, seed: int = 0) -> list[str]:
 def test_cached_batches_equal_decoded_batches(processor, tmp_path, flip):
     names = _images(tmp_path / "image")
     rows = [{"title": f"红色连衣裙{i}", "path": n} for i, n in enumerate(names + names[:3])]  # repeated images too
-    cache = build_pixel_cache(tmp_path / "image", [r["path"] for r in rows], processor.image_processor, cache_dir=tmp_path / "c")
+    cache = build_pixel_cache(
+        tmp_path / "image", [r["path"] for r in rows], processor.image_processor, cache_dir=tmp_path / "c"
+    )
     assert len(cache) == len(names)  # one entry per distinct image
     plain = ImageTextCollator(processor, tmp_path / "image", flip=flip)
     cached = ImageTextCollator(processor, tmp_path / "image", flip=flip, pixel_cache=cache)
@@ -120,9 +122,17 @@ def test_crop_processors_cannot_be_forced_to_cache():
 def test_training_builds_the_cache_once_and_records_it(tiny_model_dir, demo_dir, tmp_path):
     from cnclip_lora.training.run import train
 
-    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True,
-                  per_device_train_batch_size=8, num_train_epochs=2, val_size=0, save_strategy="no",
-                  cache_dir=str(tmp_path / "pc"), check_images=False)  # fmt: skip
+    common = dict(
+        model_name_or_path=str(tiny_model_dir),
+        data_dir=str(demo_dir),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        val_size=0,
+        save_strategy="no",
+        cache_dir=str(tmp_path / "pc"),
+        check_images=False,
+    )
     result = train(output_dir=str(tmp_path / "out"), **common)
     record = json.loads((result.output_dir / "cnclip_lora.json").read_text())
     assert record["data"]["pixel_cache"] is True
@@ -142,9 +152,20 @@ def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_d
 
     from cnclip_lora.training.run import train
 
-    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True, seed=0,
-                  per_device_train_batch_size=8, num_train_epochs=2, val_size=8, eval_strategy="epoch",
-                  save_strategy="no", cache_dir=str(tmp_path / "pc"), check_images=False, learning_rate=1e-3)  # fmt: skip
+    common = dict(
+        model_name_or_path=str(tiny_model_dir),
+        data_dir=str(demo_dir),
+        use_cpu=True,
+        seed=0,
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        val_size=8,
+        eval_strategy="epoch",
+        save_strategy="no",
+        cache_dir=str(tmp_path / "pc"),
+        check_images=False,
+        learning_rate=1e-3,
+    )
     import cnclip_lora.inference.embed as embedding
 
     def no_decoding(*args, **kwargs):
@@ -156,14 +177,18 @@ def test_evaluation_gallery_is_cached_and_scores_the_same(tiny_model_dir, demo_d
     plain = train(output_dir=str(tmp_path / "plain"), cache_images="false", **common)
     files = list((tmp_path / "pc").glob("pixels-*.arrow"))
     assert len(files) == 2  # the training images and the validation gallery
-    a, b = load_file(cached.output_dir / "adapter_model.safetensors"), load_file(plain.output_dir / "adapter_model.safetensors")
+    a, b = (
+        load_file(cached.output_dir / "adapter_model.safetensors"),
+        load_file(plain.output_dir / "adapter_model.safetensors"),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert cached.eval_metrics["eval_t2i_MR"] == plain.eval_metrics["eval_t2i_MR"]
     assert cached.eval_metrics["eval_gallery_size"] == plain.eval_metrics["eval_gallery_size"] > 8
 
 
-def test_unwritable_cache_folder_runs_uncached_or_fails_early_when_named(tiny_model_dir, demo_dir, tmp_path,
-                                                                          monkeypatch, caplog):
+def test_unwritable_cache_folder_runs_uncached_or_fails_early_when_named(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, caplog
+):
     """A cache only saves time: an unwritable default location (here HF_DATASETS_CACHE under a plain
     file, which fails even for root) trains uncached with a warning; an unwritable --cache_dir the
     user named, or a cache they required, stops before training with the folder in the message."""
@@ -174,14 +199,23 @@ def test_unwritable_cache_folder_runs_uncached_or_fails_early_when_named(tiny_mo
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(blocker / "hf"))
-    common = dict(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), use_cpu=True,
-                  per_device_train_batch_size=8, num_train_epochs=2, val_size=0, save_strategy="no",
-                  check_images=False)  # fmt: skip
+    common = dict(
+        model_name_or_path=str(tiny_model_dir),
+        data_dir=str(demo_dir),
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        val_size=0,
+        save_strategy="no",
+        check_images=False,
+    )
     with caplog.at_level("WARNING"):
         result = train(output_dir=str(tmp_path / "out"), **common)
     assert json.loads((result.output_dir / "cnclip_lora.json").read_text())["data"]["pixel_cache"] is False
-    assert any("cannot write the pixels cache" in r.getMessage() and "HF_DATASETS_CACHE" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "cannot write the pixels cache" in r.getMessage() and "HF_DATASETS_CACHE" in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(ConfigError, match=r"cannot write the pixels cache in .*not-a-folder/pc.*writable --cache_dir"):
         train(output_dir=str(tmp_path / "out2"), cache_dir=str(blocker / "pc"), **common)
     with pytest.raises(ConfigError, match="cannot write the pixels cache"):

@@ -10,20 +10,31 @@ import torch
 from peft import PeftModel
 from transformers import AutoProcessor, ChineseCLIPModel
 
-from cnclip_lora.inputs.collate import ImageTextCollator
-from cnclip_lora.training.loss import ContrastiveLoss
-from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
 from cnclip_lora.commands.train import train_from_argv
+from cnclip_lora.inputs.collate import ImageTextCollator
+from cnclip_lora.modeling import apply_lora, get_image_embeds, get_text_embeds
+from cnclip_lora.training.loss import ContrastiveLoss
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle"}
 
 
 def _flags(model_dir: Path, data_dir: Path, out: Path, **extra) -> list[str]:
     flags = {
-        "model_name_or_path": model_dir, "data_dir": data_dir, "output_dir": out,
-        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "learning_rate": 1e-3,
-        "lora_r": 8, "lora_alpha": 16, "val_size": 8, "use_cpu": True, "seed": 0,
-        "save_strategy": "no", "eval_strategy": "no", "logging_steps": 1, "report_to": "none",
+        "model_name_or_path": model_dir,
+        "data_dir": data_dir,
+        "output_dir": out,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 1e-3,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "val_size": 8,
+        "use_cpu": True,
+        "seed": 0,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
         "dataloader_num_workers": 0,
     }
     flags.update(extra)
@@ -108,9 +119,15 @@ def test_trainer_evaluation_equals_cnclip_lora_evaluate(trained, tiny_model_dir,
     the same evaluator on the same split: equal numbers."""
     from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
 
-    cli = evaluate_retrieval(EvaluateArguments(model_name_or_path=str(tiny_model_dir),
-                                               adapter=str(trained.output_dir),
-                                               data_dir=str(demo_dir), device="cpu", cache_dir=""))
+    cli = evaluate_retrieval(
+        EvaluateArguments(
+            model_name_or_path=str(tiny_model_dir),
+            adapter=str(trained.output_dir),
+            data_dir=str(demo_dir),
+            device="cpu",
+            cache_dir="",
+        )
+    )
     keys = [f"{d}_{m}" for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")] + ["gallery_size", "queries"]
     assert {k: trained.eval_metrics[f"eval_{k}"] for k in keys} == pytest.approx({k: cli[f"val_{k}"] for k in keys})
 
@@ -132,21 +149,47 @@ def _direct_trainer(tiny_model_dir, demo_dir, out, evaluator_queries=8, callback
     gallery = sorted({str(demo_dir / "image" / p) for p in held["path"]})
     labels = [gallery.index(str(demo_dir / "image" / p)) for p in held["path"]]
     evaluator = RetrievalEvaluator(list(held["title"]), labels, gallery, processor, Preprocessing())
-    args = CnClipTrainingArguments(**{
-        "output_dir": str(out), "use_cpu": True, "report_to": "none", "per_device_train_batch_size": 8,
-        "learning_rate": 1e-3, "logging_steps": 1, "dataloader_num_workers": 0, "seed": 0, **arg_overrides})
-    return CnClipLoraTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_pandas(frame.head(32)),
-                             data_collator=ImageTextCollator(processor, demo_dir / "image"),
-                             processing_class=processor, evaluator=evaluator, callbacks=callbacks)
+    args = CnClipTrainingArguments(
+        **{
+            "output_dir": str(out),
+            "use_cpu": True,
+            "report_to": "none",
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "dataloader_num_workers": 0,
+            "seed": 0,
+            **arg_overrides,
+        }
+    )
+    return CnClipLoraTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_pandas(frame.head(32)),
+        data_collator=ImageTextCollator(processor, demo_dir / "image"),
+        processing_class=processor,
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
 
 
 def test_early_stopping_and_best_model_work_with_only_an_evaluator(tiny_model_dir, demo_dir, tmp_path):
     from transformers import EarlyStoppingCallback
 
     stop = EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1000.0)  # no gain is enough
-    trainer = _direct_trainer(tiny_model_dir, demo_dir, tmp_path / "es", callbacks=[stop], max_steps=8,
-                              eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
-                              metric_for_best_model="eval_t2i_MR", load_best_model_at_end=True)
+    trainer = _direct_trainer(
+        tiny_model_dir,
+        demo_dir,
+        tmp_path / "es",
+        callbacks=[stop],
+        max_steps=8,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        metric_for_best_model="eval_t2i_MR",
+        load_best_model_at_end=True,
+    )
     assert trainer.eval_dataset is None
     trainer.train()
     assert trainer.state.global_step == 2  # first evaluation sets the best, the second runs out of patience
@@ -185,7 +228,11 @@ def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(tra
         t0 = get_text_embeds(plain, **enc)
     assert not torch.allclose(t, t0, atol=1e-4), "adapter had no effect: training did not change it"
     # merged copy equals the unmerged adapter
-    merged = PeftModel.from_pretrained(ChineseCLIPModel.from_pretrained(tiny_model_dir), trained.output_dir).merge_and_unload().eval()
+    merged = (
+        PeftModel.from_pretrained(ChineseCLIPModel.from_pretrained(tiny_model_dir), trained.output_dir)
+        .merge_and_unload()
+        .eval()
+    )
     with torch.no_grad():
         assert torch.allclose(get_text_embeds(merged, **enc), t, atol=1e-5)
         assert torch.allclose(get_image_embeds(merged, pixels), i, atol=1e-5)
@@ -193,12 +240,24 @@ def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_embeddings(tra
 
 def test_resume_from_checkpoint_continues_the_step_count(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "run"
-    train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=2, save_strategy="steps", save_steps=2, val_size=0))
+    train_from_argv(
+        _flags(tiny_model_dir, demo_dir, out, max_steps=2, save_strategy="steps", save_steps=2, val_size=0)
+    )
     ckpt = out / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file()
     assert not (ckpt / "model.safetensors").exists()
-    result = train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=4, save_strategy="steps", save_steps=2, val_size=0,
-                          resume_from_checkpoint=ckpt))
+    result = train_from_argv(
+        _flags(
+            tiny_model_dir,
+            demo_dir,
+            out,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            val_size=0,
+            resume_from_checkpoint=ckpt,
+        )
+    )
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     steps = [e["step"] for e in state["log_history"] if "loss" in e]
@@ -208,9 +267,21 @@ def test_resume_from_checkpoint_continues_the_step_count(tiny_model_dir, demo_di
 
 def test_best_model_selection_uses_retrieval_metric(tiny_model_dir, demo_dir, tmp_path):
     out = tmp_path / "best"
-    train_from_argv(_flags(tiny_model_dir, demo_dir, out, max_steps=4, eval_strategy="steps", eval_steps=2,
-                 save_strategy="steps", save_steps=2, load_best_model_at_end="true",
-                 metric_for_best_model="eval_t2i_MR", greater_is_better="true"))
+    train_from_argv(
+        _flags(
+            tiny_model_dir,
+            demo_dir,
+            out,
+            max_steps=4,
+            eval_strategy="steps",
+            eval_steps=2,
+            save_strategy="steps",
+            save_steps=2,
+            load_best_model_at_end="true",
+            metric_for_best_model="eval_t2i_MR",
+            greater_is_better="true",
+        )
+    )
     state = json.loads((out / "trainer_state.json").read_text())
     evals = [e for e in state["log_history"] if "eval_t2i_MR" in e]
     assert len(evals) >= 2
@@ -222,7 +293,9 @@ def _capture_trainers(monkeypatch) -> list:
     """Make ``train()`` build a recording subclass of ``CnClipLoraTrainer``; returns its instances."""
     import importlib
 
-    train_mod = importlib.import_module("cnclip_lora.training.run")  # the module (the package exports a function of that name)
+    train_mod = importlib.import_module(
+        "cnclip_lora.training.run"
+    )  # the module (the package exports a function of that name)
     trainers: list = []
 
     class Recording(train_mod.CnClipLoraTrainer):
@@ -241,7 +314,9 @@ def _adapter_dtypes(path: Path) -> dict[str, torch.dtype]:
         return {k: f.get_tensor(k).dtype for k in f.keys()}
 
 
-def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, demo_dir, tmp_path, trained, monkeypatch):
+def test_torch_compile_is_regional_and_saves_the_same_adapter(
+    tiny_model_dir, demo_dir, tmp_path, trained, monkeypatch
+):
     """--torch_compile compiles each tower's layer (accelerate's regional compilation) and the
     saved adapter has exactly the uncompiled run's tensor names (no ``_orig_mod`` prefixes)."""
     import os
@@ -252,7 +327,9 @@ def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, de
     monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
     trainers = _capture_trainers(monkeypatch)
     try:
-        result = train_from_argv(_flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True))
+        result = train_from_argv(
+            _flags(tiny_model_dir, demo_dir, tmp_path / "compiled", max_steps=2, torch_compile=True)
+        )
     finally:
         torch._dynamo.reset()
 
@@ -264,7 +341,9 @@ def test_torch_compile_is_regional_and_saves_the_same_adapter(tiny_model_dir, de
     assert result.train_metrics["train_loss"] > 0
 
 
-def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+def test_bf16_stores_frozen_weights_in_bf16_and_trains_float32_adapters(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch
+):
     import math
 
     trainers = _capture_trainers(monkeypatch)
@@ -286,8 +365,9 @@ def _trainer_after_one_backward(model_dir: Path, data_dir: Path, out: Path, **ar
 
     processor = AutoProcessor.from_pretrained(model_dir)
     model = apply_lora(ChineseCLIPModel.from_pretrained(model_dir), r=4, alpha=8)
-    trainer = CnClipLoraTrainer(model=model, args=CnClipTrainingArguments(output_dir=str(out), use_cpu=True,
-                                                                          report_to="none", **args))  # fmt: skip
+    trainer = CnClipLoraTrainer(
+        model=model, args=CnClipTrainingArguments(output_dir=str(out), use_cpu=True, report_to="none", **args)
+    )
     rows = pd.read_csv(data_dir / "train.csv", sep="\t").head(8).to_dict("records")
     batch = ImageTextCollator(processor, data_dir / "image", flip="always")(rows)
     out_ = model(**batch)
@@ -400,11 +480,23 @@ def test_a_model_reused_by_a_second_trainer_runs_that_trainers_precision(tiny_mo
 
     def run(bf16: bool) -> set[torch.dtype]:
         seen.clear()
-        args = CnClipTrainingArguments(output_dir=str(tmp_path / str(bf16)), use_cpu=True, report_to="none",
-                                       bf16=bf16, max_steps=1, per_device_train_batch_size=8,
-                                       save_strategy="no", dataloader_num_workers=0)  # fmt: skip
-        CnClipLoraTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                          data_collator=ImageTextCollator(processor, demo_dir / "image")).train()  # fmt: skip
+        args = CnClipTrainingArguments(
+            output_dir=str(tmp_path / str(bf16)),
+            use_cpu=True,
+            report_to="none",
+            bf16=bf16,
+            max_steps=1,
+            per_device_train_batch_size=8,
+            save_strategy="no",
+            dataloader_num_workers=0,
+        )
+        CnClipLoraTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+            data_collator=ImageTextCollator(processor, demo_dir / "image"),
+        ).train()
         return set(seen)
 
     assert run(bf16=True) == {torch.bfloat16}

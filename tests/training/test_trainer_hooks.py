@@ -29,8 +29,11 @@ def _digest(name: str) -> str:
 
 def test_every_private_override_is_pinned():
     """A new private override must be listed (and reasoned about) here and in the trainer's docstring."""
-    private = {name for name, value in vars(CnClipLoraTrainer).items()
-               if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(Trainer, name)}
+    private = {
+        name
+        for name, value in vars(CnClipLoraTrainer).items()
+        if name.startswith("_") and not name.startswith("__") and callable(value) and hasattr(Trainer, name)
+    }
     assert private == set(PINNED), f"private Trainer overrides not pinned: {sorted(private - set(PINNED))}"
     doc = CnClipLoraTrainer.__module__ and inspect.getmodule(CnClipLoraTrainer).__doc__
     for name in PINNED:
@@ -40,7 +43,9 @@ def test_every_private_override_is_pinned():
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_overridden_trainer_method_is_unchanged(name):
     expected = PINNED[name]
-    assert expected is not None, f"pin {name}: its digest under transformers {transformers.__version__} is {_digest(name)}"
+    assert expected is not None, (
+        f"pin {name}: its digest under transformers {transformers.__version__} is {_digest(name)}"
+    )
     assert _digest(name) == expected, (
         f"transformers {transformers.__version__} changed Trainer.{name}: review CnClipLoraTrainer.{name} "
         "against the new body, then update its digest here"

@@ -54,8 +54,6 @@ def test_nothing_to_release_without_a_group():
     assert release_process_group() is False
 
 
-
-
 def test_rank_and_world_reads_the_launcher_without_joining_or_importing_torch():
     """The getter answers from RANK/WORLD_SIZE before any group exists, creates none, and needs no torch."""
     import json
@@ -63,10 +61,12 @@ def test_rank_and_world_reads_the_launcher_without_joining_or_importing_torch():
     import subprocess
     import sys
 
-    code = ("import json, sys\n"
-            "from cnclip_lora.utils.distributed import group_exists, is_main_process, rank_and_world\n"
-            "print(json.dumps([rank_and_world(), rank_and_world(group_only=True), is_main_process(),\n"
-            "                  group_exists(), 'torch' in sys.modules]))\n")
+    code = (
+        "import json, sys\n"
+        "from cnclip_lora.utils.distributed import group_exists, is_main_process, rank_and_world\n"
+        "print(json.dumps([rank_and_world(), rank_and_world(group_only=True), is_main_process(),\n"
+        "                  group_exists(), 'torch' in sys.modules]))\n"
+    )
     env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [[1, 2], [0, 1], False, False, False]

@@ -193,12 +193,14 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
 
     monkeypatch.setattr(embedding, "tokenize_titles", crash_on_second_batch)
     with pytest.raises(Boom):
-        embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4,
-                              cache_dir=cache, fingerprint="f" * 32)
+        embedding.embed_texts(
+            model, tokenizer, titles, preprocessing=prep, batch_size=4, cache_dir=cache, fingerprint="f" * 32
+        )
     assert not list(cache.glob("embed-*.arrow")), "a partial cache would be served as a hit next time"
     monkeypatch.undo()
-    first = embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4, cache_dir=cache,
-                                  fingerprint="f" * 32)
+    first = embedding.embed_texts(
+        model, tokenizer, titles, preprocessing=prep, batch_size=4, cache_dir=cache, fingerprint="f" * 32
+    )
     assert list(cache.glob("embed-*.arrow"))
     direct = embedding.embed_texts(model, tokenizer, titles, preprocessing=prep, batch_size=4)
     np.testing.assert_allclose(first, direct, atol=1e-6)
@@ -207,8 +209,8 @@ def test_embedding_cache_is_never_left_partial(tiny_model_dir, demo_dir, tmp_pat
 @pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pickle", ".pkl", ".pt", ".PTH"])
 def test_base_checkpoints_and_adapters_refuse_the_same_pickle_formats(tmp_path, suffix):
     """One pickle policy: a folder whose only weights are pickled is refused as a base and as an adapter."""
-    from cnclip_lora.errors import UnsafeArtifactError
     from cnclip_lora.adapter.hub import check_adapter_dir
+    from cnclip_lora.errors import UnsafeArtifactError
     from cnclip_lora.modeling import load_model_and_processor
 
     (tmp_path / f"weights{suffix}").write_bytes(b"\x80\x04pickle")
