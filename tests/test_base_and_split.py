@@ -88,8 +88,15 @@ def test_the_right_base_loads(split_adapter, tiny_model_dir, caplog):
     assert "base" not in caplog.text
 
 
-def test_same_base_in_bfloat16_still_matches(split_adapter, tiny_model_dir):
-    RetrievalModel.from_pretrained(str(tiny_model_dir), str(split_adapter), device="cpu", dtype="bfloat16")
+def test_same_base_in_bfloat16_still_matches(split_adapter, tiny_model_dir, caplog):
+    """Loading the recorded base in another dtype is the same base: no refusal, no warning, and the
+    merged model embeds in that dtype."""
+    with caplog.at_level(logging.WARNING):
+        model = RetrievalModel.from_pretrained(str(tiny_model_dir), str(split_adapter), device="cpu", dtype="bfloat16")
+    assert "base" not in caplog.text
+    assert model.dtype == "torch.bfloat16"
+    embeds = model.encode_texts(["红色连衣裙"])
+    assert embeds.shape[0] == 1 and abs(float((embeds**2).sum()) - 1.0) < 1e-3
 
 
 def test_a_base_of_another_architecture_is_refused_naming_both(split_adapter, tiny_model_dir, other_bases, demo_dir):

@@ -1,6 +1,6 @@
 """``RetrievalRecall``: Recall@K / MR as an ``evaluate.Metric`` defined here, so it works offline.
 
-Kept apart from :mod:`cnclip_lora.inference.metrics` because importing ``evaluate`` costs ~10 s (it pulls in
+Kept apart from :mod:`cnclip_lora.inference.metrics` because importing ``evaluate`` is slow (it pulls in
 ``transformers.pipelines``); the CLI and every launched process would otherwise pay it at start-up.
 """
 

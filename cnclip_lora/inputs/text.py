@@ -6,7 +6,7 @@ training tokenised titles. ``official`` is the official Chinese-CLIP pipeline's 
 (lower-case, curly double quotes -> ``"``), then BERT basic + WordPiece with literal ``[CLS]``-like
 text kept as ordinary characters: the ids the released checkpoints were trained on. ``nfkc`` is NFKC
 folding, control characters to spaces, whitespace collapsed (:func:`cnclip_lora.data.normalize_title`),
-the package's behaviour before ``official`` existed.
+which older run records replay.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class TitleTokenMemo:
     """Token rows of titles already tokenised, so later epochs skip the tokenizer.
 
     Titles are deterministic input (no augmentation), and the tokenizer is a real share of a
-    small model's step (~2-3 ms for 32 titles against a ~60 ms step on 2 cores). Each row is
+    small model's step (see benchmarks/RESULTS.md). Each row is
     stored padded to ``max_length`` on its own, so a remembered row equals the row the tokenizer
     would give inside any batch; a dynamically padded batch is the stored rows cut to
     :func:`padded_width` of the batch's longest title (read from the attention mask). Rows are stored

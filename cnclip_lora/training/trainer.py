@@ -224,7 +224,7 @@ class CnClipLoraTrainer(Trainer):
 
     def _logit_scale(self, model: torch.nn.Module) -> torch.nn.Parameter:
         """The model's temperature parameter, looked up once per wrapped model: ``unwrap_model``
-        walks every module (about 2 ms a step on a small model)."""
+        walks every module, every step."""
         return self._once_per_model("logit_scale", model, lambda: self.accelerator.unwrap_model(model).logit_scale)
 
     def _once_per_model(self, name: str, model: torch.nn.Module, compute: Any) -> Any:
@@ -239,7 +239,7 @@ class CnClipLoraTrainer(Trainer):
         """Clip over the trainable (LoRA) parameters only; the norm is the same.
 
         The default hands ``model.parameters()`` to accelerate, so every step walks all frozen
-        weights of both towers to find the few with gradients (8 ms a step for ViT-H/14 + LoRA).
+        weights of both towers to find the few with gradients.
         """
         params = self._trainable_parameters(model)
         if params is None:

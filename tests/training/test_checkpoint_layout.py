@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from official_ref import SHARED_VOCAB
 from PIL import Image
 from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
@@ -20,12 +21,16 @@ from cnclip_lora.inputs.images import preprocess_images
 from cnclip_lora.inputs.text import tokenize_titles
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 
-VOCAB = Path(__file__).resolve().parents[3] / "shared" / "vocab" / "bert-base-chinese-vocab.txt"
 TITLE = "云思木想2019秋装新款高领弹力前后打揽修身织带长袖T恤女36723"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-pytestmark = pytest.mark.skipif(not VOCAB.is_file(), reason=f"{VOCAB} not present (shared/ is beside CI checkouts)")
+VOCAB = SHARED_VOCAB
+pytestmark = pytest.mark.skipif(
+    not VOCAB.is_file(),
+    reason=f"{VOCAB} not present: these tests need ../shared beside the checkout (as CI has it) or "
+    "CNCLIP_SHARED_VOCAB pointing at bert-base-chinese-vocab.txt",
+)
 
 
 @pytest.fixture(scope="module")
