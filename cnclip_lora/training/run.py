@@ -173,13 +173,61 @@ def run_training(
     lora_args: LoraArguments,
     training_args: CnClipTrainingArguments,
 ) -> TrainResult:
-    """Run one training job from parsed arguments (see :func:`train` for the flag form)."""
+    """Run one training job from parsed arguments (see :func:`train` for the Python form).
+
+    The stages, each its own function: every check that needs no model (paths, output folder,
+    data), the model with verified adapters and the run record, the Trainer, then training,
+    saving, the final evaluation and the Hub push.
+    """
+    resume = _check_before_loading(model_args, data_args, lora_args, training_args)
+    data = _load_data(data_args, training_args, model_args)
+    # Seeded first: LoRA draws its A matrices from the global RNG, and the Trainer seeds only
+    # after they exist, so the initial adapter would depend on whatever ran before.
+    set_seed(training_args.seed)
+    model, processor, record = _model_and_record(model_args, data_args, lora_args, training_args, data, resume)
+    # Hub pushes are ours, not the Trainer's: it would upload the whole folder (checkpoints,
+    # pickled arguments) at every save; we upload the adapter set once at the end.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
+    trainer, evaluator = _build_trainer(model, processor, record, data, data_args, training_args)
+    if training_args.overwrite_output_dir and training_args.process_index == 0:
+        from cnclip_lora.training.output_dir import remove_previous_run
+
+        remove_previous_run(training_args.output_dir)  # only now that the new run has passed its checks
+    train_output = _train_or_explain_interrupt(trainer, resume, training_args.output_dir)
+    trainer.save_model()
+    train_metrics = dict(train_output.metrics)
+    train_metrics["train_samples"] = len(data.train)
+    # Saved, not printed: the Trainer logs the train summary once and the CLI prints the eval metrics.
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
+
+    eval_metrics: dict[str, float] = {}
+    if evaluator is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.save_metrics("eval", eval_metrics)
+    if trainer.is_world_process_zero():
+        # The package's own card (adapter, preprocessing, data, metrics) instead of peft's empty template.
+        write_model_card(training_args.output_dir)
+    pushed_to = _push(training_args) if push and trainer.is_world_process_zero() else None
+    return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
+
+
+def _check_before_loading(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: CnClipTrainingArguments,
+) -> str | None:
+    """Launch, model path and output folder checks; returns the checkpoint to resume from, if any.
+
+    A mistyped model path fails now, before seconds of data checks, and never as a Hub error; the
+    output folder never mixes this run with another one's adapter and checkpoints.
+    """
     _check_launch(training_args)
-    # 0. A mistyped model path fails now, before seconds of data checks, and never as a Hub error.
     check_source(model_args.model_name_or_path, option="--model_name_or_path", revision=model_args.model_revision)
     check_output_path(training_args.output_dir)
-    # 0. The output folder: never mix this run with another one's adapter and checkpoints.
-    from cnclip_lora.training.output_dir import check_output_dir, remove_previous_run, requested_settings
+    from cnclip_lora.training.output_dir import check_output_dir, requested_settings
     from cnclip_lora.utils.files import resolve_resume_checkpoint
 
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -189,7 +237,13 @@ def run_training(
         resume=resume,
         overwrite=training_args.overwrite_output_dir,
     )
-    # 1. Data first: every input problem is reported before a model is loaded.
+    return resume
+
+
+def _load_data(
+    data_args: DataArguments, training_args: CnClipTrainingArguments, model_args: ModelArguments
+) -> CompetitionData:
+    """The data, checked: every input problem is reported before a model is loaded."""
     data = load_competition_data(
         data_args.data_dir,
         val_size=data_args.val_size,
@@ -203,10 +257,21 @@ def run_training(
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
     check_steps(training_args, len(data.train))
     check_max_length(model_args, data_args.max_length)
+    return data
 
-    # 2. Model + verified adapters. Seeded first: LoRA draws its A matrices from the global RNG, and
-    # the Trainer seeds only after they exist, so the initial adapter would depend on whatever ran before.
-    set_seed(training_args.seed)
+
+def _model_and_record(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: CnClipTrainingArguments,
+    data: CompetitionData,
+    resume: str | None,
+) -> tuple[Any, Any, RunRecord]:
+    """The base with verified LoRA adapters, its processor, and the run record saved beside every adapter."""
+    from cnclip_lora.adapter.base_identity import base_identity
+    from cnclip_lora.adapter.split_record import split_record
+
     model, processor = load_model_and_processor(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -227,9 +292,6 @@ def run_training(
             len(data.train),
             data_args.max_length,
         )
-    from cnclip_lora.adapter.base_identity import base_identity
-    from cnclip_lora.adapter.split_record import split_record
-
     # Before LoRA: the identity of the base itself, checked wherever the adapter is loaded.
     identity = base_identity(model, processor.tokenizer, model_args.model_name_or_path, model_args.model_revision)
     if resume is not None:  # the architecture was compared up front; the weights need the loaded model
@@ -238,16 +300,13 @@ def run_training(
         check_base_identity(recorded_base_identity(resume), identity, adapter=resume)
     lora_kwargs = lora_args.apply_lora_kwargs()
     model = apply_lora(model, **lora_kwargs)
-    lora_counts = count_lora_modules(model)
-
-    preprocessing = Preprocessing(
-        max_length=data_args.max_length,
-        train_flip=data_args.flip,
-        draft=data_args.fast_decode,
-        title_normalization=data_args.title_normalization,
-    )
     record = RunRecord(
-        preprocessing=preprocessing,
+        preprocessing=Preprocessing(
+            max_length=data_args.max_length,
+            train_flip=data_args.flip,
+            draft=data_args.fast_decode,
+            title_normalization=data_args.title_normalization,
+        ),
         base_model=model_args.model_name_or_path,
         base_identity=identity,
         data=DataSummary(
@@ -265,14 +324,22 @@ def run_training(
             alpha=lora_args.lora_alpha,
             dropout=lora_args.lora_dropout,
             targets=lora_kwargs["targets"] or "default: Q/K/V of both towers",
-            adapted_modules=lora_counts,
+            adapted_modules=count_lora_modules(model),
         ),
     )
+    return model, processor, record
 
-    # 3. Hub pushes are ours, not the Trainer's: it would upload the whole folder (checkpoints,
-    # pickled arguments) at every save; we upload the adapter set once at the end.
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False
+
+def _build_trainer(
+    model: Any,
+    processor: Any,
+    record: RunRecord,
+    data: CompetitionData,
+    data_args: DataArguments,
+    training_args: CnClipTrainingArguments,
+) -> tuple[CnClipLoraTrainer, RetrievalEvaluator | None]:
+    """The Trainer with the collator, the held-out evaluator and the pixel caches."""
+    preprocessing = record.preprocessing
     pad_to_max_length = static_title_padding(data_args.pad_to_max_length, training_args)
     record.data.title_padding = "max_length" if pad_to_max_length else "longest, multiple of 8"
     evaluator = None
@@ -289,7 +356,6 @@ def run_training(
         logger.warning(
             "--eval_strategy %s but --val_size 0: there is nothing to evaluate on.", training_args.eval_strategy
         )
-
     pixel_cache, eval_pixel_cache = _pixel_caches(data, evaluator, data_args, training_args, processor)
     record.data.pixel_cache = pixel_cache is not None
     if evaluator is not None:
@@ -312,53 +378,40 @@ def run_training(
         evaluator=evaluator,
         record=record,
     )
-    if training_args.overwrite_output_dir and training_args.process_index == 0:
-        remove_previous_run(training_args.output_dir)  # only now that the new run has passed its checks
+    return trainer, evaluator
+
+
+def _train_or_explain_interrupt(trainer: CnClipLoraTrainer, resume: str | None, output_dir: str) -> Any:
+    """``trainer.train``; on Ctrl-C, the progress bar's line ended and a message that says how to resume."""
     try:
-        train_output = trainer.train(resume_from_checkpoint=resume)
+        return trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
         from transformers.trainer_callback import ProgressCallback
 
         from cnclip_lora.errors import TrainingInterrupted
+        from cnclip_lora.training.output_dir import resume_hint
 
-        for callback in trainer.callback_handler.callbacks:  # end the progress bar's line before the message
+        for callback in trainer.callback_handler.callbacks:
             bar = getattr(callback, "training_bar", None) if isinstance(callback, ProgressCallback) else None
             if bar is not None:
                 bar.close()
-        from cnclip_lora.training.output_dir import resume_hint
-
         raise TrainingInterrupted(
-            f"training stopped at step {trainer.state.global_step}; {resume_hint(training_args.output_dir)}"
+            f"training stopped at step {trainer.state.global_step}; {resume_hint(output_dir)}"
         ) from None
-    trainer.save_model()
-    train_metrics = dict(train_output.metrics)
-    train_metrics["train_samples"] = len(data.train)
-    # Saved, not printed: the Trainer logs the train summary once and the CLI prints the eval metrics.
-    trainer.save_metrics("train", train_metrics)
-    trainer.save_state()
 
-    eval_metrics: dict[str, float] = {}
-    if evaluator is not None:
-        eval_metrics = trainer.evaluate()
-        trainer.save_metrics("eval", eval_metrics)
 
-    if trainer.is_world_process_zero():
-        # The package's own card (adapter, preprocessing, data, metrics) instead of peft's empty template.
-        write_model_card(training_args.output_dir)
+def _push(training_args: CnClipTrainingArguments) -> str:
+    """Upload the adapter set once, at the end (the Trainer's own push is turned off)."""
+    from cnclip_lora.adapter.hub import push_adapter
 
-    pushed_to = None
-    if push and trainer.is_world_process_zero():
-        from cnclip_lora.adapter.hub import push_adapter
-
-        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-        pushed_to = push_adapter(
-            training_args.output_dir,
-            repo_id,
-            private=bool(training_args.hub_private_repo),
-            token=training_args.hub_token,
-            revision=training_args.hub_revision,
-        )
-    return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
+    repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+    return push_adapter(
+        training_args.output_dir,
+        repo_id,
+        private=bool(training_args.hub_private_repo),
+        token=training_args.hub_token,
+        revision=training_args.hub_revision,
+    )
 
 
 def planned_epochs(training_args: CnClipTrainingArguments, n_train: int) -> float:
