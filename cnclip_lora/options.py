@@ -18,6 +18,8 @@ from enum import Enum
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "DEFAULT_OPSET",
+    "MAX_OPSET",
+    "MIN_OPSET",
     "DEFAULT_SPLIT_SEED",
     "DEFAULT_VAL_SIZE",
     "Assign",
@@ -38,8 +40,10 @@ DEFAULT_MAX_LENGTH = 52
 #: The held-out share and seed of the train/validation split when neither a flag nor a record gives them.
 DEFAULT_VAL_SIZE = 0.1
 DEFAULT_SPLIT_SEED = 42
-#: ONNX opset of ``export-onnx``.
+#: ONNX opsets of ``export-onnx``: attention exports from 14; torch's TorchScript exporter writes up to 20.
 DEFAULT_OPSET = 17
+MIN_OPSET = 14
+MAX_OPSET = 20
 
 
 class _Choice(str, Enum):

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from cnclip_lora.commands import COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers")
+HEAVY = ("torch", "transformers", "peft", "datasets")
 
 _REPORT = f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
 
@@ -56,9 +58,43 @@ def test_top_level_help_and_version_are_light():
     assert _cli("--version") == (0, [])
 
 
-@pytest.mark.parametrize("command", ["check-data", "make-demo-data"])
-def test_light_commands_help_is_light(command):
+#: Every verb whose options do not extend TrainingArguments.
+NOT_TRAIN = [name for name in COMMANDS if name != "train"]
+
+
+@pytest.mark.parametrize("command", NOT_TRAIN)
+def test_every_verbs_help_is_light(command):
     assert _cli(command, "--help") == (0, [])
+
+
+def test_train_help_imports_no_more_than_training_arguments():
+    """``train --help`` needs TrainingArguments (transformers imports torch and peft with it), nothing more."""
+    status, heavy = _cli("train", "--help")
+    reference = json.loads(_python("import json, sys\nfrom transformers import TrainingArguments\n" + _REPORT)[-1])
+    assert status == 0 and set(heavy) <= set(reference)
+
+
+@pytest.mark.parametrize("name", ["recall_at_k", "true_ranks", "recall_from_ranks", "rank"])
+def test_numpy_level_api_names_import_light(name):
+    lines = _python(f"import json, sys\nfrom cnclip_lora import {name}\n" + _REPORT)
+    assert json.loads(lines[-1]) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["retrieve", "--output", "s.csv"],
+        ["evaluate"],
+        ["report"],
+        ["serve"],
+        ["export-onnx", "out"],
+    ],
+)
+def test_a_mistyped_model_folder_is_reported_before_any_heavy_import(argv, tmp_path):
+    (tmp_path / "tiny-model").mkdir()
+    status, heavy = _cli(*argv, "--model_name_or_path", str(tmp_path / "tiny-modle"), cwd=tmp_path)
+    assert status == 2
+    assert heavy == []
 
 
 def test_make_demo_data_then_check_data_never_import_torch(tmp_path):

@@ -101,6 +101,9 @@ def dataclass_parser(cls: type, *, prog: str, description: str) -> argparse.Argu
         if not f.init:
             continue
         kind = _scalar(hints[f.name])
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, metavar=f.name.upper(), help=f.metadata.get("help"))
+            continue
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         kwargs: dict[str, Any] = {"help": f.metadata.get("help"), "dest": f.name}
         if "choices" in f.metadata:

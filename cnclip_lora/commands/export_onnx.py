@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
-from cnclip_lora.commands.base import Command
+from cnclip_lora.commands.base import DataclassCommand
 
 
-class ExportOnnxCommand(Command):
+class ExportOnnxCommand(DataclassCommand):
     name = "export-onnx"
     help = "write the merged text and vision towers as ONNX (onnx extra) for onnxruntime serving"
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from cnclip_lora.options import DEFAULT_OPSET
+    def arguments_class(self) -> type:
+        from cnclip_lora.retrieve.arguments import ExportArguments
 
-        parser.add_argument("out_dir", help="folder to write (text_model.onnx, vision_model.onnx, processor, record)")
-        parser.add_argument(
-            "--model_name_or_path", required=True, help="base Chinese-CLIP checkpoint (Hub id or folder)"
-        )
-        parser.add_argument("--adapter", default=None, help="LoRA adapter folder or Hub id, merged into the weights")
-        parser.add_argument("--model_revision", default=None, help="Hub branch, tag or commit of the base checkpoint")
-        parser.add_argument("--adapter_revision", default=None, help="Hub branch, tag or commit of the adapter")
-        parser.add_argument(
-            "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default: %(default)s)"
-        )
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+        return ExportArguments
 
-    def run(self, args: argparse.Namespace) -> int:
+    def run(self, args: Any) -> int:
         from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE
         from cnclip_lora.retrieve.export_onnx import export_onnx
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pandas as pd
 
 from cnclip_lora.data.checks import scan_folder
 from cnclip_lora.data.report import DataReport, error_message
 from cnclip_lora.errors import DataError
 from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = ["CompetitionData", "load_competition_data"]
 
@@ -38,11 +41,15 @@ class CompetitionData:
     report: DataReport
 
 
-_STR, _INT = datasets.Value("string"), datasets.Value("int64")
+#: Column types by name (``datasets.Value`` dtypes); datasets is imported only when a split is built.
+_STR, _INT = "string", "int64"
 
 
-def _dataset(columns: dict[str, list], types: dict[str, datasets.Value]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(types))
+def _dataset(columns: dict[str, list], types: dict[str, str]) -> datasets.Dataset:
+    import datasets
+
+    features = datasets.Features({name: datasets.Value(dtype) for name, dtype in types.items()})
+    return datasets.Dataset.from_dict(columns, features=features)
 
 
 def _pairs(rows: list[tuple[str, str, int]], label_of: dict[str, int] | None = None) -> datasets.Dataset:

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.options import Assign, Backend, FaissIndex, choices, parse_choice
+from cnclip_lora.options import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Assign, Backend, FaissIndex, choices, parse_choice
 
 __all__ = [
     "SPLITS",
     "DataDirArguments",
     "EvaluateArguments",
+    "ExportArguments",
     "ModelSourceArguments",
     "ReportArguments",
     "RetrieveArguments",
@@ -253,3 +254,31 @@ class ServeArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments):
                 raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"--batch_wait_ms must be >= 0; got {self.batch_wait_ms}.")
+
+
+@dataclass
+class ExportArguments(ModelSourceArguments):
+    """``cnclip-lora export-onnx``: the model-source options of every verb, the folder and the opset."""
+
+    out_dir: str = field(
+        default="",
+        metadata={
+            "help": "folder to write (text_model.onnx, vision_model.onnx, processor, record)",
+            "positional": True,
+        },
+    )
+    opset: int = field(
+        default=DEFAULT_OPSET,
+        metadata={"help": f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty OUT_DIR."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.out_dir:
+            raise ConfigError("export-onnx needs OUT_DIR, the folder to write the export into.")
+        if isinstance(self.opset, bool) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(
+                f"--opset must be {MIN_OPSET} to {MAX_OPSET} (attention needs {MIN_OPSET}; torch's TorchScript "
+                f"exporter writes at most {MAX_OPSET}); got {self.opset!r}."
+            )

@@ -30,7 +30,7 @@ import torch
 
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.onnx_engine import EXPORT_FILE, TEXT_FILE, TEXT_INPUTS, VISION_FILE, require
-from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_OPSET
+from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 __all__ = ["DEFAULT_OPSET", "export_onnx"]
 
@@ -131,9 +131,12 @@ def export_onnx(
     the end, so an interrupted export never leaves a partial folder at ``out_dir``.
 
     Raises:
-        ConfigError: ``out_dir`` is a file, or a non-empty folder and ``overwrite`` is off.
+        ConfigError: an opset outside ``MIN_OPSET..MAX_OPSET``; ``out_dir`` is a file, or a non-empty
+            folder and ``overwrite`` is off (all before the model is loaded).
         CnClipLoraError: ``onnx`` is not installed.
     """
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"--opset must be {MIN_OPSET} to {MAX_OPSET}; got {opset!r}.")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export-onnx: {out} is a file; pass a folder to write the export into.")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is part of `make test`")
 
@@ -183,10 +185,22 @@ def test_export_refuses_a_non_empty_folder_and_keeps_it(tiny_model_dir, tmp_path
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_failed_export_leaves_no_folder_and_overwrite_replaces_whole(tiny_model_dir, tmp_path):
+def test_failed_export_leaves_no_folder_and_overwrite_replaces_whole(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "export"
-    with pytest.raises(Exception):
-        export_onnx(str(tiny_model_dir), out, opset=1)  # no exporter supports opset 1: fails mid-export
+    real_export = torch.onnx.export
+    calls = []
+
+    def export_then_fail(module, args, path, **kwargs):  # the second tower fails after a partial file
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"partial")
+            raise RuntimeError("exporter failed mid-export")
+        return real_export(module, args, path, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export_then_fail)
+    with pytest.raises(RuntimeError, match="mid-export"):
+        export_onnx(str(tiny_model_dir), out)
+    monkeypatch.setattr(torch.onnx, "export", real_export)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     out.mkdir()
     (out / "stale.txt").write_text("old")
@@ -195,3 +209,12 @@ def test_failed_export_leaves_no_folder_and_overwrite_replaces_whole(tiny_model_
     assert "stale.txt" not in names and {TEXT_FILE, VISION_FILE, RECORD_FILE} <= names
     info = json.loads((out / "onnx_export.json").read_text())
     assert info["adapter"] is None and Preprocessing.load(out) == Preprocessing(train_flip="none")
+
+
+@pytest.mark.parametrize("opset", ["3", "21"])
+def test_an_unusable_opset_is_refused_before_the_model_loads(opset, tmp_path, capsys):
+    """No model is loaded (the model path does not even exist); the message names the range."""
+    code = main(["export-onnx", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path), "--opset", opset])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--opset" in err and "Traceback" not in err
