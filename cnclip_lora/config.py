@@ -26,7 +26,7 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from cnclip_lora.data import parse_val_size
+from cnclip_lora.data.split import parse_val_size
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import (
     DEFAULT_MAX_LENGTH,

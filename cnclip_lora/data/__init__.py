@@ -18,26 +18,38 @@ Everything is checked before any model is loaded, and every problem is collected
 about them; its names are re-exported here for code that imported them from this package.
 """
 
-from cnclip_lora.data.checks import check_data, count_truncated, normalize_title, submission_order
-from cnclip_lora.data.dataset import CompetitionData, load_competition_data
-from cnclip_lora.data.report import DataReport, Problem
-from cnclip_lora.data.split import parse_val_size
-from cnclip_lora.data.tables import read_table
-from cnclip_lora.inputs.images import IMAGE_EXTENSIONS, MAX_PIXELS_ENV, max_image_pixels, open_image
+from __future__ import annotations
 
-__all__ = [
-    "parse_val_size",
-    "IMAGE_EXTENSIONS",
-    "CompetitionData",
-    "DataReport",
-    "Problem",
-    "MAX_PIXELS_ENV",
-    "check_data",
-    "count_truncated",
-    "load_competition_data",
-    "max_image_pixels",
-    "normalize_title",
-    "open_image",
-    "read_table",
-    "submission_order",
-]
+from importlib import import_module
+from typing import Any
+
+#: public name -> the module that defines it (imported on first use, so a light submodule such as
+#: ``split`` does not pull pandas and the checks in with it).
+_EXPORTS = {
+    "check_data": "cnclip_lora.data.checks",
+    "count_truncated": "cnclip_lora.data.checks",
+    "normalize_title": "cnclip_lora.data.checks",
+    "submission_order": "cnclip_lora.data.checks",
+    "CompetitionData": "cnclip_lora.data.dataset",
+    "load_competition_data": "cnclip_lora.data.dataset",
+    "DataReport": "cnclip_lora.data.report",
+    "Problem": "cnclip_lora.data.report",
+    "parse_val_size": "cnclip_lora.data.split",
+    "read_table": "cnclip_lora.data.tables",
+    "IMAGE_EXTENSIONS": "cnclip_lora.inputs.images",
+    "MAX_PIXELS_ENV": "cnclip_lora.inputs.images",
+    "max_image_pixels": "cnclip_lora.inputs.images",
+    "open_image": "cnclip_lora.inputs.images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'cnclip_lora.data' has no attribute {name!r}") from None
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
