@@ -20,9 +20,10 @@ on first use (PEP 562), so ``cnclip-lora --help``, ``check-data`` and ``make-dem
 
 from __future__ import annotations
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cnclip_lora.utils.lazy import lazy_exports
 
 try:
     __version__ = version("cnclip-lora")
@@ -86,16 +87,4 @@ if TYPE_CHECKING:
     from cnclip_lora.training.trainer import CnClipLoraTrainer
 
 
-def __getattr__(name: str) -> Any:
-    """PEP 562: import a public name's module on first access, then cache the name here."""
-    try:
-        module, attr = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'cnclip_lora' has no attribute {name!r}") from None
-    value = getattr(import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -153,10 +153,16 @@ class Command:
 
 
 class DataclassCommand(Command):
-    """A verb whose options are the fields of one arguments dataclass (:func:`dataclass_parser`)."""
+    """A verb whose options are the fields of one arguments dataclass (:func:`dataclass_parser`) of
+    :mod:`cnclip_lora.retrieve.arguments`, named by :attr:`arguments`."""
+
+    #: the verb's dataclass in :mod:`cnclip_lora.retrieve.arguments` (a light module)
+    arguments: ClassVar[str]
 
     def arguments_class(self) -> type:
-        raise NotImplementedError
+        from cnclip_lora.retrieve import arguments
+
+        return getattr(arguments, self.arguments)
 
     def parser(self) -> argparse.ArgumentParser:
         return dataclass_parser(self.arguments_class(), prog=f"cnclip-lora {self.name}", description=self.help)

@@ -13,10 +13,7 @@ class EvaluateCommand(DataclassCommand):
     name = "evaluate"
     help = "Recall@1/5/10 and MR (text-to-image and image-to-text) on a labelled split"
 
-    def arguments_class(self) -> type:
-        from cnclip_lora.retrieve.arguments import EvaluateArguments
-
-        return EvaluateArguments
+    arguments = "EvaluateArguments"
 
     def run(self, args: Any) -> int:
         from cnclip_lora.retrieve.run import evaluate_retrieval

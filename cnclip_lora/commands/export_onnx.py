@@ -11,10 +11,7 @@ class ExportOnnxCommand(DataclassCommand):
     name = "export-onnx"
     help = "write the merged text and vision towers as ONNX (onnx extra) for onnxruntime serving"
 
-    def arguments_class(self) -> type:
-        from cnclip_lora.retrieve.arguments import ExportArguments
-
-        return ExportArguments
+    arguments = "ExportArguments"
 
     def run(self, args: Any) -> int:
         from cnclip_lora.inference.onnx_engine import TEXT_FILE, VISION_FILE

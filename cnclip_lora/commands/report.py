@@ -11,10 +11,7 @@ class ReportCommand(DataclassCommand):
     name = "report"
     help = "one self-contained HTML page: metrics, per-query top-k thumbnails, fixed/broken queries, curves"
 
-    def arguments_class(self) -> type:
-        from cnclip_lora.retrieve.arguments import ReportArguments
-
-        return ReportArguments
+    arguments = "ReportArguments"
 
     def run(self, args: Any) -> int:
         from cnclip_lora.retrieve.report import build_report

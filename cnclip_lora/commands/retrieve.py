@@ -12,10 +12,7 @@ class RetrieveCommand(DataclassCommand):
     name = "retrieve"
     help = "rank the gallery for the test queries; write the submission and top-k files"
 
-    def arguments_class(self) -> type:
-        from cnclip_lora.retrieve.arguments import RetrieveArguments
-
-        return RetrieveArguments
+    arguments = "RetrieveArguments"
 
     def run(self, args: Any) -> int:
         from cnclip_lora.retrieve.run import retrieve

@@ -11,10 +11,7 @@ class ServeCommand(DataclassCommand):
     name = "serve"
     help = "a local search service (JSON API + web page) over a gallery folder (serve extra)"
 
-    def arguments_class(self) -> type:
-        from cnclip_lora.retrieve.arguments import ServeArguments
-
-        return ServeArguments
+    arguments = "ServeArguments"
 
     def run(self, args: Any) -> int:
         from cnclip_lora.errors import ConfigError

@@ -20,8 +20,7 @@ about them; its names are re-exported here for code that imported them from this
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cnclip_lora.utils.lazy import lazy_exports
 
 #: public name -> the module that defines it (imported on first use, so a light submodule such as
 #: ``split`` does not pull pandas and the checks in with it).
@@ -43,13 +42,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'cnclip_lora.data' has no attribute {name!r}") from None
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

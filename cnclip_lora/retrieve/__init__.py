@@ -5,8 +5,7 @@ the HTML report, the search service and the ONNX export; each verb's options are
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from cnclip_lora.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "EvaluateArguments": "cnclip_lora.retrieve.run",
@@ -17,11 +16,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'cnclip_lora.retrieve' has no attribute {name!r}") from None
-    return getattr(import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
