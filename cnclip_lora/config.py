@@ -365,6 +365,7 @@ class CnClipTrainingArguments(TrainingArguments):
                 "leave it unset for the plain step."
             )
         _use_cpu_for_cpu_only_launch(self)
+        _check_precision_fits_the_machine(self)
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         elif self.dataloader_persistent_workers and self.dataloader_num_workers == 0:
@@ -405,6 +406,23 @@ def _has_accelerator() -> bool:
         except Exception:  # a backend stub that cannot answer counts as absent
             continue
     return False
+
+
+def _check_precision_fits_the_machine(args: TrainingArguments) -> None:
+    """``--bf16``/``--fp16`` on a machine without an accelerator: one line naming the option and the
+    fix, before transformers' own multi-line refusal (or a model load)."""
+    if not (args.bf16 or args.fp16) or _has_accelerator():
+        return
+    if args.fp16:
+        raise ConfigError(
+            "--fp16 true needs a GPU and this machine has none: drop --fp16 (float32 on the CPU), "
+            "or run on a GPU machine."
+        )
+    if not args.use_cpu:
+        raise ConfigError(
+            "--bf16 true needs a GPU and this machine has none: drop --bf16 (float32 on the CPU), or add "
+            "--use_cpu true to train in bfloat16 on the CPU (slower than float32 on most processors)."
+        )
 
 
 def _use_cpu_for_cpu_only_launch(args: TrainingArguments) -> None:
@@ -451,7 +469,8 @@ TRAIN_ARGUMENT_TYPES = (ModelArguments, DataArguments, LoraArguments, CnClipTrai
 
 def train_argument_parser(**kwargs: Any) -> HfArgumentParser:
     """The parser of every training option (``kwargs`` go to argparse: ``prog``, ``description``)."""
-    return HfArgumentParser(TRAIN_ARGUMENT_TYPES, **kwargs)
+    # No abbreviations: a misspelt flag that happens to prefix a real one must not be taken silently.
+    return HfArgumentParser(TRAIN_ARGUMENT_TYPES, allow_abbrev=False, **kwargs)
 
 
 def option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

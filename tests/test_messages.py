@@ -161,3 +161,72 @@ def test_quoted_line_break_in_a_title_says_to_remove_it(tmp_path, make_dataset_d
     assert any(
         "test_query.csv, line 2: a quoted field holds a line break" in str(p) for p in check_data(root).problems
     )
+
+
+# ------------------------------------------------ options: one line, the owner verb, the closest name
+
+
+def _refusal(argv: list[str], capsys) -> str:
+    """stderr of a command that must be refused with exit status 2 (argparse's or the package's)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "owner"),
+    [
+        (["retrieve", "--model_name_or_path", "m", "--num_train_epochs", "3"], "train"),
+        (["evaluate", "--model_name_or_path", "m", "--topk_output", "t.csv"], "retrieve"),
+        (["train", "--model_name_or_path", "m", "--output_dir", "o", "--top_k", "5"], "retrieve"),
+        (["serve", "--model_name_or_path", "m", "--split", "val"], "evaluate"),
+    ],
+)
+def test_an_option_of_another_verb_names_that_verb(argv, owner, capsys):
+    err = _refusal(argv, capsys)
+    flag = next(a for a in argv[3:] if a.startswith("--") and a not in ("--model_name_or_path", "--output_dir"))
+    line = next(line for line in err.splitlines() if "unrecognized arguments" in line)
+    assert flag in line and f"cnclip-lora {owner}" in line and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [
+        (["retrieve", "--model_name_or_path", "m", "--top_kk", "3"], "--top_k"),
+        (["train", "--model_name_or_path", "m", "--output_dir", "o", "--max_step", "3"], "--max_steps"),
+        (["report", "--model_name_or_path", "m", "--thumb_sise", "90"], "--thumb_size"),
+    ],
+)
+def test_a_misspelt_option_gets_the_closest_name(argv, meant, capsys):
+    err = _refusal(argv, capsys)
+    assert f"did you mean {meant}" in err and "Traceback" not in err
+
+
+def test_a_misspelt_python_keyword_gets_the_closest_name(tmp_path):
+    from cnclip_lora import train
+
+    with pytest.raises(ConfigError, match=r"unknown option 'max_step'; did you mean max_steps\?"):
+        train(model_name_or_path="m", output_dir=str(tmp_path), max_step=20)
+
+
+def test_a_retrieval_dataclass_refuses_another_verbs_field():
+    from cnclip_lora import RetrieveArguments
+
+    with pytest.raises(TypeError, match="split"):
+        RetrieveArguments(model_name_or_path="m", split="test")
+
+
+@pytest.mark.parametrize("flag", ["--bf16", "--fp16"])
+def test_half_precision_without_a_gpu_is_one_line_before_loading(flag, tmp_path, capsys):
+    """The model path does not exist: the refusal comes before anything is loaded."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: half precision is allowed")
+    err = _refusal(["train", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "o"), flag,
+                    "true"], capsys)  # fmt: skip
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and flag in lines[0] and "GPU" in lines[0], err

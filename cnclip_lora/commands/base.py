@@ -95,7 +95,8 @@ def dataclass_parser(cls: type, *, prog: str, description: str) -> argparse.Argu
     The retrieval verbs' options are plain scalars; building their parser without importing
     transformers keeps every such verb's ``--help`` and its argument errors instant.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # No abbreviations: a misspelt flag that happens to prefix a real one must not be taken silently.
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
