@@ -366,6 +366,9 @@ class CnClipTrainingArguments(TrainingArguments):
             )
         _use_cpu_for_cpu_only_launch(self)
         _check_precision_fits_the_machine(self)
+        if self.disable_tqdm is None and not _stderr_is_terminal():
+            # Redirected output: one log line per --logging_steps instead of a bar's redraws.
+            self.disable_tqdm = True
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         elif self.dataloader_persistent_workers and self.dataloader_num_workers == 0:
@@ -406,6 +409,15 @@ def _has_accelerator() -> bool:
         except Exception:  # a backend stub that cannot answer counts as absent
             continue
     return False
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _check_precision_fits_the_machine(args: TrainingArguments) -> None:

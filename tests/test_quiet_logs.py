@@ -29,6 +29,11 @@ def _lines(proc: subprocess.CompletedProcess) -> list[str]:
 def _assert_quiet(proc: subprocess.CompletedProcess) -> list[str]:
     lines = _lines(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Output to a pipe (CI, nohup, a file): no progress bar redraws, one line per thing.
+    text = proc.stdout + proc.stderr
+    assert "\r" not in text and not _PROGRESS.search(text), [ln for ln in text.splitlines() if _PROGRESS.search(ln)][
+        :3
+    ]
     repeated = {line: n for line, n in Counter(lines).items() if n > 1}
     assert not repeated, repeated
     text = "\n".join(lines)

@@ -74,7 +74,11 @@ def normalize_title(title: str) -> str:
 
 
 def count_truncated(
-    titles: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 1024
+    titles: Sequence[str],
+    tokenizer,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 1024,
+    title_normalization: str = "official",
 ) -> int:
     """How many titles are longer than ``max_length`` tokens (special tokens included).
 
@@ -83,17 +87,20 @@ def count_truncated(
     a user sees how much text is cut and can raise ``--max_length``.
 
     Args:
-        titles: Titles as the tokenizer sees them (:func:`cnclip_lora.inputs.text.prepare_titles`).
+        titles: Titles as in the data; prepared and counted as training tokenises them
+            (:func:`cnclip_lora.inputs.text.count_tokens`).
         tokenizer: The checkpoint's tokenizer.
         max_length: The training/retrieval title length in tokens.
         batch_size: Titles tokenised per call (bounds memory on huge sets).
+        title_normalization: the recorded title preparation.
     """
+    from cnclip_lora.inputs.text import count_tokens
+
     titles = list(titles)
     count = 0
     for start in range(0, len(titles), batch_size):
-        chunk = titles[start : start + batch_size]
-        ids = tokenizer(chunk, add_special_tokens=True, truncation=False)["input_ids"]
-        count += sum(1 for seq in ids if len(seq) > max_length)
+        lengths = count_tokens(titles[start : start + batch_size], tokenizer, title_normalization)
+        count += sum(1 for n in lengths if n > max_length)
     return count
 
 

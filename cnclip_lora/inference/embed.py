@@ -7,6 +7,7 @@ as L2-normalised float32 numpy arrays in input order, whatever the number of pro
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from cnclip_lora.modeling import get_image_embeds, get_text_embeds
 from cnclip_lora.utils.distributed import join_launch_group, rank_and_world
 
 __all__ = ["embed_texts", "embed_images"]
+
+logger = logging.getLogger(__name__)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -90,6 +93,8 @@ def _map_embed(
     def _fn(batch: dict[str, list]) -> dict[str, np.ndarray]:
         return {"embedding": embed_batch(batch)}
 
+    if rank == 0 and len(dataset) and not datasets.is_progress_bar_enabled():
+        logger.info("%s: %d", desc.lower(), len(dataset))  # the one line that stands for the bar
     # One progress bar (rank 0's), not one per process.
     quiet = rank != 0 and datasets.is_progress_bar_enabled()
     if quiet:

@@ -31,7 +31,6 @@ from cnclip_lora.data import CompetitionData, count_truncated, load_competition_
 from cnclip_lora.errors import ConfigError, DataError
 from cnclip_lora.inference.evaluator import RetrievalEvaluator
 from cnclip_lora.inputs.collate import ImageTextCollator
-from cnclip_lora.inputs.text import prepare_titles
 from cnclip_lora.modeling import apply_lora, count_lora_modules, load_model_and_processor
 from cnclip_lora.options import CacheImages
 from cnclip_lora.training.pixel_cache import build_pixel_cache, should_cache
@@ -283,7 +282,10 @@ def _model_and_record(
         dtype=torch.bfloat16 if training_args.bf16 else None,
     )
     data.report.truncated_titles = count_truncated(
-        prepare_titles(data.train["title"], data_args.title_normalization), processor.tokenizer, data_args.max_length
+        data.train["title"],
+        processor.tokenizer,
+        data_args.max_length,
+        title_normalization=data_args.title_normalization,
     )
     if data.report.truncated_titles:
         logger.info(

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.adapter.record import Preprocessing, RunRecord
@@ -88,6 +88,24 @@ def _checkpoint_step(folder: str) -> Any:
         return "unknown"
 
 
+class LineProgressCallback(TrainerCallback):
+    """Progress without a bar, for logs that go to a file: each training log as one line with its
+    step (``step 20/510: {...}``). The final evaluation is printed by the caller, not here."""
+
+    def __init__(self) -> None:
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training and state.is_world_process_zero and logs:
+            print(f"step {state.global_step}/{state.max_steps}: {logs}", flush=True)
+
+
 class CnClipLoraTrainer(Trainer):
     """Trainer for Chinese-CLIP + LoRA on (title, image) pairs.
 
@@ -120,6 +138,11 @@ class CnClipLoraTrainer(Trainer):
         if evaluator_only:
             kwargs["eval_dataset"] = _EVALUATOR_ONLY
         super().__init__(*args, **kwargs)
+        if self.args.disable_tqdm:  # no bar (redirected output): one line per log while training
+            from transformers.trainer_callback import PrinterCallback
+
+            self.remove_callback(PrinterCallback)
+            self.add_callback(LineProgressCallback())
         if evaluator_only:
             self.eval_dataset = None
         self.evaluator = evaluator

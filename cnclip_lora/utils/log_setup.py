@@ -92,5 +92,29 @@ def setup_logging(level: str | None = None, *, libraries_too: bool = True) -> No
             library.removeHandler(own)
         library.propagate = True
         library.setLevel(libraries)
+    if libraries_too and not _on_terminal():
+        _progress_bars_off()
     # faiss logs which of its builds it loads (with the ModuleNotFoundError of the ones it skips).
     logging.getLogger("faiss.loader").setLevel(max(libraries, logging.WARNING))
+
+
+def _on_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+def _progress_bars_off() -> None:
+    """Redirected output (CI, ``nohup``, a file): no progress bars, whose redraws become single
+    huge lines there; the Trainer logs one line per ``--logging_steps`` instead (see
+    ``CnClipTrainingArguments.disable_tqdm``) and embedding logs what it embeds."""
+    for module, switch in (
+        ("datasets", "disable_progress_bars"),
+        ("transformers.utils.logging", "disable_progress_bar"),
+        ("huggingface_hub.utils", "disable_progress_bars"),
+    ):
+        try:
+            getattr(importlib.import_module(module), switch)()
+        except (ImportError, AttributeError):
+            pass
