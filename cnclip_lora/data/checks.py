@@ -382,6 +382,7 @@ class TrainRows:
     paths: set[str] = field(default_factory=set)  # every image train.csv names, bad rows included
     problems: list[Problem] = field(default_factory=list)  # about the file as a whole
     encodings: dict[str, str] = field(default_factory=dict)
+    readable: bool = True  # False when the file could not be read as a table at all (no file, wrong header)
 
 
 def check_train(folder: DataFolder, listing: ImageListing) -> TrainRows:
@@ -396,6 +397,7 @@ def check_train(folder: DataFolder, listing: ImageListing) -> TrainRows:
         if last in listing.files:
             out.paths.add(last)  # best guess, so a train image never leaks into the gallery
     if not table.usable:
+        out.readable = False
         return out
     if not table.records and not table.bad_rows:
         out.problems.append(Problem(where, None, "has a header but no training pairs", True, "missing file"))
@@ -732,6 +734,7 @@ def scan_folder(
         images_decoded=len(errors),
         encodings={**train.encodings, **queries.encodings, **submit.encodings, **answers.encodings},
         root=folder.data_dir,
+        train_read=train.readable,
         **_split_counts(kept.train, held_out, kept.gallery),
     )
     return FolderScan(

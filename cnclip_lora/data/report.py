@@ -61,6 +61,8 @@ class DataReport:
     images_decoded: int = 0
     encodings: dict[str, str] = field(default_factory=dict)
     root: str = ""
+    #: False when train.csv could not be read: the training, split and gallery counts are then unknown
+    train_read: bool = True
 
     @property
     def ok(self) -> bool:
@@ -78,15 +80,21 @@ class DataReport:
             max_per_group: How many problems of one kind to list before "... and N more".
         """
         lines = [f"Data folder: {self.root}"]
-        rows = [
-            ("training pairs", f"{self.n_train:,} ({self.n_train_images:,} images)"),
-            ("validation pairs", f"{self.n_val:,} ({self.n_val_images:,} held-out images)"),
-            ("test queries", f"{self.n_queries:,}"),
-            ("test gallery", f"{self.n_gallery:,} images (every image train.csv does not name)"),
-            ("validation gallery", f"{self.n_val_gallery:,} images (held-out + test gallery)"),
-            ("multi-caption images", f"{self.multi_caption_images:,}"),
-            ("skipped rows", f"{self.skipped_rows:,}"),
-        ]
+        if self.train_read:
+            rows = [
+                ("training pairs", f"{self.n_train:,} ({self.n_train_images:,} images)"),
+                ("validation pairs", f"{self.n_val:,} ({self.n_val_images:,} held-out images)"),
+                ("test queries", f"{self.n_queries:,}"),
+                ("test gallery", f"{self.n_gallery:,} images (every image train.csv does not name)"),
+                ("validation gallery", f"{self.n_val_gallery:,} images (held-out + test gallery)"),
+                ("multi-caption images", f"{self.multi_caption_images:,}"),
+                ("skipped rows", f"{self.skipped_rows:,}"),
+            ]
+        else:  # nothing is known of the training pairs, so nothing of the split or the gallery either
+            rows = [
+                ("training pairs", "unknown: train.csv could not be read (see the problems below)"),
+                ("test queries", f"{self.n_queries:,}"),
+            ]
         if self.excluded_images:
             rows.append(("excluded images", f"{self.excluded_images:,}"))
         rows.append(("images decoded", f"{self.images_decoded:,}" if self.images_decoded else "none (existence only)"))

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnclip_lora.data.checks import DataFolder, check_train, decode_images, keep_rows, list_images
+import pytest
+
+from cnclip_lora.data.checks import DataFolder, check_data, check_train, decode_images, keep_rows, list_images
 
 
 def test_steps_take_inputs_and_return_results(tmp_path, make_dataset_dir):
@@ -48,3 +50,16 @@ def test_checking_a_folder_never_imports_torch(tmp_path, make_dataset_dir):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("header", ["name\tfile", "title,path"])
+def test_an_unreadable_train_csv_leaves_the_split_and_gallery_unknown(make_dataset_dir, tmp_path, header):
+    """No count of what could not be read, and no image called "gallery" when train.csv is unread."""
+    root = make_dataset_dir(tmp_path)
+    lines = (root / "train.csv").read_text(encoding="utf-8").splitlines()
+    (root / "train.csv").write_text("\n".join([header, *lines[1:]]) + "\n", encoding="utf-8")
+    report = check_data(root)
+    assert not report.ok
+    summary = report.summary()
+    assert "gallery" not in summary.split("Problems:")[0]
+    assert "training pairs: unknown" in summary and "train.csv" in summary.split("Problems:")[1]
