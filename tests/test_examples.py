@@ -9,6 +9,7 @@ from transformers.integrations import get_available_reporting_integrations
 
 from cnclip_lora.commands.train import parse_train_args, train_from_argv
 
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "vit-h14-seed-recipe.yaml"
 
 
@@ -90,3 +91,15 @@ def test_missing_report_backend_is_dropped_before_any_model_loads(tmp_path, capl
         )[3]
     if "wandb" not in get_available_reporting_integrations():
         assert "wandb" not in args.report_to and "not installed" in caplog.text
+
+
+def test_the_tiny_cpu_recipe_is_the_demos():
+    """``examples/tiny-cpu.yaml`` (the README's first training command) trains exactly as ``cnclip-lora demo``."""
+    import yaml
+
+    from cnclip_lora.demo.run import DEMO_TRAIN_FLAGS
+
+    recipe = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text(encoding="utf-8"))
+    assert recipe == dict(DEMO_TRAIN_FLAGS)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "cnclip-lora train examples/tiny-cpu.yaml" in readme.split("## Training", 1)[1].split("```", 2)[1]

@@ -36,11 +36,9 @@ __all__ = [
 
 CARD_TAGS = ("chinese-clip", "lora", "peft", "text-to-image-retrieval", "cnclip-lora")
 
-# The Hub has no retrieval pipeline tag ("text-to-image" means image generation).
-# Chinese-CLIP checkpoints are tagged zero-shot-image-classification, the one Hub
-# task whose transformers pipeline runs a ChineseCLIPModel (text and image towers
-# scored against each other), so an adapter of it keeps the same tag.
-PIPELINE_TAG = "zero-shot-image-classification"
+# The Hub has no retrieval pipeline tag ("text-to-image" means image generation), and the card shows
+# retrieval, not classification: no pipeline tag rather than one whose widget the card never explains.
+PIPELINE_TAG = None
 
 _METRIC_FILES = ("train_results.json", "eval_results.json", "all_results.json")
 _DIRECTIONS = {"t2i": "text-to-image", "i2t": "image-to-text"}
@@ -218,6 +216,32 @@ def _preprocessing_section(record: RunRecord | None) -> list[str]:
     ]
 
 
+#: The training settings a card states, as ``training_args.json`` names them.
+_RECIPE = (
+    ("learning_rate", "learning rate"),
+    ("lr_scheduler_type", "schedule"),
+    ("warmup_steps", "warm-up steps"),
+    ("warmup_ratio", "warm-up ratio"),
+    ("num_train_epochs", "epochs"),
+    ("max_steps", "max steps (-1: the epochs decide)"),
+    ("per_device_train_batch_size", "batch per device"),
+    ("gradient_accumulation_steps", "gradient accumulation steps"),
+    ("contrastive_mini_batch_size", "contrastive mini-batch (cached gradients)"),
+    ("weight_decay", "weight decay"),
+    ("seed", "seed"),
+    ("bf16", "bf16"),
+)
+
+
+def _recipe_section(args: dict[str, Any] | None) -> list[str]:
+    """The training recipe from ``training_args.json``, so the run can be repeated from the card."""
+    if not args:
+        return ["## Training recipe", "", "No `training_args.json` in this folder."]
+    lines = ["## Training recipe", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {label} | `{_fmt(args[key])}` |" for key, label in _RECIPE if key in args]
+    return lines + ["", "The flip rule and the LoRA settings are in the sections above and below."]
+
+
 def _data_section(data: DataSummary | None, description: str | None) -> list[str]:
     lines = ["## Training data", ""]
     lines.append(
@@ -386,6 +410,8 @@ def build_model_card(
         *_lora_section(adapter_config, weights),
         "",
         *_preprocessing_section(record),
+        "",
+        *_recipe_section(_read_json(folder / "training_args.json")),
         "",
         *_data_section(data, dataset_description),
         "",

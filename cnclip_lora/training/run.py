@@ -189,6 +189,8 @@ def run_training(
     push = training_args.push_to_hub
     training_args.push_to_hub = False
     trainer, evaluator = _build_trainer(model, processor, record, data, data_args, training_args)
+    # LoRA's B matrices start at zero, so the model is still the base: its score is the zero-shot one.
+    zero_shot = evaluator(model).get(f"{evaluator.prefix}t2i_MR") if evaluator is not None and not resume else None
     if training_args.overwrite_output_dir and training_args.process_index == 0:
         from cnclip_lora.training.output_dir import remove_previous_run
 
@@ -205,11 +207,32 @@ def run_training(
     if evaluator is not None:
         eval_metrics = trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics)
+        if trainer.is_world_process_zero():
+            _say_if_nothing_was_learned(zero_shot, eval_metrics.get("eval_t2i_MR"), training_args)
     if trainer.is_world_process_zero():
         # The package's own card (adapter, preprocessing, data, metrics) instead of peft's empty template.
         write_model_card(training_args.output_dir)
     pushed_to = _push(training_args) if push and trainer.is_world_process_zero() else None
     return TrainResult(Path(training_args.output_dir), train_metrics, eval_metrics, pushed_to)
+
+
+def _say_if_nothing_was_learned(
+    zero_shot: float | None, tuned: float | None, training_args: CnClipTrainingArguments
+) -> None:
+    """A warning when the adapter ends no better than the base on the held-out split, with the usual causes."""
+    if zero_shot is None or tuned is None or tuned > zero_shot:
+        return
+    logger.warning(
+        "held-out t2i MR %.1f after training is no better than the base model's %.1f: nothing was learned. "
+        "Usual causes: a learning rate for another model size (--learning_rate %g; a random or tiny model needs "
+        "about 1e-3, a pretrained checkpoint 1e-5 to 1e-4), too few epochs or steps, or a batch too small for "
+        "in-batch negatives (--per_device_train_batch_size %d). examples/tiny-cpu.yaml is a recipe that learns "
+        "on the tiny model.",
+        tuned,
+        zero_shot,
+        training_args.learning_rate,
+        training_args.per_device_train_batch_size,
+    )
 
 
 def _check_before_loading(
