@@ -338,14 +338,12 @@ form{display:flex;gap:8px;margin-bottom:1em}
 <script>
 const form = document.getElementById('form'), grid = document.getElementById('grid'),
       status = document.getElementById('status');
-form.addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  const q = document.getElementById('q').value, k = document.getElementById('k').value;
-  status.textContent = 'searching...'; status.className = '';
+async function search(q, k) {
+  status.textContent = 'searching...'; status.className = ''; delete status.dataset.done;
   const resp = await fetch('/search?' + new URLSearchParams({q, k}));
   const body = await resp.json();
   grid.replaceChildren();
-  if (!resp.ok) { status.textContent = body.detail; status.className = 'warn'; return; }
+  if (!resp.ok) { status.textContent = body.detail; status.className = 'warn'; status.dataset.done = '1'; return; }
   status.textContent = body.results.length + ' results' + (body.truncated ? ' (' + body.note + ')' : '');
   if (body.truncated) status.className = 'warn';
   for (const r of body.results) {
@@ -356,7 +354,20 @@ form.addEventListener('submit', async (ev) => {
     card.append(img, cap, name); grid.append(card);
   }
   status.dataset.done = '1';
+}
+form.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const q = document.getElementById('q').value, k = document.getElementById('k').value;
+  // The address holds the search, so it can be linked, bookmarked and reloaded.
+  history.replaceState(null, '', '?' + new URLSearchParams({q, k}));
+  search(q, k);
 });
+const given = new URLSearchParams(location.search);
+if (given.get('k')) document.getElementById('k').value = given.get('k');
+if (given.get('q')) {
+  document.getElementById('q').value = given.get('q');
+  search(given.get('q'), document.getElementById('k').value);
+}
 </script></body></html>
 """
 

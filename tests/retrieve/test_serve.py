@@ -224,6 +224,33 @@ def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
 # ---------------------------------------------------------------------------------- real browser
 
 
+def test_search_page_reads_and_writes_its_address(served):
+    """A search is a link: ``/?q=...&k=...`` runs it on load, and a search typed in writes its address."""
+    from urllib.parse import parse_qs, quote, urlparse
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, *_ = served
+    driver = chromium_driver()
+    try:
+        query = "红色 连衣裙&秋装"  # a space and an ampersand must survive the round trip
+        driver.get(f"{server.url}/?q={quote(query)}&k=3")
+        WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-done") == "1")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#grid .card")) == 3
+        assert driver.find_element(By.ID, "q").get_attribute("value") == query
+        box = driver.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys("牛仔裤")
+        driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 120).until(
+            lambda d: "牛仔裤" in parse_qs(urlparse(d.current_url).query).get("q", [""])[0]
+        )
+        assert parse_qs(urlparse(driver.current_url).query)["k"] == ["3"]
+    finally:
+        driver.quit()
+
+
 def test_search_page_in_chromium(served, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -307,3 +334,23 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         assert shot.stat().st_size < 150_000
     finally:
         driver.quit()
+
+
+def test_the_readme_curl_examples_work_as_written(served):
+    """Each ``curl`` line of the README, pointed at this server's port, answers 200 with results."""
+    import re
+    import shlex
+    import subprocess
+
+    server, *_ = served
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    lines = [line for block in blocks for line in block.splitlines() if line.startswith("curl ")]
+    assert len(lines) >= 2
+    port = server.url.rsplit(":", 1)[1]
+    for line in lines:
+        argv = shlex.split(line.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+        proc = subprocess.run([*argv, "--silent", "--show-error", "--fail"], capture_output=True, timeout=120)
+        assert proc.returncode == 0, (line, proc.stderr.decode()[-500:])
+        body = json.loads(proc.stdout)
+        assert body["results"], line
