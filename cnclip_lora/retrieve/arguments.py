@@ -30,6 +30,21 @@ __all__ = [
 #: The labelled sets ``evaluate`` and ``report`` score.
 SPLITS = ("val", "test")
 
+#: Host names that mean this machine only.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the service on this machine."""
+    import ipaddress
+
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 class _Group:
     """Cooperative ``__post_init__``: every group of a verb's dataclass runs its own checks."""
@@ -244,16 +259,46 @@ class ServeArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments):
     max_k: int = field(default=100, metadata={"help": "Largest k a request may ask for."})
     max_batch: int = field(default=64, metadata={"help": "Most queries embedded in one forward pass (and per POST)."})
     batch_wait_ms: float = field(default=5.0, metadata={"help": "How long the batcher waits for more queries."})
+    max_query_chars: int = field(default=1000, metadata={"help": "Longest query accepted, in characters."})
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest POST body accepted, in bytes."})
+    allowed_hosts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated Host names the service answers besides the loopback names and --host "
+            "(a page on another site reaching the service through DNS rebinding is refused)."
+        },
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Require this key (header X-API-Key, or ?key= on the page) on every request. Needed "
+            "when --host is not a loopback address, unless --no_api_key true."
+        },
+    )
+    no_api_key: bool = field(
+        default=False, metadata={"help": "Serve on a non-loopback --host without an API key (anyone who reaches it)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 < self.port < 65536:
+        if isinstance(self.port, bool) or not 0 < self.port < 65536:
             raise ConfigError(f"--port must be 1..65535; got {self.port}.")
-        for name in ("max_k", "max_batch"):
+        for name in ("max_k", "max_batch", "max_query_chars", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"--batch_wait_ms must be >= 0; got {self.batch_wait_ms}.")
+        if not is_loopback(self.host) and not self.api_key and not self.no_api_key:
+            raise ConfigError(
+                f"--host {self.host} is reachable from other machines: pass --api_key KEY (clients send it as "
+                "X-API-Key), or --no_api_key true to serve without one."
+            )
+
+    @property
+    def hosts(self) -> list[str]:
+        """Host names the service answers (the Host header, port left out)."""
+        extra = [h.strip() for h in (self.allowed_hosts or "").split(",") if h.strip()]
+        return list(dict.fromkeys([*LOOPBACK_NAMES, self.host, *extra]))
 
 
 @dataclass

@@ -17,6 +17,7 @@ Built on FastAPI + uvicorn (``pip install 'cnclip-lora[serve]'``); binds 127.0.0
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time.
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.inputs.images import IMAGE_EXTENSIONS
-from cnclip_lora.retrieve.arguments import ServeArguments
+from cnclip_lora.retrieve.arguments import LOOPBACK_NAMES, ServeArguments
 
 __all__ = [
     "ServeArguments",
@@ -157,10 +158,8 @@ class MicroBatcher:
             k = max(item[1] for item in items)
             try:
                 results = await loop.run_in_executor(self.pool, self.fn, flat, k)
-            except Exception as err:  # a failed batch fails its requests, never the batcher
-                for _, _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(err)
+            except Exception:  # one request's failure must not fail the others: each runs on its own
+                await self._one_by_one(items)
                 continue
             self.batches = (self.batches + [len(flat)])[-100:]
             start = 0
@@ -169,6 +168,18 @@ class MicroBatcher:
                 start += len(queries)
                 if not fut.done():
                     fut.set_result([_cut(r, k_i) for r in part])
+
+    async def _one_by_one(self, items: list[tuple[list[str], int, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        for queries, k_i, fut in items:
+            try:
+                part = await loop.run_in_executor(self.pool, self.fn, queries, k_i)
+            except Exception as err:  # noqa: BLE001 - handed to that request alone
+                if not fut.done():
+                    fut.set_exception(err)
+                continue
+            if not fut.done():
+                fut.set_result([_cut(r, k_i) for r in part])
 
 
 def _cut(result: QueryResult, k: int) -> QueryResult:
@@ -213,13 +224,27 @@ def create_app(
     max_batch: int = 64,
     batch_wait_ms: float = 5.0,
     info: dict[str, Any] | None = None,
+    hosts: Sequence[str] = LOOPBACK_NAMES,
+    api_key: str | None = None,
+    max_query_chars: int = 1000,
+    max_body_bytes: int = 1 << 20,
 ):
-    """The FastAPI application over a loaded :class:`SearchEngine`."""
+    """The FastAPI application over a loaded :class:`SearchEngine`.
+
+    Only requests whose ``Host`` is one of ``hosts`` are answered (a page on another site that
+    reaches the loopback service through DNS rebinding gets 400), with ``api_key`` every request
+    must carry it (``X-API-Key`` or ``?key=``), and every input is bounded and checked before it
+    reaches the model, so one bad request can never fail another in its batch.
+    """
+    import hmac
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from cnclip_lora.data.checks import normalize_title
 
     batcher = MicroBatcher(engine.search, max_batch=max_batch, wait_ms=batch_wait_ms)
 
@@ -230,6 +255,18 @@ def create_app(
         await batcher.stop()
 
     app = FastAPI(title="cnclip-lora search", lifespan=lifespan)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+
+    if api_key:
+
+        @app.middleware("http")
+        async def _require_key(request: Request, call_next):
+            if request.url.path in ("/", "/health"):  # the page holds no data; health only the gallery size
+                return await call_next(request)
+            given = request.headers.get("x-api-key") or request.query_params.get("key") or ""
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), api_key.encode("utf-8")):
+                return JSONResponse(status_code=401, content={"detail": "missing or wrong API key (X-API-Key)."})
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, exc: RequestValidationError):
@@ -244,8 +281,17 @@ def create_app(
         if len(queries) > max_batch:
             raise HTTPException(413, f"at most {max_batch} queries per request; got {len(queries)}.")
         for i, q in enumerate(queries):
-            if not q.strip():
-                raise HTTPException(400, f"query {i} is empty.")
+            name = "the query" if len(queries) == 1 else f"query {i}"
+            if len(q) > max_query_chars:
+                raise HTTPException(413, f"{name} has {len(q)} characters; at most {max_query_chars} are accepted.")
+            try:
+                q.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(400, f"{name} is not valid text (a lone surrogate code point).") from None
+            if not normalize_title(q):  # the data checks' rule for a blank title
+                raise HTTPException(
+                    400, f"{name} is empty or has no visible characters (only spaces or control or zero-width ones)."
+                )
         return queries
 
     def _json(r: QueryResult, k: int) -> dict[str, Any]:
@@ -276,9 +322,17 @@ def create_app(
 
     @app.post("/search")
     async def search_post(request: Request):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise HTTPException(413, f"the body has {declared} bytes; at most {max_body_bytes} are accepted.")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body_bytes:
+                raise HTTPException(413, f"the body is over {max_body_bytes} bytes, the most accepted.")
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
             raise HTTPException(400, 'the body must be JSON: {"queries": ["..."], "k": 10}.') from None
         if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
             raise HTTPException(
@@ -338,9 +392,11 @@ form{display:flex;gap:8px;margin-bottom:1em}
 <script>
 const form = document.getElementById('form'), grid = document.getElementById('grid'),
       status = document.getElementById('status');
+const apiKey = new URLSearchParams(location.search).get('key');  // with `serve --api_key`
+const withKey = (params) => apiKey ? {...params, key: apiKey} : params;
 async function search(q, k) {
   status.textContent = 'searching...'; status.className = ''; delete status.dataset.done;
-  const resp = await fetch('/search?' + new URLSearchParams({q, k}));
+  const resp = await fetch('/search?' + new URLSearchParams(withKey({q, k})));
   const body = await resp.json();
   grid.replaceChildren();
   if (!resp.ok) { status.textContent = body.detail; status.className = 'warn'; status.dataset.done = '1'; return; }
@@ -348,7 +404,8 @@ async function search(q, k) {
   if (body.truncated) status.className = 'warn';
   for (const r of body.results) {
     const card = document.createElement('div'); card.className = 'card';
-    const img = document.createElement('img'); img.src = r.url; img.alt = r.path;
+    const img = document.createElement('img'); img.alt = r.path;
+    img.src = apiKey ? r.url + '?' + new URLSearchParams({key: apiKey}) : r.url;
     const cap = document.createElement('div'); cap.className = 'score'; cap.textContent = r.score.toFixed(3);
     const name = document.createElement('div'); name.textContent = r.path;
     card.append(img, cap, name); grid.append(card);
@@ -359,7 +416,7 @@ form.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const q = document.getElementById('q').value, k = document.getElementById('k').value;
   // The address holds the search, so it can be linked, bookmarked and reloaded.
-  history.replaceState(null, '', '?' + new URLSearchParams({q, k}));
+  history.replaceState(null, '', '?' + new URLSearchParams(withKey({q, k})));
   search(q, k);
 });
 const given = new URLSearchParams(location.search);
@@ -372,12 +429,56 @@ if (given.get('q')) {
 """
 
 
+def _public_name(source: str | None) -> str | None:
+    """A model or adapter as ``/health`` shows it: a Hub id as is, a local folder by its name only."""
+    if source is None:
+        return None
+    return Path(source).name if Path(source).exists() else source
+
+
+def bind_socket(host: str, port: int):
+    """A socket bound to ``host:port``, or one line naming the option that cannot work (before any model work)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ConfigError(f"--host {host}: not an address of this machine ({err.strerror}).") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
+            raise ConfigError(f"--port {port}: already in use on {host}; choose another --port.") from None
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({err.strerror}).") from None
+    return sock
+
+
 def serve(args: ServeArguments) -> None:
-    """Load everything, then serve until interrupted."""
+    """Bind the socket, load everything, then serve until interrupted."""
     import uvicorn
 
-    engine = load_engine(args)
-    info = {"model": args.model_name_or_path, "adapter": args.adapter}
-    app = create_app(engine, max_k=args.max_k, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, info=info)
-    print(f"serving {len(engine.names)} images on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    sock = bind_socket(args.host, args.port)  # a bad host or a busy port fails before the model loads
+    try:
+        engine = load_engine(args)
+        info = {"model": _public_name(args.model_name_or_path), "adapter": _public_name(args.adapter)}
+        app = create_app(
+            engine,
+            max_k=args.max_k,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            info=info,
+            hosts=args.hosts,
+            api_key=args.api_key,
+            max_query_chars=args.max_query_chars,
+            max_body_bytes=args.max_body_bytes,
+        )
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        sock.listen(128)
+        print(f"serving {len(engine.names)} images on http://{args.host}:{args.port}/", flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
