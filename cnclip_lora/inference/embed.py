@@ -100,15 +100,49 @@ def _map_embed(
     if quiet:
         datasets.disable_progress_bars()
     try:
-        out = shard.map(
-            _fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc, **map_kwargs
-        )
+        local = _read_or_embed(shard, _fn, batch_size, desc, map_kwargs)
     finally:
         if quiet:
             datasets.enable_progress_bars()
-    local = out.with_format("numpy")["embedding"] if len(out) else np.zeros((0, 0), dtype=np.float32)
-    local = np.asarray(local, dtype=np.float32)
     return _gather_in_order(local, world_size)
+
+
+def _embeddings(out: datasets.Dataset, expected_rows: int) -> np.ndarray:
+    """The ``embedding`` column as float32 ``[rows, D]``; ``ValueError`` when it is not that (a damaged
+    or foreign cache file: wrong row count, ragged or non-finite rows)."""
+    if len(out) != expected_rows or (expected_rows and "embedding" not in out.column_names):
+        raise ValueError(f"{len(out)} rows for {expected_rows} inputs")
+    if not expected_rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    local = np.asarray(out.with_format("numpy")["embedding"], dtype=np.float32)
+    if local.ndim != 2 or not np.isfinite(local).all():
+        raise ValueError(f"embeddings of shape {local.shape} (or non-finite)")
+    return local
+
+
+def _read_or_embed(shard: datasets.Dataset, fn: Callable, batch_size: int, desc: str, map_kwargs: dict) -> np.ndarray:
+    """``shard.map`` (a cache hit when the fingerprint's file exists); a cache file that cannot be read
+    or does not hold these inputs' embeddings is deleted, said, and the embeddings computed again."""
+    cache_file = map_kwargs.get("cache_file_name")
+
+    def run(**overrides: Any) -> np.ndarray:
+        kwargs = {**map_kwargs, **overrides}
+        out = shard.map(
+            fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc, **kwargs
+        )
+        return _embeddings(out, len(shard))
+
+    if cache_file is None:
+        return run()
+    try:
+        return run()
+    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
+        if not Path(cache_file).exists():
+            raise
+        logger.warning("embedding cache file %s is damaged or stale (%s): computing the embeddings again",
+                       cache_file, str(err).splitlines()[0][:200])  # fmt: skip
+        Path(cache_file).unlink(missing_ok=True)
+        return run(load_from_cache_file=False)
 
 
 def _normalise(embeds: torch.Tensor) -> np.ndarray:

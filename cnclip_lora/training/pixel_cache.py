@@ -155,15 +155,32 @@ def build_pixel_cache(
     # Small sets are not worth the worker start-up; datasets shards the file per process otherwise.
     num_proc = num_proc or min(8, os.cpu_count() or 1)
     procs = num_proc if num_proc > 1 and len(unique) >= 8 * batch_size else None
-    dataset = datasets.Dataset.from_dict({"path": unique}).map(
-        decode,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=procs,
-        features=features,
-        cache_file_name=cache_file,
-        new_fingerprint=fingerprint,
-        load_from_cache_file=True,
-        desc="Decoding training images once (pixel cache)",
-    )
+
+    def build(reuse: bool) -> datasets.Dataset:
+        dataset = datasets.Dataset.from_dict({"path": unique}).map(
+            decode,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=procs,
+            features=features,
+            cache_file_name=cache_file,
+            new_fingerprint=fingerprint,
+            load_from_cache_file=reuse,
+            desc="Decoding training images once (pixel cache)",
+        )
+        if len(dataset) != len(unique) or dataset["path"] != unique:  # another set's file under this name
+            raise ValueError(f"{len(dataset)} rows for {len(unique)} images")
+        return dataset
+
+    try:
+        dataset = build(reuse=True)
+    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
+        damaged = sorted(Path(cache_dir).glob(f"pixels-{fingerprint}*.arrow"))
+        if not damaged:
+            raise
+        logger.warning("pixel cache %s is damaged or stale (%s): decoding the images again",
+                       damaged[0], str(err).splitlines()[0][:200])  # fmt: skip
+        for path in damaged:
+            path.unlink(missing_ok=True)
+        dataset = build(reuse=False)
     return PixelCache(dataset, unique, shape, cache_file)

@@ -1,0 +1,105 @@
+"""Caches that cannot lie: a damaged, emptied or swapped cache file is noticed, said, and rebuilt, so
+the results equal an uncached run; an edited processor is a new cache key."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnclip_lora.inference.model import RetrievalModel
+
+TITLES = ["红色连衣裙", "黑色波点衬衫", "白色T恤"]
+
+
+def _images(demo_dir: Path, n: int = 12) -> list[str]:
+    return [str(p) for p in sorted((demo_dir / "image").glob("*.jpg"))[:n]]
+
+
+@pytest.fixture
+def cached(tiny_model_dir, tmp_path):
+    """A model with an embedding cache in tmp_path, and the cache files its first calls wrote."""
+    model = RetrievalModel.from_pretrained(str(tiny_model_dir), device="cpu", cache_dir=str(tmp_path / "emb"))
+    return model, tmp_path / "emb"
+
+
+def _damage(path: Path, how: str, other: Path | None = None) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"not an arrow file" * 50)
+    elif how == "swapped":
+        path.write_bytes(other.read_bytes())
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "swapped"])
+def test_a_damaged_image_embedding_cache_is_rebuilt_with_a_warning(cached, demo_dir, how, caplog):
+    model, folder = cached
+    images = _images(demo_dir)
+    first = model.encode_images(images)
+    (image_file,) = folder.glob("*.arrow")  # the only file so far
+    model.encode_texts(TITLES)
+    (text_file,) = (p for p in folder.glob("*.arrow") if p != image_file)
+    _damage(image_file, how, other=text_file)
+    with caplog.at_level(logging.WARNING):
+        again = model.encode_images(images)
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert "embedding cache file" in caplog.text and image_file.name in caplog.text
+    # rebuilt: the next call is a clean hit, without a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_allclose(model.encode_images(images), first, atol=1e-6)
+    assert "damaged" not in caplog.text
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_a_damaged_text_embedding_cache_is_rebuilt(cached, how, caplog):
+    model, folder = cached
+    first = model.encode_texts(TITLES)
+    (cache_file,) = folder.glob("*.arrow")
+    _damage(cache_file, how)
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_allclose(model.encode_texts(TITLES), first, atol=1e-6)
+    assert "embedding cache file" in caplog.text
+
+
+def test_an_edited_processor_is_a_new_cache_key(tiny_model_dir, tmp_path, demo_dir):
+    """Editing preprocessor_config.json in place (weights untouched) must not serve the old embeddings."""
+    import shutil
+
+    local = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, local)
+    images = _images(demo_dir, 4)
+    before = RetrievalModel.from_pretrained(str(local), device="cpu", cache_dir=str(tmp_path / "emb"))
+    old = before.encode_images(images)
+    config = json.loads((local / "preprocessor_config.json").read_text())
+    config["image_mean"] = [0.0, 0.0, 0.0]
+    (local / "preprocessor_config.json").write_text(json.dumps(config))
+    after = RetrievalModel.from_pretrained(str(local), device="cpu", cache_dir=str(tmp_path / "emb"))
+    assert after.fingerprint("image", images) != before.fingerprint("image", images)
+    uncached = RetrievalModel.from_pretrained(str(local), device="cpu").encode_images(images)
+    np.testing.assert_allclose(after.encode_images(images), uncached, atol=1e-6)
+    assert not np.allclose(uncached, old, atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_a_damaged_pixel_cache_is_rebuilt_with_a_warning(demo_dir, processor, tmp_path, how, caplog):
+    from cnclip_lora.training.pixel_cache import build_pixel_cache
+
+    names = [Path(p).name for p in _images(demo_dir, 10)]
+    first = build_pixel_cache(demo_dir / "image", names, processor.image_processor, cache_dir=tmp_path)
+    pixels = first.get(names).copy()
+    files = sorted(tmp_path.glob("pixels-*.arrow"))
+    assert files
+    del first
+    _damage(files[0], how)
+    with caplog.at_level(logging.WARNING):
+        again = build_pixel_cache(demo_dir / "image", names, processor.image_processor, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.get(names), pixels)
+    assert "pixel cache" in caplog.text
