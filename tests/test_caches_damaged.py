@@ -103,3 +103,23 @@ def test_a_damaged_pixel_cache_is_rebuilt_with_a_warning(demo_dir, processor, tm
         again = build_pixel_cache(demo_dir / "image", names, processor.image_processor, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.get(names), pixels)
     assert "pixel cache" in caplog.text
+
+
+def test_cache_clear_through_a_symlinked_folder_removes_the_link_only(tmp_path, monkeypatch, capsys):
+    """A cache folder that is a link to elsewhere: ``cache --clear`` removes the link, keeps the target."""
+    from cnclip_lora.commands import main
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    root = tmp_path / "hf" / "cnclip_lora"
+    root.mkdir(parents=True)
+    (root / "embeddings").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["cache", "--clear"]) == 0
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+    assert not (root / "embeddings").exists()
+    assert "Traceback" not in capsys.readouterr().err

@@ -101,9 +101,18 @@ def clear_cache(kinds: tuple[str, ...] = CACHE_KINDS) -> int:
     touched, never the rest of ``HF_DATASETS_CACHE``."""
     freed = 0
     for usage in cache_usage():
-        if usage.kind in kinds and usage.path.is_dir():
-            freed += usage.bytes
+        if usage.kind not in kinds:
+            continue
+        if usage.path.is_symlink():  # a link the user made: drop the link, never what it points at
+            usage.path.unlink()
+            continue
+        if not usage.path.is_dir():
+            continue
+        freed += usage.bytes
+        try:
             shutil.rmtree(usage.path)
+        except OSError as err:
+            raise ConfigError(f"cache --clear: cannot delete {usage.path}: {err.strerror}.") from None
     return freed
 
 
