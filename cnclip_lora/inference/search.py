@@ -359,10 +359,9 @@ def rank(
     for name, value in (("chunk_size", chunk_size), ("query_chunk_size", query_chunk_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-    k = int(k)
+    k = min(int(k), g.shape[0])  # before anything is allocated: a huge --top_k is the whole gallery
     if q.shape[0] == 0:
-        kk = min(k, g.shape[0])
-        return np.zeros((0, kk), dtype=np.float32), np.zeros((0, kk), dtype=np.int64)
+        return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
     index_type = parse_choice(FaissIndex, index_type, "index_type")
     if use_faiss:
         return _rank_faiss(q, g, k, normalize, index_type, chunk_size, nprobe, ef_search)

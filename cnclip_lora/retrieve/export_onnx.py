@@ -31,6 +31,7 @@ import torch
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.onnx_engine import EXPORT_FILE, TEXT_FILE, TEXT_INPUTS, VISION_FILE, require
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from cnclip_lora.utils.files import remove_stale_temps, temp_prefix
 
 __all__ = ["DEFAULT_OPSET", "export_onnx"]
 
@@ -156,7 +157,8 @@ def export_onnx(
     )
     model, processor, adapter_dir = loaded.model, loaded.processor, loaded.adapter_dir
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_stale_temps(out)
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
         text = _example_text(processor.tokenizer)
         _export(

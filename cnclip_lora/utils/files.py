@@ -34,7 +34,11 @@ __all__ = [
     "PICKLE_SUFFIXES",
     "is_pickle",
     "pickled_files",
+    "remove_stale_temps",
+    "temp_prefix",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The one pickle policy: weight files in these formats unpickle on load (``torch.load``, ``pickle``),
 #: so they can execute code. The package never reads or downloads them; base checkpoints and
@@ -98,6 +102,41 @@ def _final_mode(final: Path) -> int:
         return default_file_mode()
 
 
+def temp_prefix(final: Path) -> str:
+    """The name prefix of a temporary file or folder beside ``final``: hidden, and carrying this
+    process's id, so a later run can tell the litter of a killed run from a live one's work."""
+    return f".{final.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Delete the temporary files and folders a killed run left beside ``final`` (their process is
+    gone); returns what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(\d+)\..*\.tmp$")
+    for entry in final.parent.glob(f".{final.name}.*.tmp") if final.parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d temporary file(s) a stopped run left beside %s", len(removed), final)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; rename it into place on success.
@@ -112,7 +151,8 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_stale_temps(final)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

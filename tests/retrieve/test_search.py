@@ -403,3 +403,18 @@ def test_one_to_one_equals_dense_optimum_on_random_cases(seed):
 def test_one_to_one_rejects_more_queries_than_images():
     with pytest.raises(CnClipLoraError, match="3 queries but only 2 gallery images"):
         assign_one_to_one(np.ones((3, 4)), np.ones((2, 4)))
+
+
+def test_a_huge_k_is_capped_at_the_gallery_before_allocating():
+    """k = 10^9 on a 50-image gallery: the whole gallery, ranked, in no more memory than k = 50."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(200, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(np.float32)
+    tracemalloc.start()
+    scores, indices = ranking.rank(q, g, k=10**9)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert indices.shape == (200, 50) and scores.shape == (200, 50)
+    assert peak < 50 * 1024 * 1024
+    np.testing.assert_array_equal(indices, ranking.rank(q, g, k=50)[1])

@@ -218,3 +218,24 @@ def test_base_checkpoints_and_adapters_refuse_the_same_pickle_formats(tmp_path, 
         check_adapter_dir(tmp_path)
     with pytest.raises(UnsafeArtifactError, match=f"weights\\{suffix}"):
         load_model_and_processor(str(tmp_path))
+
+
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
+    """``.submit.csv.<pid>.XXXX.tmp`` of a process that no longer exists goes; a live process's stays."""
+    import subprocess
+    import sys
+
+    from cnclip_lora.utils.files import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    litter = tmp_path / f".submit.csv.{dead_pid}.abc123.tmp"
+    litter.write_text("half")
+    folder_litter = tmp_path / f".submit.csv.{dead_pid}.def456.tmp"
+    folder_litter.mkdir()
+    live = tmp_path / f".submit.csv.{os.getpid()}.zzz.tmp"
+    live.write_text("in progress")
+    atomic_write_text(tmp_path / "submit.csv", "title,path\n")
+    assert not litter.exists() and not folder_litter.exists()
+    assert live.exists()
+    assert (tmp_path / "submit.csv").read_text() == "title,path\n"
