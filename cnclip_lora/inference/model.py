@@ -270,6 +270,14 @@ class RetrievalModel:
                 f"{folder}: no {RECORD_FILE} beside the ONNX files, so how titles and images were "
                 "prepared is unknown; export again with `cnclip-lora export-onnx`."
             )
+        # The image processor's and the tokenizer's files (either name of the processor's own).
+        needed = (("processor_config.json", "preprocessor_config.json"), ("tokenizer_config.json",))
+        missing = [" or ".join(names) for names in needed if not any((Path(folder) / n).is_file() for n in names)]
+        if missing:  # transformers would look for them on the Hub instead
+            raise ConfigError(
+                f"{folder}: no {', '.join(missing)} beside the ONNX files, so titles and images cannot be prepared "
+                "as in training; export again with `cnclip-lora export-onnx`."
+            )
         processor = pin_pil_image_processor(ChineseCLIPProcessor.from_pretrained(str(folder)), str(folder))
         return model, processor, preprocessing
 

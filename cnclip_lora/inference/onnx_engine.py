@@ -71,9 +71,10 @@ class OnnxChineseCLIP(torch.nn.Module):
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         providers = list(providers or ["CPUExecutionProvider"])
         self.folder = folder
-        self.text_session = ort.InferenceSession(str(folder / TEXT_FILE), options, providers=providers)
-        self.vision_session = ort.InferenceSession(str(folder / VISION_FILE), options, providers=providers)
+        self.text_session = _session(ort, folder / TEXT_FILE, options, providers)
+        self.vision_session = _session(ort, folder / VISION_FILE, options, providers)
         self._text_inputs = [i.name for i in self.text_session.get_inputs()]
+        _check_towers(folder, self.text_session, self.vision_session)
         # The embedding code reads the model's device and dtype from its parameters: the sessions
         # take float32 tensors on the CPU side.
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
@@ -95,6 +96,45 @@ class OnnxChineseCLIP(torch.nn.Module):
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feed = {"pixel_values": pixel_values.float().cpu().numpy()}
         return torch.from_numpy(self.vision_session.run(None, feed)[0])
+
+
+def _session(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    """An onnxruntime session of ``path``, or one line naming the file when it is not a usable graph."""
+    if path.stat().st_size == 0:
+        raise ConfigError(
+            f"{path}: the file is empty (an interrupted copy?); export again with `cnclip-lora export-onnx`."
+        )
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own kinds (InvalidProtobuf, Fail, ...)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{path}: not a readable ONNX graph ({first}); it is truncated, damaged or not an ONNX file: "
+            "export again with `cnclip-lora export-onnx`."
+        ) from None
+
+
+def _check_towers(folder: Path, text: Any, vision: Any) -> None:
+    """The graphs are this package's two towers: the text inputs, one pixel input, one embedding
+    output each, of the same width."""
+    text_inputs = {i.name for i in text.get_inputs()}
+    if "input_ids" not in text_inputs or not text_inputs <= set(TEXT_INPUTS):
+        raise ConfigError(
+            f"{folder / TEXT_FILE}: inputs {sorted(text_inputs)}, expected {list(TEXT_INPUTS)}: not a text tower "
+            "written by `cnclip-lora export-onnx`."
+        )
+    vision_inputs = [i.name for i in vision.get_inputs()]
+    if vision_inputs != ["pixel_values"]:
+        raise ConfigError(
+            f"{folder / VISION_FILE}: inputs {vision_inputs}, expected ['pixel_values']: not a vision tower "
+            "written by `cnclip-lora export-onnx`."
+        )
+    widths = [o.shape[-1] for o in (*text.get_outputs()[:1], *vision.get_outputs()[:1])]
+    if len(widths) == 2 and all(isinstance(w, int) for w in widths) and widths[0] != widths[1]:
+        raise ConfigError(
+            f"{folder}: the text tower embeds into {widths[0]} dimensions and the vision tower into {widths[1]}: "
+            "the two files come from different exports."
+        )
 
 
 def onnx_providers(device: str | None) -> list[str]:
