@@ -235,3 +235,33 @@ def test_train_options_in_python_parse_like_the_same_flags(tmp_path):
             if getattr(a, f.name) != getattr(b, f.name)
         }
         assert not differ, f"{type(a).__name__}: {differ}"
+
+
+def test_a_yaml_recipe_giving_a_key_twice_is_refused_naming_both_lines(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: m\nlearning_rate: 1e-4\noutput_dir: o\nlearning_rate: 4e-5\n")
+    with pytest.raises(ConfigError, match=r"'learning_rate' is given twice \(lines 2 and 4\)"):
+        parse_train_args([str(recipe)])
+
+
+def test_a_json_recipe_giving_a_key_twice_is_refused(tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text('{"model_name_or_path": "m", "output_dir": "o", "lora_r": 8, "lora_r": 16}')
+    with pytest.raises(ConfigError, match="'lora_r' is given twice"):
+        parse_train_args([str(recipe)])
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "utf-16", "utf-8-sig"])
+def test_recipes_in_the_encodings_of_the_data_files_are_read(tmp_path, encoding):
+    recipe = tmp_path / "r.yaml"
+    text = "# 中文注释：学习率\nmodel_name_or_path: m\noutput_dir: o\nlora_r: 12\n"
+    recipe.write_bytes(text.encode(encoding))
+    _, _, lora, _ = parse_train_args([str(recipe)])
+    assert lora.lora_r == 12
+
+
+def test_a_recipe_that_is_not_text_is_refused_naming_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match=r"r\.yaml"):
+        parse_train_args([str(recipe)])

@@ -19,26 +19,66 @@ if TYPE_CHECKING:
 __all__ = ["TrainCommand", "parse_train_args", "read_recipe", "train_from_argv"]
 
 
+def _refuse_duplicate_json_keys(path: Path):
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise ConfigError(f"{path}: option {key!r} is given twice; keep one of the two.")
+            seen[key] = value
+        return seen
+
+    return pairs
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice (YAML forbids it; PyYAML keeps the last silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{path}: option {key!r} is given twice (lines {lines[key]} and {line}); keep one.")
+            lines[key] = line
+        return loader.construct_mapping(node)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def read_recipe(path: Path) -> dict[str, Any]:
     """A YAML/JSON recipe as a mapping of option names to values (as the file types them).
 
     Raises:
         ConfigError: The file is missing, does not parse, or is not a mapping.
     """
+    from cnclip_lora.data.tables import UndecodableText, decode_text
+
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
+    try:  # the encodings the data files may have (UTF-8 with or without BOM, UTF-16 with its BOM, GB18030)
+        text, _ = decode_text(path.read_bytes())
+    except UndecodableText as err:
+        where = f", line {err.line}" if err.line else ""
+        raise ConfigError(f"{path}{where}: {err.message}.") from None
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_refuse_duplicate_json_keys(path))
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _load_yaml(text, path)
     except ValueError as err:  # json.JSONDecodeError and yaml.YAMLError's parse errors
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - yaml.YAMLError does not derive from ValueError
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, found {type(data).__name__}.")
     return data

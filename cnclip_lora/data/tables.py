@@ -25,8 +25,8 @@ __all__ = ["Record", "Table", "parse_table", "read_table"]
 _SEP_NAMES = {"\t": "TAB", ",": "comma"}
 
 
-def _decode_bytes(raw: bytes) -> tuple[str, str]:
-    """Decode a table file; returns ``(text, encoding)`` or raises ``_FileProblem``.
+def decode_text(raw: bytes) -> tuple[str, str]:
+    """Decode a text file (tables, recipes); returns ``(text, encoding)`` or raises ``UndecodableText``.
 
     Strict UTF-8 (BOM or not) first, then GB18030, a superset of GBK and GB2312 that rarely
     accepts UTF-8 by accident. A file that is mostly valid UTF-8 with a few bad bytes is
@@ -36,7 +36,7 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
         try:
             return raw.decode("utf-16"), "utf-16"
         except UnicodeDecodeError as exc:
-            raise _FileProblem(
+            raise UndecodableText(
                 f"not valid UTF-16 ({exc.reason}); re-save the file as UTF-8", _line_of(raw, exc.start)
             ) from None
     try:
@@ -47,7 +47,7 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
         n_bad = loose.count("\ufffd")
         n_good = sum(1 for ch in loose if ord(ch) > 127 and ch != "\ufffd")
         if n_good > n_bad:
-            raise _FileProblem(
+            raise UndecodableText(
                 "mostly UTF-8 but contains bytes that are not (the file is damaged); "
                 "fix or delete that line and re-save the file as UTF-8",
                 _line_of(raw, exc.start),
@@ -55,12 +55,12 @@ def _decode_bytes(raw: bytes) -> tuple[str, str]:
         try:
             text, encoding = raw.decode("gb18030"), "gb18030"
         except UnicodeDecodeError as exc2:
-            raise _FileProblem(
+            raise UndecodableText(
                 "cannot be decoded as UTF-8 or GBK/GB18030; re-save the file as UTF-8",
                 _line_of(raw, exc2.start),
             ) from None
     if "\x00" in text:
-        raise _FileProblem(
+        raise UndecodableText(
             "contains NUL characters (UTF-16 without a byte-order mark, or a binary file); re-save it as UTF-8 text",
             None,
         )
@@ -71,7 +71,9 @@ def _line_of(raw: bytes, offset: int) -> int:
     return raw.count(b"\n", 0, offset) + 1
 
 
-class _FileProblem(Exception):
+class UndecodableText(Exception):
+    """A text file that is not UTF-8, UTF-16 (with its mark) or GB18030; ``line`` where the bytes break."""
+
     def __init__(self, message: str, line: int | None):
         super().__init__(message)
         self.message, self.line = message, line
@@ -128,8 +130,8 @@ def parse_table(
         table.problems.append(Problem(display, None, f"{what}; {missing_hint}", True, "missing file"))
         return table
     try:
-        text, table.encoding = _decode_bytes(path.read_bytes())
-    except _FileProblem as exc:
+        text, table.encoding = decode_text(path.read_bytes())
+    except UndecodableText as exc:
         table.problems.append(Problem(display, exc.line, exc.message, True, "encoding"))
         return table
 
