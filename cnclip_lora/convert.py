@@ -127,10 +127,66 @@ def model_info_for(vision_model: str, text_model: str) -> dict[str, Any]:
     return info
 
 
+#: The keys of the official model-info JSON (``cn_clip/clip/model_configs``) a conversion reads, by kind.
+MODEL_INFO_KEYS: dict[str, type] = {
+    "embed_dim": int,
+    "image_resolution": int,
+    "vision_layers": int,
+    "vision_width": int,
+    "vision_patch_size": int,
+    "vocab_size": int,
+    "text_hidden_size": int,
+    "text_num_hidden_layers": int,
+    "text_num_attention_heads": int,
+    "text_intermediate_size": int,
+    "text_hidden_act": str,
+    "text_hidden_dropout_prob": float,
+    "text_attention_probs_dropout_prob": float,
+    "text_max_position_embeddings": int,
+    "text_type_vocab_size": int,
+    "text_initializer_range": float,
+}
+
+
+def check_model_info(info: Any, source: str = "--model_info") -> None:
+    """Refuse a model-info that is not the official merged JSON, naming the file and each bad key.
+
+    Raises:
+        ConfigError: not a JSON object, a ResNet vision tower, missing keys or values of the wrong kind.
+    """
+    if not isinstance(info, dict):
+        raise ConfigError(
+            f"{source}: expected a JSON object with the official model keys, found {type(info).__name__}."
+        )
+    if isinstance(info.get("vision_layers"), (list, tuple)):
+        raise ConfigError(
+            f"{source}: vision_layers is a list: a ResNet vision tower (RN50), which has no transformers "
+            "ChineseCLIP equivalent; only ViT ones convert"
+        )
+    missing = [k for k in MODEL_INFO_KEYS if k not in info]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing {', '.join(missing)}; give the merged vision + text config of the official "
+            "cn_clip/clip/model_configs JSON files, or --vision_model/--text_model names instead."
+        )
+    for key, kind in MODEL_INFO_KEYS.items():
+        value = info[key]
+        ok = (
+            isinstance(value, str)
+            if kind is str
+            else (isinstance(value, (int, float)) and not isinstance(value, bool))
+        )
+        if not ok or (kind is int and float(value) != int(value)):
+            raise ConfigError(
+                f"{source}: {key} must be {'text' if kind is str else 'a ' + kind.__name__}; got {value!r}."
+            )
+
+
 def hf_config_from_model_info(info: dict[str, Any], logit_scale: float = 4.6052):
     """A ``ChineseCLIPConfig`` with the official model's architecture."""
     from transformers import ChineseCLIPConfig
 
+    check_model_info(info)
     if isinstance(info.get("vision_layers"), (list, tuple, str)):
         raise ConfigError(
             "ResNet vision towers (RN50) have no transformers ChineseCLIP equivalent; only ViT ones convert"
@@ -236,12 +292,15 @@ def _load_official(ckpt: Path) -> dict[str, torch.Tensor]:
 
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint {ckpt} does not exist")
+    if ckpt.stat().st_size == 0:
+        raise ConfigError(f"checkpoint {ckpt} is empty (0 bytes): an interrupted copy or download? Copy it again.")
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means: not a plain-tensor checkpoint
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise UnsafeArtifactError(
             f"{ckpt}: not loadable with torch.load(weights_only=True) "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"({type(err).__name__}: {first}); "
             "only checkpoints of plain tensors (the official training's state_dict) "
             "are converted, never arbitrary pickles"
         ) from None
@@ -292,6 +351,8 @@ def convert_original(
         if not (vision_model and text_model):
             raise ConfigError("give --vision_model and --text_model (e.g. ViT-B-16 and RoBERTa-wwm-ext-base-chinese)")
         model_info = model_info_for(vision_model, text_model)
+    else:
+        check_model_info(model_info)
     vocab_path = Path(vocab) if vocab else _default_vocab()
     if vocab_path is None:
         raise ConfigError(

@@ -32,10 +32,13 @@ class ConvertOriginalCommand(Command):
 
         info = None
         if args.model_info:
+            from cnclip_lora.convert import check_model_info
+
             try:
                 info = json.loads(open(args.model_info, encoding="utf-8").read())
-            except (OSError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ConfigError(f"--model_info {args.model_info}: {err}") from None
+            check_model_info(info, source=f"--model_info {args.model_info}")
         path = convert_original(
             args.ckpt,
             args.out_dir,
