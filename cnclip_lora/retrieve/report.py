@@ -72,7 +72,7 @@ def _thumbnail(path: str, size: int, memo: dict[str, str]) -> str:
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
-                im.thumbnail((size, size))
+                im.thumbnail((2 * size, 2 * size))  # shown at `size`; twice that when enlarged
                 buf = io.BytesIO()
                 im.save(buf, "JPEG", quality=80)
             memo[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -142,6 +142,11 @@ figure.true img{border-color:#1a9c3a}
 figure.true figcaption{color:#1a9c3a;font-weight:600}
 .truth img{border:3px dashed #1a9c3a}
 .good{color:#1a9c3a}.bad{color:#c0392b}
+img.thumb{cursor:zoom-in}
+details summary h2{display:inline}
+#zoom{position:fixed;inset:0;background:rgba(0,0,0,.7);display:flex;align-items:center;justify-content:center}
+#zoom[hidden]{display:none}
+#zoom img{min-width:240px;image-rendering:auto;background:#fff;cursor:zoom-out}
 """
 
 
@@ -180,7 +185,9 @@ def _query_block(
     paths: Sequence[str],
     size: int,
     memo: dict[str, str],
+    anchor: bool = True,
 ) -> str:
+    ident = f' id="q{q}"' if anchor else ""  # the summary links to the block in the worst-first list
     ranks = "".join(
         f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
         f"<b>{int(r.ranks[q])}</b></span>"
@@ -207,7 +214,7 @@ def _query_block(
             f'<div class="row"><div class="label">{html.escape(run.name)} top-{len(figs)}</div>{"".join(figs)}</div>'
         )
     return (
-        f'<div class="query" data-query="{q}"><div class="title">{html.escape(title)}</div>'
+        f'<div class="query"{ident} data-query="{q}"><div class="title">{html.escape(title)}</div>'
         f'<div class="ranks">{ranks}</div><div class="row"><div class="label"></div>{truth}</div>{"".join(rows)}</div>'
     )
 
@@ -230,19 +237,25 @@ def render_report(
     paths = [str(Path(image_dir) / n) for n in names]
     memo: dict[str, str] = {}
     main = runs[0]
-    parts = [
-        f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Retrieval report: {html.escape(split)} split</h1>",
-        f"<p>{len(titles)} queries against a gallery of {len(names)} images. Ranks are 1-based over the whole "
-        f"gallery; the true image has a green frame.</p>",
-        "<h2>Metrics</h2>",
-        _metrics_table(runs),
-    ]
+    order = sorted(range(len(titles)), key=lambda q: (-int(main.ranks[q]), q))[:max_queries]
+    fixed: list[int] = []
+    broken: list[int] = []
     if len(runs) > 1:
         base = runs[1]
         fixed = [q for q in range(len(titles)) if main.ranks[q] == 1 and base.ranks[q] > 1]
         broken = [q for q in range(len(titles)) if main.ranks[q] > 1 and base.ranks[q] == 1]
+    parts = [
+        f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Retrieval report: {html.escape(split)} split</h1>",
+        _summary(titles, main, order, fixed, broken, len(names), has_baseline=len(runs) > 1),
+        "<h2>Metrics</h2>",
+        _metrics_table(runs),
+        f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
+        f"(showing {len(order)} of {len(titles)})</h2>",
+    ]
+    parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in order)
+    if len(runs) > 1:
         for kind, qs, cls in (("fixed", fixed, "good"), ("broken", broken, "bad")):
             qs = sorted(qs, key=lambda q: (-abs(int(main.ranks[q]) - int(base.ranks[q])), q))
             what = (
@@ -250,21 +263,19 @@ def render_report(
                 if kind == "fixed"
                 else f"top-1 under {base.name}, not under {main.name}"
             )
-            parts.append(
-                f'<h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
-                f"({html.escape(what)}): {len(qs)}</h2>"
-            )
             shown = qs[:max_queries]
-            if len(qs) > len(shown):
-                parts.append(f"<p>showing {len(shown)} of {len(qs)}</p>")
-            parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in shown)
-    order = sorted(range(len(titles)), key=lambda q: (-int(main.ranks[q]), q))[:max_queries]
-    parts.append(
-        f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
-        f"(showing {len(order)} of {len(titles)})</h2>"
-    )
-    parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in order)
-    parts.append("<h2>Training curves</h2>")
+            more = f", showing {len(shown)}" if len(qs) > len(shown) else ""
+            # Collapsed: the page stays short; the summary's counts say whether to open them.
+            parts.append(
+                f'<details><summary><h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
+                f"({html.escape(what)}): {len(qs)}{more}</h2></summary>"
+            )
+            parts.extend(
+                _query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo, anchor=False)
+                for q in shown
+            )
+            parts.append("</details>")
+    parts.append('<h2 id="training">Training curves</h2>')
     if curves_png:
         parts.append(
             f'<img id="curves" alt="training curves" src="data:image/png;base64,'
@@ -272,8 +283,49 @@ def render_report(
         )
     else:
         parts.append(f"<p id='no-curves'>{html.escape(curves_note or 'no training curves')}</p>")
+    parts.append(_ENLARGE)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _summary(
+    titles: Sequence[str],
+    main: ModelRun,
+    order: Sequence[int],
+    fixed: Sequence[int],
+    broken: Sequence[int],
+    gallery: int,
+    *,
+    has_baseline: bool,
+) -> str:
+    """The top of the page: what it holds, links to each section, the worst queries and the counts."""
+    links = ['<a href="#metrics">metrics</a>', '<a href="#worst">queries, worst first</a>']
+    if has_baseline:
+        links += [f'<a href="#fixed">fixed ({len(fixed)})</a>', f'<a href="#broken">broken ({len(broken)})</a>']
+    links.append('<a href="#training">training curves</a>')
+    top1 = sum(1 for q in range(len(titles)) if main.ranks[q] == 1)
+    worst = "".join(
+        f'<li><a href="#q{q}">{html.escape(titles[q][:60])}</a>: rank {int(main.ranks[q])}</li>' for q in order[:5]
+    )
+    counts = f"; {len(fixed)} fixed and {len(broken)} broken against the baseline" if has_baseline else ""
+    return (
+        f'<nav id="summary"><p>{len(titles)} queries against a gallery of {gallery} images: {top1} with the true '
+        f"image first under {html.escape(main.name)}{counts}. Ranks are 1-based over the whole gallery (a tie counts "
+        f"against the true image); the true image has a green frame; click a thumbnail to enlarge it.</p>"
+        f"<p>{' · '.join(links)}</p><p>Worst queries:</p><ol>{worst}</ol></nav>"
+    )
+
+
+#: Click a thumbnail: it is shown at its stored size (twice the thumbnail's) over the page; click again to close.
+_ENLARGE = """<div id="zoom" hidden></div><script>
+const zoom = document.getElementById('zoom');
+document.addEventListener('click', (ev) => {
+  if (ev.target.classList && ev.target.classList.contains('thumb')) {
+    const big = document.createElement('img'); big.src = ev.target.src; big.alt = ev.target.alt;
+    zoom.replaceChildren(big); zoom.hidden = false;
+  } else if (zoom.contains(ev.target)) { zoom.hidden = true; }
+});
+</script>"""
 
 
 def _curves(args: ReportArguments) -> tuple[bytes | None, str]:

@@ -55,12 +55,20 @@ def test_render_marks_true_images_sorts_worst_first_and_splits_fixed_from_broken
     )
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;连衣裙" in page
     assert "长袖T恤 &amp; 衬衫" in page
+    # worst-first comes first; fixed and broken follow, collapsed
+    worst = page.split('id="worst"')[1].split('id="fixed"')[0]
     fixed = page.split('id="fixed"')[1].split('id="broken"')[0]
-    broken = page.split('id="broken"')[1].split('id="worst"')[0]
-    worst = page.split('id="worst"')[1]
+    broken = page.split('id="broken"')[1]
     assert re.findall(r'data-query="(\d+)"', fixed) == ["0"]
     assert re.findall(r'data-query="(\d+)"', broken) == ["1"]
     assert re.findall(r'data-query="(\d+)"', worst) == ["1", "2", "0"]  # ranks 3, 2, 1 under tuned
+    summary = page.split('id="summary"')[1].split('id="metrics"')[0]
+    assert all(f'href="#{a}"' in summary for a in ("metrics", "worst", "fixed", "broken", "training"))
+    assert "1 fixed and 1 broken" in summary
+    assert re.findall(r'href="#q(\d+)"', summary) == ["1", "2", "0"]  # the worst queries, linked
+    assert all(f'id="q{q}"' in worst for q in range(3)) and 'id="q' not in fixed + broken  # one anchor each
+    assert page.index('id="worst"') < page.index('id="fixed"') < page.index('id="broken"')
+    assert page.count("<details>") == 2  # fixed and broken are collapsed sections
     # True image marked wherever it is among the candidates: q0 under tuned, q1 under base, q2 under both.
     assert worst.count('class="true"') == 4
     assert "http" not in page.replace("http-equiv", "")  # no external assets
@@ -143,7 +151,8 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
         assert cells[:8] == pytest.approx([round(v, 1) for v in expected], abs=0.051)
         assert cells[8:] == [ref["val_gallery_size"], ref["val_queries"]]
     assert 'id="curves"' in page and 'id="fixed"' in page and 'id="broken"' in page
-    assert len(re.findall(r'data-query="\d+"', page.split('id="worst"')[1])) == ref["val_queries"]
+    worst = page.split('id="worst"')[1].split("<details>")[0]
+    assert len(re.findall(r'data-query="\d+"', worst)) == ref["val_queries"]
 
 
 def test_report_cli_bad_training_dir_is_one_line_error(tiny_model_dir, demo_dir, tmp_path, capsys):

@@ -330,6 +330,19 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         assert colors and set(colors) == {"rgb(26, 156, 58)"}
         assert driver.execute_script("return document.getElementById('curves').naturalWidth") > 100
         assert re.search(r"t2i R@1", driver.find_element("id", "metrics").text)
+        # Click to enlarge: the overlay shows the thumbnail at its stored (twice the shown) size.
+        thumb = driver.find_element("css selector", "#worst ~ .query img.thumb")
+        shown = driver.execute_script("return arguments[0].getBoundingClientRect().width", thumb)
+        thumb.click()
+        big = driver.execute_script(
+            "const z = document.getElementById('zoom'); const i = z.querySelector('img');"
+            "return [z.hidden, i ? i.getBoundingClientRect().width : 0]"
+        )
+        assert big[0] is False and big[1] > 1.5 * shown, (big, shown)
+        driver.find_element("css selector", "#zoom img").click()
+        assert driver.execute_script("return document.getElementById('zoom').hidden") is True
+        # The fixed/broken sections start collapsed: the page is the summary, metrics and the worst-first list.
+        assert driver.execute_script("return [...document.querySelectorAll('details')].every(d => !d.open)")
         shot = save_screenshot(driver, Path(SHOTS or tmp_path) / "report.png")
         assert shot.stat().st_size < 150_000
     finally:
