@@ -29,6 +29,10 @@ __all__ = ["embed_texts", "embed_images"]
 
 logger = logging.getLogger(__name__)
 
+#: Without a progress bar (redirected output), a set at least this large is announced in the log;
+#: smaller ones take a moment and would only repeat a line at every evaluation.
+_LOGGED_SIZE = 2048
+
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -93,7 +97,7 @@ def _map_embed(
     def _fn(batch: dict[str, list]) -> dict[str, np.ndarray]:
         return {"embedding": embed_batch(batch)}
 
-    if rank == 0 and len(dataset) and not datasets.is_progress_bar_enabled():
+    if rank == 0 and len(dataset) >= _LOGGED_SIZE and not datasets.is_progress_bar_enabled():
         logger.info("%s: %d", desc.lower(), len(dataset))  # the one line that stands for the bar
     # One progress bar (rank 0's), not one per process.
     quiet = rank != 0 and datasets.is_progress_bar_enabled()
@@ -109,14 +113,15 @@ def _map_embed(
 
 def _embeddings(out: datasets.Dataset, expected_rows: int) -> np.ndarray:
     """The ``embedding`` column as float32 ``[rows, D]``; ``ValueError`` when it is not that (a damaged
-    or foreign cache file: wrong row count, ragged or non-finite rows)."""
+    or foreign cache file: wrong row count or ragged rows). Non-finite values are the evaluator's to
+    report (a diverged model), not a cache problem."""
     if len(out) != expected_rows or (expected_rows and "embedding" not in out.column_names):
         raise ValueError(f"{len(out)} rows for {expected_rows} inputs")
     if not expected_rows:
         return np.zeros((0, 0), dtype=np.float32)
     local = np.asarray(out.with_format("numpy")["embedding"], dtype=np.float32)
-    if local.ndim != 2 or not np.isfinite(local).all():
-        raise ValueError(f"embeddings of shape {local.shape} (or non-finite)")
+    if local.ndim != 2:
+        raise ValueError(f"embeddings of shape {local.shape}")
     return local
 
 
