@@ -217,6 +217,72 @@ def _safe_image_path(engine: SearchEngine, name: str) -> Path | None:
     return path
 
 
+def check_queries(queries: list[str], k: int, *, max_k: int, max_batch: int, max_query_chars: int) -> list[str]:
+    """The request's queries, or an ``HTTPException`` naming the limit or the bad query (before the model)."""
+    from fastapi import HTTPException
+
+    from cnclip_lora.data.checks import normalize_title
+
+    if not 1 <= k <= max_k:
+        raise HTTPException(400, f"k must be between 1 and {max_k}; got {k}.")
+    if not queries:
+        raise HTTPException(400, "no queries given.")
+    if len(queries) > max_batch:
+        raise HTTPException(413, f"at most {max_batch} queries per request; got {len(queries)}.")
+    for i, q in enumerate(queries):
+        name = "the query" if len(queries) == 1 else f"query {i}"
+        if len(q) > max_query_chars:
+            raise HTTPException(413, f"{name} has {len(q)} characters; at most {max_query_chars} are accepted.")
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPException(400, f"{name} is not valid text (a lone surrogate code point).") from None
+        if not normalize_title(q):  # the data checks' rule for a blank title
+            raise HTTPException(
+                400, f"{name} is empty or has no visible characters (only spaces or control or zero-width ones)."
+            )
+    return queries
+
+
+def result_json(engine: SearchEngine, r: QueryResult, k: int) -> dict[str, Any]:
+    """One query's answer as the API returns it."""
+    out: dict[str, Any] = {
+        "query": r.query,
+        "k": k,
+        "truncated": r.truncated,
+        "tokens": r.tokens,
+        "max_length": engine.max_length,
+        "results": [
+            {"path": engine.names[i], "score": s, "url": f"/image/{engine.names[i]}"}
+            for i, s in zip(r.indices, r.scores)
+        ],
+    }
+    if r.truncated:
+        out["note"] = (
+            f"the query has {r.tokens} tokens; only the first {engine.max_length} (with [CLS]/[SEP]) were used."
+        )
+    return out
+
+
+async def read_json_body(request: Any, max_body_bytes: int) -> Any:
+    """The JSON body, read no further than ``max_body_bytes``; 413 beyond it, 400 when it is not JSON."""
+    from fastapi import HTTPException
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        raise HTTPException(413, f"the body has {declared} bytes; at most {max_body_bytes} are accepted.")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_body_bytes:
+            raise HTTPException(413, f"the body is over {max_body_bytes} bytes, the most accepted.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
+        raise HTTPException(400, 'the body must be JSON: {"queries": ["..."], "k": 10}.') from None
+    return body
+
+
 def create_app(
     engine: SearchEngine,
     *,
@@ -244,7 +310,6 @@ def create_app(
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    from cnclip_lora.data.checks import normalize_title
 
     batcher = MicroBatcher(engine.search, max_batch=max_batch, wait_ms=batch_wait_ms)
 
@@ -274,43 +339,10 @@ def create_app(
         return JSONResponse(status_code=422, content={"detail": f"malformed request: {problems}"})
 
     def _check(queries: list[str], k: int) -> list[str]:
-        if not 1 <= k <= max_k:
-            raise HTTPException(400, f"k must be between 1 and {max_k}; got {k}.")
-        if not queries:
-            raise HTTPException(400, "no queries given.")
-        if len(queries) > max_batch:
-            raise HTTPException(413, f"at most {max_batch} queries per request; got {len(queries)}.")
-        for i, q in enumerate(queries):
-            name = "the query" if len(queries) == 1 else f"query {i}"
-            if len(q) > max_query_chars:
-                raise HTTPException(413, f"{name} has {len(q)} characters; at most {max_query_chars} are accepted.")
-            try:
-                q.encode("utf-8")
-            except UnicodeEncodeError:
-                raise HTTPException(400, f"{name} is not valid text (a lone surrogate code point).") from None
-            if not normalize_title(q):  # the data checks' rule for a blank title
-                raise HTTPException(
-                    400, f"{name} is empty or has no visible characters (only spaces or control or zero-width ones)."
-                )
-        return queries
+        return check_queries(queries, k, max_k=max_k, max_batch=max_batch, max_query_chars=max_query_chars)
 
     def _json(r: QueryResult, k: int) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "query": r.query,
-            "k": k,
-            "truncated": r.truncated,
-            "tokens": r.tokens,
-            "max_length": engine.max_length,
-            "results": [
-                {"path": engine.names[i], "score": s, "url": f"/image/{engine.names[i]}"}
-                for i, s in zip(r.indices, r.scores)
-            ],
-        }
-        if r.truncated:
-            out["note"] = (
-                f"the query has {r.tokens} tokens; only the first {engine.max_length} (with [CLS]/[SEP]) were used."
-            )
-        return out
+        return result_json(engine, r, k)
 
     @app.get("/search")
     async def search_get(q: str = "", k: int = 10):
@@ -322,18 +354,7 @@ def create_app(
 
     @app.post("/search")
     async def search_post(request: Request):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
-            raise HTTPException(413, f"the body has {declared} bytes; at most {max_body_bytes} are accepted.")
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_body_bytes:
-                raise HTTPException(413, f"the body is over {max_body_bytes} bytes, the most accepted.")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's parser goes
-            raise HTTPException(400, 'the body must be JSON: {"queries": ["..."], "k": 10}.') from None
+        body = await read_json_body(request, max_body_bytes)
         if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
             raise HTTPException(
                 400, 'the body must be a JSON object with a list "queries": {"queries": ["..."], "k": 10}.'
