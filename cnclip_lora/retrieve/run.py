@@ -292,6 +292,14 @@ def _load_test_data(args: RetrieveArguments) -> CompetitionData:
 
     # Training rows do not matter here (skipped if bad); the queries must be clean.
     data = load_competition_data(args.data_dir, val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True)
+    excluded = [p for p in data.report.problems if "(excluded" in p.message]
+    if excluded:  # never dropped without a word: say which images are not ranked, and why
+        logger.warning(
+            "%d image(s) are left out of the gallery: %s%s",
+            len(excluded),
+            "; ".join(str(p) for p in excluded[:5]),
+            f"; ... ({len(excluded)} in all: `cnclip-lora check-data` lists them)" if len(excluded) > 5 else "",
+        )
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
     if args.assign == Assign.HUNGARIAN and len(data.queries) > len(data.gallery):

@@ -310,7 +310,6 @@ def create_app(
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-
     batcher = MicroBatcher(engine.search, max_batch=max_batch, wait_ms=batch_wait_ms)
 
     @asynccontextmanager
