@@ -89,6 +89,14 @@ def _check_launch(training_args: CnClipTrainingArguments) -> None:
             f"launched as {launched} processes, but the Trainer runs them as independent single processes; "
             "check that the launcher set MASTER_ADDR/MASTER_PORT/RANK/LOCAL_RANK."
         )
+    # accelerate's single-process launcher (`accelerate launch --cpu --num_processes N` without
+    # --multi_gpu/--mpirun) sets MASTER_ADDR only when more than one process was asked for, then starts one.
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        raise ConfigError(
+            "accelerate launch was asked for several processes but started one (its CPU launcher runs a single "
+            "process): use `torchrun --nproc_per_node N -m cnclip_lora train ...`, which trains across CPU "
+            "processes, or drop --num_processes."
+        )
     # `accelerate launch` with an FSDP/DeepSpeed config announces it through these variables.
     engine_env = [
         v for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if os.environ.get(v, "").lower() == "true"

@@ -41,3 +41,18 @@ def test_the_card_states_the_recipe(frozen_run):
         row = next(line for line in recipe.splitlines() if line.startswith(f"| {setting}"))
         assert value in row, row
     assert "## LoRA configuration" in card and "## Preprocessing" in card
+
+
+def test_accelerates_cpu_launcher_starting_one_of_several_processes_is_refused(tiny_model_dir, demo_dir, tmp_path,
+                                                                              monkeypatch):  # fmt: skip
+    """What `accelerate launch --cpu --num_processes 2` leaves in the environment of the one process it starts."""
+    from cnclip_lora.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="started one.*torchrun --nproc_per_node"):
+        train(model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), output_dir=str(tmp_path / "o"),
+              use_cpu=True, max_steps=1)  # fmt: skip
+    assert not (tmp_path / "o").exists()
