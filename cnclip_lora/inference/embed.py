@@ -128,26 +128,21 @@ def _embeddings(out: datasets.Dataset, expected_rows: int) -> np.ndarray:
 def _read_or_embed(shard: datasets.Dataset, fn: Callable, batch_size: int, desc: str, map_kwargs: dict) -> np.ndarray:
     """``shard.map`` (a cache hit when the fingerprint's file exists); a cache file that cannot be read
     or does not hold these inputs' embeddings is deleted, said, and the embeddings computed again."""
+    from cnclip_lora.utils.caches import read_or_rebuild
+
     cache_file = map_kwargs.get("cache_file_name")
 
-    def run(**overrides: Any) -> np.ndarray:
-        kwargs = {**map_kwargs, **overrides}
+    def run(reuse: bool) -> np.ndarray:
+        kwargs = {**map_kwargs, "load_from_cache_file": reuse} if cache_file else map_kwargs
         out = shard.map(
             fn, batched=True, batch_size=batch_size, remove_columns=shard.column_names, desc=desc, **kwargs
         )
         return _embeddings(out, len(shard))
 
     if cache_file is None:
-        return run()
-    try:
-        return run()
-    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
-        if not Path(cache_file).exists():
-            raise
-        logger.warning("embedding cache file %s is damaged or stale (%s): computing the embeddings again",
-                       cache_file, str(err).splitlines()[0][:200])  # fmt: skip
-        Path(cache_file).unlink(missing_ok=True)
-        return run(load_from_cache_file=False)
+        return run(False)
+    existing = lambda: [Path(cache_file)] if Path(cache_file).exists() else []  # noqa: E731
+    return read_or_rebuild(run, existing, "embedding cache file", "computing the embeddings")
 
 
 def _normalise(embeds: torch.Tensor) -> np.ndarray:

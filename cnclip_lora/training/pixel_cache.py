@@ -172,15 +172,8 @@ def build_pixel_cache(
             raise ValueError(f"{len(dataset)} rows for {len(unique)} images")
         return dataset
 
-    try:
-        dataset = build(reuse=True)
-    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
-        damaged = sorted(Path(cache_dir).glob(f"pixels-{fingerprint}*.arrow"))
-        if not damaged:
-            raise
-        logger.warning("pixel cache %s is damaged or stale (%s): decoding the images again",
-                       damaged[0], str(err).splitlines()[0][:200])  # fmt: skip
-        for path in damaged:
-            path.unlink(missing_ok=True)
-        dataset = build(reuse=False)
+    from cnclip_lora.utils.caches import read_or_rebuild
+
+    files = lambda: sorted(Path(cache_dir).glob(f"pixels-{fingerprint}*.arrow"))  # noqa: E731 - shards too
+    dataset = read_or_rebuild(build, files, "pixel cache", "decoding the images")
     return PixelCache(dataset, unique, shape, cache_file)

@@ -16,10 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cnclip_lora.errors import ConfigError
+
+T = TypeVar("T")
 
 __all__ = [
     "CACHE_KINDS",
@@ -123,3 +127,20 @@ def human_bytes(n: float) -> str:
             break
         n /= 1024
     return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
+def read_or_rebuild(build: Callable[[bool], T], cache_files: Callable[[], list[Path]], what: str, redo: str) -> T:
+    """``build(True)`` (a cache hit when its file is there); when that fails and a cache file exists, the
+    file is damaged or belongs to other inputs: warn, delete it and ``build(False)``. The one rule for
+    every cache kind, so none is ever used half-read or trusted blindly."""
+    try:
+        return build(True)
+    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged file
+        damaged = cache_files()
+        if not damaged:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        logger.warning("%s %s is damaged or stale (%s): %s again", what, damaged[0], reason, redo)
+        for path in damaged:
+            path.unlink(missing_ok=True)
+        return build(False)
