@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,6 @@ from cnclip_lora.utils.files import hash_file_stats
 
 __all__ = ["PixelCache", "build_pixel_cache", "pixel_cache_bytes", "should_cache"]
 
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 #: ``auto`` caches when the pixels take at most this much disk (override: --image_cache_max_gb).
