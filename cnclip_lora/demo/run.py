@@ -139,12 +139,14 @@ def _write_report(model_dir: Path, data_dir: Path, adapter_dir: Path, cache: str
 
 
 def _print_table(base: dict[str, float], tuned: dict[str, float]) -> None:
-    print("\n| split | gallery | metric | base | fine-tuned |")
-    print("| --- | ---: | --- | ---: | ---: |")
-    for split in ("val", "test"):
+    """The README's table: one row per split, text-to-image MR and R@10 before and after."""
+    print("\n| split | gallery | base MR | fine-tuned MR | base R@10 | fine-tuned R@10 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for split, label in (("val", "held-out (val)"), ("test", "test queries")):
         if f"{split}_t2i_MR" not in base:
             continue
-        gallery = base[f"{split}_gallery_size"]
-        for metric in ("R@1", "R@5", "R@10", "MR"):
-            key = f"{split}_t2i_{metric}"
-            print(f"| {split} t2i | {gallery} | {metric} | {base[key]:.1f} | {tuned[key]:.1f} |")
+        mr, r10 = f"{split}_t2i_MR", f"{split}_t2i_R@10"
+        print(
+            f"| {label} | {base[f'{split}_gallery_size']} | {base[mr]:.1f} | {tuned[mr]:.1f} | "
+            f"{base[r10]:.1f} | {tuned[r10]:.1f} |"
+        )
