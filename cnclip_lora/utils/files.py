@@ -9,6 +9,7 @@ on POSIX and Windows. A reader therefore sees the old file, or the new one, neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cnclip_lora.adapter import WEIGHTS_FILE
-from cnclip_lora.errors import ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
 
 __all__ = [
     "atomic_path",
@@ -102,6 +103,22 @@ def _final_mode(final: Path) -> int:
         return default_file_mode()
 
 
+#: Errors of the disk, not of the program: no space, quota, read-only file system, no permission.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def write_error_message(final: Path, err: OSError) -> str:
+    """One line for an output that could not be written: the path, why, and the free space left there."""
+    try:
+        free = shutil.disk_usage(final.parent).free
+        room = f"; {free:,} bytes free on that file system"
+    except OSError:
+        room = ""
+    fix = "free some space or write elsewhere" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else (
+        "choose a folder you can write to")  # fmt: skip
+    return f"cannot write {final}: {err.strerror or err}{room}; {fix} (nothing was written there)."
+
+
 def temp_prefix(final: Path) -> str:
     """The name prefix of a temporary file or folder beside ``final``: hidden, and carrying this
     process's id, so a later run can tell the litter of a killed run from a live one's work."""
@@ -152,13 +169,22 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     final = Path(final_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise CnClipLoraError(write_error_message(final, err)) from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, _final_mode(final))
         os.replace(tmp_path, final)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise CnClipLoraError(write_error_message(final, err)) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,41 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
     assert not litter.exists() and not folder_litter.exists()
     assert live.exists()
     assert (tmp_path / "submit.csv").read_text() == "title,path\n"
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KB tmpfs (root only), filled up; skipped with the reason where it cannot be mounted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(full_disk):
+    from cnclip_lora.errors import CnClipLoraError
+    from cnclip_lora.utils.files import atomic_write_text
+
+    final = full_disk / "submit.csv"
+    with pytest.raises(CnClipLoraError, match=r"cannot write .*submit\.csv: No space left on device.*bytes free"):
+        atomic_write_text(final, "title,path\n" * 20_000)  # ~220 KB into 64 KB
+    assert not final.exists()
+    assert [p.name for p in full_disk.iterdir()] == []  # no temp file left either
+
+
+def test_retrieve_on_a_full_disk_exits_2_in_one_line(full_disk, tiny_model_dir, demo_dir, capsys):
+    from cnclip_lora.commands import main
+
+    (full_disk / "filler").write_bytes(b"x" * 60_000)
+    code = main(["retrieve", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
+                 "--topk_output", str(full_disk / "topk.csv"), "--top_k", "100", "--device", "cpu",
+                 "--cache_dir", ""])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cnclip-lora")]
+    assert code == 2 and len(lines) == 1 and "topk.csv" in lines[0] and "Traceback" not in err, err
+    assert not (full_disk / "topk.csv").exists()
