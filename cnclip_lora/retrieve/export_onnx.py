@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from cnclip_lora.errors import ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError
 from cnclip_lora.inference.onnx_engine import EXPORT_FILE, TEXT_FILE, TEXT_INPUTS, VISION_FILE, require
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from cnclip_lora.utils.files import remove_stale_temps, temp_prefix
+from cnclip_lora.utils.files import WRITE_ERRNOS, remove_stale_temps, temp_prefix, write_error_message
 
 __all__ = ["DEFAULT_OPSET", "export_onnx"]
 
@@ -201,6 +201,10 @@ def export_onnx(
         (staging / EXPORT_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.chmod(staging, 0o777 & ~_umask())
         _move_into_place(staging, out)
+    except OSError as err:  # a full disk or an unwritable folder: one line, nothing left behind
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise CnClipLoraError(write_error_message(out, err)) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

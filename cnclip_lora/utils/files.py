@@ -36,6 +36,8 @@ __all__ = [
     "is_pickle",
     "pickled_files",
     "remove_stale_temps",
+    "WRITE_ERRNOS",
+    "write_error_message",
     "temp_prefix",
 ]
 
@@ -104,7 +106,7 @@ def _final_mode(final: Path) -> int:
 
 
 #: Errors of the disk, not of the program: no space, quota, read-only file system, no permission.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def write_error_message(final: Path, err: OSError) -> str:
@@ -172,7 +174,7 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent)
     except OSError as err:
-        if err.errno not in _WRITE_ERRNOS:
+        if err.errno not in WRITE_ERRNOS:
             raise
         raise CnClipLoraError(write_error_message(final, err)) from err
     os.close(fd)
@@ -182,7 +184,7 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, _final_mode(final))
         os.replace(tmp_path, final)
     except OSError as err:
-        if err.errno not in _WRITE_ERRNOS:
+        if err.errno not in WRITE_ERRNOS:
             raise
         raise CnClipLoraError(write_error_message(final, err)) from err
     finally:

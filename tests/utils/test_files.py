@@ -278,3 +278,13 @@ def test_retrieve_on_a_full_disk_exits_2_in_one_line(full_disk, tiny_model_dir, 
     lines = [line for line in err.splitlines() if line.startswith("cnclip-lora")]
     assert code == 2 and len(lines) == 1 and "topk.csv" in lines[0] and "Traceback" not in err, err
     assert not (full_disk / "topk.csv").exists()
+
+
+def test_export_onnx_on_a_full_disk_is_one_line_and_leaves_no_folder(full_disk, tiny_model_dir):
+    pytest.importorskip("onnx", reason="onnx not installed: pip install 'cnclip-lora[onnx]'")
+    from cnclip_lora.errors import CnClipLoraError
+    from cnclip_lora.retrieve.export_onnx import export_onnx
+
+    with pytest.raises(CnClipLoraError, match=r"cannot write .*onnx_out: No space left on device"):
+        export_onnx(str(tiny_model_dir), full_disk / "onnx_out")
+    assert list(full_disk.iterdir()) == []
