@@ -187,10 +187,6 @@ def hf_config_from_model_info(info: dict[str, Any], logit_scale: float = 4.6052)
     from transformers import ChineseCLIPConfig
 
     check_model_info(info)
-    if isinstance(info.get("vision_layers"), (list, tuple, str)):
-        raise ConfigError(
-            "ResNet vision towers (RN50) have no transformers ChineseCLIP equivalent; only ViT ones convert"
-        )
     width = int(info["vision_width"])
     text = dict(
         vocab_size=info["vocab_size"],

@@ -30,6 +30,7 @@ __all__ = [
     "TitleNormalization",
     "TOWERS",
     "choices",
+    "check_backend_options",
     "parse_choice",
     "parse_targets",
     "tower_of",
@@ -124,6 +125,18 @@ def parse_targets(value: object) -> list[str] | None:
         return None
     parts = str(value).split(",") if isinstance(value, str) else [p for t in value for p in str(t).split(",")]
     return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
+def check_backend_options(backend: object, adapter: object, dtype: object) -> None:
+    """The ONNX backend takes an export folder with its adapter merged and float32 weights: an adapter or
+    a dtype beside it is a :class:`~cnclip_lora.errors.ConfigError` (one rule for the flags and the API)."""
+    if backend == Backend.ONNX and (adapter or dtype):
+        from cnclip_lora.errors import ConfigError
+
+        raise ConfigError(
+            "--backend onnx takes an export folder as --model_name_or_path, with the adapter already merged and "
+            "float32 weights: drop --adapter/--dtype (or export again with that adapter)."
+        )
 
 
 def choices(enum: type[_Choice]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -178,7 +177,3 @@ class DataclassCommand(Command):
         if check is not None:  # a mistyped model or adapter path, before any heavy import
             check()
         return args
-
-
-def stderr(message: str) -> None:
-    print(message, file=sys.stderr)

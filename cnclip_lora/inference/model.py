@@ -28,19 +28,17 @@ import numpy as np
 
 from cnclip_lora.adapter import WEIGHTS_FILE
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.options import Backend, Flip, parse_choice
+from cnclip_lora.options import Backend, Flip, check_backend_options, parse_choice
 
 if TYPE_CHECKING:
     from cnclip_lora.adapter.record import Preprocessing
 
-__all__ = ["DTYPES", "ImageInput", "RetrievalModel", "check_device"]
+__all__ = ["DTYPES", "RetrievalModel", "check_device"]
 
 logger = logging.getLogger(__name__)
 
 #: ``--dtype`` values and their torch names.
 DTYPES = ("float32", "bfloat16", "float16")
-
-ImageInput = "str | os.PathLike | Image.Image"
 
 
 def check_device(device: str | None) -> None:
@@ -113,13 +111,16 @@ def _source_identity(model_name_or_path: str, revision: str | None, commit: str 
     return {"hub": model_name_or_path, "revision": revision, "commit": commit}
 
 
-def _image_key(item: Any) -> str:
-    """A path by its absolute name, size and mtime (a replaced file changes it); a PIL image by its pixels."""
-    if isinstance(item, (str, os.PathLike)):
-        path = os.path.abspath(os.fspath(item))
-        st = os.stat(path)
-        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    return f"pil|{item.mode}|{item.size}|{hashlib.sha256(item.tobytes()).hexdigest()}"
+def _hash_images(h: Any, items: Sequence[Any]) -> None:
+    """Files by absolute name, size and mtime (the package's one rule, :func:`hash_file_stats`: a
+    replaced file changes the key); PIL images by their pixels."""
+    from cnclip_lora.utils.files import hash_file_stats
+
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            hash_file_stats(h, [os.path.abspath(os.fspath(item))])
+        else:
+            h.update(f"pil|{item.mode}|{item.size}|{hashlib.sha256(item.tobytes()).hexdigest()}\0".encode())
 
 
 class RetrievalModel:
@@ -196,13 +197,8 @@ class RetrievalModel:
         check_device(device)
         _torch_dtype(dtype)
         common = dict(cache_dir=cache_dir, source=model_name_or_path, batch_size=batch_size)
+        check_backend_options(backend, adapter, dtype)
         if backend == Backend.ONNX:
-            if adapter or dtype:
-                raise ConfigError(
-                    "--backend onnx takes an export folder as --model_name_or_path, with the adapter "
-                    "already merged and float32 weights: drop --adapter/--dtype (or export again with "
-                    "that adapter)."
-                )
             model, processor, preprocessing = cls._load_onnx(model_name_or_path, device)
             return cls(model, processor, preprocessing, backend=Backend.ONNX, **common)
         model, processor, preprocessing, adapter_dir = cls._load_torch(
@@ -387,8 +383,11 @@ class RetrievalModel:
             "dtype": self.dtype,
         }
         h = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
-        for item in items:
-            h.update((_image_key(item) if kind == "image" else str(item)).encode("utf-8", "surrogatepass") + b"\0")
+        if kind == "image":
+            _hash_images(h, items)
+        else:
+            for item in items:
+                h.update(str(item).encode("utf-8", "surrogatepass") + b"\0")
         return h.hexdigest()[:32]
 
     def _cache(self, kind: str, items: Sequence[Any], wanted: bool) -> dict[str, Any]:

@@ -12,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cnclip_lora.errors import ConfigError
-from cnclip_lora.options import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, Assign, Backend, FaissIndex, choices, parse_choice
+from cnclip_lora.options import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    Assign,
+    Backend,
+    FaissIndex,
+    check_backend_options,
+    choices,
+    parse_choice,
+)
 
 __all__ = [
     "SPLITS",
@@ -117,12 +127,7 @@ class RuntimeArguments(_Group):
         self.backend = parse_choice(Backend, self.backend, "--backend")
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1; got {self.batch_size}.")
-        if self.backend == Backend.ONNX and (getattr(self, "adapter", None) or self.dtype):
-            raise ConfigError(
-                "--backend onnx takes an export folder as --model_name_or_path, with the adapter "
-                "already merged and float32 weights: drop --adapter/--dtype (or export again with "
-                "that adapter)."
-            )
+        check_backend_options(self.backend, getattr(self, "adapter", None), self.dtype)
 
 
 @dataclass

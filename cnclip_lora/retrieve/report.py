@@ -347,10 +347,10 @@ def _curves(args: ReportArguments) -> tuple[bytes | None, str]:
 def build_report(args: ReportArguments) -> Path:
     """Score the labelled split with each model and write the HTML report (atomically)."""
     from cnclip_lora.inference.model import check_device
-    from cnclip_lora.retrieve.run import check_sources, scored_split
+    from cnclip_lora.retrieve.run import scored_split
 
     check_device(args.device)
-    check_sources(args)
+    args.check_sources()
     if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
         raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
     split = scored_split(args, args.adapter, args.adapter_revision)

@@ -28,7 +28,7 @@ from cnclip_lora.inference.evaluator import RetrievalEvaluator, prefixed_recall
 from cnclip_lora.inference.model import RetrievalModel, check_device
 from cnclip_lora.inference.search import assign, assign_one_to_one, rank
 from cnclip_lora.options import Assign
-from cnclip_lora.retrieve.arguments import EvaluateArguments, ModelSourceArguments, RetrieveArguments, SplitArguments
+from cnclip_lora.retrieve.arguments import EvaluateArguments, RetrieveArguments, SplitArguments
 from cnclip_lora.utils.caches import usable_cache_dir
 from cnclip_lora.utils.distributed import is_main_process
 from cnclip_lora.utils.files import atomic_path
@@ -39,7 +39,6 @@ __all__ = [
     "RetrieveArguments",
     "RetrievalResult",
     "check_output_paths",
-    "check_sources",
     "evaluate_retrieval",
     "labelled_split",
     "open_model",
@@ -59,11 +58,6 @@ class RetrievalResult:
     indices: np.ndarray  # [Q, k]
     gallery_paths: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def check_sources(args: ModelSourceArguments) -> None:
-    """:meth:`ModelSourceArguments.check_sources`, for a caller holding any verb's arguments."""
-    args.check_sources()
 
 
 def open_model(args: Any, adapter: str | None | bool = True) -> RetrievalModel:
@@ -253,7 +247,7 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
         raise ConfigError("nothing to write: pass --output (submission) and/or --topk_output.")
     check_output_paths(args)
     check_device(args.device)
-    check_sources(args)
+    args.check_sources()
     data = _load_test_data(args)
     model = open_model(args)
     names = list(data.gallery["path"])
@@ -321,7 +315,7 @@ def evaluate_retrieval(args: EvaluateArguments) -> dict[str, float]:
     if not isinstance(args, EvaluateArguments):
         raise TypeError(f"evaluate_retrieval() takes EvaluateArguments, got {type(args).__name__}")
     check_device(args.device)
-    check_sources(args)
+    args.check_sources()
     split = scored_split(args, args.adapter, args.adapter_revision)
     model = open_model(args)
     return split.evaluator(batch_size=args.batch_size)(model)

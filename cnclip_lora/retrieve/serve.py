@@ -188,9 +188,9 @@ def _cut(result: QueryResult, k: int) -> QueryResult:
 
 def load_engine(args: ServeArguments) -> SearchEngine:
     """Load the model once and embed the gallery through retrieve's embedding cache."""
-    from cnclip_lora.retrieve.run import check_sources, open_model
+    from cnclip_lora.retrieve.run import open_model
 
-    check_sources(args)
+    args.check_sources()
     if args.image_dir:
         image_dir = Path(args.image_dir)
         names = gallery_from_folder(image_dir)

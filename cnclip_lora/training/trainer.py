@@ -277,17 +277,21 @@ class CnClipLoraTrainer(Trainer):
         return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def _trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter] | None:
-        """The parameters with gradients, found once per model; ``None`` for sharded setups (FSDP,
-        DeepSpeed, tensor parallel), which keep the Trainer's own norm: they compute it their way."""
+        """The parameters with gradients, decided once per model (not every step); ``None`` for the
+        setups the Trainer's own norm has branches for (FSDP, DeepSpeed, tensor parallel, SageMaker
+        fp16, mixed device meshes): they compute it their way."""
+        return self._once_per_model("trainable", model, lambda: self._own_norm_parameters(model))
+
+    def _own_norm_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter] | None:
+        from transformers.utils import is_sagemaker_mp_enabled
+
         sharded = getattr(self.accelerator, "parallelism_config", None) is not None
         if sharded or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return None
-        from transformers.utils import is_sagemaker_mp_enabled
-
         mixed_mesh = getattr(self, "_has_mixed_mesh_grads", None)
         if (is_sagemaker_mp_enabled() and self.args.fp16) or (mixed_mesh is not None and mixed_mesh(model)):
-            return None  # the Trainer's own branches for these
-        return self._once_per_model("trainable", model, lambda: [p for p in model.parameters() if p.requires_grad])
+            return None
+        return [p for p in model.parameters() if p.requires_grad]
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """Model FLOPs of this training batch (:mod:`cnclip_lora.training.flops`), for ``total_flos``.
