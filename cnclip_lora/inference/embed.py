@@ -79,6 +79,8 @@ def _map_embed(
         if start == stop:
             return _gather_in_order(None, world_size)
         shard = dataset.select(range(start, stop))
+    if world_size == 1 and (cache_dir is None or fingerprint is None):
+        return _embed_directly(shard, embed_batch, batch_size, desc)
     map_kwargs: dict[str, Any] = {}
     if cache_dir is not None and fingerprint is not None:
         # An in-memory Dataset is never cached by datasets itself; naming the file after the
@@ -109,6 +111,27 @@ def _map_embed(
         if quiet:
             datasets.enable_progress_bars()
     return _gather_in_order(local, world_size)
+
+
+def _embed_directly(
+    dataset: datasets.Dataset, embed_batch: Callable[[dict[str, list]], np.ndarray], batch_size: int, desc: str
+) -> np.ndarray:
+    """The same consecutive batches ``datasets.map`` would feed ``embed_batch``, without its machinery
+    (a Dataset written per call, fingerprints): nothing to cache and one process, so nothing to gain
+    from it, and a service embeds a few queries per call."""
+    from tqdm.auto import tqdm
+
+    columns = dataset.to_dict()
+    n = len(dataset)
+    bar = tqdm(total=n, desc=desc, unit=" examples", disable=n <= batch_size or not datasets.is_progress_bar_enabled())
+    parts = []
+    try:
+        for start in range(0, n, batch_size):
+            parts.append(np.asarray(embed_batch({k: v[start : start + batch_size] for k, v in columns.items()})))
+            bar.update(min(batch_size, n - start))
+    finally:
+        bar.close()
+    return np.concatenate(parts, axis=0).astype(np.float32, copy=False) if parts else np.zeros((0, 0), np.float32)
 
 
 def _embeddings(out: datasets.Dataset, expected_rows: int) -> np.ndarray:
