@@ -102,4 +102,7 @@ def test_the_tiny_cpu_recipe_is_the_demos():
     recipe = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text(encoding="utf-8"))
     assert recipe == dict(DEMO_TRAIN_FLAGS)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "cnclip-lora train examples/tiny-cpu.yaml" in readme.split("## Training", 1)[1].split("```", 2)[1]
+    first_hour = readme.split("<!-- docs-test: run -->", 1)[1].split("```", 2)[1]
+    assert "cnclip-lora train examples/tiny-cpu.yaml" in first_hour
+    training = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert "cnclip-lora train examples/tiny-cpu.yaml" in training.split("```", 2)[1]  # the page's first command

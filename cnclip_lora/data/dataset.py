@@ -40,6 +40,20 @@ class CompetitionData:
     answers: pd.DataFrame | None
     report: DataReport
 
+    def titles_by_image(self) -> dict[str, list[str]]:
+        """Every title the data pairs with each image (train.csv rows, and the test queries an
+        answers file points at): what a page can show beside an image."""
+        known: dict[str, list[str]] = {}
+        for split in (self.train, self.val):
+            for title, path in zip(split["title"], split["path"]):
+                known.setdefault(path, []).append(title)
+        if self.answers is not None:
+            titles = list(self.queries["title"])
+            names = list(self.gallery["path"])
+            for query, label in zip(self.answers["query"], self.answers["label"]):
+                known.setdefault(names[int(label)], []).append(titles[int(query)])
+        return known
+
 
 #: Column types by name (``datasets.Value`` dtypes); datasets is imported only when a split is built.
 _STR, _INT = "string", "int64"

@@ -122,7 +122,7 @@ def run_demo(
 
 
 def _write_report(model_dir: Path, data_dir: Path, adapter_dir: Path, cache: str, output: Path) -> Path:
-    """The HTML report of the held-out split, base vs fine-tuned (embeddings come from the cache)."""
+    """The HTML report of the held-out split and the test queries, base vs fine-tuned (embeddings from the cache)."""
     from cnclip_lora.retrieve.report import ReportArguments, build_report
 
     return build_report(

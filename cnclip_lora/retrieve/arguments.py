@@ -10,6 +10,8 @@ A verb's dataclass holds only the options that verb uses: a field of another ver
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import (
@@ -139,6 +141,8 @@ class DataDirArguments(_Group):
 class SplitArguments(DataDirArguments):
     """Which labelled set is scored, and how the held-out split is drawn."""
 
+    split_choices: ClassVar[tuple[str, ...]] = SPLITS
+
     split: str = field(
         default="val",
         metadata={"help": "'val' (held-out split) or 'test' (queries + answers file).", "choices": list(SPLITS)},
@@ -167,8 +171,8 @@ class SplitArguments(DataDirArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.split not in SPLITS:
-            raise ConfigError(f"--split must be val or test; got {self.split!r}.")
+        if self.split not in self.split_choices:
+            raise ConfigError(f"--split must be one of {', '.join(self.split_choices)}; got {self.split!r}.")
 
 
 # ---------------------------------------------------------------- the verbs
@@ -221,6 +225,16 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
     """``cnclip-lora report``: the split scored exactly as ``evaluate`` scores it (the adapter's
     recorded training split by default), with the model-source and runtime options of every verb."""
 
+    split_choices: ClassVar[tuple[str, ...]] = ("all", *SPLITS)
+
+    split: str = field(
+        default="all",
+        metadata={
+            "help": "all: the held-out split, and the test queries too when an answers file exists; "
+            "or only 'val' or 'test'.",
+            "choices": ["all", *SPLITS],
+        },
+    )
     baseline_adapter: str | None = field(
         default=None, metadata={"help": "Compare with this second adapter (fixed/broken queries are relative to it)."}
     )
@@ -228,8 +242,9 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
     output: str = field(default="report.html", metadata={"help": "The HTML file to write."})
     top_k: int = field(default=5, metadata={"help": "Thumbnails shown per query and model."})
     max_queries: int = field(
-        default=100, metadata={"help": "Query rows shown (worst first); metrics use all queries."}
+        default=500, metadata={"help": "Query rows kept per split (worst first); metrics use all queries."}
     )
+    page_size: int = field(default=25, metadata={"help": "Query rows per page of the page's lists."})
     thumb_size: int = field(default=96, metadata={"help": "Thumbnail edge in pixels."})
     training_dir: str | None = field(
         default=None, metadata={"help": "Folder with trainer_state.json for the curves; default: the adapter folder."}
@@ -237,7 +252,7 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("top_k", "max_queries", "thumb_size"):
+        for name in ("top_k", "max_queries", "page_size", "thumb_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1; got {getattr(self, name)}.")
         if self.compare_base and self.baseline_adapter:
@@ -250,6 +265,13 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
             )
         if not self.output.lower().endswith((".html", ".htm")):
             raise ConfigError(f"--output must be an .html file; got {self.output!r}.")
+
+    def report_splits(self) -> list[str]:
+        """The splits the page shows: ``--split all`` adds the test queries when they have answers."""
+        if self.split != "all":
+            return [self.split]
+        answered = self.answers or (Path(self.data_dir) / "test_answers.csv").is_file()
+        return ["val", "test"] if answered else ["val"]
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """``cnclip-lora report``: one self-contained HTML page to look at retrieval results.
 
-For a labelled split (the held-out split, or test queries with an answers file) and one or two
-models, the page holds the metrics table, every query's top-k thumbnails with scores (true image
-marked, its rank under each model; worst first), the queries a second model fixed or broke, and
-the training curves from ``trainer_state.json``. Thumbnails and plots are embedded (base64), so
-the file opens offline from anywhere.
+For each labelled split (the held-out split, and the test queries when an answers file exists)
+and one or two models, the page holds a summary, the metrics table, every query's top-k
+thumbnails with scores (true image marked, its rank under each model, what the data says about
+each candidate; worst first, in pages), the queries a second model fixed or broke, and the
+training curves from ``trainer_state.json``. Thumbnails and plots are embedded (base64), so the
+file opens offline from anywhere.
 
     cnclip-lora report --model_name_or_path M --adapter out/ --compare_base --output report.html
 """
@@ -18,9 +19,9 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from cnclip_lora.utils.files import atomic_path
 if TYPE_CHECKING:
     from cnclip_lora.retrieve.run import LabelledSplit
 
-__all__ = ["ReportArguments", "ModelRun", "build_report", "render_report", "training_curves_png"]
+__all__ = ["ReportArguments", "ModelRun", "SplitView", "build_report", "render_report", "training_curves_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,12 @@ class ModelRun:
     top_indices: np.ndarray  # [Q, k]
 
 
-def _run_model(args: ReportArguments, adapter: str | None, name: str, split: LabelledSplit) -> ModelRun:
+def _run_model(model: Any, name: str, split: LabelledSplit, args: ReportArguments) -> ModelRun:
     from cnclip_lora.inference.search import rank
-    from cnclip_lora.retrieve.run import open_model
 
-    model = open_model(args, adapter=adapter)
     # The evaluator `cnclip-lora evaluate` and the Trainer score with; bare metric names for the table.
     evaluator = split.evaluator(name="", batch_size=args.batch_size)
     queries, gallery = evaluator.embed(model)
-    del model
     metrics = evaluator.score(queries, gallery)
     scores, indices = rank(queries, gallery, k=min(args.top_k, len(split.names)))
     return ModelRun(name, metrics, evaluator.true_ranks(queries, gallery), scores, indices)
@@ -64,22 +62,34 @@ def _run_model(args: ReportArguments, adapter: str | None, name: str, split: Lab
 # ------------------------------------------------------------------------------------ rendering
 
 
-def _thumbnail(path: str, size: int, memo: dict[str, str]) -> str:
-    """``data:`` URI of a JPEG thumbnail (memoised: an image shown twice is encoded once)."""
-    if path not in memo:
+class _Thumbnails:
+    """Each image's JPEG thumbnail, encoded once and stored once in the page however often it is shown
+    (the page's ``<img data-t=N>`` tags are filled from one table as their page is opened)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.uris: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def ref(self, path: str) -> int:
+        if path not in self._index:
+            self._index[path] = len(self.uris)
+            self.uris.append(self._encode(path))
+        return self._index[path]
+
+    def _encode(self, path: str) -> str:
         from PIL import Image
 
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
-                im.thumbnail((2 * size, 2 * size))  # shown at `size`; twice that when enlarged
+                im.thumbnail((2 * self.size, 2 * self.size))  # shown at `size`; twice that when enlarged
                 buf = io.BytesIO()
                 im.save(buf, "JPEG", quality=80)
-            memo[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
         except OSError as err:
             logger.warning("report: cannot read %s (%s); shown as a blank tile", path, err)
-            memo[path] = ""
-    return memo[path]
+            return ""
 
 
 def training_curves_png(state_file: str | os.PathLike) -> bytes | None:
@@ -138,125 +148,142 @@ table.metrics td,table.metrics th{border:1px solid #ccc;padding:3px 8px;text-ali
 .row .label{width:7em;font-size:12px;color:#555}
 figure{margin:0;text-align:center;font-size:11px}
 figure img{display:block;border:3px solid transparent}
+figure .known{color:#666;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 figure.true img{border-color:#1a9c3a}
 figure.true figcaption{color:#1a9c3a;font-weight:600}
 .truth img{border:3px dashed #1a9c3a}
 .good{color:#1a9c3a}.bad{color:#c0392b}
 img.thumb{cursor:zoom-in}
-details summary h2{display:inline}
+details summary h3{display:inline}
+.pager{margin:6px 0}.pager button{margin-right:4px}
 #zoom{position:fixed;inset:0;background:rgba(0,0,0,.7);display:flex;align-items:center;justify-content:center}
 #zoom[hidden]{display:none}
 #zoom img{min-width:240px;image-rendering:auto;background:#fff;cursor:zoom-out}
 """
 
 
-def _metrics_table(runs: Sequence[ModelRun]) -> str:
-    cols = [
-        ("t2i", "R@1"),
-        ("t2i", "R@5"),
-        ("t2i", "R@10"),
-        ("t2i", "MR"),
-        ("i2t", "R@1"),
-        ("i2t", "R@5"),
-        ("i2t", "R@10"),
-        ("i2t", "MR"),
-    ]
+@dataclass
+class SplitView:
+    """One labelled split as the page shows it: its queries, its gallery and each model's results."""
+
+    name: str
+    titles: Sequence[str]
+    labels: Sequence[int]
+    names: Sequence[str]
+    image_dir: str | os.PathLike
+    runs: Sequence[ModelRun]
+    #: Titles the data pairs with gallery images, shown under a candidate (what the gallery knows).
+    known_titles: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def fixed(self) -> list[int]:
+        """Queries whose true image is first under ``runs[0]`` and not under ``runs[1]``."""
+        if len(self.runs) < 2:
+            return []
+        main, base = self.runs[0], self.runs[1]
+        return [q for q in range(len(self.titles)) if main.ranks[q] == 1 and base.ranks[q] > 1]
+
+    @property
+    def broken(self) -> list[int]:
+        if len(self.runs) < 2:
+            return []
+        main, base = self.runs[0], self.runs[1]
+        return [q for q in range(len(self.titles)) if main.ranks[q] > 1 and base.ranks[q] == 1]
+
+    def worst_first(self) -> list[int]:
+        return sorted(range(len(self.titles)), key=lambda q: (-int(self.runs[0].ranks[q]), q))
+
+
+def _metrics_table(view: SplitView) -> str:
+    cols = [(d, m) for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")]
     head = "".join(f"<th>{d} {m}</th>" for d, m in cols)
     rows = []
-    for run in runs:
+    for run in view.runs:
         cells = "".join(f"<td>{run.metrics[f'{d}_{m}']:.1f}</td>" for d, m in cols)
         rows.append(
             f"<tr><th>{html.escape(run.name)}</th>{cells}<td>{int(run.metrics['gallery_size'])}</td>"
             f"<td>{int(run.metrics['queries'])}</td></tr>"
         )
     return (
-        f'<table class="metrics" id="metrics"><tr><th>model</th>{head}<th>gallery</th><th>queries</th></tr>'
-        + "".join(rows)
-        + "</table>"
+        f'<table class="metrics" id="{view.name}-metrics"><tr><th>model</th>{head}<th>gallery</th>'
+        f"<th>queries</th></tr>" + "".join(rows) + "</table>"
     )
 
 
-def _query_block(
-    q: int,
-    title: str,
-    label: int,
-    runs: Sequence[ModelRun],
-    names: Sequence[str],
-    paths: Sequence[str],
-    size: int,
-    memo: dict[str, str],
-    anchor: bool = True,
-) -> str:
-    ident = f' id="q{q}"' if anchor else ""  # the summary links to the block in the worst-first list
+def _figure(view: SplitView, idx: int, thumbs: _Thumbnails, *, cls: str, caption: str, alt: str) -> str:
+    name = view.names[idx]
+    known = view.known_titles.get(name, [])
+    tip = html.escape("\n".join([name, *known]))
+    line = f'<div class="known">{html.escape(known[0][:24])}</div>' if known and cls != "truth" else ""
+    ref = thumbs.ref(str(Path(view.image_dir) / name))
+    return (
+        f'<figure class="{cls}"><img class="thumb" data-t="{ref}" width="{thumbs.size}" height="{thumbs.size}" '
+        f'alt="{html.escape(alt)}" title="{tip}"><figcaption>{caption}</figcaption>{line}</figure>'
+    )
+
+
+def _query_block(view: SplitView, q: int, thumbs: _Thumbnails, *, anchor: bool = True) -> str:
+    ident = f' id="{view.name}-q{q}"' if anchor else ""  # the summary links to the block in the worst-first list
+    label = view.labels[q]
     ranks = "".join(
         f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
         f"<b>{int(r.ranks[q])}</b></span>"
-        for r in runs
+        for r in view.runs
     )
-    truth = (
-        f'<figure class="truth"><img class="thumb" src="{_thumbnail(paths[label], size, memo)}" '
-        f'width="{size}" alt="true image"><figcaption>true image</figcaption></figure>'
-    )
+    truth = _figure(view, label, thumbs, cls="truth", caption="true image", alt="true image")
     rows = []
-    for run in runs:
-        figs = []
-        for score, idx in zip(run.top_scores[q], run.top_indices[q]):
-            if idx < 0:
-                continue
-            cls = "true" if idx == label else "cand"
-            mark = "&#10003; " if idx == label else ""
-            figs.append(
-                f'<figure class="{cls}"><img class="thumb" src="{_thumbnail(paths[idx], size, memo)}" '
-                f'width="{size}" alt="{html.escape(names[idx])}" title="{html.escape(names[idx])}">'
-                f"<figcaption>{mark}{score:.3f}</figcaption></figure>"
+    for run in view.runs:
+        figs = [
+            _figure(
+                view,
+                int(idx),
+                thumbs,
+                cls="true" if idx == label else "cand",
+                caption=("&#10003; " if idx == label else "") + f"{score:.3f}",
+                alt=view.names[idx],
             )
+            for score, idx in zip(run.top_scores[q], run.top_indices[q])
+            if idx >= 0
+        ]
         rows.append(
             f'<div class="row"><div class="label">{html.escape(run.name)} top-{len(figs)}</div>{"".join(figs)}</div>'
         )
     return (
-        f'<div class="query"{ident} data-query="{q}"><div class="title">{html.escape(title)}</div>'
+        f'<div class="query"{ident} data-query="{q}"><div class="title">{html.escape(view.titles[q])}</div>'
         f'<div class="ranks">{ranks}</div><div class="row"><div class="label"></div>{truth}</div>{"".join(rows)}</div>'
     )
 
 
-def render_report(
-    *,
-    titles: Sequence[str],
-    labels: Sequence[int],
-    names: Sequence[str],
-    image_dir: str | os.PathLike,
-    runs: Sequence[ModelRun],
-    split: str,
-    max_queries: int = 100,
-    thumb_size: int = 96,
-    curves_png: bytes | None = None,
-    curves_note: str = "",
-) -> str:
-    """The report page as one HTML string. ``runs[0]`` is the model inspected; ``runs[1]``, if
-    any, the baseline it is compared with (fixed = top-1 now, not under the baseline)."""
-    paths = [str(Path(image_dir) / n) for n in names]
-    memo: dict[str, str] = {}
-    main = runs[0]
-    order = sorted(range(len(titles)), key=lambda q: (-int(main.ranks[q]), q))[:max_queries]
-    fixed: list[int] = []
-    broken: list[int] = []
-    if len(runs) > 1:
-        base = runs[1]
-        fixed = [q for q in range(len(titles)) if main.ranks[q] == 1 and base.ranks[q] > 1]
-        broken = [q for q in range(len(titles)) if main.ranks[q] > 1 and base.ranks[q] == 1]
+def _paged(blocks: Sequence[str], page_size: int) -> str:
+    """Blocks in pages of ``page_size``, one page shown at a time (a pager when there are several)."""
+    pages = [blocks[i : i + page_size] for i in range(0, len(blocks), page_size)] or [[]]
+    body = "".join(
+        f'<div class="page" data-page="{p}"{" hidden" if p else ""}>{"".join(page)}</div>'
+        for p, page in enumerate(pages)
+    )
+    if len(pages) == 1:
+        return f'<div class="pages">{body}</div>'
+    pager = (
+        f'<nav class="pager"><button class="prev" type="button">&lsaquo; previous</button>'
+        f'<span class="where">page 1 of {len(pages)}</span> '
+        f'<button class="next" type="button">next &rsaquo;</button></nav>'
+    )
+    return f'<div class="pages">{pager}{body}</div>'
+
+
+def _split_section(view: SplitView, *, max_queries: int, page_size: int, thumbs: _Thumbnails) -> str:
+    main = view.runs[0]
+    order = view.worst_first()[:max_queries]
     parts = [
-        f"<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>Retrieval report: {html.escape(split)} split</h1>",
-        _summary(titles, main, order, fixed, broken, len(names), has_baseline=len(runs) > 1),
-        "<h2>Metrics</h2>",
-        _metrics_table(runs),
-        f'<h2 id="worst">All queries, worst-ranked under {html.escape(main.name)} first '
-        f"(showing {len(order)} of {len(titles)})</h2>",
+        f'<section id="{view.name}"><h2>{html.escape(view.name)} split</h2>',
+        _metrics_table(view),
+        f'<h3 id="{view.name}-worst">All queries, worst-ranked under {html.escape(main.name)} first '
+        f"(showing {len(order)} of {len(view.titles)})</h3>",
+        _paged([_query_block(view, q, thumbs) for q in order], page_size),
     ]
-    parts.extend(_query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo) for q in order)
-    if len(runs) > 1:
-        for kind, qs, cls in (("fixed", fixed, "good"), ("broken", broken, "bad")):
+    if len(view.runs) > 1:
+        base = view.runs[1]
+        for kind, qs, cls in (("fixed", view.fixed, "good"), ("broken", view.broken, "bad")):
             qs = sorted(qs, key=lambda q: (-abs(int(main.ranks[q]) - int(base.ranks[q])), q))
             what = (
                 f"top-1 under {main.name}, not under {base.name}"
@@ -267,15 +294,70 @@ def render_report(
             more = f", showing {len(shown)}" if len(qs) > len(shown) else ""
             # Collapsed: the page stays short; the summary's counts say whether to open them.
             parts.append(
-                f'<details><summary><h2 class="{cls}" id="{kind}">{kind.capitalize()} by {html.escape(main.name)} '
-                f"({html.escape(what)}): {len(qs)}{more}</h2></summary>"
+                f'<details><summary><h3 class="{cls}" id="{view.name}-{kind}">{kind.capitalize()} by '
+                f"{html.escape(main.name)} ({html.escape(what)}): {len(qs)}{more}</h3></summary>"
+                + _paged([_query_block(view, q, thumbs, anchor=False) for q in shown], page_size)
+                + "</details>"
             )
-            parts.extend(
-                _query_block(q, titles[q], labels[q], runs, names, paths, thumb_size, memo, anchor=False)
-                for q in shown
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _summary(views: Sequence[SplitView]) -> str:
+    """The top of the page: per split the counts, links to each section and the worst queries."""
+    items = []
+    for view in views:
+        main = view.runs[0]
+        n = view.name
+        links = [f'<a href="#{n}-metrics">metrics</a>', f'<a href="#{n}-worst">queries, worst first</a>']
+        counts = ""
+        if len(view.runs) > 1:
+            links += [
+                f'<a href="#{n}-fixed">fixed ({len(view.fixed)})</a>',
+                f'<a href="#{n}-broken">broken ({len(view.broken)})</a>',
+            ]
+            counts = (
+                f"; {len(view.fixed)} fixed and {len(view.broken)} broken against {html.escape(view.runs[1].name)}"
             )
-            parts.append("</details>")
-    parts.append('<h2 id="training">Training curves</h2>')
+        top1 = sum(1 for q in range(len(view.titles)) if main.ranks[q] == 1)
+        worst = "".join(
+            f'<li><a href="#{n}-q{q}">{html.escape(view.titles[q][:60])}</a>: rank {int(main.ranks[q])}</li>'
+            for q in view.worst_first()[:5]
+        )
+        items.append(
+            f'<div class="split-summary" data-split="{n}"><p><b>{html.escape(n)}</b>: {len(view.titles)} queries '
+            f"against a gallery of {len(view.names)} images, {top1} with the true image first under "
+            f"{html.escape(main.name)}{counts}. {' · '.join(links)}</p><p>Worst queries:</p><ol>{worst}</ol></div>"
+        )
+    return (
+        '<nav id="summary"><p>Ranks are 1-based over the whole gallery (a tie counts against the true image); the '
+        "true image has a green frame; click a thumbnail to enlarge it. "
+        f'<a href="#training">Training curves</a>.</p>{"".join(items)}</nav>'
+    )
+
+
+def render_report(
+    views: Sequence[SplitView],
+    *,
+    max_queries: int = 500,
+    page_size: int = 25,
+    thumb_size: int = 96,
+    curves_png: bytes | None = None,
+    curves_note: str = "",
+) -> str:
+    """The report page as one HTML string: one section per split. In each view ``runs[0]`` is the
+    model inspected; ``runs[1]``, if any, the baseline it is compared with (fixed = top-1 now, not
+    under the baseline)."""
+    thumbs = _Thumbnails(thumb_size)
+    sections = [_split_section(v, max_queries=max_queries, page_size=page_size, thumbs=thumbs) for v in views]
+    parts = [
+        "<!DOCTYPE html><html lang='zh'><head><meta charset='utf-8'><title>cnclip-lora report</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Retrieval report: {html.escape(' and '.join(v.name for v in views))}</h1>",
+        _summary(views),
+        *sections,
+        '<h2 id="training">Training curves</h2>',
+    ]
     if curves_png:
         parts.append(
             f'<img id="curves" alt="training curves" src="data:image/png;base64,'
@@ -283,47 +365,46 @@ def render_report(
         )
     else:
         parts.append(f"<p id='no-curves'>{html.escape(curves_note or 'no training curves')}</p>")
-    parts.append(_ENLARGE)
+    # The thumbnail table (JSON; "</" escaped so no data can close the script element).
+    table = json.dumps(thumbs.uris).replace("</", "<\\/")
+    parts.append(f'<script type="application/json" id="thumbs">{table}</script>')
+    parts.append(_SCRIPT)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _summary(
-    titles: Sequence[str],
-    main: ModelRun,
-    order: Sequence[int],
-    fixed: Sequence[int],
-    broken: Sequence[int],
-    gallery: int,
-    *,
-    has_baseline: bool,
-) -> str:
-    """The top of the page: what it holds, links to each section, the worst queries and the counts."""
-    links = ['<a href="#metrics">metrics</a>', '<a href="#worst">queries, worst first</a>']
-    if has_baseline:
-        links += [f'<a href="#fixed">fixed ({len(fixed)})</a>', f'<a href="#broken">broken ({len(broken)})</a>']
-    links.append('<a href="#training">training curves</a>')
-    top1 = sum(1 for q in range(len(titles)) if main.ranks[q] == 1)
-    worst = "".join(
-        f'<li><a href="#q{q}">{html.escape(titles[q][:60])}</a>: rank {int(main.ranks[q])}</li>' for q in order[:5]
-    )
-    counts = f"; {len(fixed)} fixed and {len(broken)} broken against the baseline" if has_baseline else ""
-    return (
-        f'<nav id="summary"><p>{len(titles)} queries against a gallery of {gallery} images: {top1} with the true '
-        f"image first under {html.escape(main.name)}{counts}. Ranks are 1-based over the whole gallery (a tie counts "
-        f"against the true image); the true image has a green frame; click a thumbnail to enlarge it.</p>"
-        f"<p>{' · '.join(links)}</p><p>Worst queries:</p><ol>{worst}</ol></nav>"
-    )
-
-
-#: Click a thumbnail: it is shown at its stored size (twice the thumbnail's) over the page; click again to close.
-_ENLARGE = """<div id="zoom" hidden></div><script>
+#: Pages: show one page of each list, fill its thumbnails from the table, follow links into a hidden
+#: page. Click a thumbnail: it is shown at its stored size (twice the thumbnail's); click to close.
+_SCRIPT = """<div id="zoom" hidden></div><script>
+const thumbs = JSON.parse(document.getElementById('thumbs').textContent);
+const fill = (root) => root.querySelectorAll('img[data-t]:not([src])').forEach(
+  (i) => { i.src = thumbs[+i.dataset.t]; });
+function showPage(pages, p) {
+  const all = [...pages.querySelectorAll(':scope > .page')];
+  p = Math.max(0, Math.min(all.length - 1, p));
+  all.forEach((el, i) => { el.hidden = i !== p; });
+  const where = pages.querySelector(':scope > .pager .where');
+  if (where) where.textContent = 'page ' + (p + 1) + ' of ' + all.length;
+  pages.dataset.page = p; fill(all[p]);
+}
+document.querySelectorAll('.pages').forEach((pages) => showPage(pages, 0));
+function reveal() {
+  const el = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  const page = el && el.closest('.page');
+  if (page) { showPage(page.parentElement, +page.dataset.page); el.scrollIntoView(); }
+}
+window.addEventListener('hashchange', reveal); reveal();
+document.querySelectorAll('details').forEach((d) => d.addEventListener('toggle', () => { if (d.open) fill(d); }));
 const zoom = document.getElementById('zoom');
 document.addEventListener('click', (ev) => {
-  if (ev.target.classList && ev.target.classList.contains('thumb')) {
-    const big = document.createElement('img'); big.src = ev.target.src; big.alt = ev.target.alt;
+  const t = ev.target;
+  if (t.matches && t.matches('.pager button')) {
+    const pages = t.closest('.pages');
+    showPage(pages, +pages.dataset.page + (t.classList.contains('next') ? 1 : -1));
+  } else if (t.classList && t.classList.contains('thumb')) {
+    const big = document.createElement('img'); big.src = t.src; big.alt = t.alt;
     zoom.replaceChildren(big); zoom.hidden = false;
-  } else if (zoom.contains(ev.target)) { zoom.hidden = true; }
+  } else if (zoom.contains(t)) { zoom.hidden = true; }
 });
 </script>"""
 
@@ -345,32 +426,42 @@ def _curves(args: ReportArguments) -> tuple[bytes | None, str]:
 
 
 def build_report(args: ReportArguments) -> Path:
-    """Score the labelled split with each model and write the HTML report (atomically)."""
+    """Score each requested labelled split with each model and write the HTML report (atomically)."""
+    from dataclasses import replace
+
     from cnclip_lora.inference.model import check_device
-    from cnclip_lora.retrieve.run import scored_split
+    from cnclip_lora.retrieve.run import open_model, scored_split
 
     check_device(args.device)
     args.check_sources()
     if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
         raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
-    split = scored_split(args, args.adapter, args.adapter_revision)
-    if args.baseline_adapter and args.split == "val":
-        scored_split(args, args.baseline_adapter)  # the baseline must have been validated on the same images
-    main_name = "tuned" if args.adapter else "base"
-    runs = [_run_model(args, args.adapter, main_name, split)]
+    names = args.report_splits()
+    splits = []
+    for name in names:  # every split validated before any model loads
+        one = replace(args, split=name)
+        splits.append(scored_split(one, args.adapter, args.adapter_revision))
+        if args.baseline_adapter and name == "val":
+            scored_split(one, args.baseline_adapter)  # the baseline must have been validated on the same images
+    models = [("tuned" if args.adapter else "base", args.adapter)]
     if args.compare_base:
-        runs.append(_run_model(args, None, "base", split))
+        models.append(("base", None))
     elif args.baseline_adapter:
-        runs.append(_run_model(args, args.baseline_adapter, "baseline", split))
+        models.append(("baseline", args.baseline_adapter))
+    runs: list[list[ModelRun]] = [[] for _ in splits]
+    for label, adapter in models:  # each model loaded once, for every split
+        model = open_model(args, adapter=adapter)
+        for i, split in enumerate(splits):
+            runs[i].append(_run_model(model, label, split, args))
+        del model
+    views = [
+        SplitView(s.name, s.titles, s.labels, s.names, s.image_dir, r, s.known_titles) for s, r in zip(splits, runs)
+    ]
     curves, note = _curves(args)
     page = render_report(
-        titles=split.titles,
-        labels=split.labels,
-        names=split.names,
-        image_dir=split.image_dir,
-        runs=runs,
-        split=args.split,
+        views,
         max_queries=args.max_queries,
+        page_size=args.page_size,
         thumb_size=args.thumb_size,
         curves_png=curves,
         curves_note=note,

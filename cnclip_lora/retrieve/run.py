@@ -88,6 +88,8 @@ class LabelledSplit:
     names: list[str]
     image_dir: Path
     name: str = "val"
+    #: Every title the data pairs with a gallery image (what the report shows beside a candidate).
+    known_titles: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def gallery_paths(self) -> list[str]:
@@ -126,6 +128,7 @@ def labelled_split(
             list(data.val_gallery["path"]),
             Path(data.image_dir),
             "val",
+            data.titles_by_image(),
         )
     if data.answers is None:
         raise ConfigError(
@@ -135,7 +138,9 @@ def labelled_split(
     labels = [int(x) for x in data.answers.sort_values("query")["label"]]
     if len(labels) != len(titles):
         raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
-    return LabelledSplit(titles, labels, list(data.gallery["path"]), Path(data.image_dir), "test")
+    return LabelledSplit(
+        titles, labels, list(data.gallery["path"]), Path(data.image_dir), "test", data.titles_by_image()
+    )
 
 
 def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: str | None = None) -> LabelledSplit:

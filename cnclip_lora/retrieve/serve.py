@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +80,17 @@ class SearchEngine:
     """A :class:`~cnclip_lora.inference.model.RetrievalModel`, the gallery's embeddings, and one call
     that searches many queries; queries are embedded exactly as ``retrieve`` embeds titles."""
 
-    def __init__(self, model: Any, gallery: np.ndarray, names: Sequence[str], image_dir: str | os.PathLike) -> None:
+    def __init__(
+        self,
+        model: Any,
+        gallery: np.ndarray,
+        names: Sequence[str],
+        image_dir: str | os.PathLike,
+        titles: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.model = model
+        #: What the data says about each gallery image (its titles), shown with the results.
+        self.titles = {n: list(titles[n]) for n in names if n in titles} if titles else {}
         self.max_length = model.max_length
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         self.names = list(names)
@@ -191,19 +200,26 @@ def load_engine(args: ServeArguments) -> SearchEngine:
     from cnclip_lora.retrieve.run import open_model
 
     args.check_sources()
+    from cnclip_lora.data import load_competition_data
+
+    titles: dict[str, list[str]] = {}
     if args.image_dir:
         image_dir = Path(args.image_dir)
         names = gallery_from_folder(image_dir)
+        labelled = Path(args.data_dir) / "train.csv"
+        if labelled.is_file() and (Path(args.data_dir) / "image").resolve() == image_dir.resolve():
+            # The folder is the data's own image folder: its titles are known.
+            data = load_competition_data(args.data_dir, val_size=0, skip_bad_rows=True, require_queries=False)
+            titles = data.titles_by_image()
     else:
-        from cnclip_lora.data import load_competition_data
-
         data = load_competition_data(args.data_dir, val_size=0, skip_bad_rows=True, require_queries=False)
         image_dir, names = Path(data.image_dir), list(data.gallery["path"])
         if not names:
             raise CnClipLoraError(f"{image_dir}: the gallery is empty (every image is named in train.csv).")
+        titles = data.titles_by_image()
     model = open_model(args)
     gallery = model.encode_images([str(image_dir / n) for n in names])
-    return SearchEngine(model, gallery, names, image_dir)
+    return SearchEngine(model, gallery, names, image_dir, titles)
 
 
 def _safe_image_path(engine: SearchEngine, name: str) -> Path | None:
@@ -253,7 +269,12 @@ def result_json(engine: SearchEngine, r: QueryResult, k: int) -> dict[str, Any]:
         "tokens": r.tokens,
         "max_length": engine.max_length,
         "results": [
-            {"path": engine.names[i], "score": s, "url": f"/image/{engine.names[i]}"}
+            {
+                "path": engine.names[i],
+                "score": s,
+                "url": f"/image/{engine.names[i]}",
+                "titles": engine.titles.get(engine.names[i], []),
+            }
             for i, s in zip(r.indices, r.scores)
         ],
     }
@@ -402,6 +423,7 @@ form{display:flex;gap:8px;margin-bottom:1em}
 .card{border:1px solid #ddd;border-radius:6px;padding:6px;text-align:center;font-size:12px}
 .card img{width:128px;height:128px;object-fit:contain;display:block;margin:0 auto 4px}
 #status{color:#555;margin-bottom:.5em}
+.known{color:#555;font-size:11px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .warn{color:#b35c00}
 </style></head><body>
 <h1>cnclip-lora search</h1>
@@ -428,7 +450,12 @@ async function search(q, k) {
     img.src = apiKey ? r.url + '?' + new URLSearchParams({key: apiKey}) : r.url;
     const cap = document.createElement('div'); cap.className = 'score'; cap.textContent = r.score.toFixed(3);
     const name = document.createElement('div'); name.textContent = r.path;
-    card.append(img, cap, name); grid.append(card);
+    card.append(img, cap, name);
+    if (r.titles.length) {  // what the data says about this image
+      const known = document.createElement('div'); known.className = 'known';
+      known.textContent = r.titles[0]; known.title = r.titles.join(' / '); card.append(known);
+    }
+    grid.append(card);
   }
   status.dataset.done = '1';
 }

@@ -14,7 +14,7 @@ from serve_utils import make_random_adapter
 from cnclip_lora.commands import main
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.inference.metrics import true_ranks
-from cnclip_lora.retrieve.report import ModelRun, ReportArguments, render_report, training_curves_png
+from cnclip_lora.retrieve.report import ModelRun, ReportArguments, SplitView, render_report, training_curves_png
 
 
 def test_true_ranks_match_a_full_sort():
@@ -44,36 +44,73 @@ def _run(name: str, ranks: list[int], top: list[list[int]]) -> ModelRun:
     )
 
 
-def test_render_marks_true_images_sorts_worst_first_and_splits_fixed_from_broken(tmp_path):
+def _view(
+    tmp_path, runs, titles=("<script>alert(1)</script>连衣裙", "长袖T恤 & 衬衫", "牛仔裤"), name="val", known=None
+):
     names = _images(tmp_path, 4)
-    titles = ["<script>alert(1)</script>连衣裙", "长袖T恤 & 衬衫", "牛仔裤"]
-    labels = [0, 1, 2]
+    return SplitView(name, list(titles), list(range(len(titles))), names, tmp_path, runs, known or {})
+
+
+def _thumbnail_table(page: str) -> list[str]:
+    return json.loads(re.search(r'<script type="application/json" id="thumbs">(.*?)</script>', page, re.S).group(1))
+
+
+def test_render_marks_true_images_sorts_worst_first_and_splits_fixed_from_broken(tmp_path):
     tuned = _run("tuned", [1, 3, 2], [[0, 1], [2, 3], [3, 2]])  # q0 fixed; q1 broken
     base = _run("base", [4, 1, 2], [[3, 2], [1, 0], [3, 2]])
-    page = render_report(
-        titles=titles, labels=labels, names=names, image_dir=tmp_path, runs=[tuned, base], split="val", thumb_size=32
-    )
+    known = {"img3.jpg": ["</script><b>训练标题</b>"]}
+    page = render_report([_view(tmp_path, [tuned, base], known=known)], thumb_size=32)
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;连衣裙" in page
     assert "长袖T恤 &amp; 衬衫" in page
+    # what the data knows about a candidate is shown under it, escaped
+    assert "&lt;/script&gt;&lt;b&gt;训练标题" in page and "<b>训练标题" not in page
     # worst-first comes first; fixed and broken follow, collapsed
-    worst = page.split('id="worst"')[1].split('id="fixed"')[0]
-    fixed = page.split('id="fixed"')[1].split('id="broken"')[0]
-    broken = page.split('id="broken"')[1]
+    worst = page.split('id="val-worst"')[1].split('id="val-fixed"')[0]
+    fixed = page.split('id="val-fixed"')[1].split('id="val-broken"')[0]
+    broken = page.split('id="val-broken"')[1]
     assert re.findall(r'data-query="(\d+)"', fixed) == ["0"]
     assert re.findall(r'data-query="(\d+)"', broken) == ["1"]
     assert re.findall(r'data-query="(\d+)"', worst) == ["1", "2", "0"]  # ranks 3, 2, 1 under tuned
-    summary = page.split('id="summary"')[1].split('id="metrics"')[0]
-    assert all(f'href="#{a}"' in summary for a in ("metrics", "worst", "fixed", "broken", "training"))
+    summary = page.split('id="summary"')[1].split('id="val-metrics"')[0]
+    assert all(f'href="#{a}"' in summary for a in ("val-metrics", "val-worst", "val-fixed", "val-broken", "training"))
     assert "1 fixed and 1 broken" in summary
-    assert re.findall(r'href="#q(\d+)"', summary) == ["1", "2", "0"]  # the worst queries, linked
-    assert all(f'id="q{q}"' in worst for q in range(3)) and 'id="q' not in fixed + broken  # one anchor each
-    assert page.index('id="worst"') < page.index('id="fixed"') < page.index('id="broken"')
+    assert re.findall(r'href="#val-q(\d+)"', summary) == ["1", "2", "0"]  # the worst queries, linked
+    assert all(f'id="val-q{q}"' in worst for q in range(3)) and 'id="val-q' not in fixed + broken  # one anchor each
+    assert page.index('id="val-worst"') < page.index('id="val-fixed"') < page.index('id="val-broken"')
     assert page.count("<details>") == 2  # fixed and broken are collapsed sections
     # True image marked wherever it is among the candidates: q0 under tuned, q1 under base, q2 under both.
     assert worst.count('class="true"') == 4
     assert "http" not in page.replace("http-equiv", "")  # no external assets
-    srcs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
-    assert srcs and all(base64.b64decode(s)[:2] == b"\xff\xd8" for s in srcs)
+    # Each image's thumbnail is stored once, however often it is shown; every reference resolves.
+    table = _thumbnail_table(page)
+    refs = [int(r) for r in re.findall(r'data-t="(\d+)"', page)]
+    assert len(refs) > len(table) == len(set(table)) == 4
+    assert set(refs) == set(range(len(table)))
+    assert all(base64.b64decode(t.split(",", 1)[1])[:2] == b"\xff\xd8" for t in table)
+
+
+def test_render_pages_long_lists_and_shows_each_split(tmp_path):
+    """500 queries: the worst-first list is in pages of page_size; val and test each get a section."""
+    q = 500
+    ranks = list(range(1, q + 1))
+    tuned = _run("tuned", ranks, [[0, 1]] * q)
+    titles = [f"标题{i}" for i in range(q)]
+    names = _images(tmp_path, 4)
+    views = [
+        SplitView("val", titles, [i % 4 for i in range(q)], names, tmp_path, [tuned]),
+        SplitView("test", titles[:30], [0] * 30, names, tmp_path, [_run("tuned", ranks[:30], [[2, 3]] * 30)]),
+    ]
+    page = render_report(views, page_size=25, thumb_size=16)
+    val = page.split('<section id="val">')[1].split("</section>")[0]
+    pages = re.findall(r'<div class="page" data-page="(\d+)"( hidden)?>', val)
+    assert len(pages) == 20 and pages[0][1] == "" and all(h == " hidden" for _, h in pages[1:])
+    assert "page 1 of 20" in val
+    first = val.split('data-page="1"')[0]
+    assert len(re.findall(r'data-query="\d+"', first)) == 25  # one page holds page_size queries
+    test = page.split('<section id="test">')[1].split("</section>")[0]
+    assert len(re.findall(r'data-query="\d+"', test)) == 30 and 'class="pager"' in test
+    summary = page.split('id="summary"')[1].split("<section")[0]
+    assert "<b>val</b>: 500 queries" in summary and "<b>test</b>: 30 queries" in summary
 
 
 def test_training_curves_png_reads_loss_acc_and_eval_mr(tmp_path):
@@ -96,6 +133,8 @@ def test_training_curves_png_reads_loss_acc_and_eval_mr(tmp_path):
         (dict(top_k=0), "--top_k must be >= 1"),
         (dict(output="report.txt"), "must be an .html file"),
         (dict(backend="onnx", baseline_adapter="b"), "need the torch backend"),
+        (dict(split="both"), "--split must be one of all, val, test"),
+        (dict(page_size=0), "--page_size must be >= 1"),
     ],
 )
 def test_report_arguments_reject_bad_options(kwargs, match):
@@ -114,6 +153,19 @@ def test_report_arguments_take_the_model_options_and_the_recorded_split_by_defau
     )
     assert (args.model_revision, args.adapter_revision, args.allow_different_base) == ("r1", "r2", True)
     assert args.val_size is None and args.split_seed is None  # None = the adapter's recorded split
+
+
+def test_report_shows_the_test_split_only_when_it_has_answers(tmp_path):
+    (tmp_path / "d").mkdir()
+    args = ReportArguments(model_name_or_path="m", data_dir=str(tmp_path / "d"))
+    assert args.report_splits() == ["val"]
+    (tmp_path / "d" / "test_answers.csv").write_text("query,path\n")
+    assert args.report_splits() == ["val", "test"]
+    assert ReportArguments(model_name_or_path="m", data_dir=str(tmp_path / "d"), split="val").report_splits() == [
+        "val"
+    ]
+    given = ReportArguments(model_name_or_path="m", data_dir=str(tmp_path), answers="a.csv")
+    assert given.report_splits() == ["val", "test"]
 
 
 def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, capsys):
@@ -150,9 +202,20 @@ def test_report_cli_metrics_equal_evaluate(tiny_model_dir, demo_dir, tmp_path, c
         expected = [ref[f"val_{d}_{m}"] for d in ("t2i", "i2t") for m in ("R@1", "R@5", "R@10", "MR")]
         assert cells[:8] == pytest.approx([round(v, 1) for v in expected], abs=0.051)
         assert cells[8:] == [ref["val_gallery_size"], ref["val_queries"]]
-    assert 'id="curves"' in page and 'id="fixed"' in page and 'id="broken"' in page
-    worst = page.split('id="worst"')[1].split("<details>")[0]
+    assert 'id="curves"' in page and 'id="val-fixed"' in page and 'id="val-broken"' in page
+    worst = page.split('id="val-worst"')[1].split("<details>")[0]
     assert len(re.findall(r'data-query="\d+"', worst)) == ref["val_queries"]
+    # The demo data has test answers: the test split is on the page too, scored as `evaluate --split test`.
+    test = evaluate_retrieval(
+        EvaluateArguments(
+            model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), adapter=str(adapter), split="test"
+        )
+    )
+    section = page.split('<section id="test">')[1]
+    row = re.search(r"<tr><th>tuned</th>(.*?)</tr>", section).group(1)
+    cells = [float(c) for c in re.findall(r"<td>([\d.]+)</td>", row)]
+    assert cells[3] == pytest.approx(round(test["test_t2i_MR"], 1), abs=0.051)
+    assert cells[8:] == [test["test_gallery_size"], test["test_queries"]]
 
 
 def test_report_cli_bad_training_dir_is_one_line_error(tiny_model_dir, demo_dir, tmp_path, capsys):

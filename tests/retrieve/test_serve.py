@@ -196,6 +196,38 @@ def test_health(served):
     assert code == 200 and json.loads(body)["gallery_size"] == len(readable)
 
 
+@pytest.mark.parametrize("gallery", ["data_dir", "image_dir"])
+def test_results_carry_the_titles_the_data_knows(tiny_model_dir, demo_dir, tmp_path, gallery):
+    """Each result shows the titles the data pairs with its image: train.csv's for training
+    images, the answered test queries' for test images; none for an image the data never names."""
+    import pandas as pd
+
+    from cnclip_lora.retrieve.arguments import ServeArguments
+    from cnclip_lora.retrieve.serve import load_engine, result_json
+
+    extra = {"image_dir": str(demo_dir / "image")} if gallery == "image_dir" else {}
+    args = ServeArguments(
+        model_name_or_path=str(tiny_model_dir), data_dir=str(demo_dir), cache_dir=str(tmp_path / "c"), **extra
+    )
+    engine = load_engine(args)
+    expected: dict[str, list[str]] = {}
+    train = pd.read_csv(demo_dir / "train.csv", sep="\t", dtype=str)
+    for title, path in zip(train["title"], train["path"]):
+        expected.setdefault(path, []).append(title)
+    queries = pd.read_csv(demo_dir / "test_query.csv", dtype=str)["title"]
+    answers = pd.read_csv(demo_dir / "test_answers.csv", dtype={"query": int, "path": str})
+    for query, path in zip(answers["query"], answers["path"]):
+        expected.setdefault(path, []).append(queries[query])
+    result = engine.search(["连衣裙"], k=len(engine.names))[0]
+    body = result_json(engine, result, len(engine.names))
+    assert len(body["results"]) == len(engine.names)
+    for item in body["results"]:
+        assert item["titles"] == expected.get(item["path"], []), item["path"]
+    assert any(item["titles"] for item in body["results"])
+    if gallery == "image_dir":  # the whole folder: training images carry their train.csv titles
+        assert {i["path"] for i in body["results"]} >= set(train["path"])
+
+
 def test_micro_batcher_runs_simultaneous_requests_as_one_batch():
     calls: list[list[str]] = []
 
@@ -295,6 +327,8 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         main(
             [
                 "report",
+                "--page_size",
+                "2",
                 "--model_name_or_path",
                 str(tiny_model_dir),
                 "--data_dir",
@@ -318,20 +352,42 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
     driver = chromium_driver()
     try:
         driver.get(moved.as_uri())
-        loaded = driver.execute_script(
-            "const imgs=[...document.querySelectorAll('img')];"
+        # Every image on a shown page is loaded; hidden pages wait until they are opened.
+        visible = (
+            "const imgs=[...document.querySelectorAll('img')].filter(i => i.offsetParent !== null);"
             "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]"
         )
+        loaded = driver.execute_script(visible)
         assert loaded[0] > 10 and loaded[0] == loaded[1]
+        # Both splits of the demo data (it has test answers), each with its metrics.
+        assert re.search(r"t2i R@1", driver.find_element("id", "val-metrics").text)
+        assert re.search(r"t2i R@1", driver.find_element("id", "test-metrics").text)
         # The true image's frame is drawn: a green border on every marked candidate.
         colors = driver.execute_script(
             "return [...document.querySelectorAll('figure.true img')].map(i => getComputedStyle(i).borderTopColor)"
         )
         assert colors and set(colors) == {"rgb(26, 156, 58)"}
         assert driver.execute_script("return document.getElementById('curves').naturalWidth") > 100
-        assert re.search(r"t2i R@1", driver.find_element("id", "metrics").text)
+        # Paging: the held-out split's queries are in pages of 2; "next" shows the second.
+        pages = "#val-worst + .pages"
+        shown_queries = f"return [...document.querySelectorAll('{pages} > .page')].map(p => !p.hidden)"
+        n = driver.execute_script(f"return document.querySelectorAll('{pages} .query').length")
+        count = -(-n // 2)
+        assert count >= 3 and driver.execute_script(shown_queries) == [True] + [False] * (count - 1)
+        driver.find_element("css selector", f"{pages} .pager .next").click()
+        assert driver.execute_script(shown_queries) == [False, True] + [False] * (count - 2)
+        assert f"page 2 of {count}" in driver.find_element("css selector", f"{pages} .pager").text
+        loaded = driver.execute_script(visible)
+        assert loaded[0] > 10 and loaded[0] == loaded[1]
+        # A summary link into a hidden page opens that page at the query.
+        last = driver.execute_script(f"return document.querySelector('{pages} > .page:last-child .query').id")
+        driver.execute_script(f"location.hash = '#{last}'")
+        assert driver.execute_script(shown_queries) == [False] * (count - 1) + [True]
+        for _ in range(count - 1):
+            driver.find_element("css selector", f"{pages} .pager .prev").click()
+        assert driver.execute_script(shown_queries)[0] is True
         # Click to enlarge: the overlay shows the thumbnail at its stored (twice the shown) size.
-        thumb = driver.find_element("css selector", "#worst ~ .query img.thumb")
+        thumb = driver.find_element("css selector", f"{pages} > .page:first-of-type .query img.thumb")
         shown = driver.execute_script("return arguments[0].getBoundingClientRect().width", thumb)
         thumb.click()
         big = driver.execute_script(
@@ -343,6 +399,8 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         assert driver.execute_script("return document.getElementById('zoom').hidden") is True
         # The fixed/broken sections start collapsed: the page is the summary, metrics and the worst-first list.
         assert driver.execute_script("return [...document.querySelectorAll('details')].every(d => !d.open)")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        assert height < 25 * 600, height  # two splits of pages, not every query at once
         shot = save_screenshot(driver, Path(SHOTS or tmp_path) / "report.png")
         assert shot.stat().st_size < 150_000
     finally:
@@ -350,14 +408,15 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
 
 
 def test_the_readme_curl_examples_work_as_written(served):
-    """Each ``curl`` line of the README, pointed at this server's port, answers 200 with results."""
+    """Each ``curl`` line of the README and the docs, pointed at this server's port, answers 200 with results."""
     import re
     import shlex
     import subprocess
 
     server, *_ = served
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    root = Path(__file__).resolve().parents[2]
+    text = "".join(p.read_text(encoding="utf-8") for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [line for block in blocks for line in block.splitlines() if line.startswith("curl ")]
     assert len(lines) >= 2
     port = server.url.rsplit(":", 1)[1]
