@@ -214,7 +214,8 @@ def _figure(view: SplitView, idx: int, thumbs: _Thumbnails, *, cls: str, caption
     name = view.names[idx]
     known = view.known_titles.get(name, [])
     tip = html.escape("\n".join([name, *known]))
-    line = f'<div class="known">{html.escape(known[0][:24])}</div>' if known and cls != "truth" else ""
+    width = f'style="width:{thumbs.size + 6}px"'  # the title line is cut to the thumbnail's width
+    line = f'<div class="known" {width}>{html.escape(known[0])}</div>' if known and cls != "truth" else ""
     ref = thumbs.ref(str(Path(view.image_dir) / name))
     return (
         f'<figure class="{cls}"><img class="thumb" data-t="{ref}" width="{thumbs.size}" height="{thumbs.size}" '

@@ -399,6 +399,7 @@ def test_report_in_chromium(tiny_model_dir, demo_dir, tmp_path):
         assert driver.execute_script("return document.getElementById('zoom').hidden") is True
         # The fixed/broken sections start collapsed: the page is the summary, metrics and the worst-first list.
         assert driver.execute_script("return [...document.querySelectorAll('details')].every(d => !d.open)")
+        driver.execute_script("window.scrollTo(0, 0)")
         height = driver.execute_script("return document.documentElement.scrollHeight")
         assert height < 25 * 600, height  # two splits of pages, not every query at once
         shot = save_screenshot(driver, Path(SHOTS or tmp_path) / "report.png")
