@@ -35,6 +35,49 @@ def test_random_flip_follows_torch_seed(processor, asym_image, tmp_path):
     assert 0 < int(left_red.sum()) < 16  # some flipped, some not
 
 
+def _mirrored(batch) -> list[bool]:
+    return (batch["pixel_values"][:, 0, :, 0].mean(dim=-1) < 0).tolist()  # red edge on the right
+
+
+def test_seeded_random_flips_depend_only_on_seed_epoch_and_row(processor, asym_image, tmp_path):
+    """A row's flip is the same whatever batch it is in, in whatever order, after any torch RNG use;
+    another epoch or another seed draws other flips."""
+    rows = [{"title": "红色", "path": asym_image.name, "row": r} for r in range(32)]
+    collate = ImageTextCollator(processor, tmp_path, flip="random", flip_seed=7)
+    collate.set_epoch(3)
+    whole = _mirrored(collate(rows))
+    torch.manual_seed(123)
+    torch.rand(99)
+    reordered = _mirrored(collate(rows[::-1]))[::-1]
+    halves = _mirrored(collate(rows[16:])) + _mirrored(collate(rows[:16]))
+    assert whole == reordered == halves[16:] + halves[:16]
+    assert 4 < sum(whole) < 28  # a fair coin, not a constant
+    collate.set_epoch(4)
+    assert _mirrored(collate(rows)) != whole
+    other = ImageTextCollator(processor, tmp_path, flip="random", flip_seed=8)
+    other.set_epoch(3)
+    assert _mirrored(other(rows)) != whole
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_dataloader_workers_see_the_epoch_the_trainer_sets(processor, asym_image, tmp_path, persistent):
+    """Workers (persistent ones too) collate with the epoch set in the main process before iterating."""
+    rows = [{"title": "红色", "path": asym_image.name, "row": r} for r in range(16)]
+    collate = ImageTextCollator(processor, tmp_path, flip="random", flip_seed=0)
+    loader = torch.utils.data.DataLoader(
+        rows, batch_size=16, collate_fn=collate, num_workers=1, persistent_workers=persistent
+    )
+    expected = {}
+    for epoch in (0, 1, 2):
+        collate.set_epoch(epoch)
+        expected[epoch] = _mirrored(collate(rows))
+    for epoch in (0, 1, 2):
+        collate.set_epoch(epoch)
+        (batch,) = list(loader)
+        assert _mirrored(batch) == expected[epoch], epoch
+    assert expected[0] != expected[1] or expected[1] != expected[2]
+
+
 def test_collator_names_a_missing_image(processor, tmp_path):
     from cnclip_lora.errors import DataError
 

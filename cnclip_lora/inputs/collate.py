@@ -8,6 +8,7 @@ so the gallery is embedded exactly as the training images were seen.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,14 @@ from cnclip_lora.inputs.images import pixel_values_from_uint8, preprocess_images
 from cnclip_lora.inputs.text import TitleTokenMemo, tokenize_titles
 from cnclip_lora.options import DEFAULT_MAX_LENGTH, Flip, TitleNormalization, parse_choice
 
-__all__ = ["ImageTextCollator"]
+__all__ = ["ImageTextCollator", "row_flip"]
+
+
+def row_flip(seed: int, epoch: int, row: int) -> bool:
+    """Whether ``row`` is mirrored in ``epoch``: a fair coin fixed by the three numbers (a hash, so
+    it is the same on every platform, process and worker)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{row}".encode(), digest_size=1).digest()
+    return bool(digest[0] & 1)
 
 
 @dataclass
@@ -29,10 +37,13 @@ class ImageTextCollator:
     Reads ``title`` (str) and ``path`` (file name relative to ``image_dir``) from each row and
     returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, T]`` (``T``: the batch's
     longest title rounded up to a multiple of 8, or ``max_length`` with ``pad_to_max_length``) and
-    ``pixel_values`` ``[B, 3, H, W]``. Random flips are drawn here (never in a cached
-    ``datasets.map``) from torch's generator, which the Trainer seeds per worker. With a
-    ``pixel_cache`` only the deterministic part (decode + resize) comes from the cache; flips and
-    normalisation still happen here, so a cached batch equals an uncached one.
+    ``pixel_values`` ``[B, 3, H, W]``. Random flips are decided here (never in a cached
+    ``datasets.map``): with ``flip_seed`` set (training sets the run's seed) each row's flip is a
+    function of ``(flip_seed, epoch, row)`` -- the row's ``row`` field and the epoch given to
+    :meth:`set_epoch` -- so a resumed run flips exactly as an uninterrupted one, in any process or
+    DataLoader worker; without it, flips come from torch's generator. With a ``pixel_cache`` only
+    the deterministic part (decode + resize) comes from the cache; flips and normalisation still
+    happen here, so a cached batch equals an uncached one.
 
     Example::
 
@@ -56,10 +67,18 @@ class ImageTextCollator:
     #: Pad every batch to ``max_length`` (static shapes for compiled graphs) instead of to its
     #: longest title (see :func:`tokenize_titles`).
     pad_to_max_length: bool = False
+    #: Seed of the per-row random flips (see above); ``None``: torch's generator.
+    flip_seed: int | None = None
 
     def __post_init__(self) -> None:
         self.flip = parse_choice(Flip, self.flip, "flip")
         self._token_memo = TitleTokenMemo(self.max_memo_titles) if self.max_memo_titles > 0 else None
+        # In shared memory: DataLoader workers (persistent ones too) see the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next rows are drawn in (the Trainer's epoch callback calls it)."""
+        self._epoch.fill_(int(epoch))
 
     def _tokens(self, titles: list[str]) -> dict[str, torch.Tensor]:
         if self._token_memo is None:
@@ -74,16 +93,20 @@ class ImageTextCollator:
             titles, self.processor.tokenizer, self.max_length, self.title_normalization, self.pad_to_max_length
         )
 
-    def _flips(self, n: int) -> list[bool]:
+    def _flips(self, rows: list[dict[str, Any]]) -> list[bool]:
+        n = len(rows)
         if self.flip == Flip.ALWAYS:
             return [True] * n
         if self.flip == Flip.RANDOM:
+            if self.flip_seed is not None and all("row" in row for row in rows):
+                epoch = int(self._epoch)
+                return [row_flip(self.flip_seed, epoch, int(row["row"])) for row in rows]
             return (torch.rand(n) < 0.5).tolist()
         return [False] * n
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self._tokens([row["title"] for row in rows])
-        flips = self._flips(len(rows))
+        flips = self._flips(rows)
         image_processor = self.processor.image_processor
         if self.pixel_cache is not None:
             pixels = self.pixel_cache.get([row["path"] for row in rows])

@@ -406,6 +406,7 @@ def _build_trainer(
             draft=data_args.fast_decode,
             title_normalization=data_args.title_normalization,
             pad_to_max_length=pad_to_max_length,
+            flip_seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
         ),
         processing_class=processor,
         evaluator=evaluator,

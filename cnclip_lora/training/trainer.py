@@ -106,6 +106,19 @@ class LineProgressCallback(TrainerCallback):
             print(f"step {state.global_step}/{state.max_steps}: {logs}", flush=True)
 
 
+class CollatorEpochCallback(TrainerCallback):
+    """Tell the collator each epoch before its batches are drawn, so its random flips are a function
+    of ``(seed, epoch, row)``: a run resumed mid-epoch flips exactly as the uninterrupted one.
+    (``on_epoch_begin`` runs before the epoch's DataLoader iterator, hence before any worker collates.)"""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the whole epoch at a boundary and epoch + fraction when resumed mid-epoch.
+        self.collator.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class CnClipLoraTrainer(Trainer):
     """Trainer for Chinese-CLIP + LoRA on (title, image) pairs.
 
@@ -143,6 +156,8 @@ class CnClipLoraTrainer(Trainer):
 
             self.remove_callback(PrinterCallback)
             self.add_callback(LineProgressCallback())
+        if callable(getattr(self.data_collator, "set_epoch", None)):
+            self.add_callback(CollatorEpochCallback(self.data_collator))
         if evaluator_only:
             self.eval_dataset = None
         self.evaluator = evaluator
