@@ -88,6 +88,61 @@ def test_an_edited_processor_is_a_new_cache_key(tiny_model_dir, tmp_path, demo_d
     assert not np.allclose(uncached, old, atol=1e-4)
 
 
+def test_weights_replaced_with_the_same_size_and_mtime_are_a_new_cache_key(tiny_model_dir, tmp_path, demo_dir):
+    """Other weights copied over the checkpoint with its size and timestamps restored (``cp -p``,
+    rsync): the cache is keyed by content, so the new model's embeddings are computed."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    local = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, local)
+    weights = next(local.glob("*.safetensors"))
+    images = _images(demo_dir, 4)
+    before = RetrievalModel.from_pretrained(str(local), device="cpu", cache_dir=str(tmp_path / "emb"))
+    old = before.encode_images(images)
+    key = before.fingerprint("image", images)
+    st = weights.stat()
+    tensors = load_file(weights)
+    name = next(k for k in tensors if "visual_projection" in k)
+    tensors[name] = torch.flip(tensors[name], dims=[0]).contiguous()  # same shapes, so the same size
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == st.st_size
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = RetrievalModel.from_pretrained(str(local), device="cpu", cache_dir=str(tmp_path / "emb"))
+    assert after.fingerprint("image", images) != key
+    uncached = RetrievalModel.from_pretrained(str(local), device="cpu").encode_images(images)
+    np.testing.assert_allclose(after.encode_images(images), uncached, atol=1e-6)
+    assert not np.allclose(uncached, old, atol=1e-4)
+
+
+def test_content_digests_are_computed_once_per_file_version(tmp_path):
+    from cnclip_lora.utils.caches import DIGEST_MEMO, content_digest
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 1000)
+    first = content_digest(f, tmp_path / "memo")
+    memo = json.loads((tmp_path / "memo" / DIGEST_MEMO).read_text())
+    assert list(memo.values()) == [first]
+    # A memo entry is trusted while the file's stat identity holds (no re-read) ...
+    key = next(iter(memo))
+    (tmp_path / "memo" / DIGEST_MEMO).write_text(json.dumps({key: "remembered"}))
+    assert content_digest(f, tmp_path / "memo") == "remembered"
+    # ... and a write (even one that keeps size and mtime) re-hashes and replaces the old entry.
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)
+    import os
+
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = content_digest(f, tmp_path / "memo")
+    assert second not in (first, "remembered")
+    assert list(json.loads((tmp_path / "memo" / DIGEST_MEMO).read_text()).values()) == [second]
+    (tmp_path / "memo" / DIGEST_MEMO).write_text("{not json")  # a damaged memo is only a slower run
+    assert content_digest(f, tmp_path / "memo") == second
+
+
 @pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
 def test_a_damaged_pixel_cache_is_rebuilt_with_a_warning(demo_dir, processor, tmp_path, how, caplog):
     from cnclip_lora.training.pixel_cache import build_pixel_cache

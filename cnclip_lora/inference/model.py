@@ -90,29 +90,27 @@ def _torch_dtype(dtype: str | None) -> Any:
     return getattr(torch, dtype)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: Files of a model folder that do not change what it computes.
+_INERT_FILES = {"README.md", ".gitattributes", "LICENSE"}
 
 
-def _source_identity(model_name_or_path: str, revision: str | None, commit: str | None) -> dict[str, Any]:
-    """Local folders by weight-file size+mtime (hashing GBs each run is too slow); Hub ids by the
-    commit actually loaded (``revision`` alone, e.g. ``main``, moves when the repository changes)."""
+def _source_identity(
+    model_name_or_path: str, revision: str | None, commit: str | None, memo_dir: Path | None
+) -> dict[str, Any]:
+    """Local folders by the content of every file in them (weights, configs, processor; each file
+    hashed once per version, :func:`~cnclip_lora.utils.caches.content_digest`); Hub ids by the commit
+    actually loaded (``revision`` alone, e.g. ``main``, moves when the repository changes)."""
+    from cnclip_lora.utils.caches import content_digest
+
     path = Path(model_name_or_path)
     if path.is_dir():
-        files = sorted([*path.glob("*.safetensors"), *path.glob("*.onnx")])
-        return {
-            "dir": str(path.resolve()),
-            "weights": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
-        }
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.name not in _INERT_FILES)
+        return {"dir": str(path.resolve()), "files": [(f.name, content_digest(f, memo_dir)) for f in files]}
     return {"hub": model_name_or_path, "revision": revision, "commit": commit}
 
 
 def _hash_images(h: Any, items: Sequence[Any]) -> None:
-    """Files by absolute name, size and mtime (the package's one rule, :func:`hash_file_stats`: a
+    """Files by absolute name and stat identity (the package's one rule, :func:`hash_file_stats`: a
     replaced file changes the key); PIL images by their pixels."""
     from cnclip_lora.utils.files import hash_file_stats
 
@@ -368,6 +366,8 @@ class RetrievalModel:
     def fingerprint(self, kind: str, items: Sequence[Any]) -> str:
         """Cache key of embedding ``items`` (``kind`` ``"text"`` or ``"image"``): any change of base
         weights, adapter weights, processor, preprocessing, dtype, backend or inputs changes it."""
+        from cnclip_lora.utils.caches import content_digest
+
         if self.source is None:
             raise ValueError("RetrievalModel.fingerprint needs `source` (the weights' identity)")
         commit = getattr(getattr(self.model, "config", None), "_commit_hash", None)
@@ -375,8 +375,10 @@ class RetrievalModel:
         payload: dict[str, Any] = {
             "kind": kind,
             "backend": str(self.backend),
-            "model": _source_identity(self.source, self.revision, commit),
-            "adapter": _file_digest(Path(self.adapter_dir) / WEIGHTS_FILE) if self.adapter_dir else None,
+            "model": _source_identity(self.source, self.revision, commit, self.cache_dir),
+            "adapter": (
+                content_digest(Path(self.adapter_dir) / WEIGHTS_FILE, self.cache_dir) if self.adapter_dir else None
+            ),
             "preprocessing": self.preprocessing.to_dict(),
             "image_processor": image_processor,
             "tokenizer": [type(self.tokenizer).__name__, getattr(self.tokenizer, "vocab_size", None)],

@@ -7,7 +7,7 @@ normalisation are redone per batch, by the same :func:`cnclip_lora.inputs.images
 that finishes uncached images, so cached and uncached batches are identical (tested).
 
 The cache is a ``datasets.map`` result in ``cache_dir``, named by a fingerprint of the image
-files (path, size, mtime), the resize (size, filter, draft decoding) and the format version:
+files (path, inode, size, mtime, ctime), the resize (size, filter, draft decoding) and the format version:
 any change re-decodes, a rerun with other hyper-parameters reuses it. The Arrow file is
 memory-mapped, so DataLoader workers and the processes of one node share one copy through the
 page cache. Size: ``height * width * 3`` bytes per distinct image (150 KB at 224 px).
@@ -101,7 +101,7 @@ def should_cache(
 
 
 def cache_fingerprint(image_dir: str | os.PathLike, paths: Sequence[str], image_processor: Any, draft: bool) -> str:
-    """Any change of an image file (size, mtime), of the resize or of the format gives a new key."""
+    """Any change of an image file (its stat identity), of the resize or of the format gives a new key."""
     plan = squash_plan(image_processor)
     assert plan is not None
     payload = {"v": FORMAT_VERSION, "size": [plan.height, plan.width], "resample": plan.resample, "draft": draft}

@@ -6,9 +6,9 @@ Both caches live under one root, ``datasets``' cache folder (``HF_DATASETS_CACHE
 * ``pixels/``: decoded, resized training and validation images (:mod:`cnclip_lora.training.pixel_cache`);
 * ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve.run`).
 
-Their file names are fingerprints of everything that affects the content (model identity, adapter
-weights, file sizes and mtimes, preprocessing), so one cache serves every working directory and
-project without ever returning stale results. ``cnclip-lora cache`` lists and clears them.
+Their file names are fingerprints of everything that affects the content (model and adapter
+files by content, image files by their stat identity, preprocessing), so one cache serves every working
+directory and project without ever returning stale results. ``cnclip-lora cache`` lists and clears them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "cache_root",
     "cache_usage",
     "clear_cache",
+    "content_digest",
     "default_cache_dir",
     "human_bytes",
     "usable_cache_dir",
@@ -144,3 +145,46 @@ def read_or_rebuild(build: Callable[[bool], T], cache_files: Callable[[], list[P
         for path in damaged:
             path.unlink(missing_ok=True)
         return build(False)
+
+
+#: The memo of :func:`content_digest`, beside the caches it keys.
+DIGEST_MEMO = "file-digests.json"
+
+
+def content_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+    """SHA-256 of a file's bytes, hashed once per version of the file: with ``memo_dir`` the digest
+    is remembered under the file's full ``stat`` identity (device, inode, size, mtime and ctime; a
+    write changes ctime even when a copy restores the size and mtime), so a multi-GB checkpoint is
+    read on first use only and a file changed in place is never mistaken for the old one."""
+    import hashlib
+    import json
+
+    from cnclip_lora.utils.files import atomic_write_text
+
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    memo_file = Path(memo_dir) / DIGEST_MEMO if memo_dir is not None else None
+    memo: dict[str, str] = {}
+    if memo_file is not None and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            logger.warning("%s: unreadable; file digests are recomputed", memo_file)
+        if not isinstance(memo, dict):
+            memo = {}
+        if isinstance(memo.get(key), str):
+            return memo[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if memo_file is not None:
+        memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}  # the file's old versions
+        memo[key] = digest
+        try:
+            atomic_write_text(memo_file, json.dumps(memo, indent=0, sort_keys=True))
+        except OSError as err:  # a read-only cache still works; the digest is recomputed next time
+            logger.debug("cannot write %s: %s", memo_file, err)
+    return digest

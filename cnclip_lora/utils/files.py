@@ -63,11 +63,12 @@ def pickled_files(folder: str | os.PathLike) -> list[str]:
 
 
 def hash_file_stats(h: Any, paths: Iterable[str]) -> None:
-    """Feed each path with its size and mtime into the hash ``h`` (a cache key that changes when a
-    file is replaced, without reading gigabytes of images on every run)."""
+    """Feed each path with its stat identity into the hash ``h``: a cache key that changes when a
+    file is replaced or written, even by a copy that restores its size and mtime (the inode or the
+    ctime changes), without reading gigabytes of images on every run."""
     for item in paths:
         st = os.stat(item)
-        h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{item}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
         h.update(b"\0")
 
 
