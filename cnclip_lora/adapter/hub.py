@@ -26,7 +26,7 @@ from cnclip_lora.adapter.model_card import write_model_card
 from cnclip_lora.adapter.validate import CONVERT_HINT, check_adapter_dir
 from cnclip_lora.errors import CnClipLoraError, UnsafeArtifactError
 from cnclip_lora.utils.files import is_pickle
-from cnclip_lora.utils.sources import hub_reachable, looks_local, not_found
+from cnclip_lora.utils.sources import hub_reachable, hub_timeout_message, looks_local, not_found, use_hub_timeouts
 
 __all__ = [
     "ADAPTER_FILES",
@@ -126,6 +126,7 @@ def push_adapter(
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise CnClipLoraError(f"--repo_id {repo_id!r} is not a valid Hub repo id ('user/name'): {err}") from None
+    use_hub_timeouts()
     api = HfApi(token=token)
     target = f"{repo_id}@{revision or 'main'}"
     try:
@@ -145,6 +146,8 @@ def push_adapter(
             repo_type="model",
         )
     except _transport_errors() as err:
+        if (timed_out := hub_timeout_message(err)) is not None:
+            raise CnClipLoraError(f"Pushing {folder} to {target} failed: {timed_out}.") from None
         raise CnClipLoraError(
             _redact(
                 f"Pushing {folder} to {target} on {api.endpoint} failed: {err}. Check the repo id and that your token "
@@ -208,7 +211,7 @@ def resolve_adapter(adapter: str, *, revision: str | None = None, token: str | N
             "(for a private repo pass a token or run `hf auth login`)."
         ) from None
     except _transport_errors() as err:
-        reason = hub_reachable() or str(err).splitlines()[0]
+        reason = hub_timeout_message(err) or hub_reachable() or str(err).splitlines()[0]
         raise CnClipLoraError(
             _redact(
                 f"Cannot fetch adapter {where}: it is not in the local cache and the Hub is unreachable ({reason}).",

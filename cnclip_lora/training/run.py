@@ -416,9 +416,25 @@ def _build_trainer(
 
 
 def _train_or_explain_interrupt(trainer: CnClipLoraTrainer, resume: str | None, output_dir: str) -> Any:
-    """``trainer.train``; on Ctrl-C, the progress bar's line ended and a message that says how to resume."""
+    """``trainer.train``; on Ctrl-C, the progress bar's line ended and a message that says how to
+    resume; on a full disk (whatever library hit it), the incomplete checkpoint removed and one line."""
     try:
         return trainer.train(resume_from_checkpoint=resume)
+    except Exception as err:
+        from cnclip_lora.errors import CnClipLoraError
+        from cnclip_lora.training.output_dir import resume_hint
+        from cnclip_lora.utils.files import disk_errno, remove_incomplete_checkpoints, write_error_message
+
+        remove_incomplete_checkpoints(output_dir)  # a failed save's folder never looks like a checkpoint
+        if isinstance(err, CnClipLoraError) or (code := disk_errno(err, output_dir)) is None:
+            raise
+        raise CnClipLoraError(
+            write_error_message(
+                Path(output_dir),
+                OSError(code, os.strerror(code)),
+                after=f"the unfinished save removed; {resume_hint(output_dir).rstrip('.')}",
+            )
+        ) from None
     except KeyboardInterrupt:
         from transformers.trainer_callback import ProgressCallback
 

@@ -38,6 +38,8 @@ __all__ = [
     "remove_stale_temps",
     "WRITE_ERRNOS",
     "write_error_message",
+    "disk_errno",
+    "remove_incomplete_checkpoints",
     "temp_prefix",
 ]
 
@@ -110,8 +112,9 @@ def _final_mode(final: Path) -> int:
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-def write_error_message(final: Path, err: OSError) -> str:
-    """One line for an output that could not be written: the path, why, and the free space left there."""
+def write_error_message(final: Path, err: OSError, *, after: str = "nothing was written there") -> str:
+    """One line for an output that could not be written: the path, why, the free space left there
+    and (``after``) what became of the output."""
     try:
         free = shutil.disk_usage(final.parent).free
         room = f"; {free:,} bytes free on that file system"
@@ -119,7 +122,47 @@ def write_error_message(final: Path, err: OSError) -> str:
         room = ""
     fix = "free some space or write elsewhere" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else (
         "choose a folder you can write to")  # fmt: skip
-    return f"cannot write {final}: {err.strerror or err}{room}; {fix} (nothing was written there)."
+    return f"cannot write {final}: {err.strerror or err}{room}; {fix} ({after})."
+
+
+#: How libraries that wrap the C library's error word a full disk, quota or read-only disk
+#: (Rust crates: "os error 28"; Python: the strerror text).
+_DISK_WORDS = {
+    errno.ENOSPC: ("No space left on device", "os error 28"),
+    errno.EDQUOT: ("Disk quota exceeded", "os error 122"),
+    errno.EROFS: ("Read-only file system", "os error 30"),
+}
+
+
+def disk_errno(err: BaseException, where: str | os.PathLike) -> int | None:
+    """The errno of a write that failed for want of disk space (or quota, or a read-only disk), also
+    when a library wrapped it in its own exception (tokenizers' ``Exception: ... (os error 28)``,
+    torch's ``PytorchStreamWriter failed writing file``, judged by the free space at ``where``);
+    ``None`` for any other error."""
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return err.errno
+    text = str(err)
+    for code, words in _DISK_WORDS.items():
+        if any(w in text for w in words):
+            return code
+    if "failed writing file" in text or "file write failed" in text:
+        try:
+            if shutil.disk_usage(where).free < (16 << 20):
+                return errno.ENOSPC
+        except OSError:
+            return None
+    return None
+
+
+def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``checkpoint-N`` folders in ``output_dir`` that a failed save left incomplete
+    (:func:`checkpoint_problem`); complete ones are kept for a resume."""
+    removed = []
+    for folder in _checkpoints(Path(output_dir)):
+        if checkpoint_problem(folder) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def temp_prefix(final: Path) -> str:
@@ -213,14 +256,23 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     staging folder inside ``final_dir``, and each finished file is then renamed over its final
     name, so no file at a final path is ever partial. Files already in ``final_dir`` that the
     writer did not produce are left alone. On an exception nothing is moved and the staging
-    folder is deleted.
+    folder is deleted (with ``final_dir`` itself if this call created it and it stayed empty); a
+    full disk, quota or read-only folder is one :class:`CnClipLoraError` line naming the file. A
+    staging folder a killed run left is removed by the next call.
 
     Args:
         final_dir: Destination folder (created if missing).
     """
     final = Path(final_dir)
-    final.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=final))
+    created = not final.exists()
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final / "staging")  # a killed run's staging folder
+        staging = Path(tempfile.mkdtemp(prefix=temp_prefix(final / "staging"), suffix=".tmp", dir=final))
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise CnClipLoraError(write_error_message(final / "staging", err)) from err
     try:
         yield staging
         mode = default_file_mode()
@@ -229,6 +281,13 @@ def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(src, _final_mode(dst) if dst.exists() else mode)
             os.replace(src, dst)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and final.is_dir() and not any(final.iterdir()):
+            final.rmdir()  # no empty folder at the final path
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise CnClipLoraError(write_error_message(final / Path(err.filename or "").name, err)) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

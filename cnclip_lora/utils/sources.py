@@ -15,11 +15,21 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
-__all__ = ["HubSource", "check_source", "hub_reachable", "looks_local", "nearest_existing", "not_found"]
+__all__ = [
+    "HubSource",
+    "check_source",
+    "hub_reachable",
+    "hub_timeout_message",
+    "looks_local",
+    "nearest_existing",
+    "not_found",
+    "use_hub_timeouts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +102,62 @@ def _probe(host: str, port: int, timeout: float) -> str | None:
         return f"{host} unreachable: {err.strerror or err}"
 
 
+#: Seconds to open a connection to the Hub.
+HUB_CONNECT_TIMEOUT = 10.0
+
+
+def use_hub_timeouts() -> float:
+    """Bound every request of huggingface_hub's shared HTTP client: connecting
+    :data:`HUB_CONNECT_TIMEOUT` s, each read or write ``HF_HUB_DOWNLOAD_TIMEOUT`` s (the Hub
+    client's own setting, 10 by default; a large download is many reads, each bounded). Its calls
+    pass ``timeout=None`` (wait forever) by default, which hangs on a server that accepted the
+    connection and never answers; a request hook fills in only the limits a call left unset.
+    Returns the read timeout."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    seconds = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    client = get_session()
+    hooks = client.event_hooks
+    if _bound_timeouts not in hooks.get("request", []):
+        client.event_hooks = {**hooks, "request": [*hooks.get("request", []), _bound_timeouts]}
+    return seconds
+
+
+def _bound_timeouts(request: Any) -> None:
+    from huggingface_hub import constants
+
+    read = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    given = request.extensions.get("timeout") or {}
+    limits = {"connect": HUB_CONNECT_TIMEOUT, "read": read, "write": read, "pool": HUB_CONNECT_TIMEOUT}
+    request.extensions["timeout"] = {k: given.get(k) if given.get(k) is not None else v for k, v in limits.items()}
+
+
+def hub_timeout_message(err: BaseException) -> str | None:
+    """For a Hub call that timed out, why, naming the endpoint and the setting; else ``None``."""
+    if "timeout" not in type(err).__name__.lower() and "timed out" not in str(err).lower():
+        return None
+    from huggingface_hub import constants
+
+    return (
+        f"{constants.ENDPOINT} accepted the connection but did not answer within "
+        f"{float(constants.HF_HUB_DOWNLOAD_TIMEOUT):g} s (raise HF_HUB_DOWNLOAD_TIMEOUT for a slow link)"
+    )
+
+
+def _hub_stalled(repo_id: str, revision: str | None) -> str | None:
+    """Why the Hub, though it accepts connections, cannot serve ``repo_id`` now (it does not answer
+    in time), or ``None``. One bounded request instead of the loaders' retry loops, which would
+    retry each file for minutes; any answer (including "no such repo") is left to the loaders."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=use_hub_timeouts())
+    except Exception as err:  # only a timeout is decided here
+        return hub_timeout_message(err)
+    return None
+
+
 def hub_reachable(timeout: float = 3.0) -> str | None:
     """``None`` when the Hub endpoint accepts a connection, else why not (one short reason).
 
@@ -102,6 +168,7 @@ def hub_reachable(timeout: float = 3.0) -> str | None:
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
+    use_hub_timeouts()  # every Hub call is preceded by this probe: from here on none waits forever
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     return _probe(url.hostname or "huggingface.co", port, timeout)
@@ -133,7 +200,7 @@ def check_source(
         return None
     if looks_local(name):
         raise not_found(name, option, what)
-    why = hub_reachable()
+    why = hub_reachable() or _hub_stalled(name, revision)
     if why is None:
         return HubSource()
     from huggingface_hub import try_to_load_from_cache

@@ -244,10 +244,20 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 64 KB tmpfs (root only), filled up; skipped with the reason where it cannot be mounted."""
+    yield from _small_disk(tmp_path, "64k")
+
+
+@pytest.fixture
+def roomier_disk(tmp_path):
+    """Room for an adapter, not for a checkpoint's optimizer state too."""
+    yield from _small_disk(tmp_path, "160k")
+
+
+def _small_disk(tmp_path, size: str):
+    """A tmpfs of ``size`` (root only); skipped with the reason where it cannot be mounted."""
     mount = tmp_path / "small"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()[:200]}")
     try:
@@ -288,3 +298,38 @@ def test_export_onnx_on_a_full_disk_is_one_line_and_leaves_no_folder(full_disk, 
     with pytest.raises(CnClipLoraError, match=r"cannot write .*onnx_out: No space left on device"):
         export_onnx(str(tiny_model_dir), full_disk / "onnx_out")
     assert list(full_disk.iterdir()) == []
+
+
+def test_staged_dir_on_a_full_disk_is_one_line_and_leaves_no_folder(full_disk):
+    from cnclip_lora.errors import CnClipLoraError
+    from cnclip_lora.utils.files import staged_dir
+
+    out = full_disk / "adapter"
+    with pytest.raises(CnClipLoraError, match=r"cannot write .*adapter.*No space left on device"):
+        with staged_dir(out) as staging:
+            (staging / "adapter_model.safetensors").write_bytes(b"w" * 200_000)
+    assert list(full_disk.iterdir()) == []  # neither the staging folder nor an empty adapter folder
+
+
+@pytest.mark.parametrize("disk", ["full_disk", "roomier_disk"])
+def test_training_into_a_full_disk_exits_2_in_one_line_and_leaves_no_partial_output(
+    disk, request, tiny_model_dir, demo_dir, capsys
+):
+    """Whichever library hits the full disk first (safetensors, the tokenizer's Rust writer,
+    torch.save), the run ends in one line naming the output folder, with no half checkpoint left."""
+    from cnclip_lora.commands import main
+
+    out = request.getfixturevalue(disk) / "run"
+    code = main(["train", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(demo_dir),
+                 "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+                 "--per_device_train_batch_size", "4", "--lora_r", "4", "--lora_alpha", "8", "--val_size", "0",
+                 "--use_cpu", "true", "--report_to", "none", "--dataloader_num_workers", "0",
+                 "--check_images", "false"])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cnclip-lora")]
+    assert code == 2 and len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err[-3000:]
+    assert "No space left on device" in lines[0]
+    leftovers = [p for p in out.rglob("*")] if out.exists() else []
+    assert not [p for p in leftovers if p.name == "adapter_model.safetensors"], leftovers
+    assert not [p for p in leftovers if ".staging" in p.name or p.name.endswith(".tmp")], leftovers
+    assert not [p for p in leftovers if p.name.startswith("checkpoint-")], leftovers  # no half checkpoint
