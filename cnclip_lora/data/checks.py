@@ -706,8 +706,11 @@ def scan_folder(
     require_queries: bool,
     num_workers: int | None,
     answers_file: str | os.PathLike | None = None,
+    use_answers: bool = True,
 ) -> FolderScan:
-    """Run every check on a data folder (arguments as :func:`check_data`); never raises ``DataError``."""
+    """Run every check on a data folder (arguments as :func:`check_data`); never raises ``DataError``.
+    ``use_answers=False``: the answers file is not read (a verb that does not score the test queries
+    is not stopped by it)."""
     val_size = parse_val_size(val_size)
     folder = DataFolder(str(data_dir))
     if not folder.root.is_dir():
@@ -720,7 +723,11 @@ def scan_folder(
     kept = keep_rows(folder, listing, train, errors, skip_bad_rows)
     queries = check_queries(folder, require_queries)
     submit = check_submit(folder, queries)
-    answers = check_answers(folder, answers_file, listing, train, kept.gallery, queries, errors)
+    answers = (
+        check_answers(folder, answers_file, listing, train, kept.gallery, queries, errors)
+        if use_answers
+        else CheckedFrame()
+    )
     problems = listing.problems + train.problems + kept.problems + queries.problems + submit.problems
     problems += answers.problems
     # Broken data: report that, not a split error about data that cannot be used anyway.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -17,7 +18,9 @@ from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["CompetitionData", "load_competition_data"]
+__all__ = ["CompetitionData", "answers_problem", "load_competition_data"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +42,21 @@ class CompetitionData:
     sample_submit: pd.DataFrame | None
     answers: pd.DataFrame | None
     report: DataReport
+
+    def warn_left_out(self) -> None:
+        """One warning naming the training rows skipped and the images left out of the gallery
+        (``skip_bad_rows``), and why: the verbs that go on without them never do so silently."""
+        left = [p for p in self.report.problems if "(excluded" in p.message or "(row skipped)" in p.message]
+        if not left:
+            return
+        rows = sum("(row skipped)" in p.message for p in left)
+        logger.warning(
+            "%d training row(s) skipped and %d image(s) left out of the gallery: %s%s",
+            rows,
+            len(left) - rows,
+            "; ".join(str(p) for p in left[:5]),
+            f"; ... ({len(left)} in all: `cnclip-lora check-data` lists them)" if len(left) > 5 else "",
+        )
 
     def titles_by_image(self) -> dict[str, list[str]]:
         """Every title the data pairs with each image (train.csv rows, and the test queries an
@@ -85,6 +103,7 @@ def load_competition_data(
     require_queries: bool = True,
     num_workers: int | None = None,
     answers_file: str | os.PathLike | None = None,
+    use_answers: bool = True,
 ) -> CompetitionData:
     """Validate a competition data folder and return its splits as ``datasets.Dataset``s.
 
@@ -108,6 +127,8 @@ def load_competition_data(
         num_workers: Threads used to decode images (default: twice the CPU count, at most 16).
         answers_file: An answers CSV (``query,path``) to use instead of ``test_answers.csv``,
             validated like it (``cnclip-lora evaluate --split test --answers FILE``).
+        use_answers: ``False`` to leave the answers file unread (``answers`` is then ``None``):
+            what scores only the held-out split is not stopped by a problem in it.
 
     Returns:
         A :class:`CompetitionData`.
@@ -125,6 +146,7 @@ def load_competition_data(
         require_queries=require_queries,
         num_workers=num_workers,
         answers_file=answers_file,
+        use_answers=use_answers,
     )
     report = scan.report
     if not report.ok:
@@ -147,3 +169,12 @@ def load_competition_data(
         answers=scan.answers,
         report=report,
     )
+
+
+def answers_problem(err: DataError) -> Any:
+    """The first problem of ``err`` when all of its problems are in the answers file, else ``None``:
+    a verb that only shows test scores when it can may then go on without them, saying so."""
+    problems = getattr(err, "problems", None) or []
+    if problems and all(Path(p.file).name == "test_answers.csv" for p in problems):
+        return problems[0]
+    return None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
 from cnclip_lora.retrieve.arguments import ReportArguments
 from cnclip_lora.utils.files import atomic_path
 
@@ -430,6 +430,7 @@ def build_report(args: ReportArguments) -> Path:
     """Score each requested labelled split with each model and write the HTML report (atomically)."""
     from dataclasses import replace
 
+    from cnclip_lora.data.dataset import answers_problem
     from cnclip_lora.inference.model import check_device
     from cnclip_lora.retrieve.run import open_model, scored_split
 
@@ -437,11 +438,17 @@ def build_report(args: ReportArguments) -> Path:
     args.check_sources()
     if args.training_dir and not (Path(args.training_dir) / "trainer_state.json").is_file():
         raise ConfigError(f"--training_dir {args.training_dir}: no trainer_state.json there.")
-    names = args.report_splits()
     splits = []
-    for name in names:  # every split validated before any model loads
+    for name in args.report_splits():  # every split validated before any model loads
         one = replace(args, split=name)
-        splits.append(scored_split(one, args.adapter, args.adapter_revision))
+        try:
+            splits.append(scored_split(one, args.adapter, args.adapter_revision))
+        except DataError as err:
+            # Not asked for by name (--split all) and only the answers are wrong: the page goes on without it.
+            if name != "test" or args.split != "all" or (problem := answers_problem(err)) is None:
+                raise
+            logger.warning("the test queries are not shown: the answers file is not usable (%s)", problem)
+            continue
         if args.baseline_adapter and name == "val":
             scored_split(one, args.baseline_adapter)  # the baseline must have been validated on the same images
     models = [("tuned" if args.adapter else "base", args.adapter)]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
-from cnclip_lora.errors import CnClipLoraError, ConfigError
+from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
 from cnclip_lora.inference.evaluator import RetrievalEvaluator, prefixed_recall
 from cnclip_lora.inference.model import RetrievalModel, check_device
 from cnclip_lora.inference.search import assign, assign_one_to_one, rank
@@ -118,7 +118,9 @@ def labelled_split(
         skip_bad_rows=True,
         require_queries=split == "test",
         answers_file=answers,
+        use_answers=split == "test" or answers is not None,
     )
+    data.warn_left_out()
     if split == "val":
         if len(data.val) == 0:
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
@@ -288,17 +290,19 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
 
 def _load_test_data(args: RetrieveArguments) -> CompetitionData:
     from cnclip_lora.adapter.split_record import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
+    from cnclip_lora.data.dataset import answers_problem
 
-    # Training rows do not matter here (skipped if bad); the queries must be clean.
-    data = load_competition_data(args.data_dir, val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True)
-    excluded = [p for p in data.report.problems if "(excluded" in p.message]
-    if excluded:  # never dropped without a word: say which images are not ranked, and why
-        logger.warning(
-            "%d image(s) are left out of the gallery: %s%s",
-            len(excluded),
-            "; ".join(str(p) for p in excluded[:5]),
-            f"; ... ({len(excluded)} in all: `cnclip-lora check-data` lists them)" if len(excluded) > 5 else "",
-        )
+    # Training rows do not matter here (skipped if bad); the queries must be clean; the answers
+    # only give the optional test metrics.
+    common = dict(val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True)
+    try:
+        data = load_competition_data(args.data_dir, **common)
+    except DataError as err:
+        if (problem := answers_problem(err)) is None:
+            raise
+        logger.warning("no test metrics: the answers file is not usable (%s)", problem)
+        data = load_competition_data(args.data_dir, **common, use_answers=False)
+    data.warn_left_out()
     if len(data.gallery) == 0:
         raise CnClipLoraError(f"{data.image_dir}: the gallery is empty (every image is named in train.csv).")
     if args.assign == Assign.HUNGARIAN and len(data.queries) > len(data.gallery):

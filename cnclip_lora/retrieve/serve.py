@@ -55,12 +55,21 @@ def gallery_from_folder(image_dir: str | os.PathLike) -> list[str]:
     # The data checks' rule: regular files only, no link leading out of the folder, every Pillow format.
     usable, refused = readable_image_files(folder)
     names = [n for n in usable if "/" not in n and n.lower().endswith(IMAGE_EXTENSIONS)]
-    if refused:
+    # Every image decoded once, as check-data does: one that cannot be read (corrupt, over the
+    # pixel limit) is left out with a note, before any model work, as in every other verb.
+    from cnclip_lora.inputs.images import decode_errors
+
+    bad = {n: why for n, why in decode_errors(folder, names, None).items() if why}
+    names = [n for n in names if n not in bad]
+    left_out = [f"{name} {why}" for name, (_, why) in sorted(refused.items())]
+    left_out += [f"{name} cannot be read ({why})" for name, why in sorted(bad.items())]
+    if left_out:
         logger.warning(
-            "--image_dir %s: %d entries are not served: %s",
+            "--image_dir %s: %d entries are not served: %s%s",
             image_dir,
-            len(refused),
-            "; ".join(f"{name} {why}" for name, (_, why) in sorted(refused.items())[:5]),
+            len(left_out),
+            "; ".join(left_out[:5]),
+            " ..." if len(left_out) > 5 else "",
         )
     if not names:
         raise CnClipLoraError(f"--image_dir {image_dir}: no readable image files.")
@@ -200,8 +209,6 @@ def load_engine(args: ServeArguments) -> SearchEngine:
     from cnclip_lora.retrieve.run import open_model
 
     args.check_sources()
-    from cnclip_lora.data import load_competition_data
-
     titles: dict[str, list[str]] = {}
     if args.image_dir:
         image_dir = Path(args.image_dir)
@@ -209,10 +216,10 @@ def load_engine(args: ServeArguments) -> SearchEngine:
         labelled = Path(args.data_dir) / "train.csv"
         if labelled.is_file() and (Path(args.data_dir) / "image").resolve() == image_dir.resolve():
             # The folder is the data's own image folder: its titles are known.
-            data = load_competition_data(args.data_dir, val_size=0, skip_bad_rows=True, require_queries=False)
-            titles = data.titles_by_image()
+            titles = _served_data(args.data_dir).titles_by_image()
     else:
-        data = load_competition_data(args.data_dir, val_size=0, skip_bad_rows=True, require_queries=False)
+        data = _served_data(args.data_dir)
+        data.warn_left_out()
         image_dir, names = Path(data.image_dir), list(data.gallery["path"])
         if not names:
             raise CnClipLoraError(f"{image_dir}: the gallery is empty (every image is named in train.csv).")
@@ -220,6 +227,24 @@ def load_engine(args: ServeArguments) -> SearchEngine:
     model = open_model(args)
     gallery = model.encode_images([str(image_dir / n) for n in names])
     return SearchEngine(model, gallery, names, image_dir, titles)
+
+
+def _served_data(data_dir: str) -> Any:
+    """The data folder as the service uses it: bad training rows and images left out (and said);
+    the answers file only for the titles it gives the test images, so a problem in it costs those
+    titles, with a warning, not the service."""
+    from cnclip_lora.data import load_competition_data
+    from cnclip_lora.data.dataset import answers_problem
+    from cnclip_lora.errors import DataError
+
+    common = dict(val_size=0, skip_bad_rows=True, require_queries=False)
+    try:
+        return load_competition_data(data_dir, **common)
+    except DataError as err:
+        if (problem := answers_problem(err)) is None:
+            raise
+        logger.warning("the answers file is not used (%s); its titles are not shown", problem)
+        return load_competition_data(data_dir, **common, use_answers=False)
 
 
 def _safe_image_path(engine: SearchEngine, name: str) -> Path | None:

@@ -281,8 +281,10 @@ def _load_data(
         skip_bad_rows=data_args.skip_bad_rows,
         check_images=data_args.check_images,
         require_queries=False,
+        use_answers=False,  # training never scores the test queries
     )
     logger.info("data:\n%s", data.report.summary())
+    data.warn_left_out()
     if len(data.train) == 0:
         raise DataError(f"{data.root}/train.csv: no usable training pairs.")
     check_steps(training_args, len(data.train))
