@@ -43,6 +43,9 @@ def run_torchrun(args: Sequence[str], *, nproc: int = 2, cwd: Path | None = None
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}:\n{failure_excerpt(output)}"
+    # A thread or group alive at interpreter exit aborts a rank after its work is done; that is a
+    # failure even when the exit status hides it.
+    assert "terminate called" not in output, failure_excerpt(output)
     return output
 
 

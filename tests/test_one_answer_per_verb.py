@@ -5,7 +5,6 @@ table says which), and an unusable answers file stops only what scores the test 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -112,8 +112,14 @@ def release_process_group() -> bool:
         _owned = False
         return False
     _owned = False
+    import gc
+
     import torch
 
+    # Objects in reference cycles (a Trainer and its DDP-wrapped model) would otherwise outlive
+    # the group and be torn down at interpreter exit with their communication threads running
+    # ("terminate called without an active exception"): free them while the group still exists.
+    gc.collect()
     dist = torch.distributed
     try:
         if dist.get_backend() == "gloo":

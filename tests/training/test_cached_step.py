@@ -271,7 +271,7 @@ def test_trainer_cached_step_replays_dropout_like_the_plain_step(tiny_model_dir,
 DIST_SCRIPT = textwrap.dedent(
     '''
     """Each rank: LOCAL_B rows, cached step with M=3 under DDP; rank 0 writes the results."""
-    import json, sys
+    import gc, json, sys
     from pathlib import Path
     import torch
     from cnclip_lora.training.cached_step import cached_contrastive_step
@@ -294,9 +294,9 @@ DIST_SCRIPT = textwrap.dedent(
         net.register_comm_hook(calls, counting_allreduce)
         return net, calls
 
-    if __name__ == "__main__":
-        model_dir, data_dir, out = map(Path, sys.argv[1:4])
-        torch.distributed.init_process_group("gloo")
+    def main(model_dir, data_dir, out):
+        # In a function: the DDP wrappers (and their reducers' threads) are gone when it returns,
+        # before the group is destroyed; none is alive at interpreter exit.
         rank = torch.distributed.get_rank()
         batch = collated(model_dir, data_dir, slice(rank * LOCAL_B, (rank + 1) * LOCAL_B))
 
@@ -318,7 +318,16 @@ DIST_SCRIPT = textwrap.dedent(
             torch.save({"loss": loss / torch.distributed.get_world_size(), "grads": grads,
                         "weights": lora_weights(model), "calls": len(calls), "plain_calls": len(plain_calls)},
                        out)
-        torch.distributed.destroy_process_group()
+
+
+    if __name__ == "__main__":
+        torch.distributed.init_process_group("gloo")
+        try:
+            main(*map(Path, sys.argv[1:4]))
+        finally:
+            gc.collect()
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
     '''
 )
 

@@ -23,7 +23,7 @@ from cnclip_lora.training.loss import ContrastiveLoss, gathered_contrastive_loss
 
 SCRIPT = textwrap.dedent(
     '''
-    import json, os, sys
+    import gc, json, os, sys
     import torch
     from cnclip_lora.training.loss import ContrastiveLoss
 
@@ -70,8 +70,7 @@ SCRIPT = textwrap.dedent(
         return {"full": full, "padded": short}
 
 
-    if __name__ == "__main__":
-        torch.distributed.init_process_group("gloo")
+    def main(out_dir):
         rank = torch.distributed.get_rank()
         rows = slice(rank * LOCAL_B, (rank + 1) * LOCAL_B)
         # Uneven global batch of 7: the last rank pads its 4th row and masks it out.
@@ -79,9 +78,18 @@ SCRIPT = textwrap.dedent(
         if rank == torch.distributed.get_world_size() - 1:
             valid[-1] = False
         result = {"full": step(rows, ddp=True), "padded": step(rows, valid=valid, ddp=True)}
-        with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
-        torch.distributed.destroy_process_group()
+
+
+    if __name__ == "__main__":
+        torch.distributed.init_process_group("gloo")
+        try:
+            main(sys.argv[1])
+        finally:  # no DDP wrapper or pending work alive when the group goes, none at exit
+            gc.collect()
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
     '''
 )
 
