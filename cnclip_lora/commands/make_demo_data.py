@@ -28,12 +28,25 @@ class MakeDemoDataCommand(Command):
             help="what the titles and images show (default: %(default)s)",
         )
         parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
+        parser.add_argument(
+            "--layout",
+            choices=["competition", "chinese-clip"],
+            default="competition",
+            help="competition: train.csv + image/; chinese-clip: {split}_texts.jsonl + {split}_imgs.tsv, with "
+            "texts that have several relevant images",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
+        import tempfile
+
         from cnclip_lora.demo.data import make_demo_data
 
+        target = args.out_dir
+        if args.layout == "chinese-clip":
+            staging = tempfile.TemporaryDirectory()
+            target = f"{staging.name}/competition"
         counts = make_demo_data(
-            args.out_dir,
+            target,
             seed=args.seed,
             n_train=args.n_train,
             n_queries=args.n_queries,
@@ -42,5 +55,10 @@ class MakeDemoDataCommand(Command):
             domain=args.domain,
             overwrite=args.overwrite,
         )
+        if args.layout == "chinese-clip":
+            from cnclip_lora.demo.cnclip_data import write_cnclip_layout
+
+            counts = write_cnclip_layout(target, args.out_dir, seed=args.seed)
+            staging.cleanup()
         print(f"wrote {args.out_dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         return 0

@@ -773,6 +773,17 @@ def check_data(
     Takes the same arguments as :func:`cnclip_lora.data.load_competition_data`; ``report.ok`` tells
     whether loading would succeed. ``report.summary()`` is what ``cnclip-lora check-data`` prints.
     """
+    from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
+
+    if is_cnclip_layout(data_dir):
+        return load_cnclip_data(
+            data_dir,
+            skip_bad_rows=skip_bad_rows,
+            check_images=check_images,
+            require_queries=require_queries,
+            num_workers=num_workers,
+            raise_on_problems=False,
+        ).report
     return scan_folder(
         data_dir,
         val_size=val_size,

@@ -42,6 +42,32 @@ class CompetitionData:
     sample_submit: pd.DataFrame | None
     answers: pd.DataFrame | None
     report: DataReport
+    #: Several relevant images per held-out title (Chinese-CLIP's layout); ``None``: ``val["label"]``.
+    val_labels_override: list[list[int]] | None = None
+    #: The source's own ids (Chinese-CLIP's ``text_id``/``image_id``), for the official prediction files.
+    ids: dict | None = None
+
+    def val_labels(self) -> list[int] | list[list[int]]:
+        """Each held-out title's relevant image(s), as indices into ``val_gallery``."""
+        if self.val_labels_override is not None:
+            return self.val_labels_override
+        return [int(x) for x in self.val["label"]]
+
+    def held_out_images(self) -> list[str]:
+        """The held-out images as the run record names them: file names, or the source's own
+        image ids (stable however its images are cached)."""
+        names = list(self.val_gallery["path"])
+        by_id = (self.ids or {}).get("val_image")
+        labels = self.val_labels()
+        relevant = {names[i] for lab in labels for i in ([lab] if isinstance(lab, int) else lab)}
+        return sorted(str(by_id[n]) if by_id else n for n in relevant)
+
+    def answer_labels(self) -> list[int] | list[list[int]]:
+        """Each test query's relevant image(s), as indices into ``gallery`` (needs ``answers``)."""
+        frame = self.answers.sort_values("query")
+        if "labels" in frame.columns:
+            return [list(x) for x in frame["labels"]]
+        return [int(x) for x in frame["label"]]
 
     def warn_left_out(self) -> None:
         """One warning naming the training rows skipped and the images left out of the gallery
@@ -68,8 +94,9 @@ class CompetitionData:
         if self.answers is not None:
             titles = list(self.queries["title"])
             names = list(self.gallery["path"])
-            for query, label in zip(self.answers["query"], self.answers["label"]):
-                known.setdefault(names[int(label)], []).append(titles[int(query)])
+            for query, labels in enumerate(self.answer_labels()):
+                for label in [labels] if isinstance(labels, int) else labels:
+                    known.setdefault(names[int(label)], []).append(titles[query])
         return known
 
 
@@ -137,6 +164,18 @@ def load_competition_data(
         DataError: With ``.problems`` listing every fatal problem.
         ConfigError: ``val_size`` is invalid or leaves no training image.
     """
+    from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
+
+    if is_cnclip_layout(data_dir):
+        logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv)", data_dir)
+        return load_cnclip_data(
+            data_dir,
+            skip_bad_rows=skip_bad_rows,
+            check_images=check_images,
+            require_queries=require_queries,
+            num_workers=num_workers,
+            use_answers=use_answers,
+        )
     scan = scan_folder(
         data_dir,
         val_size=val_size,

@@ -63,6 +63,8 @@ class DataReport:
     root: str = ""
     #: False when train.csv could not be read: the training, split and gallery counts are then unknown
     train_read: bool = True
+    #: Which reader: "competition" (train.csv, image/) or "chinese-clip" (jsonl + tsv)
+    layout: str = "competition"
 
     @property
     def ok(self) -> bool:
@@ -79,8 +81,16 @@ class DataReport:
         Args:
             max_per_group: How many problems of one kind to list before "... and N more".
         """
-        lines = [f"Data folder: {self.root}"]
-        if self.train_read:
+        lines = [f"Data folder: {self.root}" + (f" (layout: {self.layout})" if self.layout != "competition" else "")]
+        if self.train_read and self.layout == "chinese-clip":
+            rows = [
+                ("training pairs", f"{self.n_train:,} ({self.n_train_images:,} images; text, relevant image)"),
+                ("valid texts", f"{self.n_val:,} against {self.n_val_images:,} valid images"),
+                ("test texts", f"{self.n_queries:,} against {self.n_gallery:,} test images"),
+                ("multi-image texts", f"{self.multi_caption_images:,}"),
+                ("skipped records", f"{self.skipped_rows:,}"),
+            ]
+        elif self.train_read:
             rows = [
                 ("training pairs", f"{self.n_train:,} ({self.n_train_images:,} images)"),
                 ("validation pairs", f"{self.n_val:,} ({self.n_val_images:,} held-out images)"),

@@ -53,7 +53,9 @@ class RetrievalEvaluator:
 
     Args:
         titles: the queries.
-        labels: ``labels[i]`` is the index in ``gallery_paths`` of ``titles[i]``'s image.
+        labels: ``labels[i]`` is the index in ``gallery_paths`` of ``titles[i]``'s image, or a list of
+            them when a title has several relevant images (a hit when any is ranked; an empty list
+            is a miss), as the official ``cn_clip/eval/evaluation.py`` counts.
         gallery_paths: image files, in gallery order.
         processor: the ``ChineseCLIPProcessor`` a bare model (one being trained) is wrapped with; a
             :class:`~cnclip_lora.inference.model.RetrievalModel` brings its own.
@@ -69,7 +71,7 @@ class RetrievalEvaluator:
     """
 
     titles: list[str]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     gallery_paths: list[str]
     processor: Any = None
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
@@ -85,10 +87,12 @@ class RetrievalEvaluator:
 
     def __post_init__(self) -> None:
         self.titles, self.gallery_paths = list(self.titles), [str(p) for p in self.gallery_paths]
-        self.labels = [int(x) for x in self.labels]
+        self.labels = [
+            int(x) if isinstance(x, (int, np.integer)) else sorted({int(i) for i in x}) for x in self.labels
+        ]
         if len(self.labels) != len(self.titles):
             raise ConfigError(f"RetrievalEvaluator: {len(self.labels)} labels for {len(self.titles)} titles.")
-        bad = [x for x in self.labels if not 0 <= x < len(self.gallery_paths)]
+        bad = [x for x in self.positives() for x in x if not 0 <= x < len(self.gallery_paths)]
         if bad:
             raise ConfigError(
                 f"RetrievalEvaluator: label {bad[0]} is outside the gallery of {len(self.gallery_paths)} images."
@@ -97,6 +101,10 @@ class RetrievalEvaluator:
 
     def __len__(self) -> int:
         return len(self.titles)
+
+    def positives(self) -> list[list[int]]:
+        """Each title's relevant gallery indices (one for a plain label)."""
+        return [[x] if isinstance(x, int) else list(x) for x in self.labels]
 
     @property
     def prefix(self) -> str:
@@ -160,10 +168,12 @@ class RetrievalEvaluator:
         p = self.prefix
         metrics = prefixed_recall(self.true_ranks(queries, gallery), f"{p}t2i_", self.ks)
         if self.i2t:
-            # Image-to-text over the images that have captions: an image's positives are all its titles.
+            # Image-to-text over the images that have captions: an image's positives are all its titles
+            # (the official transform_ir_annotation_to_tr.py + evaluation_tr.py).
             captions: dict[int, set[int]] = {}
-            for qi, gi in enumerate(self.labels):
-                captions.setdefault(gi, set()).add(qi)
+            for qi, relevant in enumerate(self.positives()):
+                for gi in relevant:
+                    captions.setdefault(gi, set()).add(qi)
             image_ids = sorted(captions)
             ranks = true_ranks(gallery[image_ids], queries, [captions[g] for g in image_ids])
             metrics.update(prefixed_recall(ranks, f"{p}i2t_", self.ks))

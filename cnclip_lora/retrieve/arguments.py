@@ -219,6 +219,20 @@ class RetrieveArguments(DataDirArguments, RuntimeArguments, ModelSourceArguments
 class EvaluateArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
     """``cnclip-lora evaluate``: Recall@1/5/10 and MR on a labelled split."""
 
+    predictions_output: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also write the top-10 images of every text in the official format "
+            '({"text_id": ..., "image_ids": [...]} per line), which cn_clip/eval/evaluation.py scores.'
+        },
+    )
+    i2t_predictions_output: str | None = field(
+        default=None,
+        metadata={
+            "help": 'The same for image-to-text ({"image_id": ..., "text_ids": [...]}; cn_clip/eval/evaluation_tr.py).'
+        },
+    )
+
 
 @dataclass
 class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):

@@ -225,13 +225,15 @@ def _figure(view: SplitView, idx: int, thumbs: _Thumbnails, *, cls: str, caption
 
 def _query_block(view: SplitView, q: int, thumbs: _Thumbnails, *, anchor: bool = True) -> str:
     ident = f' id="{view.name}-q{q}"' if anchor else ""  # the summary links to the block in the worst-first list
-    label = view.labels[q]
+    relevant = [view.labels[q]] if isinstance(view.labels[q], int) else list(view.labels[q])
     ranks = "".join(
         f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
         f"<b>{int(r.ranks[q])}</b></span>"
         for r in view.runs
     )
-    truth = _figure(view, label, thumbs, cls="truth", caption="true image", alt="true image")
+    truth = "".join(
+        _figure(view, r, thumbs, cls="truth", caption="true image", alt="true image") for r in relevant[:5]
+    )
     rows = []
     for run in view.runs:
         figs = [
@@ -239,8 +241,8 @@ def _query_block(view: SplitView, q: int, thumbs: _Thumbnails, *, anchor: bool =
                 view,
                 int(idx),
                 thumbs,
-                cls="true" if idx == label else "cand",
-                caption=("&#10003; " if idx == label else "") + f"{score:.3f}",
+                cls="true" if idx in relevant else "cand",
+                caption=("&#10003; " if idx in relevant else "") + f"{score:.3f}",
                 alt=view.names[idx],
             )
             for score, idx in zip(run.top_scores[q], run.top_indices[q])

@@ -81,15 +81,28 @@ def open_model(args: Any, adapter: str | None | bool = True) -> RetrievalModel:
 
 @dataclass
 class LabelledSplit:
-    """A labelled query set: ``labels[i]`` is the index in ``names`` of query ``i``'s true image."""
+    """A labelled query set: ``labels[i]`` is the index in ``names`` of query ``i``'s true image, or
+    the list of its relevant images (several per query in Chinese-CLIP's layout)."""
 
     titles: list[str]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     names: list[str]
     image_dir: Path
     name: str = "val"
     #: Every title the data pairs with a gallery image (what the report shows beside a candidate).
     known_titles: dict[str, list[str]] = field(default_factory=dict)
+    #: The source's own ids (Chinese-CLIP's text_id per title, image_id per gallery name); ``None``:
+    #: the 0-based row numbers stand in for them.
+    text_ids: list[int] | None = None
+    image_ids: dict[str, int] | None = None
+
+    def positives(self) -> list[list[int]]:
+        return [[x] if isinstance(x, int) else list(x) for x in self.labels]
+
+    def held_out_names(self) -> list[str]:
+        """The relevant images as the run record names them (see ``CompetitionData.held_out_images``)."""
+        relevant = {self.names[i] for p in self.positives() for i in p}
+        return sorted(str(self.image_ids[n]) if self.image_ids else n for n in relevant)
 
     @property
     def gallery_paths(self) -> list[str]:
@@ -126,22 +139,31 @@ def labelled_split(
             raise ConfigError("--split val needs a validation split: --val_size must be > 0.")
         return LabelledSplit(
             list(data.val["title"]),
-            [int(x) for x in data.val["label"]],
+            data.val_labels(),
             list(data.val_gallery["path"]),
             Path(data.image_dir),
             "val",
             data.titles_by_image(),
+            data.ids["val_text"] if data.ids else None,
+            data.ids["val_image"] if data.ids else None,
         )
     if data.answers is None:
         raise ConfigError(
             f"--split test needs answers: {Path(data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
         )
     titles = list(data.queries["title"])
-    labels = [int(x) for x in data.answers.sort_values("query")["label"]]
+    labels = data.answer_labels()
     if len(labels) != len(titles):
         raise CnClipLoraError(f"the answers file has {len(labels)} rows for {len(titles)} queries.")
     return LabelledSplit(
-        titles, labels, list(data.gallery["path"]), Path(data.image_dir), "test", data.titles_by_image()
+        titles,
+        labels,
+        list(data.gallery["path"]),
+        Path(data.image_dir),
+        "test",
+        data.titles_by_image(),
+        data.ids["test_text"] if data.ids else None,
+        data.ids["test_image"] if data.ids else None,
     )
 
 
@@ -172,7 +194,7 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
     split = labelled_split(args.data_dir, "val", val_size=size, split_seed=seed, answers=args.answers)
     check_held_out(
         recorded,
-        [split.names[i] for i in split.labels],
+        split.held_out_names(),
         data_dir=args.data_dir,
         allow_different_split=args.allow_different_split,
         adapter=adapter,
@@ -216,30 +238,33 @@ def write_topk(path: str | os.PathLike, scores: np.ndarray, indices: np.ndarray,
     return Path(path)
 
 
-def check_output_paths(args: RetrieveArguments) -> None:
-    """Refuse output paths that cannot be written, or that clash, before any work is done.
+def check_output_paths(outputs: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse output paths (``(flag, path)``; ``None`` paths are not asked for) that cannot be
+    written, or that clash, before any work is done.
 
     Raises:
-        ConfigError: An output is an existing folder, lies under an existing file, or
-            ``--output`` and ``--topk_output`` name the same file (the second would replace the first).
+        ConfigError: An output is an existing folder, lies under an existing file, or two flags
+            name the same file (the second would replace the first).
     """
-    given = [
-        (flag, value) for flag, value in (("--output", args.output), ("--topk_output", args.topk_output)) if value
-    ]
+    given = [(flag, value) for flag, value in outputs if value]
     for flag, value in given:
         path = Path(value)
         if path.is_dir():
-            raise ConfigError(f"{flag} {value} is an existing folder; give a file path such as {path / 'submit.csv'}.")
+            raise ConfigError(f"{flag} {value} is an existing folder; give a file path such as {path / 'out.csv'}.")
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():
                     raise ConfigError(f"{flag} {value}: {parent} is a file, not a folder; choose another path.")
                 break
-    if len(given) == 2 and os.path.realpath(args.output) == os.path.realpath(args.topk_output):
-        raise ConfigError(
-            f"--output and --topk_output both name {args.output}; the top-k file would replace the "
-            "submission: give them different paths."
-        )
+    seen: dict[str, str] = {}
+    for flag, value in given:
+        real = os.path.realpath(value)
+        if real in seen:
+            raise ConfigError(
+                f"{seen[real]} and {flag} both name {value}; the second file would replace the first: "
+                "give them different paths."
+            )
+        seen[real] = flag
 
 
 def retrieve(args: RetrieveArguments) -> RetrievalResult:
@@ -252,7 +277,7 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
         raise TypeError(f"retrieve() takes RetrieveArguments, got {type(args).__name__}")
     if args.output is None and args.topk_output is None:
         raise ConfigError("nothing to write: pass --output (submission) and/or --topk_output.")
-    check_output_paths(args)
+    check_output_paths([("--output", args.output), ("--topk_output", args.topk_output)])
     check_device(args.device)
     args.check_sources()
     data = _load_test_data(args)
@@ -282,9 +307,10 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
     if data.answers is not None:
         from cnclip_lora.inference.metrics import true_ranks
 
-        labels = [int(x) for x in data.answers.sort_values("query")["label"]]
+        labels = data.answer_labels()
         metrics.update(prefixed_recall(true_ranks(queries, gallery, labels), "test_t2i_"))
-        metrics["test_assigned_acc"] = float(np.mean(chosen == np.asarray(labels)) * 100)
+        hits = [int(c) in ([lab] if isinstance(lab, int) else lab) for c, lab in zip(chosen, labels)]
+        metrics["test_assigned_acc"] = float(np.mean(hits) * 100)
     return RetrievalResult(chosen, scores, indices, names, metrics)
 
 
@@ -326,5 +352,53 @@ def evaluate_retrieval(args: EvaluateArguments) -> dict[str, float]:
     check_device(args.device)
     args.check_sources()
     split = scored_split(args, args.adapter, args.adapter_revision)
+    outputs = [
+        ("--predictions_output", args.predictions_output),
+        ("--i2t_predictions_output", args.i2t_predictions_output),
+    ]
+    check_output_paths(outputs)
+    if (args.predictions_output and len(split.names) < OFFICIAL_K) or (
+        args.i2t_predictions_output and len(split.titles) < OFFICIAL_K
+    ):
+        raise ConfigError(f"the official prediction files list {OFFICIAL_K} results each: the split is smaller.")
     model = open_model(args)
-    return split.evaluator(batch_size=args.batch_size)(model)
+    evaluator = split.evaluator(batch_size=args.batch_size)
+    queries, gallery = evaluator.embed(model)
+    if is_main_process():
+        if args.predictions_output:
+            write_official_predictions(args.predictions_output, split, queries, gallery, "t2i")
+        if args.i2t_predictions_output:
+            write_official_predictions(args.i2t_predictions_output, split, queries, gallery, "i2t")
+    return evaluator.score(queries, gallery)
+
+
+#: The official evaluation scripts' cut-off: every prediction line lists exactly this many ids.
+OFFICIAL_K = 10
+
+
+def write_official_predictions(
+    path: str | os.PathLike, split: LabelledSplit, queries: np.ndarray, gallery: np.ndarray, direction: str
+) -> Path:
+    """The official prediction file (atomically): ``t2i`` one ``{"text_id", "image_ids"}`` line per
+    text, ``i2t`` one ``{"image_id", "text_ids"}`` line per image that some text names as relevant
+    (the images ``transform_ir_annotation_to_tr.py`` keeps), each with its top 10 best first.
+    Ids are the source's own (Chinese-CLIP's), else the 0-based row numbers."""
+    import json
+
+    from cnclip_lora.inference.search import rank
+
+    text_ids = split.text_ids or list(range(len(split.titles)))
+    image_ids = [split.image_ids[n] for n in split.names] if split.image_ids else list(range(len(split.names)))
+    lines = []
+    if direction == "t2i":
+        _, top = rank(queries, gallery, k=OFFICIAL_K)
+        for q, row in enumerate(top):
+            lines.append({"text_id": int(text_ids[q]), "image_ids": [int(image_ids[i]) for i in row]})
+    else:
+        relevant = sorted({g for p in split.positives() for g in p})
+        _, top = rank(gallery[relevant], queries, k=OFFICIAL_K)
+        for g, row in zip(relevant, top):
+            lines.append({"image_id": int(image_ids[g]), "text_ids": [int(text_ids[i]) for i in row]})
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return Path(path)

@@ -67,7 +67,7 @@ def val_evaluator(
     image_dir = Path(data.image_dir)
     return RetrievalEvaluator(
         titles=list(data.val["title"]),
-        labels=[int(x) for x in data.val["label"]],
+        labels=data.val_labels(),
         gallery_paths=[str(image_dir / p) for p in data.val_gallery["path"]],
         processor=processor,
         preprocessing=preprocessing,
@@ -353,7 +353,7 @@ def _model_and_record(
             truncated_titles=data.report.truncated_titles,
         ),
         # The split, so `evaluate --split val` scores the same held-out images (cnclip_lora.adapter.split_record).
-        split=split_record(data_args.val_size, data_args.split_seed, data.val["path"]),
+        split=split_record(data_args.val_size, data_args.split_seed, data.held_out_images()),
         lora=LoraSummary(
             r=lora_args.lora_r,
             alpha=lora_args.lora_alpha,

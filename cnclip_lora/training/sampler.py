@@ -150,7 +150,9 @@ def unique_image_sampler_for(
     """The sampler the trainer should use, or ``None`` for the Trainer's default random one.
 
     Args:
-        dataset: The training ``datasets.Dataset`` (needs a ``path`` column).
+        dataset: The training ``datasets.Dataset`` (needs a ``path`` column; a ``group`` column,
+            when present, is the unit instead: rows of one group -- a text with several relevant
+            images and the texts sharing them -- never meet in one global batch).
         batch_size: Per-device training batch size.
         world_size: Number of training processes.
         seed: Shuffle seed.
@@ -159,7 +161,8 @@ def unique_image_sampler_for(
     """
     if mode is False or dataset is None or "path" not in getattr(dataset, "column_names", ()):
         return None
-    paths = [str(p) for p in dataset["path"]]
+    column = "group" if "group" in dataset.column_names else "path"
+    paths = [str(p) for p in dataset[column]]
     if mode is None and not has_duplicate_images(paths):
         return None
     sampler = UniqueImageSampler(paths, group_size=batch_size * max(1, world_size), seed=seed)

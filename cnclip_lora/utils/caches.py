@@ -1,10 +1,11 @@
 """Where cnclip-lora keeps what it can recompute, and how to see or clear it.
 
-Both caches live under one root, ``datasets``' cache folder (``HF_DATASETS_CACHE``, by default
+The caches live under one root, ``datasets``' cache folder (``HF_DATASETS_CACHE``, by default
 ``~/.cache/huggingface/datasets``) + ``cnclip_lora/``, because both are ``datasets.map`` results:
 
 * ``pixels/``: decoded, resized training and validation images (:mod:`cnclip_lora.training.pixel_cache`);
-* ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve.run`).
+* ``embeddings/``: retrieval's gallery and query embeddings (:mod:`cnclip_lora.retrieve.run`);
+* ``images/``: the image files a Chinese-CLIP ``{split}_imgs.tsv`` encodes (:mod:`cnclip_lora.data.cnclip_layout`).
 
 Their file names are fingerprints of everything that affects the content (model and adapter
 files by content, image files by their stat identity, preprocessing), so one cache serves every working
@@ -40,7 +41,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The caches this package writes, each a sub-folder of :func:`cache_root`.
-CACHE_KINDS = ("pixels", "embeddings")
+CACHE_KINDS = ("pixels", "embeddings", "images")
 
 
 def cache_root() -> Path:
