@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet --no-deps cn-clip==1.6.0
-	$(PY) -m pip install --quiet -e ".[test,faiss,onnx,report,serve,browser]"
+	$(PY) -m pip install --quiet -e ".[test,faiss,onnx,report,serve,browser,lmdb]"
 	# torchvision's code for the official reference only (tests/official_ref.py), outside site-packages.
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/cnclip-reference torchvision==0.28.0
 	touch $(STAMP)

@@ -1,7 +1,9 @@
 """Chinese-CLIP's own dataset layout (MUGE, Flickr30K-CN, COCO-CN ship this way), read into the
 package's :class:`~cnclip_lora.data.dataset.CompetitionData` so every verb takes it.
 
-Per split (``train``, ``valid``, ``test``; those present):
+Per split (``train``, ``valid``, ``test``; those present), either the files or the LMDB
+``cn_clip/preprocess/build_lmdb_dataset.py`` builds from them (``lmdb/{split}/pairs`` and ``imgs``;
+its pair records are pickles, read by :class:`PlainRecordUnpickler`, which refuses every global):
 
 * ``{split}_texts.jsonl``: ``{"text_id": int, "text": str, "image_ids": [int, ...]}`` per line
   (several relevant images per text; a test split may have empty ``image_ids``);
@@ -21,15 +23,28 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnclip_lora.data.report import Problem
+from cnclip_lora.errors import ConfigError
 
-__all__ = ["SPLITS", "CnClipSplit", "is_cnclip_layout", "read_split", "texts_file", "images_file"]
+__all__ = [
+    "SPLITS",
+    "CnClipSplit",
+    "PlainRecordUnpickler",
+    "images_file",
+    "is_cnclip_layout",
+    "load_cnclip_data",
+    "plain_pair",
+    "read_split",
+    "texts_file",
+]
 
 #: The split names Chinese-CLIP's tools use, in this order.
 SPLITS = ("train", "valid", "test")
@@ -53,10 +68,45 @@ def images_file(root: Path, split: str) -> Path:
     return root / f"{split}_imgs.tsv"
 
 
+def lmdb_dir(root: Path, split: str) -> Path:
+    """``lmdb/{split}`` as ``cn_clip/preprocess/build_lmdb_dataset.py`` writes it (``imgs``, ``pairs``)."""
+    return root / "lmdb" / split
+
+
 def is_cnclip_layout(root: str | os.PathLike) -> bool:
-    """True when ``root`` holds a Chinese-CLIP texts file (and no competition ``train.csv``)."""
+    """True when ``root`` holds a Chinese-CLIP texts file or LMDB (and no competition ``train.csv``)."""
     root = Path(root)
-    return not (root / "train.csv").exists() and any(texts_file(root, s).is_file() for s in SPLITS)
+    if (root / "train.csv").exists():
+        return False
+    return any(texts_file(root, s).is_file() or (lmdb_dir(root, s) / "pairs").is_dir() for s in SPLITS)
+
+
+class PlainRecordUnpickler(pickle.Unpickler):
+    """Unpickles only plain data: every global (class, function, module attribute) is refused, so a
+    record cannot construct objects or call anything; what remains is tuples, numbers, strings."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        raise pickle.UnpicklingError(f"refused: the record names {module}.{name} (only plain tuples are read)")
+
+    def persistent_load(self, pid):  # noqa: D102
+        raise pickle.UnpicklingError("refused: the record holds a persistent reference")
+
+
+def plain_pair(blob: bytes) -> tuple[int, int, str] | str:
+    """An LMDB pair record ``pickle.dumps((image_id, text_id, text))``, or why it is refused."""
+    try:
+        value = PlainRecordUnpickler(io.BytesIO(blob)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as err:
+        return f"not a plain pickled tuple ({err})"
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 3
+        or not _is_int(value[0])
+        or not _is_int(value[1])
+        or not isinstance(value[2], str)
+    ):
+        return f"not an (image_id, text_id, text) tuple of two integers and a string: {type(value).__name__}"
+    return value
 
 
 @dataclass
@@ -152,6 +202,19 @@ def image_folder_for(tsv: Path, cache: Path) -> Path:
     return cache / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+def _images_source(root: Path, split: str) -> Path:
+    """The file (tsv) or LMDB a split's images come from, as problems name it."""
+    return images_file(root, split) if images_file(root, split).is_file() else lmdb_dir(root, split) / "imgs"
+
+
+def _images_folder(root: Path, split: str, cache: Path) -> Path | None:
+    """Where a split's images were written (from its tsv, else its LMDB), ``None`` if it has neither."""
+    if images_file(root, split).is_file():
+        return image_folder_for(images_file(root, split), cache)
+    data = lmdb_dir(root, split) / "imgs" / "data.mdb"
+    return image_folder_for(data, cache) if data.is_file() else None
+
+
 def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> None:
     from cnclip_lora.utils.files import atomic_path
 
@@ -198,9 +261,79 @@ def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> No
         done.write_text("ok\n")
 
 
+def _read_lmdb(root: Path, name: str, image_cache: Path, disp_root: str) -> CnClipSplit:
+    """One split from its LMDB: the pair records through :class:`PlainRecordUnpickler` (no record
+    can run code), the images by the ids the pairs name, written as files like the tsv's."""
+    try:
+        import lmdb
+    except ImportError:
+        raise ConfigError(
+            f"{lmdb_dir(root, name)}: reading Chinese-CLIP's LMDB needs the lmdb package: "
+            "pip install 'cnclip-lora[lmdb]'"
+        ) from None
+    from cnclip_lora.utils.files import atomic_path
+
+    split = CnClipSplit(name)
+    folder = lmdb_dir(root, name)
+    disp_pairs, disp_imgs = f"{disp_root}/lmdb/{name}/pairs", f"{disp_root}/lmdb/{name}/imgs"
+    by_text: dict[int, tuple[str, list[int], int]] = {}
+    env = lmdb.open(str(folder / "pairs"), readonly=True, lock=False, readahead=False, subdir=True)
+    try:
+        with env.begin() as txn:
+            for key, blob in txn.cursor():
+                if key == b"num_samples":
+                    continue
+                record = int(key) if key.isdigit() else key.decode("utf-8", "replace")
+                pair = plain_pair(blob)
+                if isinstance(pair, str):
+                    split.problems.append(
+                        Problem(disp_pairs, None, f"record {record}: {pair}", True, "bad text record")
+                    )
+                    continue
+                image_id, text_id, text = pair
+                entry = by_text.setdefault(text_id, (text, [], record if isinstance(record, int) else 0))
+                entry[1].append(image_id)
+    finally:
+        env.close()
+    split.texts = [
+        (t, text, sorted(set(ids)), rec) for t, (text, ids, rec) in sorted(by_text.items(), key=lambda x: x[1][2])
+    ]
+    out_dir = _images_folder(root, name, image_cache) or image_cache / "missing"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(folder / "imgs"), readonly=True, lock=False, readahead=False, subdir=True)
+    try:
+        with env.begin() as txn:
+            for key, payload in txn.cursor():  # every image: the gallery holds the unnamed ones too
+                if key == b"num_images":
+                    continue
+                try:
+                    image_id = int(key)
+                except ValueError:
+                    msg = f"key {key[:40]!r} is not an integer image_id"
+                    split.problems.append(Problem(disp_imgs, None, msg, True, "bad image record"))
+                    continue
+                blob = _decode_image_bytes(payload.decode("ascii", "replace"))
+                if isinstance(blob, str):
+                    msg = f"image_id {image_id}: {blob}"
+                    split.problems.append(Problem(disp_imgs, None, msg, True, "bad image record"))
+                    continue
+                target = out_dir / f"{image_id}.{_extension(blob)}"
+                if not target.is_file():
+                    with atomic_path(target) as tmp:
+                        tmp.write_bytes(blob)
+                split.images[image_id] = target.name
+    finally:
+        env.close()
+    return split
+
+
 def read_split(root: Path, name: str, image_cache: Path, disp_root: str) -> CnClipSplit | None:
-    """Read one split (``None`` when its texts file is absent); every problem is collected."""
+    """Read one split (``None`` when neither its texts file nor its LMDB is there); every problem is collected."""
     texts, imgs = texts_file(root, name), images_file(root, name)
+    if not texts.is_file() and (lmdb_dir(root, name) / "pairs").is_dir():
+        split = _read_lmdb(root, name, image_cache, disp_root)
+        _check_image_ids(split, f"{disp_root}/lmdb/{name}/pairs", f"lmdb/{name}/imgs")
+        return split
     if not texts.is_file():
         return None
     split = CnClipSplit(name)
@@ -211,20 +344,18 @@ def read_split(root: Path, name: str, image_cache: Path, disp_root: str) -> CnCl
         )
         return split
     _read_images(root, split, f"{disp_root}/{imgs.name}", image_folder_for(imgs, image_cache))
+    _check_image_ids(split, f"{disp_root}/{texts.name}", imgs.name)
+    return split
+
+
+def _check_image_ids(split: CnClipSplit, where: str, images_name: str) -> None:
+    """Every relevant image a text names must be a usable image of the split."""
     for text_id, _, image_ids, line in split.texts:
         unknown = [i for i in image_ids if i not in split.images]
         if unknown:
-            split.problems.append(
-                Problem(
-                    f"{disp_root}/{texts.name}",
-                    line,
-                    f"text_id {text_id}: image_id {unknown[0]} has no usable image in {imgs.name}"
-                    + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
-                    True,
-                    "bad text record",
-                )
-            )
-    return split
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            msg = f"text_id {text_id}: image_id {unknown[0]} has no usable image in {images_name}{more}"
+            split.problems.append(Problem(where, line if "jsonl" in where else None, msg, True, "bad text record"))
 
 
 def _components(pairs: list[tuple[int, int]]) -> dict[int, int]:
@@ -281,9 +412,7 @@ def load_cnclip_data(
     decoded = 0
     excluded = 0
     for split in (s for s in splits.values() if s is not None):
-        folder = (
-            image_folder_for(images_file(root, split.name), cache) if images_file(root, split.name).is_file() else None
-        )
+        folder = _images_folder(root, split.name, cache)
         if folder is None:
             continue
         if check_images and split.images:
@@ -294,7 +423,7 @@ def load_cnclip_data(
             for name, why in sorted(errors.items()):
                 if why:
                     problems.append(
-                        Problem(str(images_file(root, split.name)), None,
+                        Problem(str(_images_source(root, split.name)), None,
                                 f"image_id {by_name[name]} cannot be read ({why})", True, "corrupt image")
                     )  # fmt: skip
                     del split.images[by_name[name]]

@@ -78,13 +78,17 @@ def run_demo(
     start = time.time()
     data_dir = Path(data_dir)
     workdir = Path(workdir)
-    if not (data_dir / "train.csv").is_file():
-        print(f"[demo] {data_dir} has no train.csv: writing the synthetic sample there")
+    from cnclip_lora.data import load_competition_data
+    from cnclip_lora.data.cnclip_layout import is_cnclip_layout
+
+    if not (data_dir / "train.csv").is_file() and not is_cnclip_layout(data_dir):
+        print(f"[demo] {data_dir} holds no dataset: writing the synthetic sample there")
         make_demo_data(data_dir)
     model_dir = ensure_demo_model(workdir / "tiny-model")
     adapter_dir = workdir / "adapter"
     cache = str(workdir / "cache")
-    has_answers = (data_dir / "test_answers.csv").is_file()
+    # Any layout: the test queries are scored when the data has their answers.
+    has_answers = load_competition_data(data_dir, skip_bad_rows=True, check_images=False).answers is not None
 
     common = dict(model_name_or_path=str(model_dir), data_dir=str(data_dir), cache_dir=cache, device="cpu")
     print("[demo] scoring the untrained model (zero-shot baseline)")

@@ -175,3 +175,69 @@ def test_the_same_pairs_in_either_layout_train_the_same_adapter(demo_dir, tiny_m
     for key in first:
         torch.testing.assert_close(second[key], first[key], atol=1e-6, rtol=0, msg=key)
     assert any(not torch.equal(first[k], torch.zeros_like(first[k])) for k in first if "lora_B" in k)  # it trained
+
+
+@pytest.fixture(scope="module")
+def lmdb_dir(cnclip_dir, tmp_path_factory) -> Path:
+    """The same data as the official script builds it: ``lmdb/{split}/pairs`` and ``imgs`` only."""
+    pytest.importorskip("lmdb", reason="lmdb not installed: pip install 'cnclip-lora[lmdb]'")
+    work = tmp_path_factory.mktemp("lmdb-build")
+    for f in cnclip_dir.iterdir():
+        shutil.copy(f, work / f.name)
+    subprocess.run([sys.executable, "-m", "cn_clip.preprocess.build_lmdb_dataset", "--data_dir", str(work),
+                    "--splits", "train,valid,test"], check=True, capture_output=True)  # fmt: skip
+    only = tmp_path_factory.mktemp("lmdb") / "data"
+    only.mkdir()
+    shutil.move(work / "lmdb", only / "lmdb")
+    return only
+
+
+def _names(data, column_data):
+    return [p.split("/", 1)[1] for p in column_data]  # without the cache folder's key
+
+
+def test_the_official_lmdb_reads_as_its_jsonl_and_tsv(cnclip_dir, lmdb_dir):
+    a, b = load_competition_data(cnclip_dir), load_competition_data(lmdb_dir)
+    assert b.report.ok and b.report.layout == "chinese-clip"
+    assert list(a.train["title"]) == list(b.train["title"]) and list(a.train["group"]) == list(b.train["group"])
+    assert _names(a, a.train["path"]) == _names(b, b.train["path"])
+    assert a.val_labels() == b.val_labels() and list(a.val["title"]) == list(b.val["title"])
+    assert _names(a, a.gallery["path"]) == _names(b, b.gallery["path"])
+    assert a.answer_labels() == b.answer_labels()
+
+
+def _put_pair(lmdb_folder: Path, blob: bytes) -> None:
+    import lmdb
+
+    env = lmdb.open(str(lmdb_folder / "lmdb" / "valid" / "pairs"), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        txn.put(b"0", blob)
+    env.close()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("record", ["runs code", "a dict", "a short tuple"])
+def test_an_lmdb_record_that_is_not_a_plain_tuple_is_refused(lmdb_dir, tmp_path, record):
+    import pickle
+
+    folder = tmp_path / "data"
+    shutil.copytree(lmdb_dir, folder)
+    marker = tmp_path / "pwned"
+    blob = {
+        "runs code": pickle.dumps(_RunsCode(str(marker))),
+        "a dict": pickle.dumps({"image_id": 1, "text_id": 2, "text": "x"}),
+        "a short tuple": pickle.dumps((1, 2)),
+    }[record]
+    _put_pair(folder, blob)
+    report = check_data(folder)
+    assert not marker.exists()  # the record never ran
+    bad = [p for p in report.fatal_problems if "lmdb/valid/pairs" in p.file]
+    assert len(bad) == 1 and "record 0" in bad[0].message, report.summary()
+    assert ("refused" in bad[0].message) if record == "runs code" else ("tuple" in bad[0].message)
