@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
 from transformers.integrations import get_available_reporting_integrations
 
 from cnclip_lora.commands.train import parse_train_args, train_from_argv
@@ -106,3 +107,29 @@ def test_the_tiny_cpu_recipe_is_the_demos():
     assert "cnclip-lora train examples/tiny-cpu.yaml" in first_hour
     training = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
     assert "cnclip-lora train examples/tiny-cpu.yaml" in training.split("```", 2)[1]  # the page's first command
+
+
+@pytest.fixture(scope="module")
+def cnclip_data(tmp_path_factory):
+    from cnclip_lora.demo.cnclip_data import write_cnclip_layout
+    from cnclip_lora.demo.data import make_demo_data
+
+    root = tmp_path_factory.mktemp("recipes")
+    make_demo_data(root / "competition", seed=4, n_train=48, n_queries=8, n_distractors=4, image_size=32)
+    write_cnclip_layout(root / "competition", root / "data", seed=0)
+    return root / "data"
+
+
+@pytest.mark.parametrize("recipe", ["muge-vit-b16", "muge-vit-h14", "flickr30k-cn-vit-b16", "flickr30k-cn-vit-h14"])
+def test_the_published_table_recipes_start_on_a_tiny_model(recipe, cnclip_data, tiny_model_dir, tmp_path):
+    """The MUGE / Flickr30K-CN recipes parse and run a step as shipped, on Chinese-CLIP's layout;
+    only the model, data, device and size of the run change."""
+    argv = [
+        str(ROOT / "examples" / f"{recipe}.yaml"),
+        "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(cnclip_data),
+        "--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--bf16", "false",
+        "--max_steps", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8",
+        "--dataloader_num_workers", "0", "--lora_r", "4", "--lora_alpha", "8",
+    ]  # fmt: skip
+    result = train_from_argv(argv)
+    assert (result.output_dir / "adapter_model.safetensors").is_file()

@@ -215,11 +215,28 @@ def _images_folder(root: Path, split: str, cache: Path) -> Path | None:
     return image_folder_for(data, cache) if data.is_file() else None
 
 
-def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> None:
-    from cnclip_lora.utils.files import atomic_path
+def _write_image(target: Path, blob: bytes) -> None:
+    """``blob`` at ``target`` through a temporary name beside it, so no file there is ever partial
+    (one rename per image: a folder of a million images is written in one pass)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, target)
 
+
+def _signature_extension(payload: str) -> str | None:
+    """The image format from the first bytes of a base64 payload, without decoding the rest."""
+    try:
+        head = base64.b64decode(payload[:16].replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return next((ext for sig, ext in _SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> None:
     path = images_file(root, split.name)
     done = out_dir / ".complete"
+    # A folder completed from this very tsv (its stat identity keys the folder) was checked then:
+    # its images are taken as they are, reading only each payload's first bytes.
     reuse = done.is_file()
     seen: dict[int, int] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,15 +261,16 @@ def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> No
                 bad(f"image_id {number} is given twice (first on line {seen[number]})")
                 continue
             seen[number] = line
+            ext = _signature_extension(payload) if reuse else None
+            if ext is not None and (out_dir / f"{number}.{ext}").is_file():
+                split.images[number] = f"{number}.{ext}"
+                continue
             blob = _decode_image_bytes(payload)
             if isinstance(blob, str):
                 bad(f"image_id {number}: {blob}")
                 continue
             name = f"{number}.{_extension(blob)}"
-            target = out_dir / name
-            if not (reuse and target.is_file()):
-                with atomic_path(target) as tmp:
-                    tmp.write_bytes(blob)
+            _write_image(out_dir / name, blob)
             split.images[number] = name
     except UnicodeDecodeError as err:
         split.problems.append(Problem(disp, None, f"not UTF-8 text ({err.reason})", True, "encoding"))
@@ -271,8 +289,6 @@ def _read_lmdb(root: Path, name: str, image_cache: Path, disp_root: str) -> CnCl
             f"{lmdb_dir(root, name)}: reading Chinese-CLIP's LMDB needs the lmdb package: "
             "pip install 'cnclip-lora[lmdb]'"
         ) from None
-    from cnclip_lora.utils.files import atomic_path
-
     split = CnClipSplit(name)
     folder = lmdb_dir(root, name)
     disp_pairs, disp_imgs = f"{disp_root}/lmdb/{name}/pairs", f"{disp_root}/lmdb/{name}/imgs"
@@ -319,8 +335,7 @@ def _read_lmdb(root: Path, name: str, image_cache: Path, disp_root: str) -> CnCl
                     continue
                 target = out_dir / f"{image_id}.{_extension(blob)}"
                 if not target.is_file():
-                    with atomic_path(target) as tmp:
-                        tmp.write_bytes(blob)
+                    _write_image(target, blob)
                 split.images[image_id] = target.name
     finally:
         env.close()

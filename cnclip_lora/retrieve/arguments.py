@@ -145,7 +145,10 @@ class SplitArguments(DataDirArguments):
 
     split: str = field(
         default="val",
-        metadata={"help": "'val' (held-out split) or 'test' (queries + answers file).", "choices": list(SPLITS)},
+        metadata={
+            "help": "'val' (held-out split; 'valid' in Chinese-CLIP's layout) or 'test' (queries with answers).",
+            "choices": [*SPLITS, "valid"],
+        },
     )
     answers: str | None = field(
         default=None, metadata={"help": "--split test: answers CSV (query,path); default DATA_DIR/test_answers.csv."}
@@ -171,6 +174,8 @@ class SplitArguments(DataDirArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.split == "valid":  # Chinese-CLIP's name for its held-out split
+            self.split = "val"
         if self.split not in self.split_choices:
             raise ConfigError(f"--split must be one of {', '.join(self.split_choices)}; got {self.split!r}.")
 
@@ -246,7 +251,7 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
         metadata={
             "help": "all: the held-out split, and the test queries too when an answers file exists; "
             "or only 'val' or 'test'.",
-            "choices": ["all", *SPLITS],
+            "choices": ["all", *SPLITS, "valid"],
         },
     )
     baseline_adapter: str | None = field(

@@ -121,7 +121,7 @@ def _official(module: str, golden: Path, predictions: Path) -> list[float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("split", ["val", "test"])
+@pytest.mark.parametrize("split", ["valid", "test"])  # the layout's own split names
 def test_evaluate_equals_the_official_evaluation_scripts(cnclip_dir, tiny_model_dir, tmp_path, split, capsys):
     """Both directions, several relevant images per text: the printed recalls are the official ones."""
     from cnclip_lora.retrieve.run import EvaluateArguments, evaluate_retrieval
@@ -137,7 +137,8 @@ def test_evaluate_equals_the_official_evaluation_scripts(cnclip_dir, tiny_model_
             i2t_predictions_output=str(i2t),
         )  # fmt: skip
     )
-    golden = cnclip_dir / f"{'valid' if split == 'val' else 'test'}_texts.jsonl"
+    golden = cnclip_dir / f"{split}_texts.jsonl"
+    split = "val" if split == "valid" else split  # the metrics' prefix
     mean, r1, r5, r10 = _official("evaluation", golden, t2i)
     assert [metrics[f"{split}_t2i_{k}"] for k in ("R@1", "R@5", "R@10", "MR")] == pytest.approx(
         [r1, r5, r10, mean], abs=1e-4
