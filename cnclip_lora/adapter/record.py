@@ -147,6 +147,8 @@ class DataSummary(_Section):
     """The ``data`` section: what training saw (counts are of rows and images after checks)."""
 
     data_dir: str | None = None
+    #: which reader: "competition" (train.csv + image/) or "chinese-clip" (jsonl + tsv, or its LMDB)
+    layout: str | None = None
     n_train: int | None = None
     n_val: int | None = None
     val_gallery_size: int | None = None

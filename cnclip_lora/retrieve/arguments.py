@@ -289,7 +289,12 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
         """The splits the page shows: ``--split all`` adds the test queries when they have answers."""
         if self.split != "all":
             return [self.split]
-        answered = self.answers or (Path(self.data_dir) / "test_answers.csv").is_file()
+        from cnclip_lora.data.cnclip_layout import is_cnclip_layout
+
+        # Chinese-CLIP's layout: its test texts may carry image_ids (then they are shown).
+        answered = (
+            self.answers or (Path(self.data_dir) / "test_answers.csv").is_file() or is_cnclip_layout(self.data_dir)
+        )
         return ["val", "test"] if answered else ["val"]
 
 

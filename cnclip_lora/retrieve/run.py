@@ -148,6 +148,8 @@ def labelled_split(
             data.ids["val_image"] if data.ids else None,
         )
     if data.answers is None:
+        if data.report.layout == "chinese-clip":
+            raise ConfigError(f"--split test needs answers: {data_dir}/test_texts.jsonl gives its texts no image_ids.")
         raise ConfigError(
             f"--split test needs answers: {Path(data_dir) / 'test_answers.csv'} is missing; pass --answers FILE."
         )
@@ -298,6 +300,8 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
         chosen = assign_one_to_one(queries, gallery)
     else:
         chosen = assign(scores, indices, method=args.assign, n_gallery=len(names))
+    if data.ids:  # a layout with its own image ids (Chinese-CLIP's): the files name images by them
+        names = [str(data.ids["test_image"][n]) for n in names]
     if is_main_process():
         if args.output:
             write_submission(args.output, data.sample_submit, titles, [names[i] for i in chosen])

@@ -221,9 +221,15 @@ def load_engine(args: ServeArguments) -> SearchEngine:
         data = _served_data(args.data_dir)
         data.warn_left_out()
         image_dir, names = Path(data.image_dir), list(data.gallery["path"])
+        titles = data.titles_by_image()
+        parents = {Path(n).parent for n in names}
+        if len(parents) == 1 and (folder := parents.pop()) != Path("."):
+            # One sub-folder (a tsv's images in the images cache): serve it, by plain file names.
+            image_dir = image_dir / folder
+            titles = {Path(k).name: v for k, v in titles.items() if Path(k).parent == folder}
+            names = [Path(n).name for n in names]
         if not names:
             raise CnClipLoraError(f"{image_dir}: the gallery is empty (every image is named in train.csv).")
-        titles = data.titles_by_image()
     model = open_model(args)
     gallery = model.encode_images([str(image_dir / n) for n in names])
     return SearchEngine(model, gallery, names, image_dir, titles)

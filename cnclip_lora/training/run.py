@@ -346,6 +346,7 @@ def _model_and_record(
         base_identity=identity,
         data=DataSummary(
             data_dir=str(data_args.data_dir),
+            layout=data.report.layout,
             n_train=len(data.train),
             n_val=len(data.val),
             val_gallery_size=len(data.val_gallery),

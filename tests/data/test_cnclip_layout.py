@@ -242,3 +242,27 @@ def test_an_lmdb_record_that_is_not_a_plain_tuple_is_refused(lmdb_dir, tmp_path,
     bad = [p for p in report.fatal_problems if "lmdb/valid/pairs" in p.file]
     assert len(bad) == 1 and "record 0" in bad[0].message, report.summary()
     assert ("refused" in bad[0].message) if record == "runs code" else ("tuple" in bad[0].message)
+
+
+def test_every_verb_takes_the_layout(cnclip_dir, tiny_model_dir, tmp_path, capsys):
+    """retrieve (top-k by the layout's image ids), report (held-out and test sections) and the
+    service (its gallery served as files) over the same folder."""
+    import pandas as pd
+
+    from cnclip_lora.retrieve.arguments import ServeArguments
+    from cnclip_lora.retrieve.serve import _safe_image_path, load_engine
+
+    model = ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(cnclip_dir), "--cache_dir", ""]
+    topk = tmp_path / "topk.csv"
+    assert main(["retrieve", *model, "--topk_output", str(topk), "--top_k", "3"]) == 0
+    image_ids = {int(line.split("\t")[0]) for line in (cnclip_dir / "test_imgs.tsv").read_text().splitlines()}
+    assert set(pd.read_csv(topk)["path"]) <= image_ids
+    assert "test_t2i_MR" in capsys.readouterr().out  # the test texts carry image_ids: scored
+    page = tmp_path / "r.html"
+    assert main(["report", *model, "--output", str(page)]) == 0
+    html = page.read_text(encoding="utf-8")
+    assert '<section id="val">' in html and '<section id="test">' in html
+    engine = load_engine(
+        ServeArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(cnclip_dir), cache_dir="")
+    )
+    assert len(engine.names) == len(image_ids) and all(_safe_image_path(engine, n) for n in engine.names[:5])
