@@ -266,3 +266,25 @@ def test_every_verb_takes_the_layout(cnclip_dir, tiny_model_dir, tmp_path, capsy
         ServeArguments(model_name_or_path=str(tiny_model_dir), data_dir=str(cnclip_dir), cache_dir="")
     )
     assert len(engine.names) == len(image_ids) and all(_safe_image_path(engine, n) for n in engine.names[:5])
+
+
+def test_texts_sharing_an_image_are_one_group(tmp_path):
+    """Group = connected texts and images: 1-10, 2-10 (shared image), 3-11/12, 4-12 (chained), 5-13."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    payload = base64.b64encode(buf.getvalue()).decode()
+    links = {1: [10], 2: [10], 3: [11, 12], 4: [12], 5: [13]}
+    texts = "".join(
+        json.dumps({"text_id": t, "text": f"标题{t}", "image_ids": ids}) + "\n" for t, ids in links.items()
+    )
+    (tmp_path / "train_texts.jsonl").write_text(texts, encoding="utf-8")
+    (tmp_path / "train_imgs.tsv").write_text("".join(f"{i}\t{payload}\n" for i in (10, 11, 12, 13)))
+    from cnclip_lora.data.cnclip_layout import load_cnclip_data
+
+    data = load_cnclip_data(tmp_path, require_queries=False, image_cache=tmp_path / "cache")
+    group = dict(zip(data.train["text_id"], data.train["group"]))
+    assert group[1] == group[2] and group[3] == group[4] and len({group[1], group[3], group[5]}) == 3
