@@ -167,7 +167,7 @@ def load_competition_data(
     from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
 
     if is_cnclip_layout(data_dir):
-        logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv)", data_dir)
+        logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv, or its lmdb/)", data_dir)
         return load_cnclip_data(
             data_dir,
             skip_bad_rows=skip_bad_rows,
