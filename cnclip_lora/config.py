@@ -26,6 +26,7 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
+from cnclip_lora.data.hf_source import DatasetOptions
 from cnclip_lora.data.split import parse_val_size
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import (
@@ -86,11 +87,12 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(DatasetOptions):
     data_dir: str = field(
         default="xfdata",
         metadata={
-            "help": "Folder in the competition layout: train.csv (tab), test_query.csv, image/, sample_submit.csv."
+            "help": "Data folder: the competition layout (train.csv, image/, ...) or Chinese-CLIP's "
+            "({split}_texts.jsonl + {split}_imgs.tsv, or its lmdb/)."
         },
     )
     val_size: float = field(

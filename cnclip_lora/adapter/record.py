@@ -147,7 +147,8 @@ class DataSummary(_Section):
     """The ``data`` section: what training saw (counts are of rows and images after checks)."""
 
     data_dir: str | None = None
-    #: which reader: "competition" (train.csv + image/) or "chinese-clip" (jsonl + tsv, or its LMDB)
+    #: which reader: "competition" (train.csv + image/), "chinese-clip" (jsonl + tsv, or its LMDB)
+    #: or "datasets" (``--dataset_name``; then ``data_dir`` is the dataset's name)
     layout: str | None = None
     n_train: int | None = None
     n_val: int | None = None

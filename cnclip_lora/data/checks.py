@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -767,6 +768,7 @@ def check_data(
     require_queries: bool = True,
     num_workers: int | None = None,
     answers_file: str | os.PathLike | None = None,
+    dataset: Any = None,
 ) -> DataReport:
     """Check a data folder and return every problem with the counts; never raises ``DataError``.
 
@@ -774,7 +776,21 @@ def check_data(
     whether loading would succeed. ``report.summary()`` is what ``cnclip-lora check-data`` prints.
     """
     from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
+    from cnclip_lora.data.hf_source import DatasetSource, is_datasets_folder
 
+    if dataset is None and data_dir and is_datasets_folder(data_dir):
+        dataset = DatasetSource(str(data_dir))
+    if dataset is not None:
+        from cnclip_lora.data.hf_source import load_hf_data
+
+        return load_hf_data(
+            dataset,
+            skip_bad_rows=skip_bad_rows,
+            check_images=check_images,
+            require_queries=require_queries,
+            num_workers=num_workers,
+            raise_on_problems=False,
+        ).report
     if is_cnclip_layout(data_dir):
         return load_cnclip_data(
             data_dir,

@@ -18,6 +18,8 @@ from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 if TYPE_CHECKING:
     import datasets
 
+    from cnclip_lora.data.hf_source import DatasetSource
+
 __all__ = ["CompetitionData", "answers_problem", "load_competition_data"]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ def load_competition_data(
     num_workers: int | None = None,
     answers_file: str | os.PathLike | None = None,
     use_answers: bool = True,
+    dataset: DatasetSource | None = None,
 ) -> CompetitionData:
     """Validate a competition data folder and return its splits as ``datasets.Dataset``s.
 
@@ -154,6 +157,8 @@ def load_competition_data(
         num_workers: Threads used to decode images (default: twice the CPU count, at most 16).
         answers_file: An answers CSV (``query,path``) to use instead of ``test_answers.csv``,
             validated like it (``cnclip-lora evaluate --split test --answers FILE``).
+        dataset: a :class:`~cnclip_lora.data.hf_source.DatasetSource` (``--dataset_name``), read
+            instead of ``data_dir``.
         use_answers: ``False`` to leave the answers file unread (``answers`` is then ``None``):
             what scores only the held-out split is not stopped by a problem in it.
 
@@ -165,7 +170,22 @@ def load_competition_data(
         ConfigError: ``val_size`` is invalid or leaves no training image.
     """
     from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
+    from cnclip_lora.data.hf_source import DatasetSource, is_datasets_folder
 
+    if dataset is None and is_datasets_folder(data_dir):  # an imagefolder or saved dataset as --data_dir
+        dataset = DatasetSource(str(data_dir))
+    if dataset is not None:
+        from cnclip_lora.data.hf_source import load_hf_data
+
+        logger.info("%s: a datasets dataset (--dataset_name)", dataset.name)
+        return load_hf_data(
+            dataset,
+            skip_bad_rows=skip_bad_rows,
+            check_images=check_images,
+            require_queries=require_queries,
+            num_workers=num_workers,
+            use_answers=use_answers,
+        )
     if is_cnclip_layout(data_dir):
         logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv, or its lmdb/)", data_dir)
         return load_cnclip_data(

@@ -82,12 +82,15 @@ class DataReport:
             max_per_group: How many problems of one kind to list before "... and N more".
         """
         lines = [f"Data folder: {self.root}" + (f" (layout: {self.layout})" if self.layout != "competition" else "")]
-        if self.train_read and self.layout == "chinese-clip":
+        if self.train_read and self.layout != "competition":  # Chinese-CLIP's layout, a datasets dataset
             rows = [
                 ("training pairs", f"{self.n_train:,} ({self.n_train_images:,} images; text, relevant image)"),
-                ("valid texts", f"{self.n_val:,} against {self.n_val_images:,} valid images"),
+                ("held-out texts", f"{self.n_val:,} against {self.n_val_images:,} held-out images"),
                 ("test texts", f"{self.n_queries:,} against {self.n_gallery:,} test images"),
-                ("multi-image texts", f"{self.multi_caption_images:,}"),
+                (
+                    "multi-image texts" if self.layout == "chinese-clip" else "rows sharing a target",
+                    f"{self.multi_caption_images:,}",
+                ),
                 ("skipped records", f"{self.skipped_rows:,}"),
             ]
         elif self.train_read:

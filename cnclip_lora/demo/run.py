@@ -80,8 +80,9 @@ def run_demo(
     workdir = Path(workdir)
     from cnclip_lora.data import load_competition_data
     from cnclip_lora.data.cnclip_layout import is_cnclip_layout
+    from cnclip_lora.data.hf_source import is_datasets_folder
 
-    if not (data_dir / "train.csv").is_file() and not is_cnclip_layout(data_dir):
+    if not (data_dir / "train.csv").is_file() and not is_cnclip_layout(data_dir) and not is_datasets_folder(data_dir):
         print(f"[demo] {data_dir} holds no dataset: writing the synthetic sample there")
         make_demo_data(data_dir)
     model_dir = ensure_demo_model(workdir / "tiny-model")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from cnclip_lora.data.hf_source import DatasetOptions
 from cnclip_lora.errors import ConfigError
 from cnclip_lora.options import (
     DEFAULT_OPSET,
@@ -133,8 +134,11 @@ class RuntimeArguments(_Group):
 
 
 @dataclass
-class DataDirArguments(_Group):
-    data_dir: str = field(default="xfdata", metadata={"help": "Folder in the competition layout."})
+class DataDirArguments(DatasetOptions, _Group):
+    data_dir: str = field(
+        default="xfdata",
+        metadata={"help": "Data folder: the competition layout, or Chinese-CLIP's (jsonl + tsv, or its lmdb/)."},
+    )
 
 
 @dataclass
@@ -293,7 +297,10 @@ class ReportArguments(SplitArguments, RuntimeArguments, ModelSourceArguments):
 
         # Chinese-CLIP's layout: its test texts may carry image_ids (then they are shown).
         answered = (
-            self.answers or (Path(self.data_dir) / "test_answers.csv").is_file() or is_cnclip_layout(self.data_dir)
+            self.answers
+            or self.dataset_name
+            or (Path(self.data_dir) / "test_answers.csv").is_file()
+            or is_cnclip_layout(self.data_dir)
         )
         return ["val", "test"] if answered else ["val"]
 

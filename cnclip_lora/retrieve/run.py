@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cnclip_lora.data import CompetitionData, load_competition_data, submission_order
+from cnclip_lora.data.hf_source import DatasetSource, dataset_source
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
 from cnclip_lora.inference.evaluator import RetrievalEvaluator, prefixed_recall
 from cnclip_lora.inference.model import RetrievalModel, check_device
@@ -120,7 +121,13 @@ class LabelledSplit:
 
 
 def labelled_split(
-    data_dir: str, split: str, *, val_size: float, split_seed: int, answers: str | None = None
+    data_dir: str,
+    split: str,
+    *,
+    val_size: float,
+    split_seed: int,
+    answers: str | None = None,
+    dataset: DatasetSource | None = None,
 ) -> LabelledSplit:
     """The held-out split (``split="val"``) or the test queries with an answers file (``"test"``),
     validated before any model is loaded."""
@@ -132,6 +139,7 @@ def labelled_split(
         require_queries=split == "test",
         answers_file=answers,
         use_answers=split == "test" or answers is not None,
+        dataset=dataset,
     )
     data.warn_left_out()
     if split == "val":
@@ -184,7 +192,9 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
     if args.split == "test":
         size = DEFAULT_VAL_SIZE if args.val_size is None else args.val_size
         seed = DEFAULT_SPLIT_SEED if args.split_seed is None else args.split_seed
-        return labelled_split(args.data_dir, "test", val_size=size, split_seed=seed, answers=args.answers)
+        return labelled_split(
+            args.data_dir, "test", val_size=size, split_seed=seed, answers=args.answers, dataset=dataset_source(args)
+        )
     recorded = None
     if adapter:
         from cnclip_lora.adapter.hub import resolve_adapter
@@ -193,7 +203,9 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
     size, seed = resolve_split(
         args.val_size, args.split_seed, recorded, allow_different_split=args.allow_different_split, adapter=adapter
     )
-    split = labelled_split(args.data_dir, "val", val_size=size, split_seed=seed, answers=args.answers)
+    split = labelled_split(
+        args.data_dir, "val", val_size=size, split_seed=seed, answers=args.answers, dataset=dataset_source(args)
+    )
     check_held_out(
         recorded,
         split.held_out_names(),
@@ -324,7 +336,7 @@ def _load_test_data(args: RetrieveArguments) -> CompetitionData:
 
     # Training rows do not matter here (skipped if bad); the queries must be clean; the answers
     # only give the optional test metrics.
-    common = dict(val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True)
+    common = dict(val_size=DEFAULT_VAL_SIZE, seed=DEFAULT_SPLIT_SEED, skip_bad_rows=True, dataset=dataset_source(args))
     try:
         data = load_competition_data(args.data_dir, **common)
     except DataError as err:

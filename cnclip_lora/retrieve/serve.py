@@ -216,9 +216,9 @@ def load_engine(args: ServeArguments) -> SearchEngine:
         labelled = Path(args.data_dir) / "train.csv"
         if labelled.is_file() and (Path(args.data_dir) / "image").resolve() == image_dir.resolve():
             # The folder is the data's own image folder: its titles are known.
-            titles = _served_data(args.data_dir).titles_by_image()
+            titles = _served_data(args).titles_by_image()
     else:
-        data = _served_data(args.data_dir)
+        data = _served_data(args)
         data.warn_left_out()
         image_dir, names = Path(data.image_dir), list(data.gallery["path"])
         titles = data.titles_by_image()
@@ -235,15 +235,17 @@ def load_engine(args: ServeArguments) -> SearchEngine:
     return SearchEngine(model, gallery, names, image_dir, titles)
 
 
-def _served_data(data_dir: str) -> Any:
+def _served_data(args: ServeArguments) -> Any:
     """The data folder as the service uses it: bad training rows and images left out (and said);
     the answers file only for the titles it gives the test images, so a problem in it costs those
     titles, with a warning, not the service."""
     from cnclip_lora.data import load_competition_data
     from cnclip_lora.data.dataset import answers_problem
+    from cnclip_lora.data.hf_source import dataset_source
     from cnclip_lora.errors import DataError
 
-    common = dict(val_size=0, skip_bad_rows=True, require_queries=False)
+    data_dir = args.data_dir
+    common = dict(val_size=0, skip_bad_rows=True, require_queries=False, dataset=dataset_source(args))
     try:
         return load_competition_data(data_dir, **common)
     except DataError as err:

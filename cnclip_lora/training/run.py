@@ -274,6 +274,8 @@ def _load_data(
     data_args: DataArguments, training_args: CnClipTrainingArguments, model_args: ModelArguments
 ) -> CompetitionData:
     """The data, checked: every input problem is reported before a model is loaded."""
+    from cnclip_lora.data.hf_source import dataset_source
+
     data = load_competition_data(
         data_args.data_dir,
         val_size=data_args.val_size,
@@ -282,6 +284,7 @@ def _load_data(
         check_images=data_args.check_images,
         require_queries=False,
         use_answers=False,  # training never scores the test queries
+        dataset=dataset_source(data_args),
     )
     logger.info("data:\n%s", data.report.summary())
     data.warn_left_out()
@@ -345,7 +348,7 @@ def _model_and_record(
         base_model=model_args.model_name_or_path,
         base_identity=identity,
         data=DataSummary(
-            data_dir=str(data_args.data_dir),
+            data_dir=str(data_args.dataset_name or data_args.data_dir),
             layout=data.report.layout,
             n_train=len(data.train),
             n_val=len(data.val),
