@@ -30,10 +30,10 @@ class MakeDemoDataCommand(Command):
         parser.add_argument("--overwrite", action="store_true", help="replace a dataset already in OUT_DIR")
         parser.add_argument(
             "--layout",
-            choices=["competition", "chinese-clip"],
+            choices=["competition", "chinese-clip", "imagefolder"],
             default="competition",
             help="competition: train.csv + image/; chinese-clip: {split}_texts.jsonl + {split}_imgs.tsv, with "
-            "texts that have several relevant images",
+            "texts that have several relevant images; imagefolder: a datasets imagefolder (metadata.jsonl)",
         )
 
     def run(self, args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ class MakeDemoDataCommand(Command):
         from cnclip_lora.demo.data import make_demo_data
 
         target = args.out_dir
-        if args.layout == "chinese-clip":
+        if args.layout != "competition":
             staging = tempfile.TemporaryDirectory()
             target = f"{staging.name}/competition"
         counts = make_demo_data(
@@ -59,6 +59,11 @@ class MakeDemoDataCommand(Command):
             from cnclip_lora.demo.cnclip_data import write_cnclip_layout
 
             counts = write_cnclip_layout(target, args.out_dir, seed=args.seed)
+        elif args.layout == "imagefolder":
+            from cnclip_lora.demo.imagefolder_data import write_imagefolder
+
+            counts = write_imagefolder(target, args.out_dir, seed=args.seed)
+        if args.layout != "competition":
             staging.cleanup()
         print(f"wrote {args.out_dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         return 0

@@ -101,6 +101,9 @@ def _open(source: DatasetSource) -> tuple[Any, Path | None]:
     """The dataset's splits (a ``DatasetDict``) and the folder relative image paths are read from."""
     import datasets
 
+    from cnclip_lora.utils.log_setup import library_bars_follow_terminal
+
+    library_bars_follow_terminal()
     path = Path(source.name).expanduser()
     try:
         if path.is_file():

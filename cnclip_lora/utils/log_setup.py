@@ -14,7 +14,7 @@ import sys
 
 from cnclip_lora.utils.distributed import is_main_process
 
-__all__ = ["LOG_LEVELS", "pop_log_level", "setup_logging"]
+__all__ = ["LOG_LEVELS", "library_bars_follow_terminal", "pop_log_level", "setup_logging"]
 
 #: ``--log_level`` values (TrainingArguments' names; ``passive`` keeps the defaults).
 LOG_LEVELS = {
@@ -103,6 +103,13 @@ def _on_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # a closed or replaced stream
         return False
+
+
+def library_bars_follow_terminal() -> None:
+    """The libraries' progress bars only on a terminal: for work that imports them after the
+    set-up of a light command (``check-data`` reading a ``datasets`` dataset)."""
+    if not _on_terminal():
+        _progress_bars_off()
 
 
 def _progress_bars_off() -> None:
