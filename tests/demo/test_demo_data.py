@@ -239,3 +239,19 @@ def test_custom_domain_spec_uses_the_same_engine(tmp_path):
     assert counts["gallery"] == 3
     _, queries = _rows(tmp_path / "test_query.csv")
     assert all("球" in r[0] for r in queries)
+
+
+@pytest.mark.parametrize("layout", ["chinese-clip", "imagefolder"])
+def test_make_demo_data_writes_each_layout_checked_clean(layout, tmp_path, capsys):
+    from cnclip_lora.commands import main
+    from cnclip_lora.data import check_data
+
+    out = tmp_path / layout
+    argv = ["make-demo-data", str(out), "--layout", layout, "--n_train", "40", "--n_queries", "6",
+            "--n_distractors", "3", "--image_size", "32"]  # fmt: skip
+    assert main(argv) == 0
+    report = check_data(out)
+    assert report.ok and report.layout == ("chinese-clip" if layout == "chinese-clip" else "datasets")
+    assert report.n_train > 0 and report.n_val > 0 and report.n_queries == 6
+    if layout == "chinese-clip":
+        assert report.multi_caption_images > 0  # texts with several relevant images
