@@ -166,10 +166,12 @@ def unique_image_sampler_for(
     if mode is None and not has_duplicate_images(paths):
         return None
     sampler = UniqueImageSampler(paths, group_size=batch_size * max(1, world_size), seed=seed)
+    unit = "groups (a text's images, and texts sharing one)" if column == "group" else "images"
     logger.info(
-        "unique_images_per_batch: %d rows of %d images in global batches of %d without repeated images",
+        "unique_images_per_batch: %d rows of %d %s in global batches of %d without repeats",
         sampler.num_rows,
         sampler.num_images,
+        unit,
         sampler.group_size,
     )
     if sampler.num_unplaced:
