@@ -775,25 +775,11 @@ def check_data(
     Takes the same arguments as :func:`cnclip_lora.data.load_competition_data`; ``report.ok`` tells
     whether loading would succeed. ``report.summary()`` is what ``cnclip-lora check-data`` prints.
     """
-    from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
-    from cnclip_lora.data.hf_source import DatasetSource, is_datasets_folder
+    from cnclip_lora.data.dataset import other_source_reader
 
-    if dataset is None and data_dir and is_datasets_folder(data_dir):
-        dataset = DatasetSource(str(data_dir))
-    if dataset is not None:
-        from cnclip_lora.data.hf_source import load_hf_data
-
-        return load_hf_data(
-            dataset,
-            skip_bad_rows=skip_bad_rows,
-            check_images=check_images,
-            require_queries=require_queries,
-            num_workers=num_workers,
-            raise_on_problems=False,
-        ).report
-    if is_cnclip_layout(data_dir):
-        return load_cnclip_data(
-            data_dir,
+    reader = other_source_reader(data_dir, dataset)
+    if reader is not None:
+        return reader(
             skip_bad_rows=skip_bad_rows,
             check_images=check_images,
             require_queries=require_queries,

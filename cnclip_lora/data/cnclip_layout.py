@@ -38,12 +38,14 @@ __all__ = [
     "SPLITS",
     "CnClipSplit",
     "PlainRecordUnpickler",
+    "image_extension",
     "images_file",
     "is_cnclip_layout",
     "load_cnclip_data",
     "plain_pair",
     "read_split",
     "texts_file",
+    "write_image_file",
 ]
 
 #: The split names Chinese-CLIP's tools use, in this order.
@@ -185,13 +187,14 @@ def _decode_image_bytes(payload: str) -> bytes | str:
         return f"the base64 is damaged ({err}); re-encode the image file"
     if not blob:
         return "the base64 is empty"
-    if not any(blob.startswith(sig) for sig in _SIGNATURES):
+    if image_extension(blob) is None:
         return "the decoded bytes are not an image file (JPEG, PNG, GIF, BMP or WebP)"
     return blob
 
 
-def _extension(blob: bytes) -> str:
-    return next(ext for sig, ext in _SIGNATURES.items() if blob.startswith(sig))
+def image_extension(blob: bytes) -> str | None:
+    """The file extension of an image file's bytes by their signature, ``None`` if not an image."""
+    return next((ext for sig, ext in _SIGNATURES.items() if blob.startswith(sig)), None)
 
 
 def image_folder_for(tsv: Path, cache: Path) -> Path:
@@ -215,7 +218,7 @@ def _images_folder(root: Path, split: str, cache: Path) -> Path | None:
     return image_folder_for(data, cache) if data.is_file() else None
 
 
-def _write_image(target: Path, blob: bytes) -> None:
+def write_image_file(target: Path, blob: bytes) -> None:
     """``blob`` at ``target`` through a temporary name beside it, so no file there is ever partial
     (one rename per image: a folder of a million images is written in one pass)."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -229,7 +232,7 @@ def _signature_extension(payload: str) -> str | None:
         head = base64.b64decode(payload[:16].replace("-", "+").replace("_", "/"), validate=True)
     except (binascii.Error, ValueError):
         return None
-    return next((ext for sig, ext in _SIGNATURES.items() if head.startswith(sig)), None)
+    return image_extension(head)
 
 
 def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> None:
@@ -269,8 +272,8 @@ def _read_images(root: Path, split: CnClipSplit, disp: str, out_dir: Path) -> No
             if isinstance(blob, str):
                 bad(f"image_id {number}: {blob}")
                 continue
-            name = f"{number}.{_extension(blob)}"
-            _write_image(out_dir / name, blob)
+            name = f"{number}.{image_extension(blob)}"
+            write_image_file(out_dir / name, blob)
             split.images[number] = name
     except UnicodeDecodeError as err:
         split.problems.append(Problem(disp, None, f"not UTF-8 text ({err.reason})", True, "encoding"))
@@ -333,9 +336,9 @@ def _read_lmdb(root: Path, name: str, image_cache: Path, disp_root: str) -> CnCl
                     msg = f"image_id {image_id}: {blob}"
                     split.problems.append(Problem(disp_imgs, None, msg, True, "bad image record"))
                     continue
-                target = out_dir / f"{image_id}.{_extension(blob)}"
+                target = out_dir / f"{image_id}.{image_extension(blob)}"
                 if not target.is_file():
-                    _write_image(target, blob)
+                    write_image_file(target, blob)
                 split.images[image_id] = target.name
     finally:
         env.close()

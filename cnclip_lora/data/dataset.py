@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import pandas as pd
 from cnclip_lora.data.checks import scan_folder
 from cnclip_lora.data.report import DataReport, error_message
 from cnclip_lora.errors import DataError
+from cnclip_lora.inference.metrics import positive_list
 from cnclip_lora.options import DEFAULT_SPLIT_SEED, DEFAULT_VAL_SIZE
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ class CompetitionData:
         names = list(self.val_gallery["path"])
         by_id = (self.ids or {}).get("val_image")
         labels = self.val_labels()
-        relevant = {names[i] for lab in labels for i in ([lab] if isinstance(lab, int) else lab)}
+        relevant = {names[i] for lab in labels for i in positive_list(lab)}
         return sorted(str(by_id[n]) if by_id else n for n in relevant)
 
     def answer_labels(self) -> list[int] | list[list[int]]:
@@ -97,7 +99,7 @@ class CompetitionData:
             titles = list(self.queries["title"])
             names = list(self.gallery["path"])
             for query, labels in enumerate(self.answer_labels()):
-                for label in [labels] if isinstance(labels, int) else labels:
+                for label in positive_list(labels):
                     known.setdefault(names[int(label)], []).append(titles[query])
         return known
 
@@ -120,6 +122,29 @@ def _pairs(rows: list[tuple[str, str, int]], label_of: dict[str, int] | None = N
     if label_of is not None:
         columns["label"], types["label"] = [label_of[p] for _, p, _ in rows], _INT
     return _dataset(columns, types)
+
+
+def other_source_reader(
+    data_dir: str | os.PathLike, dataset: DatasetSource | None
+) -> Callable[..., CompetitionData] | None:
+    """The reader of a source other than the competition layout, or ``None`` for that layout: a
+    ``datasets`` dataset (``--dataset_name``, or an imagefolder / saved dataset as ``data_dir``),
+    else Chinese-CLIP's layout. The one place that picks the reader (stated in the log); the
+    readers take the check options as keywords."""
+    import functools
+
+    from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
+    from cnclip_lora.data.hf_source import DatasetSource, is_datasets_folder, load_hf_data
+
+    if dataset is None and data_dir and is_datasets_folder(data_dir):
+        dataset = DatasetSource(str(data_dir))
+    if dataset is not None:
+        logger.info("%s: a datasets dataset", dataset.name)
+        return functools.partial(load_hf_data, dataset)
+    if is_cnclip_layout(data_dir):
+        logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv, or its lmdb/)", data_dir)
+        return functools.partial(load_cnclip_data, data_dir)
+    return None
 
 
 def load_competition_data(
@@ -169,27 +194,9 @@ def load_competition_data(
         DataError: With ``.problems`` listing every fatal problem.
         ConfigError: ``val_size`` is invalid or leaves no training image.
     """
-    from cnclip_lora.data.cnclip_layout import is_cnclip_layout, load_cnclip_data
-    from cnclip_lora.data.hf_source import DatasetSource, is_datasets_folder
-
-    if dataset is None and is_datasets_folder(data_dir):  # an imagefolder or saved dataset as --data_dir
-        dataset = DatasetSource(str(data_dir))
-    if dataset is not None:
-        from cnclip_lora.data.hf_source import load_hf_data
-
-        logger.info("%s: a datasets dataset (--dataset_name)", dataset.name)
-        return load_hf_data(
-            dataset,
-            skip_bad_rows=skip_bad_rows,
-            check_images=check_images,
-            require_queries=require_queries,
-            num_workers=num_workers,
-            use_answers=use_answers,
-        )
-    if is_cnclip_layout(data_dir):
-        logger.info("%s: Chinese-CLIP's layout ({split}_texts.jsonl + {split}_imgs.tsv, or its lmdb/)", data_dir)
-        return load_cnclip_data(
-            data_dir,
+    reader = other_source_reader(data_dir, dataset)
+    if reader is not None:
+        return reader(
             skip_bad_rows=skip_bad_rows,
             check_images=check_images,
             require_queries=require_queries,

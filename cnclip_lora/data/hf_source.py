@@ -176,7 +176,7 @@ def _rows(split: Any, source: DatasetSource, where: str, base: Path | None, cach
 def _image_path(image: Any, base: Path | None, out_dir: Path, index: int) -> str | Problem | None:
     """The file of one row's image: its path (relative to the dataset's folder), or its embedded
     bytes written once into the images cache."""
-    from cnclip_lora.data.cnclip_layout import _SIGNATURES, _write_image
+    from cnclip_lora.data.cnclip_layout import image_extension, write_image_file
 
     if isinstance(image, dict):  # an undecoded Image feature
         if image.get("path") and Path(image["path"]).is_file():
@@ -184,13 +184,13 @@ def _image_path(image: Any, base: Path | None, out_dir: Path, index: int) -> str
         blob = image.get("bytes")
         if not blob:
             return None if not image.get("path") else Problem("", None, f"file {image['path']!r} not found", True, "")
-        ext = next((e for sig, e in _SIGNATURES.items() if blob.startswith(sig)), None)
+        ext = image_extension(blob)
         if ext is None:
             return Problem("", None, "holds bytes that are not an image file", True, "")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / f"{index}.{ext}"
         if not target.is_file():
-            _write_image(target, blob)
+            write_image_file(target, blob)
         return str(target)
     if isinstance(image, str) and image:
         path = Path(image) if Path(image).is_absolute() or base is None else base / image

@@ -104,7 +104,9 @@ class RetrievalEvaluator:
 
     def positives(self) -> list[list[int]]:
         """Each title's relevant gallery indices (one for a plain label)."""
-        return [[x] if isinstance(x, int) else list(x) for x in self.labels]
+        from cnclip_lora.inference.metrics import positive_list
+
+        return [positive_list(x) for x in self.labels]
 
     @property
     def prefix(self) -> str:

@@ -17,9 +17,14 @@ import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError
 
-__all__ = ["recall_at_k", "recall_from_ranks", "true_ranks"]
+__all__ = ["positive_list", "recall_at_k", "recall_from_ranks", "true_ranks"]
 
 Positive = int | set[int] | frozenset[int] | Sequence[int]
+
+
+def positive_list(label: Positive) -> list[int]:
+    """A query's relevant indices as a list: one plain label, or its several (any order kept)."""
+    return [int(label)] if isinstance(label, (int, np.integer)) else [int(i) for i in label]
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnclip_lora.errors import CnClipLoraError, ConfigError, DataError
+from cnclip_lora.inference.metrics import positive_list
 from cnclip_lora.retrieve.arguments import ReportArguments
 from cnclip_lora.utils.files import atomic_path
 
@@ -225,7 +226,7 @@ def _figure(view: SplitView, idx: int, thumbs: _Thumbnails, *, cls: str, caption
 
 def _query_block(view: SplitView, q: int, thumbs: _Thumbnails, *, anchor: bool = True) -> str:
     ident = f' id="{view.name}-q{q}"' if anchor else ""  # the summary links to the block in the worst-first list
-    relevant = [view.labels[q]] if isinstance(view.labels[q], int) else list(view.labels[q])
+    relevant = positive_list(view.labels[q])
     ranks = "".join(
         f'<span class="rank" data-model="{html.escape(r.name)}">rank under {html.escape(r.name)}: '
         f"<b>{int(r.ranks[q])}</b></span>"

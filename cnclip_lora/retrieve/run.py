@@ -96,14 +96,14 @@ class LabelledSplit:
     #: the 0-based row numbers stand in for them.
     text_ids: list[int] | None = None
     image_ids: dict[str, int] | None = None
+    #: The held-out split's relevant images as the run record names them
+    #: (:meth:`CompetitionData.held_out_images`); empty for the test split.
+    held_out: list[str] = field(default_factory=list)
 
     def positives(self) -> list[list[int]]:
-        return [[x] if isinstance(x, int) else list(x) for x in self.labels]
+        from cnclip_lora.inference.metrics import positive_list
 
-    def held_out_names(self) -> list[str]:
-        """The relevant images as the run record names them (see ``CompetitionData.held_out_images``)."""
-        relevant = {self.names[i] for p in self.positives() for i in p}
-        return sorted(str(self.image_ids[n]) if self.image_ids else n for n in relevant)
+        return [positive_list(x) for x in self.labels]
 
     @property
     def gallery_paths(self) -> list[str]:
@@ -154,6 +154,7 @@ def labelled_split(
             data.titles_by_image(),
             data.ids["val_text"] if data.ids else None,
             data.ids["val_image"] if data.ids else None,
+            data.held_out_images(),
         )
     if data.answers is None:
         if data.report.layout == "chinese-clip":
@@ -208,7 +209,7 @@ def scored_split(args: SplitArguments, adapter: str | None, adapter_revision: st
     )
     check_held_out(
         recorded,
-        split.held_out_names(),
+        split.held_out,
         data_dir=args.data_dir,
         allow_different_split=args.allow_different_split,
         adapter=adapter,
@@ -325,7 +326,9 @@ def retrieve(args: RetrieveArguments) -> RetrievalResult:
 
         labels = data.answer_labels()
         metrics.update(prefixed_recall(true_ranks(queries, gallery, labels), "test_t2i_"))
-        hits = [int(c) in ([lab] if isinstance(lab, int) else lab) for c, lab in zip(chosen, labels)]
+        from cnclip_lora.inference.metrics import positive_list
+
+        hits = [int(c) in positive_list(lab) for c, lab in zip(chosen, labels)]
         metrics["test_assigned_acc"] = float(np.mean(hits) * 100)
     return RetrievalResult(chosen, scores, indices, names, metrics)
 
